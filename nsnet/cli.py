@@ -1,0 +1,157 @@
+"""Command line: parse arguments, take the snapshot, print it. Errors become one line here."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import SHADOWED_STDLIB, __version__, report, views
+from .netparse import TCP_STATES
+from .procfs import NsnetError
+from .sanitize import printable
+from .table import terminal_width, use_color
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+KNOWN_STATES = sorted(set(TCP_STATES.values()) | {"UNCONN"})
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints a usage block and exits; we want one line and our own exit."""
+
+    def error(self, message: str) -> None:   # type: ignore[override]
+        raise UsageError(f"{message} (see 'nsnet {self.prog.split()[-1]} --help')"
+                         if " " in self.prog else f"{message} (see 'nsnet --help')")
+
+
+def _state(text: str) -> str:
+    state = views.normalize_state(text)
+    if state not in KNOWN_STATES:
+        raise argparse.ArgumentTypeError(
+            f"unknown state {text!r}; one of {', '.join(KNOWN_STATES)}")
+    return state
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
+    common.add_argument("--proc", default=os.environ.get("NSNET_PROC", "/proc"), metavar="PATH",
+                        help="procfs to read (default: $NSNET_PROC or /proc; e.g. /host/proc in a container)")
+    common.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="colour (auto: only on a terminal; NO_COLOR always disables it)")
+    common.add_argument("--resolve", action="store_true", help="show service names for ports")
+    common.add_argument("--sandbox-command", action="append", metavar="NAME",
+                        help="command name of namespace holders never counted as owners "
+                             "(repeatable; default: pause)")
+    common.add_argument("--no-enter", action="store_true",
+                        help="do not setns into namespaces pinned only by a bind mount")
+
+    parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
+                     "its sockets, and the pids and users behind them.")
+    parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("by-namespace", parents=[common], help="every namespace: processes, listeners, connections")
+    by_user = sub.add_parser("by-user", parents=[common], help="the dependency view: who talks to whom")
+    by_user.add_argument("--user", metavar="NAME|UID", help="only this user")
+    socks = sub.add_parser("sockets", parents=[common], help="one row per socket, like ss -tuanp for the node")
+    socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
+    for proto in ("tcp", "udp", "unix", "raw"):
+        socks.add_argument(f"--{proto}", action="store_true", help=f"{proto} sockets (combinable)")
+    socks.add_argument("--listening", "-l", action="store_true", help="listening sockets only")
+    socks.add_argument("--state", type=_state, metavar="S", help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
+    socks.add_argument("--port", type=_port, metavar="N", help="local or remote port N")
+    socks.add_argument("--pid", type=_positive, metavar="N", help="sockets held by pid N")
+    socks.add_argument("--netns", type=_positive, metavar="INODE", help="sockets of this namespace")
+    return parser
+
+
+def _emit_json(doc: dict, out) -> None:
+    json.dump(doc, out, indent=2, ensure_ascii=True)   # ASCII: no raw control bytes in output
+    out.write("\n")
+
+
+def _emit_ndjson(doc: dict, out) -> None:
+    for ns in doc["namespaces"]:
+        out.write(json.dumps({"schema": doc["schema"], "type": "namespace", **ns}) + "\n")
+    for sock in doc["sockets"]:
+        out.write(json.dumps({"schema": doc["schema"], "type": "socket", **sock}) + "\n")
+    out.write(json.dumps({"schema": doc["schema"], "type": "stats", "stats": doc["stats"]}) + "\n")
+
+
+def run(args: argparse.Namespace, out, err) -> int:
+    from .snapshot import take_snapshot   # late: `--help` must work without /proc
+
+    only_uid: Optional[int] = None
+    if args.command == "by-user" and args.user is not None:
+        try:
+            only_uid = views.resolve_user(args.user)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
+                         enter_pinned=not args.no_enter)
+    for line in snap.stats.warnings():
+        err.write(f"nsnet: warning: {printable(line)}\n")
+    if args.command == "sockets":
+        protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
+        keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid, args.netns)
+        doc = views.sockets_view(snap, keep)
+    elif args.command == "by-namespace":
+        doc = views.by_namespace_view(snap)
+    else:
+        doc = views.by_user_view(snap, only_uid)
+    if getattr(args, "ndjson", False):
+        _emit_ndjson(doc, out)
+    elif args.json:
+        _emit_json(doc, out)
+    else:
+        color = use_color(out, args.color) and not os.environ.get("NO_COLOR")
+        r = report.Renderer(terminal_width(out), color, args.resolve)
+        render = {"sockets": report.render_sockets, "by-namespace": report.render_by_namespace,
+                  "by-user": report.render_by_user}[args.command]
+        text = render(doc, r)
+        out.write(text + ("\n" if text else ""))
+    return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    out, err = sys.stdout, sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args, out, err)
+    except UsageError as exc:
+        err.write(f"nsnet: error: {printable(str(exc))}\n")
+        return EXIT_USAGE
+    except NsnetError as exc:
+        err.write(f"nsnet: error: {printable(str(exc))}\n")
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # the reader went away (| head): not an error; silence the flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:   # the last boundary: never a traceback unless asked for
+        if os.environ.get("NSNET_DEBUG"):
+            raise
+        err.write(f"nsnet: internal error: {type(exc).__name__}: {printable(str(exc))} "
+                  "(set NSNET_DEBUG=1 for a traceback)\n")
+        return EXIT_INTERNAL

@@ -1,0 +1,118 @@
+"""The snapshot's data model: plain dataclasses, no I/O.
+
+Sockets are keyed by (namespace, socket inode), never by their 4-tuple: the same
+4-tuple (127.0.0.1:80 ...) exists in every pod.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(slots=True)
+class Socket:
+    proto: str                      # tcp | udp | raw | unix
+    family: str                     # inet | inet6 | unix
+    state: str                      # kernel name: LISTEN, ESTABLISHED, TIME_WAIT, ... UNCONN
+    local_addr: str
+    local_port: Optional[int]
+    remote_addr: str
+    remote_port: Optional[int]
+    inode: int                      # 0 for sockets no process holds (TIME_WAIT, orphans)
+    uid: Optional[int]              # the table's uid column; unix tables have none
+    netns: Optional[int] = None     # nsfs inode of the namespace whose table lists it
+    netns_key: str = ""             # stable key even when the nsfs inode is unreadable
+    unix_type: Optional[str] = None  # stream | dgram | seqpacket (unix only)
+    pids: list[int] = field(default_factory=list)
+    fds: dict[int, list[int]] = field(default_factory=dict)   # pid -> fd numbers
+    direction: Optional[str] = None  # listening | inbound | outbound | None
+    peer: Optional[str] = None       # local | node | external | None (not connected)
+    peer_netns: Optional[int] = None
+    peer_pids: list[int] = field(default_factory=list)
+
+    @property
+    def connected(self) -> bool:
+        return self.remote_port not in (None, 0) and self.state not in ("LISTEN", "UNCONN")
+
+
+@dataclass(slots=True)
+class Process:
+    pid: int
+    ppid: int
+    comm: str
+    cmdline: list[str]
+    uid: int                        # effective uid
+    netns_key: str = ""
+    netns: Optional[int] = None
+    sandbox: bool = False
+    fds_readable: bool = True
+    socket_fds: dict[int, int] = field(default_factory=dict)   # fd -> socket inode
+
+    @property
+    def command(self) -> str:
+        """The full command line as one string; comm in brackets for kernel threads."""
+        if self.cmdline:
+            return " ".join(self.cmdline)
+        return f"[{self.comm}]"
+
+
+@dataclass(slots=True)
+class Namespace:
+    key: str                        # "net:[<inode>]" or "procnet:<pde inode>" when unreadable
+    inode: Optional[int]
+    host: bool = False
+    pinned: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    threads: list[tuple[int, int]] = field(default_factory=list)   # (pid, tid) living here
+    owners: list[int] = field(default_factory=list)
+    read_via: Optional[str] = None  # how its tables were read: "pid 123", "setns /run/netns/x"
+    tables_read: bool = False
+    error: Optional[str] = None     # why the tables could not be read
+
+    @property
+    def found_by(self) -> list[str]:
+        how = []
+        if self.pids:
+            how.append("processes")
+        if self.threads:
+            how.append("threads")
+        if self.pinned:
+            how.append("bind-mount")
+        return how
+
+
+@dataclass(slots=True)
+class Stats:
+    processes: int = 0
+    processes_vanished: int = 0      # exited between listing and reading
+    processes_unreadable: int = 0    # /proc/<pid> itself unreadable (hidepid, I/O error)
+    processes_ns_denied: int = 0     # /proc/<pid>/ns/net unreadable (needs CAP_SYS_PTRACE)
+    processes_fd_denied: int = 0     # /proc/<pid>/fd unreadable (needs CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH)
+    processes_ns_changed: int = 0    # moved namespace while being read
+    threads_elsewhere: int = 0
+    fds_vanished: int = 0
+    namespaces: int = 0
+    namespaces_unread: int = 0
+    namespace_read_retries: int = 0
+    pinned_unreadable: int = 0       # bind-mount pinned namespaces we could not enter
+    sockets: int = 0
+    sockets_without_pid: int = 0
+    socket_fds_not_in_tables: int = 0   # fd points at a socket no table of ours listed
+    malformed_lines: int = 0
+    mountinfo_unread: int = 0
+    elapsed_seconds: float = 0.0
+    privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
+
+    def warnings(self) -> list[str]:
+        return list(self.privileges) + (
+            [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
+
+
+@dataclass(slots=True)
+class Snapshot:
+    proc: str
+    namespaces: dict[str, Namespace]
+    processes: dict[int, Process]
+    sockets: list[Socket]
+    stats: Stats
+    host_key: Optional[str] = None

@@ -1,0 +1,203 @@
+"""Human output: the JSON views rendered as tables for a terminal or a pipe.
+
+Row order (documented in the README): namespaces host first, then by inode; sockets by
+namespace, protocol, listeners first, then local and remote endpoint; users by uid;
+connection groups by direction, then most connections first.
+"""
+from __future__ import annotations
+
+import socket as _socket
+from functools import lru_cache
+from typing import Optional
+
+from .sanitize import SafeText, join_cmdline, printable
+from .table import Column, heading, render_table
+from .views import endpoint
+
+STATE_STYLE = {"LISTEN": "green", "ESTABLISHED": "cyan", "TIME_WAIT": "dim",
+               "CLOSE_WAIT": "yellow", "SYN_SENT": "yellow", "UNCONN": "blue"}
+
+
+@lru_cache(maxsize=4096)
+def _service(port: int, proto: str) -> Optional[str]:
+    try:
+        return _socket.getservbyport(port, proto)
+    except (OSError, OverflowError):
+        return None
+
+
+class Renderer:
+    def __init__(self, width: Optional[int], color: bool, resolve: bool = False):
+        self.width = width
+        self.color = color
+        self.resolve = resolve
+
+    def ep(self, addr: Optional[str], port: Optional[int], proto: str = "tcp") -> str:
+        if addr is None:
+            return ""
+        if port is not None and self.resolve and proto in ("tcp", "udp"):
+            name = _service(port, proto)
+            if name:
+                return _named(addr, name)
+        return endpoint(addr, port)
+
+    def table(self, columns: list[Column], rows: list, **kw) -> str:
+        return render_table(columns, rows, width=self.width, color=self.color, **kw)
+
+    def head(self, text: str) -> str:
+        return heading(text, self.color, width=self.width)
+
+
+def _named(addr: str, name: str) -> str:
+    return f"[{addr}]:{name}" if ":" in addr else f"{addr}:{name}"
+
+
+def _pids(pids: list[int], limit: int = 6) -> str:
+    shown = ",".join(str(p) for p in pids[:limit])
+    return shown + (f",+{len(pids) - limit}" if len(pids) > limit else "")
+
+
+def _ns(inode: Optional[int], key: str = "") -> str:
+    return str(inode) if inode is not None else key
+
+
+def _holders(doc: dict, procs: dict[int, dict]) -> str:
+    names = []
+    for pid in doc["pids"][:3]:
+        p = procs.get(pid)
+        if p is not None:
+            names.append(f"{pid}:" + (join_cmdline(p["cmdline"]) if p["cmdline"]
+                                       else printable(f"[{p['comm']}]")))
+    more = len(doc["pids"]) - len(names)
+    # every piece is a pid or already escaped: mark the whole as safe, or it is escaped twice
+    return SafeText(" ".join(names) + (f" (+{more})" if more > 0 else ""))
+
+
+def render_sockets(doc: dict, r: Renderer) -> str:
+    procs = {p["pid"]: p for p in doc["processes"]}
+    cols = [
+        Column("NETNS", lambda s: _ns(s["netns"], s["netns_key"]), align="right"),
+        Column("PROTO", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
+        Column("STATE", "state", style=lambda s: STATE_STYLE.get(s["state"])),
+        Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
+               else r.ep(s["local_addr"], s["local_port"], s["proto"]), shrink=True, min_width=12),
+        Column("REMOTE", lambda s: "" if s["proto"] == "unix"
+               else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), shrink=True, min_width=12),
+        Column("DIR", lambda s: s["direction"] or ""),
+        Column("PEER", lambda s: (s["peer"] or "") + (f":{s['peer_netns']}" if s["peer_netns"] else "")),
+        Column("USERS", lambda s: ",".join(str(u) for u in s["users"])),
+        Column("PIDS", lambda s: _pids(s["pids"])),
+        Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=10),
+    ]
+    out = [r.table(cols, doc["sockets"], row_style=lambda s: None if s["pids"] else "dim")]
+    out.append(f"{len(doc['sockets'])} sockets in {len(doc['namespaces'])} namespaces")
+    return "\n".join(out)
+
+
+def _ns_title(ns: dict) -> str:
+    parts = [f"netns {_ns(ns['inode'], ns['key'])}"]
+    if ns["host"]:
+        parts.append("(host)")
+    parts.append("found by " + ", ".join(ns["found_by"]))
+    if ns["pinned"]:
+        parts.append("pinned at " + ", ".join(printable(p) for p in ns["pinned"]))
+    owners = [f"{u}({printable(ns['owner_names'][str(u)])})" if ns["owner_names"].get(str(u))
+              else str(u) for u in ns["owners"]]
+    parts.append("owners " + (",".join(owners) if owners else "none"))
+    return SafeText("  ".join(parts))   # pieces are numbers, fixed words or escaped text
+
+
+def _connection_cols(r: Renderer) -> list[Column]:
+    return [
+        Column("DIR", "direction"),
+        Column("PROTO", "proto"),
+        Column("SERVICE", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"])
+               if g["direction"] == "outbound"
+               else r.ep(g["local_addr"], g["local_port"], g["proto"]), shrink=True, min_width=12),
+        Column("PEER", lambda g: "" if g["direction"] == "outbound" else g["peer_addr"],
+               shrink=True, min_width=8),
+        Column("COUNT", "count", align="right"),
+        Column("STATES", lambda g: ",".join(f"{k}:{v}" for k, v in g["states"].items()),
+               shrink=True, min_width=8),
+        Column("SCOPE", lambda g: (g["peer"] or "") + (
+            ":" + ",".join(str(n) for n in g["peer_netns"]) if g["peer_netns"] else "")),
+        Column("PIDS", lambda g: _pids(g["pids"])),
+    ]
+
+
+def render_by_namespace(doc: dict, r: Renderer) -> str:
+    out = []
+    for ns in doc["namespaces"]:
+        out.append(r.head(_ns_title(ns)))
+        if ns["error"]:
+            out.append(f"  tables not read: {printable(ns['error'])}")
+        if ns["processes"]:
+            out.append(r.table([
+                Column("PID", "pid", align="right"), Column("PPID", "ppid", align="right"),
+                Column("UID", "uid", align="right"),
+                Column("USER", lambda p: printable(p["user"] or "")),
+                Column("ROLE", lambda p: "sandbox" if p["sandbox"] else ""),
+                Column("COMMAND", lambda p: join_cmdline(p["cmdline"]) if p["cmdline"]
+                       else printable(f"[{p['comm']}]"), shrink=True, min_width=10),
+            ], ns["processes"]))
+        if ns["threads"]:
+            out.append("  threads living here: " + ", ".join(
+                f"tid {t['tid']} of pid {t['pid']}" for t in ns["threads"]))
+        listening = ns["listening"] + ns["unix_listening"]
+        if listening:
+            out.append(r.table([
+                Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
+                Column("ADDRESS", lambda s: printable(s["addr"]) if s["proto"] == "unix"
+                       else r.ep(s["addr"], s["port"], s["proto"]), shrink=True, min_width=12),
+                Column("PIDS", lambda s: _pids(s["pids"])),
+                Column("COMMAND", lambda s: _holders(s, {p["pid"]: p for p in s["processes"]}),
+                       shrink=True, min_width=10),
+            ], listening))
+        if ns["connections"]:
+            out.append(r.table(_connection_cols(r), ns["connections"]))
+        counts = "; ".join(f"{proto}: " + ", ".join(f"{st} {n}" for st, n in states.items())
+                           for proto, states in ns["counts"].items())
+        out.append(f"  {ns['sockets']} sockets" + (f" ({counts})" if counts else ""))
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def render_by_user(doc: dict, r: Renderer) -> str:
+    out = []
+    for u in doc["users"]:
+        name = f" ({printable(u['name'])})" if u["name"] else ""
+        owns = ",".join(str(n) if n is not None else k
+                        for n, k in zip(u["namespaces"], u["namespace_keys"])) or "none"
+        out.append(r.head(SafeText(f"uid {u['uid']}{name}  owns netns {printable(owns)}  "
+                                   f"processes {len(u['processes'])}  sockets {u['sockets']}")))
+        if u["listening"]:
+            out.append(r.table([
+                Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
+                Column("ADDRESS", lambda s: r.ep(s["addr"], s["port"], s["proto"]), shrink=True),
+                Column("NETNS", lambda s: _ns(s["netns"]), align="right"),
+                Column("PIDS", lambda s: _pids(s["pids"])),
+            ], u["listening"]))
+        if u["connects_to"]:
+            out.append(r.table([
+                Column("CONNECTS TO", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"]),
+                       shrink=True, min_width=12),
+                Column("PROTO", "proto"),
+                Column("COUNT", "count", align="right"),
+                Column("SCOPE", lambda g: g["peer"] or ""),
+                Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
+                Column("FROM NETNS", lambda g: ",".join(str(n) for n in g["netns"])),
+                Column("PIDS", lambda g: _pids(g["pids"])),
+            ], u["connects_to"]))
+        if u["connected_from"]:
+            out.append(r.table([
+                Column("CONNECTED FROM", lambda g: g["peer_addr"], shrink=True, min_width=8),
+                Column("TO", lambda g: r.ep(g["local_addr"], g["local_port"], g["proto"]),
+                       shrink=True, min_width=12),
+                Column("COUNT", "count", align="right"),
+                Column("SCOPE", lambda g: g["peer"] or ""),
+                Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
+                Column("NETNS", lambda g: ",".join(str(n) for n in g["netns"])),
+                Column("PIDS", lambda g: _pids(g["pids"])),
+            ], u["connected_from"]))
+        out.append("")
+    return "\n".join(out).rstrip("\n")

@@ -1,0 +1,415 @@
+"""Take one snapshot of every network namespace on the machine.
+
+Order of work (after Weave Scope's procspy): walk the processes once (namespace, identity,
+socket fds), group them by namespace, then read each namespace's net tables once, from one
+of its members, then join sockets to their holders by socket inode.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from . import classify, mountinfo, pinned
+from .model import Namespace, Process, Snapshot, Socket, Stats
+from .netparse import NET_FILES, parse_net_file
+from .procfs import (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, PF_KTHREAD, AccessDenied, ProcError, ProcessGone, check_procfs,
+                     list_pids, ns_inode, open_dir, parse_cmdline, parse_stat,
+                     has_capability, own_capabilities, parse_status_euid, procnet_id,
+                     read_at, read_fd, socket_fds, translate)
+
+DEFAULT_SANDBOX_COMMANDS = ("pause",)
+
+
+def ns_key(inode: int) -> str:
+    return f"net:[{inode}]"
+
+
+def procnet_key(ident: int) -> str:
+    return f"procnet:{ident}"
+
+
+@dataclass
+class _Walk:
+    """What the process walk learns, before any table is read."""
+    processes: dict[int, Process] = field(default_factory=dict)
+    members: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    threads: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    holders: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    mount_ns_reader: dict[int, int] = field(default_factory=dict)   # mnt ns inode -> a pid in it
+
+
+def _namespace_key(dirfd: int, stats: Stats) -> tuple[str, Optional[int]]:
+    try:
+        inode = ns_inode(dirfd)
+        return ns_key(inode), inode
+    except OSError as exc:
+        err = translate(exc)
+        if not isinstance(err, AccessDenied):
+            raise
+    stats.processes_ns_denied += 1
+    return procnet_key(procnet_id(dirfd)), None
+
+
+def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
+    dirfd = open_dir(f"{proc}/{pid}")
+    try:
+        comm, ppid, flags, nthreads = parse_stat(read_at(dirfd, "stat"))
+        if flags & PF_KTHREAD:
+            return   # kernel threads hold no sockets and all live in the host namespace
+        try:
+            key, inode = _namespace_key(dirfd, stats)
+        except ProcessGone:
+            return   # a zombie: no namespace, no fds
+        process = Process(pid, ppid, comm, parse_cmdline(read_at(dirfd, "cmdline")),
+                          parse_status_euid(read_at(dirfd, "status")), key, inode)
+        try:
+            mnt = ns_inode(dirfd, "mnt")
+            walk.mount_ns_reader.setdefault(mnt, pid)
+        except OSError:
+            pass   # without ptrace we still scan our own mountinfo
+        if nthreads > 1:
+            _walk_threads(dirfd, pid, key, walk, stats)
+        try:
+            process.socket_fds, vanished = socket_fds(dirfd)
+            stats.fds_vanished += vanished
+        except OSError as exc:
+            err = translate(exc)
+            if isinstance(err, ProcessGone):
+                raise err
+            process.fds_readable = False
+            stats.processes_fd_denied += 1
+        # The process may have moved namespace while we walked it (setns, unshare).
+        if inode is not None and ns_inode(dirfd) != inode:
+            stats.processes_ns_changed += 1
+            return
+    finally:
+        os.close(dirfd)
+    walk.processes[pid] = process
+    walk.members[key].append(pid)
+    for fd, sock in process.socket_fds.items():
+        walk.holders[sock].append((pid, fd))
+
+
+def _walk_threads(dirfd: int, pid: int, key: str, walk: _Walk, stats: Stats) -> None:
+    """Record threads whose network namespace differs from their process's."""
+    try:
+        tids = [int(t) for t in _listdir_at(dirfd, "task") if t.isdigit()]
+    except OSError:
+        return
+    for tid in tids:
+        if tid == pid:
+            continue
+        try:
+            taskfd = open_dir(f"task/{tid}", dirfd)
+        except OSError:
+            continue
+        try:
+            tkey, _ = _namespace_key(taskfd, Stats())
+        except (OSError, ProcError):
+            continue
+        finally:
+            os.close(taskfd)
+        if tkey != key:
+            walk.threads[tkey].append((pid, tid))
+            stats.threads_elsewhere += 1
+
+
+def _listdir_at(dirfd: int, name: str) -> list[str]:
+    fd = open_dir(name, dirfd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
+def _host_key(proc: str, stand_ins: dict[str, str]) -> Optional[str]:
+    # pid 1 is not always inspectable (on some VMs it holds capabilities we lack);
+    # kthreadd (pid 2), like every kernel thread, always lives in the initial namespace.
+    fallback = None
+    for pid in (1, 2):
+        try:
+            dirfd = open_dir(f"{proc}/{pid}")
+        except OSError:
+            continue
+        try:
+            key = _namespace_key(dirfd, Stats())[0]
+        except (OSError, ProcError):
+            continue
+        finally:
+            os.close(dirfd)
+        if key.startswith("net:["):
+            return key
+        fallback = fallback or stand_ins.get(key, key)
+    return fallback
+
+
+def _open_tables(path: str, expected_key: str) -> Optional[dict[str, int]]:
+    """Open a task's net files if it is (still) in the expected namespace.
+
+    The namespace is checked before and after opening: the files are bound to the namespace
+    at open time, so a task that exits, moves or whose pid is reused between the two checks
+    cannot make us file its tables under the wrong namespace.
+    """
+    dirfd = open_dir(path)
+    fds: dict[str, int] = {}
+    try:
+        key_before = _namespace_key(dirfd, Stats())[0]
+        if key_before != expected_key:
+            return None
+        for name in NET_FILES:
+            try:
+                fds[name] = os.open(f"net/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+            except FileNotFoundError:
+                if name.endswith("6"):
+                    continue   # kernel without IPv6
+                raise
+        if _namespace_key(dirfd, Stats())[0] != expected_key:
+            return None
+        opened, fds = fds, {}
+        return opened
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        os.close(dirfd)
+
+
+def _read_tables_via_tasks(proc: str, key: str, candidates: Iterable[str],
+                           stats: Stats) -> tuple[Optional[dict[str, bytes]], Optional[str]]:
+    """Read the namespace's tables from the first candidate task that is still in it."""
+    tried = 0
+    for path in candidates:
+        tried += 1
+        try:
+            fds = _open_tables(f"{proc}/{path}", key)
+        except (OSError, ProcError):
+            fds = None
+        if fds is None:
+            stats.namespace_read_retries += 1
+            continue
+        try:
+            return {name: read_fd(fd) for name, fd in fds.items()}, path
+        except OSError:
+            stats.namespace_read_retries += 1
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    return None, None
+
+
+def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str, str]]]:
+    """nsfs bind mounts of network namespaces: netns inode -> [(shown path, path to open)].
+
+    Each mount namespace has its own mount table, so one mountinfo is read per mount
+    namespace, through one of its processes; a mount seen from another mount namespace is
+    opened through that process's root (/proc/<pid>/root/<mount point>).
+    """
+    pins: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    seen: set[str] = set()
+    try:
+        own_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        own_mnt = None
+    readers: list[tuple[str, Optional[int]]] = [("/proc/self", own_mnt)]
+    readers += [(f"{proc}/{pid}", mnt) for mnt, pid in walk.mount_ns_reader.items()
+                if mnt != own_mnt]
+    for base, mnt in readers:
+        try:
+            with open(f"{base}/mountinfo", "rb") as f:
+                mounts, bad = mountinfo.parse_mountinfo(f.read())
+        except OSError:
+            stats.mountinfo_unread += 1
+            continue
+        stats.malformed_lines += bad
+        for m in mounts:
+            if m.mount_point in seen:
+                continue
+            seen.add(m.mount_point)
+            opener = m.mount_point if base == "/proc/self" else f"{base}/root{m.mount_point}"
+            pins[m.netns_inode].append((m.mount_point, opener))
+    return pins
+
+
+def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFAULT_SANDBOX_COMMANDS,
+                  enter_pinned: bool = True) -> Snapshot:
+    started = time.perf_counter()
+    proc = proc.rstrip("/") or "/"
+    check_procfs(proc)
+    stats = Stats()
+    walk = _Walk()
+    for pid in list_pids(proc):
+        try:
+            _walk_process(proc, pid, walk, stats)
+        except (OSError, ProcError) as exc:
+            err = translate(exc) if isinstance(exc, OSError) else exc
+            if isinstance(err, ProcessGone):
+                stats.processes_vanished += 1
+            else:   # e.g. hidepid, or an I/O error: skipped, and counted
+                stats.processes_unreadable += 1
+    stand_ins = _merge_procnet_groups(proc, walk)
+    stats.processes = len(walk.processes)
+
+    namespaces: dict[str, Namespace] = {}
+
+    def namespace(key: str) -> Namespace:
+        ns = namespaces.get(key)
+        if ns is None:
+            inode = int(key[5:-1]) if key.startswith("net:[") else None
+            ns = namespaces[key] = Namespace(key, inode)
+        return ns
+
+    for key, pids in walk.members.items():
+        namespace(key).pids = sorted(pids)
+    for key, threads in walk.threads.items():
+        namespace(key).threads = sorted(threads)
+    pins = _find_pins(proc, walk, stats)
+    for inode, paths in pins.items():
+        namespace(ns_key(inode)).pinned = sorted({shown for shown, _ in paths})
+
+    host_key = _host_key(proc, stand_ins)
+    if host_key is not None:
+        namespace(host_key).host = True
+
+    sockets: list[Socket] = []
+    for key, ns in sorted(namespaces.items()):
+        tables: Optional[dict[str, bytes]] = None
+        candidates = [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
+        if candidates:
+            tables, via = _read_tables_via_tasks(proc, key, candidates, stats)
+            if tables is not None:
+                ns.read_via = f"pid {via}" if "/" not in via else f"task {via.split('/')[-1]} of pid {via.split('/')[0]}"
+        if tables is None and ns.inode is not None and ns.inode in pins:
+            if not enter_pinned:
+                ns.error = "bind-mount pinned: not entered (--no-enter)"
+            for shown, opener in pins[ns.inode] if enter_pinned else []:
+                try:
+                    tables = pinned.read_tables_in(opener, ns.inode)
+                    ns.read_via = f"setns {shown}"
+                    break
+                except pinned.EnterError as exc:
+                    ns.error = str(exc)
+            if tables is None:
+                stats.pinned_unreadable += 1
+        if tables is None:
+            stats.namespaces_unread += 1
+            if ns.error is None:
+                ns.error = "no task of it could be read (all exited or moved)"
+            continue
+        ns.tables_read = True
+        ns.error = None
+        for name in NET_FILES:
+            data = tables.get(name)
+            if data is None:
+                continue
+            parsed = parse_net_file(name, data)
+            stats.malformed_lines += parsed.malformed
+            for sock in parsed.sockets:
+                sock.netns = ns.inode
+                sock.netns_key = key
+            sockets.extend(parsed.sockets)
+
+    _attach_holders(sockets, walk, stats)
+    sandbox = frozenset(sandbox_commands)
+    _mark_sandboxes(walk.processes, sandbox)
+    for ns in namespaces.values():
+        ns.owners = sorted({walk.processes[p].uid for p in ns.pids
+                            if not walk.processes[p].sandbox})
+    classify.classify(sockets)
+
+    stats.namespaces = len(namespaces)
+    stats.sockets = len(sockets)
+    stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
+    _privilege_notes(stats)
+    stats.elapsed_seconds = round(time.perf_counter() - started, 6)
+    return Snapshot(proc, namespaces, walk.processes, sockets, stats, host_key)
+
+
+def _merge_procnet_groups(proc: str, walk: _Walk) -> dict[str, str]:
+    """Fold groups keyed by the unprivileged stand-in into the real namespace they belong to.
+
+    Only needed when some processes' ns/net was unreadable: one readable member of each
+    real namespace tells which stand-in identity it has. Returns stand-in -> real key.
+    """
+    stand_ins = [k for k in walk.members if k.startswith("procnet:")]
+    real: dict[str, str] = {}
+    if not stand_ins:
+        return real
+    for key, pids in list(walk.members.items()):
+        if not key.startswith("net:["):
+            continue
+        for pid in pids:
+            try:
+                dirfd = open_dir(f"{proc}/{pid}")
+            except OSError:
+                continue
+            try:
+                real[procnet_key(procnet_id(dirfd))] = key
+                break
+            except OSError:
+                continue
+            finally:
+                os.close(dirfd)
+    for stand_in in stand_ins:
+        target = real.get(stand_in)
+        if target is None:
+            continue
+        moved = walk.members.pop(stand_in)
+        walk.members[target].extend(moved)
+        inode = int(target[5:-1])
+        for pid in moved:
+            walk.processes[pid].netns_key = target
+            walk.processes[pid].netns = inode
+    return real
+
+
+def _attach_holders(sockets: list[Socket], walk: _Walk, stats: Stats) -> None:
+    listed = set()
+    for sock in sockets:
+        if not sock.inode:
+            continue
+        listed.add(sock.inode)
+        held = walk.holders.get(sock.inode)
+        if not held:
+            continue
+        fds: dict[int, list[int]] = defaultdict(list)
+        for pid, fd in held:
+            fds[pid].append(fd)
+        sock.pids = sorted(fds)
+        sock.fds = {pid: sorted(v) for pid, v in sorted(fds.items())}
+    stats.socket_fds_not_in_tables = sum(1 for inode in walk.holders if inode not in listed)
+
+
+def _mark_sandboxes(processes: dict[int, Process], commands: frozenset[str]) -> None:
+    for process in processes.values():
+        name = os.path.basename(process.cmdline[0]) if process.cmdline else process.comm
+        process.sandbox = name in commands and not process.socket_fds
+
+
+def _missing(caps: int, *needed: tuple[int, str]) -> str:
+    """'needs X and Y', or, when we hold them all, why the kernel may still say no."""
+    names = [name for _, name in needed]
+    if all(has_capability(caps, cap) for cap, _ in needed):
+        return (f"denied even with {' and '.join(names)} (such processes hold capabilities "
+                "nsnet lacks, or a security module forbids it)")
+    return "needs " + " and ".join(names)
+
+
+def _privilege_notes(stats: Stats) -> None:
+    caps = own_capabilities()
+    total = stats.processes
+    ptrace = (CAP_SYS_PTRACE, "CAP_SYS_PTRACE")
+    if stats.processes_fd_denied:
+        stats.privileges.append(
+            f"pid attribution unavailable for {stats.processes_fd_denied} of {total} processes: "
+            + _missing(caps, ptrace, (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")))
+    if stats.processes_ns_denied:
+        stats.privileges.append(
+            f"namespace inode unreadable for {stats.processes_ns_denied} of {total} processes "
+            "(grouped by their /proc/<pid>/net identity instead): " + _missing(caps, ptrace))
+    if stats.pinned_unreadable:
+        stats.privileges.append(
+            f"{stats.pinned_unreadable} namespace(s) pinned only by a bind mount not read: "
+            + ("entering them needs CAP_SYS_ADMIN" if not has_capability(caps, CAP_SYS_ADMIN)
+               else "see each namespace's error"))

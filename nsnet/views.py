@@ -1,0 +1,258 @@
+"""The JSON documents (schema "nsnet/1") built from a snapshot: sockets, by-namespace, by-user.
+
+Everything here is pure: it takes a Snapshot and returns plain dicts and lists, which the
+human renderer and the JSON printer both use, so the two never disagree.
+"""
+from __future__ import annotations
+
+import pwd
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Iterable, Optional
+
+from . import SCHEMA
+from .model import Namespace, Process, Snapshot, Socket
+
+STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "CLOSE",
+                 "LISTENING": "LISTEN", "UNCONNECTED": "UNCONN"}
+NO_UID_STATES = ("TIME_WAIT", "NEW_SYN_RECV")   # mini-sockets: the kernel prints uid 0
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: Optional[int]) -> Optional[str]:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def normalize_state(text: str) -> str:
+    state = text.strip().upper().replace("-", "_")
+    return STATE_ALIASES.get(state, state)
+
+
+def socket_users(sock: Socket, snap: Snapshot) -> list[int]:
+    """Holders' effective uids; with no holder, the table's uid column, except for
+    TIME_WAIT-like mini-sockets whose uid column is always 0: those go to the owners
+    of their namespace."""
+    if sock.pids:
+        return sorted({snap.processes[p].uid for p in sock.pids})
+    if sock.inode == 0 and sock.state in NO_UID_STATES:
+        ns = snap.namespaces.get(sock.netns_key)
+        return list(ns.owners) if ns else []
+    return [] if sock.uid is None else [sock.uid]
+
+
+def endpoint(addr: str, port: Optional[int]) -> str:
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def process_doc(p: Process) -> dict:
+    return {"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "user": user_name(p.uid),
+            "comm": p.comm, "cmdline": list(p.cmdline), "netns": p.netns,
+            "netns_key": p.netns_key, "sandbox": p.sandbox, "fds_readable": p.fds_readable}
+
+
+def namespace_doc(ns: Namespace) -> dict:
+    return {"inode": ns.inode, "key": ns.key, "host": ns.host, "pinned": list(ns.pinned),
+            "found_by": ns.found_by, "pids": list(ns.pids),
+            "threads": [{"pid": p, "tid": t} for p, t in ns.threads],
+            "owners": list(ns.owners),
+            "owner_names": {str(u): user_name(u) for u in ns.owners},
+            "read_via": ns.read_via, "tables_read": ns.tables_read, "error": ns.error}
+
+
+def socket_doc(s: Socket, snap: Snapshot) -> dict:
+    return {"netns": s.netns, "netns_key": s.netns_key, "proto": s.proto, "family": s.family,
+            "state": s.state, "local_addr": s.local_addr, "local_port": s.local_port,
+            "remote_addr": s.remote_addr, "remote_port": s.remote_port, "inode": s.inode,
+            "uid": s.uid, "users": socket_users(s, snap), "pids": list(s.pids),
+            "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
+            "peer": s.peer, "peer_netns": s.peer_netns, "peer_pids": list(s.peer_pids),
+            "unix_type": s.unix_type}
+
+
+def stats_doc(snap: Snapshot) -> dict:
+    doc = asdict(snap.stats)
+    doc["host_netns"] = snap.host_key
+    return doc
+
+
+@dataclass
+class SocketFilter:
+    protos: frozenset[str] = frozenset()
+    listening: bool = False
+    state: Optional[str] = None
+    port: Optional[int] = None
+    pid: Optional[int] = None
+    netns: Optional[int] = None
+
+    def __call__(self, s: Socket) -> bool:
+        if self.protos and s.proto not in self.protos:
+            return False
+        if self.listening and s.direction != "listening":
+            return False
+        if self.state is not None and s.state != self.state:
+            return False
+        if self.port is not None and self.port not in (s.local_port, s.remote_port):
+            return False
+        if self.pid is not None and self.pid not in s.pids:
+            return False
+        if self.netns is not None and s.netns != self.netns:
+            return False
+        return True
+
+
+def _ns_order(ns: Namespace) -> tuple:
+    # host first, then namespaces by inode; unreadable identities last
+    return (not ns.host, ns.inode is None, ns.inode or 0, ns.key)
+
+
+def sorted_namespaces(snap: Snapshot) -> list[Namespace]:
+    return sorted(snap.namespaces.values(), key=_ns_order)
+
+
+def _socket_order(s: Socket) -> tuple:
+    return (s.netns is None, s.netns or 0, s.proto, s.direction != "listening",
+            s.local_addr, s.local_port or 0, s.remote_addr, s.remote_port or 0, s.inode)
+
+
+def filtered_sockets(snap: Snapshot, keep: Optional[SocketFilter] = None) -> list[Socket]:
+    chosen = [s for s in snap.sockets if keep is None or keep(s)]
+    chosen.sort(key=_socket_order)
+    return chosen
+
+
+def sockets_view(snap: Snapshot, keep: Optional[SocketFilter] = None) -> dict:
+    chosen = filtered_sockets(snap, keep)
+    pids = sorted({p for s in chosen for p in s.pids})
+    return {"schema": SCHEMA, "view": "sockets",
+            "namespaces": [namespace_doc(ns) for ns in sorted_namespaces(snap)],
+            "processes": [process_doc(snap.processes[p]) for p in pids],
+            "sockets": [socket_doc(s, snap) for s in chosen],
+            "stats": stats_doc(snap)}
+
+
+def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
+    return [{"pid": p, "uid": snap.processes[p].uid, "comm": snap.processes[p].comm,
+             "cmdline": list(snap.processes[p].cmdline)} for p in sorted(pids)]
+
+
+def listener_doc(s: Socket, snap: Snapshot) -> dict:
+    return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
+            "state": s.state, "inode": s.inode, "netns": s.netns, "pids": list(s.pids),
+            "users": socket_users(s, snap), "processes": _holder_docs(s.pids, snap)}
+
+
+def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
+    """Connections grouped by peer: outbound by the peer's ip:port, inbound by our service
+    port and the client's ip (never its ephemeral port)."""
+    groups: dict[tuple, dict] = {}
+    for s in socks:
+        if s.proto == "unix" or s.direction not in ("inbound", "outbound"):
+            continue
+        if s.direction == "outbound":
+            key = ("outbound", s.proto, s.remote_addr, s.remote_port, None, None)
+        else:
+            key = ("inbound", s.proto, s.remote_addr, None, s.local_addr, s.local_port)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {
+                "direction": key[0], "proto": s.proto, "peer_addr": s.remote_addr,
+                "peer_port": key[3], "local_addr": key[4], "local_port": key[5],
+                "peer": s.peer, "peer_netns": set(), "count": 0, "states": Counter(),
+                "netns": set(), "pids": set(), "users": set(), "peer_users": set()}
+        g["count"] += 1
+        g["states"][s.state] += 1
+        g["netns"].add(s.netns)
+        g["pids"].update(s.pids)
+        g["users"].update(socket_users(s, snap))
+        if s.peer_netns is not None:
+            g["peer_netns"].add(s.peer_netns)
+        if s.peer == "node":
+            g["peer"] = "node"
+        g["peer_users"].update(snap.processes[p].uid for p in s.peer_pids)
+    out = []
+    for g in groups.values():
+        for k in ("peer_netns", "netns", "pids", "users", "peer_users"):
+            g[k] = sorted((v for v in g[k] if v is not None))
+        g["states"] = dict(sorted(g["states"].items()))
+        out.append(g)
+    out.sort(key=lambda g: (g["direction"], -g["count"], g["peer_addr"], g["peer_port"] or 0,
+                            g["local_port"] or 0))
+    return out
+
+
+def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for s in socks:
+        counts[s.proto][s.state] += 1
+    return {proto: dict(sorted(c.items())) for proto, c in sorted(counts.items())}
+
+
+def by_namespace_view(snap: Snapshot) -> dict:
+    per_ns: dict[str, list[Socket]] = defaultdict(list)
+    for s in snap.sockets:
+        per_ns[s.netns_key].append(s)
+    docs = []
+    for ns in sorted_namespaces(snap):
+        socks = sorted(per_ns.get(ns.key, []), key=_socket_order)
+        doc = namespace_doc(ns)
+        doc["processes"] = [process_doc(snap.processes[p]) for p in ns.pids]
+        doc["listening"] = [listener_doc(s, snap) for s in socks if s.direction == "listening"
+                            and s.proto != "unix"]
+        doc["unix_listening"] = [listener_doc(s, snap) for s in socks
+                                 if s.direction == "listening" and s.proto == "unix"]
+        doc["connections"] = _connection_groups(socks, snap)
+        doc["counts"] = _counts(socks)
+        doc["sockets"] = len(socks)
+        docs.append(doc)
+    return {"schema": SCHEMA, "view": "by-namespace", "namespaces": docs,
+            "stats": stats_doc(snap)}
+
+
+def resolve_user(text: str) -> int:
+    """A --user argument (name or uid) to a uid; ValueError when neither."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise ValueError(f"unknown user {text!r} (give a name from this system or a numeric uid)")
+
+
+def by_user_view(snap: Snapshot, only_uid: Optional[int] = None) -> dict:
+    socks_of: dict[int, list[Socket]] = defaultdict(list)
+    for s in snap.sockets:
+        for uid in socket_users(s, snap):
+            socks_of[uid].append(s)
+    procs_of: dict[int, list[int]] = defaultdict(list)
+    for p in snap.processes.values():
+        procs_of[p.uid].append(p.pid)
+    owned: dict[int, list[Namespace]] = defaultdict(list)
+    for ns in sorted_namespaces(snap):
+        for uid in ns.owners:
+            owned[uid].append(ns)
+    uids = sorted(set(socks_of) | set(procs_of) | set(owned))
+    if only_uid is not None:
+        uids = [u for u in uids if u == only_uid] or [only_uid]
+    docs = []
+    for uid in uids:
+        socks = sorted(socks_of.get(uid, []), key=_socket_order)
+        groups = _connection_groups(socks, snap)
+        docs.append({
+            "uid": uid, "name": user_name(uid),
+            "namespaces": [ns.inode for ns in owned.get(uid, [])],
+            "namespace_keys": [ns.key for ns in owned.get(uid, [])],
+            "processes": sorted(procs_of.get(uid, [])),
+            "listening": [listener_doc(s, snap) for s in socks
+                          if s.direction == "listening" and s.proto != "unix"],
+            "connects_to": [g for g in groups if g["direction"] == "outbound"],
+            "connected_from": [g for g in groups if g["direction"] == "inbound"],
+            "sockets": len(socks)})
+    return {"schema": SCHEMA, "view": "by-user", "users": docs, "stats": stats_doc(snap)}
