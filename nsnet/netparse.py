@@ -27,7 +27,10 @@ DGRAM_STATES = {1: "ESTABLISHED", 7: "UNCONN"}
 
 UNIX_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 _UNIX_ACCEPTCON = 0x10000          # __SO_ACCEPTCON: a listening stream socket
-_SS_CONNECTING, _SS_CONNECTED, _SS_DISCONNECTING = 2, 3, 4
+# The St column (unix_seq_show): with a struct socket, SS_CONNECTED (3) or SS_UNCONNECTED (1);
+# without one (accepted by the kernel, not yet by the process), SS_CONNECTING (2) when
+# established, SS_DISCONNECTING (4) when not.
+_UNIX_STATES = {1: "UNCONN", 2: "ESTABLISHED", 3: "ESTABLISHED", 4: "UNCONN"}
 
 INET_FILES = {   # file -> (proto, family)
     "tcp": ("tcp", "inet"), "tcp6": ("tcp", "inet6"),
@@ -50,6 +53,8 @@ class ParseResult:
 
 
 _addr_cache: dict[bytes, str] = {}
+# "%08X" (IPv4) or four of them (IPv6): int(x, 16) alone would also take "-1F", "0x1F", "1_F".
+_HEX_ADDRESS = re.compile(rb"(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{32})\Z")
 
 
 def decode_address(hexaddr: bytes) -> str:
@@ -57,6 +62,8 @@ def decode_address(hexaddr: bytes) -> str:
     cached = _addr_cache.get(hexaddr)
     if cached is not None:
         return cached
+    if not _HEX_ADDRESS.match(hexaddr):
+        raise ValueError(f"not an address the kernel prints: {hexaddr[:40]!r}")
     if len(hexaddr) == 8:
         text = socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(hexaddr, 16)))
     elif len(hexaddr) == 32:
@@ -72,11 +79,28 @@ def decode_address(hexaddr: bytes) -> str:
     return text
 
 
-def _endpoint(field_: bytes) -> tuple[str, int]:
-    addr, _, port = field_.partition(b":")
-    if not port:
-        raise ValueError("no port")
-    return decode_address(addr), int(port, 16)
+def _complete_lines(data: bytes, result: ParseResult) -> list[bytes]:
+    """The table's lines after the header; a last line with no newline was cut short by a
+    truncated read and is counted as malformed rather than parsed (its inode may be cut)."""
+    lines = data.split(b"\n")
+    if len(lines) < 2:
+        return []               # nothing but (part of) the header
+    tail = lines.pop()          # b"" when the data ends with a newline, as the kernel's does
+    if tail.strip():
+        result.bad(tail)
+    return lines[1:]
+
+
+# One match validates a whole line and extracts what we use: "%4d: %08X:%04X %08X:%04X %02X
+# %08X:%08X %02X:%08lX %08X %5u %8d %lu ..." (IPv6 addresses are four %08X words), and at
+# least the two fields every table prints after the inode (ref, pointer) -- so a line cut
+# short by a truncated read never passes with a shortened inode.
+_H = rb"[0-9A-Fa-f]"
+_INET_LINE = re.compile(
+    rb" *[0-9]+: (" + _H + rb"{8}|" + _H + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{8}|" + _H
+    + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{2}) " + _H + rb"{8}:" + _H + rb"{8} " + _H
+    + rb"{2}:" + _H + rb"{8,16} " + _H + rb"{8} +([0-9]+) +-?[0-9]+ +([0-9]+) +-?[0-9]+ +"
+    + _H + rb"+(?: |\Z)")
 
 
 def parse_inet(data: bytes, name: str) -> ParseResult:
@@ -88,26 +112,22 @@ def parse_inet(data: bytes, name: str) -> ParseResult:
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     result = ParseResult()
     append = result.sockets.append
-    lines = data.split(b"\n")
-    for line in lines[1:]:            # the first line is the header
-        if not line.strip():
+    match = _INET_LINE.match
+    cache = _addr_cache
+    for line in _complete_lines(data, result):
+        m = match(line)
+        if m is None:
+            if line.strip():
+                result.bad(line)
             continue
-        fields = line.split()
-        try:
-            if len(fields) < 10 or not fields[0].endswith(b":"):
-                raise ValueError("short line")
-            local_addr, local_port = _endpoint(fields[1])
-            remote_addr, remote_port = _endpoint(fields[2])
-            state = states.get(int(fields[3], 16))
-            if state is None:
-                raise ValueError("unknown state")
-            uid = int(fields[7])
-            inode = int(fields[9])
-        except (ValueError, OSError):
+        laddr, lport, raddr, rport, st, uid, inode = m.groups()
+        state = states.get(int(st, 16))
+        if state is None:
             result.bad(line)
             continue
-        append(Socket(proto, family, state, local_addr, local_port, remote_addr,
-                      remote_port, inode, uid))
+        append(Socket(proto, family, state, cache.get(laddr) or decode_address(laddr),
+                      int(lport, 16), cache.get(raddr) or decode_address(raddr),
+                      int(rport, 16), int(inode), int(uid)))
     return result
 
 
@@ -121,38 +141,37 @@ _UNIX_ENTRY_START = re.compile(rb"[0-9a-fA-F]+: [0-9A-Fa-f]{8} ")
 def parse_unix(data: bytes) -> ParseResult:
     """Parse /proc/net/unix.
 
-    Paths are printed raw, so a path may contain spaces or even newlines: a line that
-    does not start an entry continues the previous entry's path. Abstract names start
-    with '@' and their NUL bytes are printed as '@'.
+    Paths are printed raw, so a path may contain spaces or newlines, even empty lines: a
+    line that does not start an entry continues the previous entry's path -- if it has one;
+    after an entry without a path it is garbage. Abstract names start with '@' and their NUL
+    bytes are printed as '@'.
     """
     result = ParseResult()
+    complete = data.endswith(b"\n")
+    lines = (data[:-1] if complete else data).split(b"\n")[1:]
     entries: list[bytes] = []
-    for line in data.split(b"\n")[1:]:
+    for line in lines:
         if _UNIX_ENTRY_START.match(line):
             entries.append(line)
-        elif entries and line:
+            continue
+        last = _UNIX_ENTRY.match(entries[-1]) if entries else None
+        if last is not None and last.group(8) is not None:
             entries[-1] += b"\n" + line
         elif line.strip():
             result.bad(line)
+    if entries and not complete:
+        result.bad(entries.pop())    # cut short by a truncated read
     for entry in entries:
         m = _UNIX_ENTRY.match(entry)
         type_ = UNIX_TYPES.get(int(m.group(5), 16)) if m else None
         if m is None or type_ is None:
             result.bad(entry)
             continue
-        flags = int(m.group(4), 16)
-        st = int(m.group(6), 16)
-        path = m.group(8) or b""
-        if flags & _UNIX_ACCEPTCON:
+        if int(m.group(4), 16) & _UNIX_ACCEPTCON:
             state = "LISTEN"
-        elif st == _SS_CONNECTED:
-            state = "ESTABLISHED"
-        elif st == _SS_CONNECTING:
-            state = "SYN_SENT"
-        elif st == _SS_DISCONNECTING:
-            state = "CLOSING"
         else:
-            state = "UNCONN"
+            state = _UNIX_STATES.get(int(m.group(6), 16), "UNCONN")
+        path = m.group(8) or b""
         result.sockets.append(Socket(
             "unix", "unix", state, path.decode("utf-8", "surrogateescape"), None, "", None,
             int(m.group(7)), None, unix_type=type_))

@@ -25,3 +25,14 @@ def require_root(*tools: str) -> None:
 @pytest.fixture
 def root(request):
     require_root()
+
+
+@pytest.fixture(scope="session")
+def node():
+    """The real-namespace node of tests/realnode.py, built once per session and shared
+    (only one can exist at a time: its addresses and uids are fixed)."""
+    require_root("ip", "nsenter", "setpriv")
+    from realnode import RealNode
+
+    with RealNode.build() as built:
+        yield built
