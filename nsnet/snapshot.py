@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from . import classify, mountinfo, pinned
 from .model import Namespace, Process, Snapshot, Socket, Stats
-from .netparse import NET_FILES, parse_net_file
+from .netparse import NET_FILES, ParseResult, parse_net_file
 from .procfs import (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, PF_KTHREAD, AccessDenied, ProcError, ProcessGone, check_procfs,
                      list_pids, ns_inode, open_dir, parse_cmdline, parse_stat,
                      has_capability, own_capabilities, parse_status_euid, procnet_id,
@@ -199,6 +200,45 @@ def _read_tables_via_tasks(proc: str, key: str, candidates: Iterable[str],
     return None, None
 
 
+@dataclass
+class _TableRead:
+    parsed: Optional[list[ParseResult]]   # None: the tables could not be read
+    via: Optional[str] = None
+    retries: int = 0
+
+
+def _parse_tables(tables: dict[str, bytes]) -> list[ParseResult]:
+    return [parse_net_file(name, tables[name]) for name in NET_FILES if name in tables]
+
+
+def _load_via_tasks(proc: str, key: str, candidates: list[str]) -> _TableRead:
+    """Runs in a reader thread: touches nothing shared, returns what it found."""
+    local = Stats()
+    tables, path = _read_tables_via_tasks(proc, key, candidates, local)
+    if tables is None or path is None:
+        return _TableRead(None, retries=local.namespace_read_retries)
+    pid, _, tid = path.partition("/task/")
+    via = f"task {tid} of pid {pid}" if tid else f"pid {pid}"
+    return _TableRead(_parse_tables(tables), via, local.namespace_read_retries)
+
+
+def _load_pinned(ns: Namespace, paths: list[tuple[str, str]], enter: bool,
+                 stats: Stats) -> _TableRead:
+    if not enter:
+        ns.error = "pinned by a bind mount only: not entered (--no-enter)"
+        stats.pinned_unreadable += 1
+        return _TableRead(None)
+    for shown, opener in paths:
+        try:
+            tables = pinned.read_tables_in(opener, ns.inode)
+        except pinned.EnterError as exc:
+            ns.error = str(exc)
+            continue
+        return _TableRead(_parse_tables(tables), f"setns {shown}")
+    stats.pinned_unreadable += 1
+    return _TableRead(None)
+
+
 def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str, str]]]:
     """nsfs bind mounts of network namespaces: netns inode -> [(shown path, path to open)].
 
@@ -232,13 +272,33 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str
     return pins
 
 
+def default_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFAULT_SANDBOX_COMMANDS,
-                  enter_pinned: bool = True) -> Snapshot:
+                  enter_pinned: bool = True, threads: Optional[int] = None) -> Snapshot:
     started = time.perf_counter()
+    workers = default_threads() if threads is None else max(1, threads)
     proc = proc.rstrip("/") or "/"
     check_procfs(proc)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsnet-read") \
+        if workers > 1 else None
+    try:
+        return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
+          pool: Optional[ThreadPoolExecutor], started: float) -> Snapshot:
     stats = Stats()
     walk = _Walk()
+    # Reading a namespace's tables is mostly the kernel walking its socket hashes, with the
+    # GIL released. So a namespace's tables are handed to a reader thread as soon as the walk
+    # meets its first member, and the kernel's walks overlap ours.
+    early: dict[str, tuple[str, Future]] = {}
     for pid in list_pids(proc):
         try:
             _walk_process(proc, pid, walk, stats)
@@ -248,6 +308,12 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
                 stats.processes_vanished += 1
             else:   # e.g. hidepid, or an I/O error: skipped, and counted
                 stats.processes_unreadable += 1
+            continue
+        process = walk.processes.get(pid)
+        if pool is not None and process is not None and process.netns is not None \
+                and process.netns_key not in early:
+            early[process.netns_key] = (str(pid), pool.submit(
+                _load_via_tasks, proc, process.netns_key, [str(pid)]))
     stand_ins = _merge_procnet_groups(proc, walk)
     stats.processes = len(walk.processes)
 
@@ -262,8 +328,8 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
 
     for key, pids in walk.members.items():
         namespace(key).pids = sorted(pids)
-    for key, threads in walk.threads.items():
-        namespace(key).threads = sorted(threads)
+    for key, visitors in walk.threads.items():
+        namespace(key).threads = sorted(visitors)
     pins = _find_pins(proc, walk, stats)
     for inode, paths in pins.items():
         namespace(ns_key(inode)).pinned = sorted({shown for shown, _ in paths})
@@ -272,38 +338,45 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
     if host_key is not None:
         namespace(host_key).host = True
 
+    # Namespaces held by tasks: what the early reads did not cover goes to the readers now.
+    # Namespaces only a bind mount holds are entered afterwards, from the main thread only.
+    pending: dict[str, tuple[list[str], Future | _TableRead]] = {}
+    for key, ns in sorted(namespaces.items()):
+        candidates = [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
+        if not candidates:
+            continue
+        if key in early:
+            tried, future = early[key]
+            pending[key] = ([c for c in candidates if c != tried], future)
+        elif pool is not None:
+            pending[key] = ([], pool.submit(_load_via_tasks, proc, key, candidates))
+        else:
+            pending[key] = ([], _load_via_tasks(proc, key, candidates))
+    results: dict[str, _TableRead] = {}
+    for key, (rest, outcome) in pending.items():
+        read = outcome.result() if isinstance(outcome, Future) else outcome
+        if read.parsed is None and rest:   # the first member exited or moved: the others
+            retry = _load_via_tasks(proc, key, rest)
+            retry.retries += read.retries
+            read = retry
+        results[key] = read
+
     sockets: list[Socket] = []
     for key, ns in sorted(namespaces.items()):
-        tables: Optional[dict[str, bytes]] = None
-        candidates = [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
-        if candidates:
-            tables, via = _read_tables_via_tasks(proc, key, candidates, stats)
-            if tables is not None:
-                ns.read_via = f"pid {via}" if "/" not in via else f"task {via.split('/')[-1]} of pid {via.split('/')[0]}"
-        if tables is None and ns.inode is not None and ns.inode in pins:
-            if not enter_pinned:
-                ns.error = "bind-mount pinned: not entered (--no-enter)"
-            for shown, opener in pins[ns.inode] if enter_pinned else []:
-                try:
-                    tables = pinned.read_tables_in(opener, ns.inode)
-                    ns.read_via = f"setns {shown}"
-                    break
-                except pinned.EnterError as exc:
-                    ns.error = str(exc)
-            if tables is None:
-                stats.pinned_unreadable += 1
-        if tables is None:
+        read = results.get(key)
+        if read is not None:
+            stats.namespace_read_retries += read.retries
+        if (read is None or read.parsed is None) and ns.inode is not None and ns.inode in pins:
+            read = _load_pinned(ns, pins[ns.inode], enter_pinned, stats)
+        if read is None or read.parsed is None:
             stats.namespaces_unread += 1
             if ns.error is None:
                 ns.error = "no task of it could be read (all exited or moved)"
             continue
         ns.tables_read = True
+        ns.read_via = read.via
         ns.error = None
-        for name in NET_FILES:
-            data = tables.get(name)
-            if data is None:
-                continue
-            parsed = parse_net_file(name, data)
+        for parsed in read.parsed:
             stats.malformed_lines += parsed.malformed
             for sock in parsed.sockets:
                 sock.netns = ns.inode
@@ -311,7 +384,6 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
             sockets.extend(parsed.sockets)
 
     _attach_holders(sockets, walk, stats)
-    sandbox = frozenset(sandbox_commands)
     _mark_sandboxes(walk.processes, sandbox)
     for ns in namespaces.values():
         ns.owners = sorted({walk.processes[p].uid for p in ns.pids

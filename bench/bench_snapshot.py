@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""bench_snapshot.py: nsnet's full snapshot against what users do today and against the bare cost.
+
+    python3 bench/bench_snapshot.py [--namespaces 100 --procs-per-ns 5 --conns-per-proc 10]
+                                    [--repeat 3] [--keep-node] [--json] [--profile]
+
+Builds a busy synthetic node with bench/synthnode.py (unless one is up in --dir), then measures in
+the same run, each --repeat times, interleaved, median reported:
+
+  nsnet        from nsnet.snapshot import take_snapshot; take_snapshot("/proc")   (in-process)
+  nsnet CLI    python -m nsnet sockets --json > /dev/null                        (end to end)
+  ss loop      ONE bash loop: for p in PIDS; do nsenter -t $p -n ss -tuanp; done > /dev/null
+               (one pid per network namespace; the pids are integers this script collected)
+  bare         bench/bare_read.c compiled with cc -O2 at run time: the same fd links, ns stats and
+               net files read with no parsing (falls back to an equivalent Python reader without cc)
+
+and prints the ratios `ss loop / nsnet` (target >= 10x) and `nsnet / bare` (target <= 1.3x) with
+the node's size. The node is torn down at the end unless --keep-node. Run as root.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, BENCH_DIR)
+import synthnode  # noqa: E402
+
+NET_FILES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix")
+
+
+# ------------------------------------------------------------------------------ references
+def find_util_linux_nsenter() -> str:
+    """util-linux's nsenter. A pip-installed `nsenter` package ships a Python CLI of the same name
+    (with other options) that can come first on PATH, e.g. as a pyenv shim."""
+    cands = ["/usr/bin/nsenter", "/bin/nsenter", shutil.which("nsenter")]
+    for c in cands:
+        if not c or not os.access(c, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([c, "--version"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "util-linux" in out:
+            return c
+    raise SystemExit("bench: util-linux nsenter not found (needed for the ss loop reference)")
+
+
+def python_bare_read(proc: str = "/proc") -> dict:
+    """the same work as bare_read.c, in Python, for hosts without a C compiler."""
+    t0 = time.perf_counter()
+    pids = fds = socket_fds = ns_denied = fd_denied = 0
+    first: dict[int, int] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        pids += 1
+        try:
+            dfd = os.open(f"{proc}/{name}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            fd_denied += 1
+        else:
+            try:
+                for ent in os.listdir(dfd):
+                    try:
+                        link = os.readlink(ent, dir_fd=dfd)
+                    except OSError:
+                        continue
+                    fds += 1
+                    socket_fds += link.startswith("socket:[")
+            except OSError:
+                pass
+            finally:
+                os.close(dfd)
+        try:
+            first.setdefault(os.stat(f"{proc}/{name}/ns/net").st_ino, int(name))
+        except OSError:
+            ns_denied += 1
+    t1 = time.perf_counter()
+    nbytes = lines = files = failed = 0
+    for pid in first.values():
+        for f in NET_FILES:
+            try:
+                fd = os.open(f"{proc}/{pid}/net/{f}", os.O_RDONLY)
+            except OSError:
+                failed += 1
+                continue
+            files += 1
+            try:
+                while True:
+                    b = os.read(fd, 256 * 1024)
+                    if not b:
+                        break
+                    nbytes += len(b)
+                    lines += b.count(b"\n")
+            finally:
+                os.close(fd)
+    t2 = time.perf_counter()
+    return {"elapsed": t2 - t0, "fd_walk": t1 - t0, "net_read": t2 - t1, "pids": pids, "fds": fds,
+            "socket_fds": socket_fds, "namespaces": len(first), "net_files": files, "net_failed": failed,
+            "net_bytes": nbytes, "net_lines": lines, "ns_denied": ns_denied, "fd_denied": fd_denied,
+            "impl": "python"}
+
+
+class Bare:
+    """bare_read.c compiled into a temp dir; the Python reader when there is no compiler."""
+
+    def __init__(self, force_python: bool = False):
+        self.tmp = tempfile.mkdtemp(prefix="nsnt-bench-bare-")
+        self.exe = None
+        self.note = "Python (--bare-python)"
+        cc = None if force_python else shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if cc:
+            exe = os.path.join(self.tmp, "bare_read")
+            r = subprocess.run([cc, "-O2", "-pthread", "-o", exe, os.path.join(BENCH_DIR, "bare_read.c")],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                self.exe = exe
+                self.note = f"C ({os.path.basename(cc)} -O2)"
+            else:
+                self.note = f"Python fallback ({cc} failed: {r.stderr.strip()[:200]})"
+        elif not force_python:
+            self.note = "Python fallback (no C compiler found)"
+
+    def run(self, threads: int = 1) -> dict:
+        if self.exe is None:
+            return python_bare_read()   # sequential only
+        r = subprocess.run([self.exe, "/proc", str(threads)], capture_output=True, text=True,
+                           check=True)
+        return json.loads(r.stdout)
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def namespace_pids() -> dict[int, int]:
+    """netns inode -> one pid in it (the lowest), from a stat() of every /proc/<pid>/ns/net."""
+    out: dict[int, int] = {}
+    for name in sorted((n for n in os.listdir("/proc") if n.isdigit()), key=int):
+        try:
+            out.setdefault(os.stat(f"/proc/{name}/ns/net").st_ino, int(name))
+        except OSError:
+            pass
+    return out
+
+
+SS_LOOP = 'for p in "$@"; do "$NSENTER" -t "$p" -n "$SS" -tuanp; done > /dev/null'
+
+
+def run_ss_loop(pids: list[int], nsenter: str, ss: str) -> tuple[float, int]:
+    """wall time of one bash loop over the pids, and how many lines it wrote to stderr."""
+    env = dict(os.environ, NSENTER=nsenter, SS=ss)
+    t0 = time.perf_counter()
+    r = subprocess.run(["bash", "-c", SS_LOOP, "bash", *map(str, pids)], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t0
+    return dt, len(r.stderr.splitlines())
+
+
+def run_nsnet_cli() -> tuple[float, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--json"], cwd=REPO, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    dt = time.perf_counter() - t0
+    err = "" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr.strip()[-300:]}"
+    return dt, err
+
+
+def default_threads() -> int:   # replaced by nsnet's own when it imports
+    return 1
+
+
+def load_nsnet():
+    sys.path.insert(0, REPO)
+    global default_threads
+    try:
+        from nsnet.snapshot import default_threads, take_snapshot
+    except Exception as e:  # noqa: BLE001 - the references are still worth measuring
+        return None, f"{type(e).__name__}: {e}"
+    return take_snapshot, ""
+
+
+def profile_snapshot(take_snapshot, top: int = 25) -> dict[str, str]:
+    prof = cProfile.Profile()
+    prof.enable()
+    take_snapshot("/proc")
+    prof.disable()
+    out = {}
+    for key in ("cumulative", "tottime"):
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).strip_dirs().sort_stats(key).print_stats(top)
+        out[key] = s.getvalue()
+    return out
+
+
+# ------------------------------------------------------------------------------ the run
+def fmt(x) -> str:
+    return "—" if x is None else f"{x:.3f} s"
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--namespaces", "-n", type=int, default=100)
+    ap.add_argument("--procs-per-ns", "-p", type=int, default=5)
+    ap.add_argument("--conns-per-proc", "-c", type=int, default=10)
+    ap.add_argument("--pin-every", type=int, default=5)
+    ap.add_argument("--child-ehash", type=int, default=0, metavar="ENTRIES",
+                    help="build the node with private per-netns TCP hash tables (see synthnode.py)")
+    ap.add_argument("--repeat", "-r", type=int, default=3)
+    ap.add_argument("--keep-node", action="store_true", help="leave the node up at the end")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    ap.add_argument("--json-out", metavar="FILE", help="also write the JSON document to FILE")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one nsnet snapshot (cProfile, top 25 by cumulative and tottime)")
+    ap.add_argument("--bare-python", action="store_true",
+                    help="use the Python bare reader even when a C compiler is present")
+    ap.add_argument("--skip-ss", action="store_true", help="skip the (slow) ss loop reference")
+    ap.add_argument("--dir", default=synthnode.DEFAULT_DIR, help="the node's state directory")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_snapshot.py: run as root (it builds namespaces and reads every process's fds)")
+    if a.repeat < 1:
+        sys.exit("--repeat must be >= 1")
+    log = (lambda *m: print(*m, file=sys.stderr)) if a.json else print
+
+    take_snapshot, nsnet_err = load_nsnet()
+    nsenter, ss = (None, None) if a.skip_ss else (find_util_linux_nsenter(), shutil.which("ss"))
+    if not a.skip_ss and not ss:
+        sys.exit("bench: `ss` (iproute2) not found")
+    bare = Bare(a.bare_python)
+    state = synthnode.is_up(a.dir)
+    reused = state is not None
+    try:
+        if reused:
+            log(f"node: reusing the node already up in {a.dir}: {state['params']}")
+        else:
+            t0 = time.perf_counter()
+            state = synthnode.up(a.namespaces, a.procs_per_ns, a.conns_per_proc, a.pin_every,
+                                 a.child_ehash, a.dir, quiet=True)
+            log(f"node: built in {time.perf_counter() - t0:.2f} s: {state['params']}")
+        bare.run()      # warm-up, untimed: every method then sees the same warm dentry caches
+        ns_pids = namespace_pids()
+        pids = sorted(ns_pids.values())
+        threads = default_threads() if take_snapshot else 1
+        res: dict[str, list] = {"nsnet": [], "nsnet_cli": [], "ss_loop": [], "bare": [],
+                                "bare_threads": []}
+        bare_runs, snap_info, errors = [], {}, []
+        for r in range(a.repeat):
+            b = bare.run()
+            bare_runs.append(b)
+            res["bare"].append(b["elapsed"])
+            if threads > 1 and bare.exe:
+                res["bare_threads"].append(bare.run(threads)["elapsed"])
+            if take_snapshot:
+                t0 = time.perf_counter()
+                snap = take_snapshot("/proc")
+                res["nsnet"].append(time.perf_counter() - t0)
+                snap_info = {"namespaces": len(snap.namespaces), "processes": len(snap.processes),
+                             "sockets": len(snap.sockets)}
+                del snap
+                dt, err = run_nsnet_cli()
+                res["nsnet_cli"].append(dt)
+                if err:
+                    errors.append(f"nsnet CLI: {err}")
+            if not a.skip_ss:
+                dt, nerr = run_ss_loop(pids, nsenter, ss)
+                res["ss_loop"].append(dt)
+                if nerr:
+                    errors.append(f"ss loop: {nerr} stderr lines in run {r + 1}")
+            log(f"  run {r + 1}/{a.repeat}: " + ", ".join(
+                f"{k} {v[-1]:.3f}s" for k, v in res.items() if v))
+        med = {k: median(v) for k, v in res.items()}
+        b = bare_runs[-1]
+        size = {"namespaces": b["namespaces"], "processes": b["pids"], "fds": b["fds"],
+                "socket_fds": b["socket_fds"],
+                "sockets": b["net_lines"] - b["net_files"],   # one header line per file
+                "net_bytes": b["net_bytes"], "ns_pids_for_ss_loop": len(pids)}
+        ratios = {
+            "ss_loop_over_nsnet": med["ss_loop"] / med["nsnet"] if med["ss_loop"] and med["nsnet"] else None,
+            "nsnet_over_bare": med["nsnet"] / med["bare"] if med["nsnet"] and med["bare"] else None,
+            "nsnet_cli_over_bare": med["nsnet_cli"] / med["bare"] if med["nsnet_cli"] and med["bare"] else None,
+            # the same parallelism on both sides: nsnet's reader threads vs as many C threads
+            "nsnet_over_bare_same_threads": (med["nsnet"] / med["bare_threads"]
+                                             if med["nsnet"] and med["bare_threads"] else None),
+        }
+        doc = {
+            "node": {"params": state["params"], "reused": reused, "size": size,
+                     "bare_phases_s": {"fd_walk": b["fd_walk"], "net_read": b["net_read"]}},
+            "repeat": a.repeat, "runs_s": res, "median_s": med, "ratios": ratios,
+            "targets": {"ss_loop_over_nsnet": ">= 10", "nsnet_over_bare": "<= 1.3"},
+            "nsnet_threads": threads, "nsnet_snapshot": snap_info, "nsnet_error": nsnet_err or None,
+            "bare_impl": bare.note, "nsenter": nsenter, "python": sys.executable,
+            "errors": errors, "loadavg": open("/proc/loadavg").read().split()[:3],
+        }
+        if a.profile and take_snapshot:
+            doc["profile"] = profile_snapshot(take_snapshot)
+        if a.json_out:
+            with open(a.json_out, "w") as f:
+                json.dump(doc, f, indent=1)
+        if a.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            print_table(doc)
+        return 0
+    finally:
+        bare.close()
+        if a.keep_node:
+            log(f"node: kept up (python3 {os.path.relpath(synthnode.__file__)} down --dir {a.dir})")
+        else:
+            synthnode.down(a.dir, quiet=True)
+            log("node: torn down")
+
+
+def print_table(doc: dict) -> None:
+    m, r, s = doc["median_s"], doc["ratios"], doc["node"]["size"]
+    n = doc["repeat"]
+    print()
+    print(f"node: {s['namespaces']} network namespaces, {s['processes']} processes, {s['fds']} fds "
+          f"({s['socket_fds']} socket fds), {s['sockets']} sockets in the tables "
+          f"(node built with --child-ehash {doc['node']['params'].get('child_ehash') or 0}, "
+          f"load {' '.join(doc['loadavg'])})")
+    ph = doc["node"]["bare_phases_s"]
+    print(f"bare phases: fd links + ns stats {ph['fd_walk']:.3f} s, net tables {ph['net_read']:.3f} s")
+    rows = [
+        (f"nsnet: take_snapshot('/proc'), in-process, {doc['nsnet_threads']} reader threads",
+         m["nsnet"]),
+        ("nsnet CLI: python -m nsnet sockets --json >/dev/null", m["nsnet_cli"]),
+        (f"ss loop: nsenter -t PID -n ss -tuanp, {s['ns_pids_for_ss_loop']} namespaces", m["ss_loop"]),
+        (f"bare: same reads, no parsing [{doc['bare_impl']}], 1 thread", m["bare"]),
+        (f"bare: the same with {doc['nsnet_threads']} threads sharing the table reads",
+         m["bare_threads"]),
+    ]
+    w = max(len(x[0]) for x in rows)
+    print(f"\n{'approach':<{w}}  median of {n}")
+    for name, v in rows:
+        print(f"{name:<{w}}  {fmt(v)}")
+    print()
+
+    def ratio(v, target, ok):
+        return "—" if v is None else f"{v:.2f}x  (target {target}: {'met' if ok(v) else 'NOT met'})"
+    print(f"ss loop / nsnet : {ratio(r['ss_loop_over_nsnet'], '>= 10x', lambda v: v >= 10)}")
+    print(f"nsnet / bare    : {ratio(r['nsnet_over_bare'], '<= 1.3x', lambda v: v <= 1.3)}"
+          "  (bare single-threaded)")
+    if r["nsnet_over_bare_same_threads"]:
+        print(f"nsnet / bare, same threads: "
+              f"{ratio(r['nsnet_over_bare_same_threads'], '<= 1.3x', lambda v: v <= 1.3)}")
+    if r["nsnet_cli_over_bare"]:
+        print(f"nsnet CLI / bare: {r['nsnet_cli_over_bare']:.2f}x  (includes interpreter start-up and JSON)")
+    if doc["nsnet_error"]:
+        print(f"nsnet unavailable: {doc['nsnet_error']}")
+    for e in doc["errors"]:
+        print(f"warning: {e}")
+    if "profile" in doc:
+        for k in ("cumulative", "tottime"):
+            print(f"\n--- nsnet snapshot profile, top 25 by {k} ---")
+            print(doc["profile"][k])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
