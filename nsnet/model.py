@@ -47,6 +47,8 @@ class Process:
     sandbox: bool = False
     fds_readable: bool = True
     socket_fds: dict[int, int] = field(default_factory=dict)   # fd -> socket inode
+    start_ticks: int = 0                 # clock ticks after boot (/proc/<pid>/stat)
+    started: Optional[float] = None      # epoch seconds, when the boot time is known
 
     @property
     def command(self) -> str:

@@ -142,8 +142,8 @@ def socket_fds(dirfd: int) -> tuple[dict[int, int], int]:
     return found, vanished
 
 
-def parse_stat(data: bytes) -> tuple[str, int, int, int]:
-    """comm, ppid, flags, num_threads from /proc/<pid>/stat.
+def parse_stat(data: bytes) -> tuple[str, int, int, int, int]:
+    """comm, ppid, flags, num_threads, starttime (clock ticks after boot) from /proc/<pid>/stat.
 
     comm may itself contain ') ', so the fields start after the last ')'.
     """
@@ -151,7 +151,7 @@ def parse_stat(data: bytes) -> tuple[str, int, int, int]:
     close = data.rindex(b")")
     comm = data[open_ + 1:close].decode("utf-8", "surrogateescape")
     fields = data[close + 2:].split()
-    return comm, int(fields[1]), int(fields[6]), int(fields[17])
+    return comm, int(fields[1]), int(fields[6]), int(fields[17]), int(fields[19])
 
 
 def parse_status_euid(data: bytes) -> int:
@@ -160,6 +160,22 @@ def parse_status_euid(data: bytes) -> int:
 
 
 CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 19, 21
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def boot_time(proc: str) -> Optional[float]:
+    """When the machine whose procfs this is booted (epoch seconds), through psutil, which
+    reads it from that procfs' stat; None when it cannot."""
+    import psutil   # off the hot path: once per snapshot
+
+    saved = psutil.PROCFS_PATH
+    psutil.PROCFS_PATH = proc
+    try:
+        return psutil.boot_time()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    finally:
+        psutil.PROCFS_PATH = saved
 
 
 def own_capabilities() -> int:

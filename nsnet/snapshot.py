@@ -16,9 +16,9 @@ from typing import Iterable, Optional
 from . import classify, mountinfo, pinned
 from .model import Namespace, Process, Snapshot, Socket, Stats
 from .netparse import NET_FILES, ParseResult, parse_net_file
-from .procfs import (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, PF_KTHREAD, AccessDenied, ProcError, ProcessGone, check_procfs,
+from .procfs import (CLOCK_TICKS, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, PF_KTHREAD, AccessDenied, ProcError, ProcessGone, check_procfs,
                      list_pids, ns_inode, open_dir, parse_cmdline, parse_stat,
-                     has_capability, own_capabilities, parse_status_euid, procnet_id,
+                     boot_time, has_capability, own_capabilities, parse_status_euid, procnet_id,
                      read_at, read_fd, socket_fds, translate)
 
 DEFAULT_SANDBOX_COMMANDS = ("pause",)
@@ -57,7 +57,7 @@ def _namespace_key(dirfd: int, stats: Stats) -> tuple[str, Optional[int]]:
 def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
     dirfd = open_dir(f"{proc}/{pid}")
     try:
-        comm, ppid, flags, nthreads = parse_stat(read_at(dirfd, "stat"))
+        comm, ppid, flags, nthreads, start_ticks = parse_stat(read_at(dirfd, "stat"))
         if flags & PF_KTHREAD:
             return   # kernel threads hold no sockets and all live in the host namespace
         try:
@@ -65,7 +65,8 @@ def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
         except ProcessGone:
             return   # a zombie: no namespace, no fds
         process = Process(pid, ppid, comm, parse_cmdline(read_at(dirfd, "cmdline")),
-                          parse_status_euid(read_at(dirfd, "status")), key, inode)
+                          parse_status_euid(read_at(dirfd, "status")), key, inode,
+                          start_ticks=start_ticks)
         try:
             mnt = ns_inode(dirfd, "mnt")
             walk.mount_ns_reader.setdefault(mnt, pid)
@@ -383,6 +384,10 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
                 sock.netns_key = key
             sockets.extend(parsed.sockets)
 
+    booted = boot_time(proc)
+    if booted is not None:
+        for process in walk.processes.values():
+            process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
     _attach_holders(sockets, walk, stats)
     _mark_sandboxes(walk.processes, sandbox)
     for ns in namespaces.values():

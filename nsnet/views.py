@@ -55,7 +55,8 @@ def endpoint(addr: str, port: Optional[int]) -> str:
 def process_doc(p: Process) -> dict:
     return {"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "user": user_name(p.uid),
             "comm": p.comm, "cmdline": list(p.cmdline), "netns": p.netns,
-            "netns_key": p.netns_key, "sandbox": p.sandbox, "fds_readable": p.fds_readable}
+            "netns_key": p.netns_key, "sandbox": p.sandbox, "fds_readable": p.fds_readable,
+            "started": p.started}
 
 
 def namespace_doc(ns: Namespace) -> dict:
