@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("by-namespace", parents=[common], help="every namespace: processes, listeners, connections")
+    by_ns = sub.add_parser("by-namespace", parents=[common],
+                           help="every namespace: processes, listeners, connections")
+    by_ns.add_argument("--netns", type=_positive, metavar="INODE", help="only this namespace")
     by_user = sub.add_parser("by-user", parents=[common], help="the dependency view: who talks to whom")
     by_user.add_argument("--user", metavar="NAME|UID", help="only this user")
     socks = sub.add_parser("sockets", parents=[common], help="one row per socket, like ss -tuanp for the node")
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace, out, err) -> int:
         keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid, args.netns)
         doc = views.sockets_view(snap, keep)
     elif args.command == "by-namespace":
-        doc = views.by_namespace_view(snap)
+        doc = views.by_namespace_view(snap, args.netns)
     else:
         doc = views.by_user_view(snap, only_uid)
     if getattr(args, "ndjson", False):

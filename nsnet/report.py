@@ -14,6 +14,9 @@ from .sanitize import SafeText, join_cmdline, printable
 from .table import Column, heading, render_table
 from .views import endpoint
 
+# Addresses are what the table is for: they keep "255.255.255.255:65535" whole, and the command
+# column shrinks -- or, on a narrow terminal, goes first (lowest priority is hidden first).
+ADDR_WIDTH = 21
 STATE_STYLE = {"LISTEN": "green", "ESTABLISHED": "cyan", "TIME_WAIT": "dim",
                "CLOSE_WAIT": "yellow", "SYN_SENT": "yellow", "UNCONN": "blue"}
 
@@ -80,17 +83,21 @@ def render_sockets(doc: dict, r: Renderer) -> str:
         Column("PROTO", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
         Column("STATE", "state", style=lambda s: STATE_STYLE.get(s["state"])),
         Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
-               else r.ep(s["local_addr"], s["local_port"], s["proto"]), shrink=True, min_width=12),
+               else r.ep(s["local_addr"], s["local_port"], s["proto"]), shrink=True, min_width=ADDR_WIDTH),
         Column("REMOTE", lambda s: "" if s["proto"] == "unix"
-               else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), shrink=True, min_width=12),
-        Column("DIR", lambda s: s["direction"] or ""),
-        Column("PEER", lambda s: (s["peer"] or "") + (f":{s['peer_netns']}" if s["peer_netns"] else "")),
+               else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), shrink=True,
+               min_width=ADDR_WIDTH),
+        Column("DIR", lambda s: s["direction"] or "", priority=2),
+        Column("PEER", lambda s: (s["peer"] or "") + (f":{s['peer_netns']}" if s["peer_netns"] else ""),
+               priority=3),
         Column("USERS", lambda s: ",".join(str(u) for u in s["users"])),
         Column("PIDS", lambda s: _pids(s["pids"])),
-        Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=10),
+        Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=16, priority=1),
     ]
     out = [r.table(cols, doc["sockets"], row_style=lambda s: None if s["pids"] else "dim")]
-    out.append(f"{len(doc['sockets'])} sockets in {len(doc['namespaces'])} namespaces")
+    stats = doc["stats"]
+    out.append(f"{len(doc['sockets'])} sockets shown, of {stats['sockets']} in "
+               f"{stats['namespaces']} namespaces")
     return "\n".join(out)
 
 

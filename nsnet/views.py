@@ -196,12 +196,14 @@ def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
     return {proto: dict(sorted(c.items())) for proto, c in sorted(counts.items())}
 
 
-def by_namespace_view(snap: Snapshot) -> dict:
+def by_namespace_view(snap: Snapshot, only_netns: Optional[int] = None) -> dict:
     per_ns: dict[str, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
         per_ns[s.netns_key].append(s)
     docs = []
     for ns in sorted_namespaces(snap):
+        if only_netns is not None and ns.inode != only_netns:
+            continue
         socks = sorted(per_ns.get(ns.key, []), key=_socket_order)
         doc = namespace_doc(ns)
         doc["processes"] = [process_doc(snap.processes[p]) for p in ns.pids]
