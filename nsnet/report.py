@@ -169,6 +169,17 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
     return "\n".join(out).rstrip("\n")
 
 
+def _group_columns(netns_title: str) -> list[Column]:
+    """What the by-user tables show of a connection group after its endpoint."""
+    return [
+        Column("COUNT", "count", align="right"),
+        Column("SCOPE", lambda g: g["peer"] or ""),
+        Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
+        Column(netns_title, lambda g: ",".join(str(n) for n in g["netns"])),
+        Column("PIDS", lambda g: _pids(g["pids"])),
+    ]
+
+
 def render_by_user(doc: dict, r: Renderer) -> str:
     out = []
     for u in doc["users"]:
@@ -189,22 +200,14 @@ def render_by_user(doc: dict, r: Renderer) -> str:
                 Column("CONNECTS TO", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"]),
                        shrink=True, min_width=12),
                 Column("PROTO", "proto"),
-                Column("COUNT", "count", align="right"),
-                Column("SCOPE", lambda g: g["peer"] or ""),
-                Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
-                Column("FROM NETNS", lambda g: ",".join(str(n) for n in g["netns"])),
-                Column("PIDS", lambda g: _pids(g["pids"])),
+                *_group_columns("FROM NETNS"),
             ], u["connects_to"]))
         if u["connected_from"]:
             out.append(r.table([
                 Column("CONNECTED FROM", lambda g: g["peer_addr"], shrink=True, min_width=8),
                 Column("TO", lambda g: r.ep(g["local_addr"], g["local_port"], g["proto"]),
                        shrink=True, min_width=12),
-                Column("COUNT", "count", align="right"),
-                Column("SCOPE", lambda g: g["peer"] or ""),
-                Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
-                Column("NETNS", lambda g: ",".join(str(n) for n in g["netns"])),
-                Column("PIDS", lambda g: _pids(g["pids"])),
+                *_group_columns("NETNS"),
             ], u["connected_from"]))
         out.append("")
     return "\n".join(out).rstrip("\n")

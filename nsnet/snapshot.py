@@ -16,10 +16,11 @@ from typing import Iterable, Optional
 from . import classify, mountinfo, pinned
 from .model import Namespace, Process, Snapshot, Socket, Stats
 from .netparse import NET_FILES, ParseResult, parse_net_file
-from .procfs import (CLOCK_TICKS, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, PF_KTHREAD, AccessDenied, ProcError, ProcessGone, check_procfs,
-                     list_pids, ns_inode, open_dir, parse_cmdline, parse_stat,
-                     boot_time, has_capability, own_capabilities, parse_status_euid, procnet_id,
-                     read_at, read_fd, socket_fds, translate)
+from .procfs import (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CLOCK_TICKS, PF_KTHREAD,
+                     AccessDenied, ProcError, ProcessGone, boot_time, check_procfs,
+                     has_capability, list_pids, ns_inode, open_dir, own_capabilities,
+                     parse_cmdline, parse_stat, parse_status_euid, procnet_id, read_at, read_fd,
+                     socket_fds, translate)
 
 DEFAULT_SANDBOX_COMMANDS = ("pause",)
 
@@ -181,9 +182,7 @@ def _open_tables(path: str, expected_key: str) -> Optional[dict[str, int]]:
 def _read_tables_via_tasks(proc: str, key: str, candidates: Iterable[str],
                            stats: Stats) -> tuple[Optional[dict[str, bytes]], Optional[str]]:
     """Read the namespace's tables from the first candidate task that is still in it."""
-    tried = 0
     for path in candidates:
-        tried += 1
         try:
             fds = _open_tables(f"{proc}/{path}", key)
         except (OSError, ProcError):
@@ -248,7 +247,7 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str
     opened through that process's root (/proc/<pid>/root/<mount point>).
     """
     pins: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()   # a path may pin different namespaces in two mount ns
     try:
         own_mnt = os.stat("/proc/self/ns/mnt").st_ino
     except OSError:
@@ -256,7 +255,7 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str
     readers: list[tuple[str, Optional[int]]] = [("/proc/self", own_mnt)]
     readers += [(f"{proc}/{pid}", mnt) for mnt, pid in walk.mount_ns_reader.items()
                 if mnt != own_mnt]
-    for base, mnt in readers:
+    for base, _ in readers:
         try:
             with open(f"{base}/mountinfo", "rb") as f:
                 mounts, bad = mountinfo.parse_mountinfo(f.read())
@@ -265,9 +264,9 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str
             continue
         stats.malformed_lines += bad
         for m in mounts:
-            if m.mount_point in seen:
+            if (m.mount_point, m.netns_inode) in seen:
                 continue
-            seen.add(m.mount_point)
+            seen.add((m.mount_point, m.netns_inode))
             opener = m.mount_point if base == "/proc/self" else f"{base}/root{m.mount_point}"
             pins[m.netns_inode].append((m.mount_point, opener))
     return pins
