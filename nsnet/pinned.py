@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Callable, TypeVar
 
 from . import _stdlib_guard
 
@@ -21,6 +22,7 @@ from .netparse import NET_FILES  # noqa: E402
 from .procfs import NsnetError, read_fd  # noqa: E402
 
 OWN_PROC = "/proc"
+T = TypeVar("T")
 
 
 class EnterError(Exception):
@@ -35,15 +37,16 @@ def _own_netns(which: str = "thread-self") -> int:
     return os.stat(f"{OWN_PROC}/{which}/ns/net").st_ino
 
 
-def open_tables_in(path: str, expected_inode: int) -> dict[str, int]:
-    """Enter the namespace pinned at `path`, open its net files, come back. Returns name -> fd."""
+def run_in_namespace(path: str, expected_inode: int, action: Callable[[], T]) -> T:
+    """Enter the network namespace at `path` (a bind mount, or /proc/<pid>/ns/net), run
+    `action` there, come back. What `action` opens there (net files, a netlink socket) stays
+    bound to that namespace after we leave."""
     if threading.current_thread() is not threading.main_thread():
         raise EnterError("namespaces are entered only from the main thread "
                          "(the nsenter package returns to the main thread's namespace)")
     home = _own_netns()
     if home != _own_netns("self"):
         raise EnterError("this thread is not in the main thread's namespace")
-    opened: dict[str, int] = {}
     try:
         try:
             ns = Namespace(path, "net", proc=OWN_PROC)
@@ -54,22 +57,33 @@ def open_tables_in(path: str, expected_inode: int) -> dict[str, int]:
                 inside = _own_netns()
                 if inside != expected_inode:
                     raise EnterError(f"{path} now pins namespace {inside}, not {expected_inode}")
-                for name in NET_FILES:
-                    try:
-                        opened[name] = os.open(f"{OWN_PROC}/thread-self/net/{name}",
-                                               os.O_RDONLY | os.O_CLOEXEC)
-                    except FileNotFoundError:
-                        pass   # e.g. no IPv6 in this kernel
+                return action()
         except OSError as exc:
             raise EnterError(f"setns into {path}: {exc.strerror or exc}"
                              + (" (needs CAP_SYS_ADMIN)" if exc.errno == 1 else "")) from None
+    finally:
+        _check_home(home)
+
+
+def _open_own_tables() -> dict[str, int]:
+    opened: dict[str, int] = {}
+    try:
+        for name in NET_FILES:
+            try:
+                opened[name] = os.open(f"{OWN_PROC}/thread-self/net/{name}",
+                                       os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass   # e.g. no IPv6 in this kernel
     except BaseException:
         for fd in opened.values():
             os.close(fd)
-        _check_home(home)
         raise
-    _check_home(home)
     return opened
+
+
+def open_tables_in(path: str, expected_inode: int) -> dict[str, int]:
+    """Enter the namespace pinned at `path`, open its net files, come back. Returns name -> fd."""
+    return run_in_namespace(path, expected_inode, _open_own_tables)
 
 
 def _check_home(home: int) -> None:
