@@ -225,6 +225,10 @@ def main() -> int:
     ap.add_argument("--child-ehash", type=int, default=0, metavar="ENTRIES",
                     help="build the node with private per-netns TCP hash tables (see synthnode.py)")
     ap.add_argument("--repeat", "-r", type=int, default=3)
+    ap.add_argument("--sources", default="proc", metavar="LIST",
+                    help="nsnet sources to time, comma-separated (proc,netlink,pidfd,auto)")
+    ap.add_argument("--ss-repeat", type=int, default=None, metavar="N",
+                    help="runs of the (slow) ss loop; default: --repeat")
     ap.add_argument("--keep-node", action="store_true", help="leave the node up at the end")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON document")
     ap.add_argument("--json-out", metavar="FILE", help="also write the JSON document to FILE")
@@ -260,8 +264,12 @@ def main() -> int:
         ns_pids = namespace_pids()
         pids = sorted(ns_pids.values())
         threads = default_threads() if take_snapshot else 1
+        srcs = [x for x in a.sources.split(",") if x]
         res: dict[str, list] = {"nsnet": [], "nsnet_cli": [], "ss_loop": [], "bare": [],
                                 "bare_threads": []}
+        for src in srcs:
+            if src != "proc":
+                res[f"nsnet_{src}"] = []
         bare_runs, snap_info, errors = [], {}, []
         for r in range(a.repeat):
             b = bare.run()
@@ -270,17 +278,27 @@ def main() -> int:
             if threads > 1 and bare.exe:
                 res["bare_threads"].append(bare.run(threads)["elapsed"])
             if take_snapshot:
+                for src in srcs:
+                    if src == "proc":
+                        continue
+                    t0 = time.perf_counter()
+                    snap = take_snapshot("/proc", source=src)
+                    res[f"nsnet_{src}"].append(time.perf_counter() - t0)
+                    snap_info[src] = {"sockets": len(snap.sockets), "source": snap.stats.source,
+                                      "by_source": dict(snap.stats.sockets_by_source),
+                                      "unattributed": sum(1 for x in snap.sockets if not x.pids)}
+                    del snap
                 t0 = time.perf_counter()
                 snap = take_snapshot("/proc")
                 res["nsnet"].append(time.perf_counter() - t0)
-                snap_info = {"namespaces": len(snap.namespaces), "processes": len(snap.processes),
-                             "sockets": len(snap.sockets)}
+                snap_info.update({"namespaces": len(snap.namespaces),
+                                  "processes": len(snap.processes), "sockets": len(snap.sockets)})
                 del snap
                 dt, err = run_nsnet_cli()
                 res["nsnet_cli"].append(dt)
                 if err:
                     errors.append(f"nsnet CLI: {err}")
-            if not a.skip_ss:
+            if not a.skip_ss and r < (a.ss_repeat if a.ss_repeat is not None else a.repeat):
                 dt, nerr = run_ss_loop(pids, nsenter, ss)
                 res["ss_loop"].append(dt)
                 if nerr:
@@ -301,6 +319,11 @@ def main() -> int:
             "nsnet_over_bare_same_threads": (med["nsnet"] / med["bare_threads"]
                                              if med["nsnet"] and med["bare_threads"] else None),
         }
+        for src in srcs:
+            if src != "proc" and med.get(f"nsnet_{src}"):
+                t = med[f"nsnet_{src}"]
+                ratios[f"bare_over_{src}"] = med["bare"] / t if med["bare"] else None
+                ratios[f"ss_loop_over_{src}"] = med["ss_loop"] / t if med["ss_loop"] else None
         doc = {
             "node": {"params": state["params"], "reused": reused, "size": size,
                      "bare_phases_s": {"fd_walk": b["fd_walk"], "net_read": b["net_read"]}},
@@ -348,6 +371,10 @@ def print_table(doc: dict) -> None:
         (f"bare: the same with {doc['nsnet_threads']} threads sharing the table reads",
          m["bare_threads"]),
     ]
+    for key, v in m.items():
+        if key.startswith("nsnet_") and key != "nsnet_cli":
+            src = key[len("nsnet_"):]
+            rows.insert(1, (f"nsnet --source {src}, in-process", v))
     w = max(len(x[0]) for x in rows)
     print(f"\n{'approach':<{w}}  median of {n}")
     for name, v in rows:
@@ -362,6 +389,12 @@ def print_table(doc: dict) -> None:
     if r["nsnet_over_bare_same_threads"]:
         print(f"nsnet / bare, same threads: "
               f"{ratio(r['nsnet_over_bare_same_threads'], '<= 1.3x', lambda v: v <= 1.3)}")
+    for key, v in r.items():
+        if key.startswith("bare_over_") and v:
+            src = key[len("bare_over_"):]
+            ss_ratio = r.get(f"ss_loop_over_{src}")
+            print(f"source {src}: {v:.2f}x faster than the bare /proc cost (1 thread)"
+                  + (f", {ss_ratio:.1f}x faster than the ss loop" if ss_ratio else ""))
     if r["nsnet_cli_over_bare"]:
         print(f"nsnet CLI / bare: {r['nsnet_cli_over_bare']:.2f}x  (includes interpreter start-up and JSON)")
     if doc["nsnet_error"]:

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--sandbox-command", action="append", metavar="NAME",
                         help="command name of namespace holders never counted as owners "
                              "(repeatable; default: pause)")
+    common.add_argument("--source", choices=("proc", "netlink", "pidfd", "auto"), default="proc",
+                        help="where sockets are read: /proc tables (default, needs no "
+                             "privilege), sock_diag netlink, pidfd per-socket queries, or "
+                             "the fastest the privileges allow")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
 
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace, out, err) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
-                         enter_pinned=not args.no_enter)
+                         enter_pinned=not args.no_enter, source=args.source)
     for line in snap.stats.warnings():
         err.write(f"nsnet: warning: {printable(line)}\n")
     if args.command == "sockets":

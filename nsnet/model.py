@@ -29,6 +29,7 @@ class Socket:
     peer: Optional[str] = None       # local | node | external | None (not connected)
     peer_netns: Optional[int] = None
     peer_pids: list[int] = field(default_factory=list)
+    source: str = "proc"             # proc | netlink | pidfd: where this socket was read
 
     @property
     def connected(self) -> bool:
@@ -70,6 +71,7 @@ class Namespace:
     read_via: Optional[str] = None  # how its tables were read: "pid 123", "setns /run/netns/x"
     tables_read: bool = False
     error: Optional[str] = None     # why the tables could not be read
+    held_sockets: bool = False      # a held socket lives here (pidfd source: SIOCGSKNS)
 
     @property
     def found_by(self) -> list[str]:
@@ -80,6 +82,8 @@ class Namespace:
             how.append("threads")
         if self.pinned:
             how.append("bind-mount")
+        if self.held_sockets and not how:
+            how.append("sockets")
         return how
 
 
@@ -102,6 +106,14 @@ class Stats:
     socket_fds_not_in_tables: int = 0   # fd points at a socket no table of ours listed
     malformed_lines: int = 0
     mountinfo_unread: int = 0
+    source: str = "proc"             # the source used: proc | netlink | pidfd
+    source_reason: str = ""
+    sockets_by_source: dict[str, int] = field(default_factory=dict)
+    source_errors: list[str] = field(default_factory=list)   # first few errors of the source
+    pidfd_borrowed: int = 0
+    pidfd_vanished: int = 0
+    pidfd_denied: int = 0
+    pidfd_netns_unknown: int = 0
     elapsed_seconds: float = 0.0
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
 

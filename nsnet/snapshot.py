@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from . import classify, mountinfo, pinned
+from . import borrow, classify, mountinfo, pinned, sockdiag, sources
 from .model import Namespace, Process, Snapshot, Socket, Stats
 from .netparse import NET_FILES, ParseResult, parse_net_file
 from .procfs import (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CLOCK_TICKS, PF_KTHREAD,
@@ -205,6 +205,7 @@ class _TableRead:
     parsed: Optional[list[ParseResult]]   # None: the tables could not be read
     via: Optional[str] = None
     retries: int = 0
+    errors: list[str] = field(default_factory=list)
 
 
 def _parse_tables(tables: dict[str, bytes]) -> list[ParseResult]:
@@ -272,29 +273,207 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[tuple[str
     return pins
 
 
+class _TableLoader:
+    """Reads one namespace's sockets through the chosen table source.
+
+    proc: the net files of a member task (opened between two namespace checks). netlink: a
+    sock_diag socket created inside the namespace -- setns happens on the main thread only,
+    the dump (which needs no setns: the socket stays bound) in a reader thread.
+    Namespaces known only by their procnet stand-in (no inode) are always read from /proc.
+    """
+
+    def __init__(self, proc: str, source: str, pool: Optional[ThreadPoolExecutor],
+                 enter_pinned: bool, stats: Stats, tcp_states: Optional[int] = None):
+        self.proc, self.source, self.pool = proc, source, pool
+        self.enter_pinned, self.stats = enter_pinned, stats
+        self.tcp_states = tcp_states
+        self.pipelined = pool is not None and source in ("proc", "netlink")
+
+    def _run(self, fn, *args) -> "Future | _TableRead":
+        return self.pool.submit(fn, *args) if self.pool is not None else fn(*args)
+
+    def start(self, key: str, task: str) -> "Future | _TableRead":
+        """Begin reading namespace `key` through one task (a pid, or "pid/task/tid")."""
+        if self.source == "netlink" and key.startswith("net:["):
+            sock = self._diag_socket(f"{self.proc}/{task}/ns/net", int(key[5:-1]))
+            if sock is None:
+                return _TableRead(None, retries=1)
+            return self._run(_dump_netlink, sock, f"pid {task}", self.tcp_states)
+        return self._run(_load_via_tasks, self.proc, key, [task])
+
+    def finish(self, key: str, tasks: list[str], outcome) -> _TableRead:
+        read = outcome.result() if isinstance(outcome, Future) else outcome
+        for task in tasks if read.parsed is None else ():
+            retry = self.start(key, task)
+            retry = retry.result() if isinstance(retry, Future) else retry
+            retry.retries += read.retries + 1
+            read = retry
+            if read.parsed is not None:
+                break
+        return read
+
+    def _diag_socket(self, path: str, inode: int):
+        try:
+            return pinned.run_in_namespace(path, inode, sockdiag.open_diag_socket)
+        except (pinned.EnterError, OSError) as exc:
+            if len(self.stats.source_errors) < 3:
+                self.stats.source_errors.append(str(exc))
+            return None
+
+    def pinned(self, ns: Namespace, paths: list[tuple[str, str]]) -> _TableRead:
+        if not self.enter_pinned:
+            ns.error = "pinned by a bind mount only: not entered (--no-enter)"
+            self.stats.pinned_unreadable += 1
+            return _TableRead(None)
+        if self.source == "netlink":
+            for shown, opener in paths:
+                sock = self._diag_socket(opener, ns.inode)
+                if sock is not None:
+                    return _dump_netlink(sock, f"setns {shown}", self.tcp_states)
+            ns.error = self.stats.source_errors[-1] if self.stats.source_errors else None
+            self.stats.pinned_unreadable += 1
+            return _TableRead(None)
+        return _load_pinned(ns, paths, True, self.stats)
+
+
+def _dump_netlink(sock, via: str, tcp_states: Optional[int] = None) -> _TableRead:
+    """Runs in a reader thread: one namespace's sockets through its sock_diag socket."""
+    try:
+        if tcp_states is None:
+            result = sockdiag.dump_namespace(sock)
+        else:
+            result = sockdiag.dump_namespace(sock, tcp_states=tcp_states, protos=("tcp",))
+    finally:
+        sock.close()
+    for s in result.sockets:
+        s.source = "netlink"
+    parsed = ParseResult(result.sockets, result.malformed)
+    return _TableRead([parsed], via, errors=result.errors)
+
+
+def _sockets_by_tables(namespaces: dict[str, Namespace], pins, early, loader: _TableLoader,
+                       stats: Stats) -> list[Socket]:
+    """proc and netlink: every namespace's tables, once, from a member task or its pin."""
+    pending = {}
+    for key, ns in sorted(namespaces.items()):
+        tasks = [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
+        if not tasks:
+            continue
+        if key in early:
+            tried, outcome = early[key]
+            pending[key] = ([t for t in tasks if t != tried], outcome)
+        else:
+            pending[key] = (tasks[1:], loader.start(key, tasks[0]))
+    sockets: list[Socket] = []
+    for key, ns in sorted(namespaces.items()):
+        read = loader.finish(key, *pending[key]) if key in pending else None
+        if read is not None:
+            stats.namespace_read_retries += read.retries
+        if (read is None or read.parsed is None) and ns.inode is not None and ns.inode in pins:
+            read = loader.pinned(ns, pins[ns.inode])
+        sockets.extend(_accept_read(ns, read, stats))
+    return sockets
+
+
+def _accept_read(ns: Namespace, read: Optional[_TableRead], stats: Stats) -> list[Socket]:
+    if read is None or read.parsed is None:
+        stats.namespaces_unread += 1
+        if ns.error is None:
+            ns.error = "no task of it could be read (all exited or moved)"
+        return []
+    ns.tables_read = True
+    ns.read_via = read.via
+    ns.error = None
+    for err in read.errors:
+        if len(stats.source_errors) < 3:
+            stats.source_errors.append(f"netns {ns.inode}: {err}")
+    out: list[Socket] = []
+    for parsed in read.parsed:
+        stats.malformed_lines += parsed.malformed
+        for sock in parsed.sockets:
+            sock.netns = ns.inode
+            sock.netns_key = ns.key
+        out.extend(parsed.sockets)
+    return out
+
+
+def _sockets_by_pidfd(walk: _Walk, namespace, pins, loader: _TableLoader,
+                      choice: sources.Choice, stats: Stats) -> list[Socket]:
+    """Ask every held socket itself (its namespace by SIOCGSKNS), then add what no process
+    holds -- TIME_WAIT and request sockets -- from a table pass restricted to those."""
+    seen: set[int] = set()
+    sockets: list[Socket] = []
+    for pid, process in walk.processes.items():
+        if not process.socket_fds:
+            continue
+        result = borrow.describe_process_sockets(pid, process.socket_fds, seen=seen,
+                                                 tcp_info=False)
+        stats.pidfd_borrowed += result.borrowed
+        stats.pidfd_vanished += result.vanished
+        stats.pidfd_denied += result.denied
+        stats.pidfd_netns_unknown += result.netns_unknown
+        for err in result.errors:
+            if len(stats.source_errors) < 3:
+                stats.source_errors.append(f"pid {pid}: {err}")
+        for sock in result.sockets:
+            sock.source = "pidfd"
+            if sock.netns is None:
+                continue   # counted in pidfd_netns_unknown: never guess the namespace
+            ns = namespace(ns_key(sock.netns))
+            ns.held_sockets = True
+            sock.netns_key = ns.key
+            sockets.append(sock)
+    # What pidfd cannot see: sockets no process holds (TIME_WAIT, request sockets) in every
+    # namespace, and -- where a member's fds were unreadable -- everything its holders hold.
+    held = {s.inode for s in sockets}
+    netlink = choice.unheld_via == "netlink"
+    cheap = _TableLoader(loader.proc, choice.unheld_via or "proc", loader.pool,
+                         loader.enter_pinned, stats, sockdiag.UNHELD if netlink else None)
+    full = _TableLoader(loader.proc, choice.unheld_via or "proc", loader.pool,
+                        loader.enter_pinned, stats)
+    keys = set(walk.members) | set(walk.threads) | {ns_key(i) for i in pins} \
+        | {s.netns_key for s in sockets}
+    blind = {walk.processes[p].netns_key for p in walk.processes
+             if not walk.processes[p].fds_readable}
+    for loader_, chosen in ((cheap, keys - blind), (full, keys & blind)):
+        if not chosen:
+            continue
+        for sock in _sockets_by_tables({k: namespace(k) for k in sorted(chosen)}, pins, {},
+                                       loader_, stats):
+            if sock.inode == 0 or sock.inode not in held:
+                sockets.append(sock)
+    return sockets
+
+
 def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
 def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFAULT_SANDBOX_COMMANDS,
-                  enter_pinned: bool = True, threads: Optional[int] = None) -> Snapshot:
+                  enter_pinned: bool = True, threads: Optional[int] = None,
+                  source: str = "proc") -> Snapshot:
+    """One snapshot of the machine. source: proc | netlink | pidfd | auto (see sources.py);
+    an explicit source the privileges do not allow raises SourceUnavailable."""
     started = time.perf_counter()
     workers = default_threads() if threads is None else max(1, threads)
     proc = proc.rstrip("/") or "/"
     check_procfs(proc)
+    choice = sources.choose(source)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsnet-read") \
         if workers > 1 else None
     try:
-        return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started)
+        return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started, choice)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
-          pool: Optional[ThreadPoolExecutor], started: float) -> Snapshot:
-    stats = Stats()
+          pool: Optional[ThreadPoolExecutor], started: float,
+          choice: sources.Choice) -> Snapshot:
+    stats = Stats(source=choice.source, source_reason=choice.reason)
     walk = _Walk()
+    loader = _TableLoader(proc, choice.source, pool, enter_pinned, stats)
     # Reading a namespace's tables is mostly the kernel walking its socket hashes, with the
     # GIL released. So a namespace's tables are handed to a reader thread as soon as the walk
     # meets its first member, and the kernel's walks overlap ours.
@@ -310,10 +489,9 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
                 stats.processes_unreadable += 1
             continue
         process = walk.processes.get(pid)
-        if pool is not None and process is not None and process.netns is not None \
-                and process.netns_key not in early:
-            early[process.netns_key] = (str(pid), pool.submit(
-                _load_via_tasks, proc, process.netns_key, [str(pid)]))
+        if process is not None and process.netns is not None \
+                and process.netns_key not in early and loader.pipelined:
+            early[process.netns_key] = (str(pid), loader.start(process.netns_key, str(pid)))
     stand_ins = _merge_procnet_groups(proc, walk)
     stats.processes = len(walk.processes)
 
@@ -338,50 +516,12 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
     if host_key is not None:
         namespace(host_key).host = True
 
-    # Namespaces held by tasks: what the early reads did not cover goes to the readers now.
-    # Namespaces only a bind mount holds are entered afterwards, from the main thread only.
-    pending: dict[str, tuple[list[str], Future | _TableRead]] = {}
-    for key, ns in sorted(namespaces.items()):
-        candidates = [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
-        if not candidates:
-            continue
-        if key in early:
-            tried, future = early[key]
-            pending[key] = ([c for c in candidates if c != tried], future)
-        elif pool is not None:
-            pending[key] = ([], pool.submit(_load_via_tasks, proc, key, candidates))
-        else:
-            pending[key] = ([], _load_via_tasks(proc, key, candidates))
-    results: dict[str, _TableRead] = {}
-    for key, (rest, outcome) in pending.items():
-        read = outcome.result() if isinstance(outcome, Future) else outcome
-        if read.parsed is None and rest:   # the first member exited or moved: the others
-            retry = _load_via_tasks(proc, key, rest)
-            retry.retries += read.retries
-            read = retry
-        results[key] = read
-
-    sockets: list[Socket] = []
-    for key, ns in sorted(namespaces.items()):
-        read = results.get(key)
-        if read is not None:
-            stats.namespace_read_retries += read.retries
-        if (read is None or read.parsed is None) and ns.inode is not None and ns.inode in pins:
-            read = _load_pinned(ns, pins[ns.inode], enter_pinned, stats)
-        if read is None or read.parsed is None:
-            stats.namespaces_unread += 1
-            if ns.error is None:
-                ns.error = "no task of it could be read (all exited or moved)"
-            continue
-        ns.tables_read = True
-        ns.read_via = read.via
-        ns.error = None
-        for parsed in read.parsed:
-            stats.malformed_lines += parsed.malformed
-            for sock in parsed.sockets:
-                sock.netns = ns.inode
-                sock.netns_key = key
-            sockets.extend(parsed.sockets)
+    if choice.source == "pidfd":
+        sockets = _sockets_by_pidfd(walk, namespace, pins, loader, choice, stats)
+    else:
+        sockets = _sockets_by_tables(namespaces, pins, early, loader, stats)
+    for sock in sockets:
+        stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
 
     booted = boot_time(proc)
     if booted is not None:

@@ -75,7 +75,7 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "uid": s.uid, "users": socket_users(s, snap), "pids": list(s.pids),
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
             "peer": s.peer, "peer_netns": s.peer_netns, "peer_pids": list(s.peer_pids),
-            "unix_type": s.unix_type}
+            "unix_type": s.unix_type, "source": s.source}
 
 
 def stats_doc(snap: Snapshot) -> dict:

@@ -1,0 +1,442 @@
+"""Read every socket of one network namespace through NETLINK_SOCK_DIAG.
+
+A sock_diag netlink socket answers for the namespace it was created in, whichever thread
+later uses it: create it with open_diag_socket() after setns (pinned.run_in_namespace), then
+dump_namespace() from anywhere, as often as needed. The result is the same Socket objects
+nsnet.netparse builds from /proc/<pid>/net/* for that namespace (netns and pids left empty),
+without the host-wide text formatting: uid and inode come straight from inet_diag_msg.
+
+The codec (build_*_request, parse_dump) is pure and works on bytes, so it is tested on
+captured replies; dump_namespace() is the only I/O. A malformed or truncated reply is
+counted, never raised; I/O errors (send/recv, the 5 s receive timeout) are raised as OSError.
+
+Where sock_diag and /proc disagree, for reasons in the kernel, not here (tests/test_sockdiag.py
+proves each on a live namespace):
+  * unix_diag skips sockets without an inode: the server half of a unix connection that is
+    not accepted yet (/proc/net/unix lists it with inode 0 and the listener's path).
+  * a TCP request socket (SYN_RECV, e.g. under TCP_DEFER_ACCEPT) has uid 0 in sock_diag;
+    /proc/net/tcp prints its listener's uid.
+  * raw sockets need raw_diag (CONFIG_INET_RAW_DIAG); without it the kernel ends the dump
+    with ENOENT (in NLMSG_DONE), which dump_namespace reports in `errors` and goes on.
+  * TCP sockets bound but neither listening nor connecting are in no /proc table; sock_diag
+    lists them (Linux >= 6.5) only when TCPF_BOUND_INACTIVE is asked for, which ALL leaves
+    out (asking walks the whole bind hash). The kernel then reports their sk_state, CLOSE.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import itertools
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from .model import Socket
+from .netparse import DGRAM_STATES, TCP_STATES, UNIX_TYPES
+
+NETLINK_SOCK_DIAG = 4
+TCPDIAG_GETSOCK = 18            # legacy request: one walk for TCP over IPv4 and IPv6
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+NLM_F_REQUEST = 0x01
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300              # NLM_F_ROOT | NLM_F_MATCH
+INET_DIAG_REQ_PROTOCOL = 3      # u32 protocol, for protocols that do not fit sdiag_protocol
+UNIX_DIAG_NAME = 0
+UDIAG_SHOW_NAME = 0x01
+NLA_TYPE_MASK = 0x3FFF          # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+TCPF = {name: 1 << number for number, name in TCP_STATES.items()}
+TCPF_BOUND_INACTIVE = TCPF["BOUND_INACTIVE"]
+# Every state a /proc table can show. NEW_SYN_RECV is implied by SYN_RECV in the kernel.
+ALL = sum(TCPF.values()) & ~TCPF_BOUND_INACTIVE
+# What no process holds, the complement of a per-fd source (those entries have inode 0;
+# FIN_WAIT1/2, CLOSING, LAST_ACK orphans also exist but share their states with held sockets).
+UNHELD = TCPF["TIME_WAIT"] | TCPF["SYN_RECV"] | TCPF["NEW_SYN_RECV"]
+ANY_STATE = 0xFFFFFFFF          # UDP, raw and unix requests
+PROTOS = ("tcp", "udp", "raw", "unix")
+
+RECV_BUFFER = 1 << 20           # the kernel sends at most ~32 KiB per datagram of a dump
+RECV_TIMEOUT = 5.0              # seconds; SO_RCVTIMEO, so blocking recv() without Python's poll
+
+_NLMSGHDR = struct.Struct("=IHHII")                    # len, type, flags, seq, pid
+_INET_REQ = struct.Struct("=IHHII BBBBI 48x")          # nlmsghdr + inet_diag_req_v2
+_LEGACY_REQ = struct.Struct("=IHHII BBBB 48x II")      # nlmsghdr + inet_diag_req
+_UNIX_REQ = struct.Struct("=IHHII BBHIII8x")           # nlmsghdr + unix_diag_req
+_NLATTR_U32 = struct.Struct("=HHI")
+# inet_diag_msg after the header: family, state, (timer, retrans), sport, dport (network
+# order, read natively and swapped), src[16], dst[16], (if, cookie, expires, rqueue,
+# wqueue), uid, inode.
+_INET_MSG = struct.Struct("=BB2xHH16s16s24xII")
+INET_MSG_LEN = _NLMSGHDR.size + _INET_MSG.size          # 88
+_INET_FULL = struct.Struct("=IHHII" + _INET_MSG.format[1:])
+_UNIX_MSG = struct.Struct("=xBBxI8x")                   # unix_diag_msg: type, state, ino
+UNIX_MSG_LEN = _NLMSGHDR.size + _UNIX_MSG.size          # 32
+_NLATTR = struct.Struct("=HH")
+_ERRNO = struct.Struct("=i")
+
+_UNIX_SK_STATES = {10: "LISTEN", 1: "ESTABLISHED", 7: "UNCONN"}
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"   # shown as IPv4, as netparse.decode_address does
+
+_seq = itertools.count(1)
+_local = threading.local()
+
+
+@dataclass(slots=True)
+class DiagResult:
+    sockets: list[Socket] = field(default_factory=list)
+    malformed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ParsedDump:
+    """What one or more reply datagrams of one dump held."""
+    sockets: list[Socket] = field(default_factory=list)
+    malformed: int = 0
+    done: bool = False          # NLMSG_DONE or NLMSG_ERROR ended the dump
+    error: int = 0              # errno the kernel answered with (NLMSG_ERROR, or in NLMSG_DONE)
+    interrupted: bool = False   # NLM_F_DUMP_INTR: the kernel says the walk was inconsistent
+    stale: int = 0              # messages of another request (an abandoned dump)
+    stale_done: bool = False    # ... and that dump ended
+    busy_retries: int = 0       # sent again after EBUSY (an abandoned dump was read out)
+
+
+def _next_seq() -> int:
+    return next(_seq) % 0xFFFFFFFF + 1      # 1 .. 2**32-1
+
+
+# ----------------------------------------------------------------------------- requests
+
+def build_inet_request(family: int, protocol: int, states: int = ALL, *, seq: int = 1,
+                       raw_protocol: int = 0, ext: int = 0) -> bytes:
+    """SOCK_DIAG_BY_FAMILY dump request (inet_diag_req_v2) for one family and protocol.
+
+    raw_protocol fills sdiag_raw_protocol (the `pad` byte); raw_diag's dump ignores it (it
+    matters for single-socket lookups). A protocol above 255 (MPTCP) goes into an
+    INET_DIAG_REQ_PROTOCOL attribute, as the kernel expects.
+    """
+    attr = b""
+    if protocol > 0xFF:
+        attr = _NLATTR_U32.pack(_NLATTR_U32.size, INET_DIAG_REQ_PROTOCOL, protocol)
+        protocol = 0
+    length = _INET_REQ.size + len(attr)
+    return _INET_REQ.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+                          family, protocol, ext, raw_protocol, states & 0xFFFFFFFF) + attr
+
+
+def build_tcp_legacy_request(states: int = ALL, *, seq: int = 1) -> bytes:
+    """TCPDIAG_GETSOCK dump request (struct inet_diag_req): the kernel treats it as family
+    AF_UNSPEC, so one walk of the TCP hashes returns both IPv4 and IPv6 sockets."""
+    return _LEGACY_REQ.pack(_LEGACY_REQ.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP,
+                            seq, 0, socket.AF_INET, 0, 0, 0, states & 0xFFFFFFFF, 0)
+
+
+def build_unix_request(states: int = ANY_STATE, *, seq: int = 1,
+                       show: int = UDIAG_SHOW_NAME) -> bytes:
+    return _UNIX_REQ.pack(_UNIX_REQ.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                          seq, 0, socket.AF_UNIX, 0, 0, states & 0xFFFFFFFF, 0, show)
+
+
+# ------------------------------------------------------------------------------ replies
+
+_addr4_cache: dict[bytes, str] = {}
+_addr6_cache: dict[bytes, str] = {}
+
+
+def _addr4(raw16: bytes) -> str:
+    text = socket.inet_ntop(socket.AF_INET, raw16[:4])
+    if len(_addr4_cache) < 65536:
+        _addr4_cache[raw16] = text
+    return text
+
+
+def _addr6(raw16: bytes) -> str:
+    if raw16[:12] == _V4_MAPPED:
+        text = socket.inet_ntop(socket.AF_INET, raw16[12:])
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, raw16)
+    if len(_addr6_cache) < 65536:
+        _addr6_cache[raw16] = text
+    return text
+
+
+def unix_name(raw: bytes) -> str:
+    """UNIX_DIAG_NAME as /proc/net/unix prints it: a path without its terminating NUL, or an
+    abstract name as '@' followed by the name with every NUL shown as '@'."""
+    if raw[:1] == b"\0":
+        raw = b"@" + raw[1:].replace(b"\0", b"@")
+    elif raw[-1:] == b"\0":
+        raw = raw[:-1]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _control(buf, off: int, length: int, mtype: int, res: ParsedDump) -> None:
+    """NLMSG_DONE / NLMSG_ERROR of our own request: the dump is over."""
+    res.done = True
+    if length >= _NLMSGHDR.size + _ERRNO.size:
+        code = _ERRNO.unpack_from(buf, off + _NLMSGHDR.size)[0]
+        if code < 0:
+            res.error = -code
+        elif code > 0:          # not a negative errno: not what the kernel sends
+            res.malformed += 1
+    elif mtype == NLMSG_ERROR:  # an error message too short to carry its errno
+        res.malformed += 1
+        res.error = _errno.EBADMSG
+
+
+def parse_into(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) -> None:
+    """Decode the netlink messages in buf[:end] (one recv) into res.
+
+    proto is what the request asked for (tcp, udp, raw, unix): inet_diag_msg does not say.
+    Messages with another sequence number than `seq` (None: accept any) are counted as
+    stale. A message whose length runs past the data, or that is too short for what its type
+    needs, is counted as malformed; after a broken length nothing more can be framed.
+    """
+    if proto == "unix":
+        _parse_unix(buf, end, seq, res)
+    else:
+        _parse_inet(buf, end, proto, seq, res)
+
+
+def _other(buf, off: int, length: int, mtype: int, mseq: int, seq: Optional[int],
+           res: ParsedDump) -> bool:
+    """A message that is not one of our sockets; True when it ends our dump."""
+    if seq is not None and mseq != seq:
+        res.stale += 1
+        if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+            res.stale_done = True
+    elif mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+        _control(buf, off, length, mtype, res)
+        return True
+    elif mtype != NLMSG_NOOP:
+        res.malformed += 1
+    return False
+
+
+def _parse_inet(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) -> None:
+    states = TCP_STATES if proto == "tcp" else DGRAM_STATES
+    raw = proto == "raw"        # /proc prints 0 as a raw socket's remote "port"
+    append = res.sockets.append
+    unpack_hdr = _NLMSGHDR.unpack_from
+    unpack_full = _INET_FULL.unpack_from
+    ntohs = socket.ntohs
+    c4, c6 = _addr4_cache, _addr6_cache
+    AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+    off = 0
+    while off + 16 <= end:
+        # one unpack for header and inet_diag_msg when the bytes are there (the common case);
+        # the body fields are used only after the length says they belong to this message
+        if off + INET_MSG_LEN <= end:
+            length, mtype, flags, mseq, _pid, fam, st, sport, dport, src, dst, uid, inode = \
+                unpack_full(buf, off)
+        else:
+            length, mtype, flags, mseq, _pid = unpack_hdr(buf, off)
+        if length < 16 or off + length > end:
+            res.malformed += 1
+            return
+        if (mtype == SOCK_DIAG_BY_FAMILY or mtype == TCPDIAG_GETSOCK) and \
+                (seq is None or mseq == seq):
+            if flags & NLM_F_DUMP_INTR:
+                res.interrupted = True
+            state = states.get(st) if length >= INET_MSG_LEN else None
+            if state is None:
+                res.malformed += 1
+            elif fam == AF_INET:
+                append(Socket(proto, "inet", state, c4.get(src) or _addr4(src), ntohs(sport),
+                              c4.get(dst) or _addr4(dst), 0 if raw else ntohs(dport),
+                              inode, uid))
+            elif fam == AF_INET6:
+                append(Socket(proto, "inet6", state, c6.get(src) or _addr6(src), ntohs(sport),
+                              c6.get(dst) or _addr6(dst), 0 if raw else ntohs(dport),
+                              inode, uid))
+            else:
+                res.malformed += 1
+        elif _other(buf, off, length, mtype, mseq, seq, res):
+            return
+        off += (length + 3) & ~3
+    if off < end:
+        res.malformed += 1      # bytes too few for a header: a cut datagram
+
+
+def _parse_unix(buf, end: int, seq: Optional[int], res: ParsedDump) -> None:
+    append = res.sockets.append
+    unpack_hdr = _NLMSGHDR.unpack_from
+    unpack_unix = _UNIX_MSG.unpack_from
+    unpack_nla = _NLATTR.unpack_from
+    off = 0
+    while off + 16 <= end:
+        length, mtype, flags, mseq, _pid = unpack_hdr(buf, off)
+        if length < 16 or off + length > end:
+            res.malformed += 1
+            return
+        if mtype == SOCK_DIAG_BY_FAMILY and (seq is None or mseq == seq):
+            if flags & NLM_F_DUMP_INTR:
+                res.interrupted = True
+            kind = None
+            if length >= UNIX_MSG_LEN:
+                type_, st, inode = unpack_unix(buf, off + 16)
+                kind = UNIX_TYPES.get(type_)
+                name = ""
+                a = off + UNIX_MSG_LEN
+                stop = off + length
+                while a + 4 <= stop:        # attributes: UNIX_DIAG_NAME, UNIX_DIAG_SHUTDOWN
+                    nla_len, nla_type = unpack_nla(buf, a)
+                    if nla_len < 4 or a + nla_len > stop:
+                        kind = None
+                        break
+                    if nla_type & NLA_TYPE_MASK == UNIX_DIAG_NAME:
+                        name = unix_name(bytes(buf[a + 4:a + nla_len]))
+                    a += (nla_len + 3) & ~3
+            if kind is None:
+                res.malformed += 1
+            else:
+                # sk_state is LISTEN, ESTABLISHED or CLOSE for every unix socket; anything
+                # else would be new: shown as UNCONN, as netparse does with the St column.
+                append(Socket("unix", "unix", _UNIX_SK_STATES.get(st, "UNCONN"), name,
+                              None, "", None, inode, None, unix_type=kind))
+        elif _other(buf, off, length, mtype, mseq, seq, res):
+            return
+        off += (length + 3) & ~3
+    if off < end:
+        res.malformed += 1
+
+
+def parse_dump(data: bytes, proto: str, seq: Optional[int] = None) -> ParsedDump:
+    """Decode captured reply bytes (one recv, or several concatenated) of one dump."""
+    res = ParsedDump()
+    view = memoryview(data)
+    # Concatenated datagrams frame like one: each ends where the next header starts.
+    parse_into(view, len(view), proto, seq, res)
+    return res
+
+
+# ---------------------------------------------------------------------------------- I/O
+
+def open_diag_socket() -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket in the calling thread's network namespace (it keeps
+    answering for that namespace whichever thread or namespace uses it later)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_SOCK_DIAG)
+    try:
+        seconds = int(RECV_TIMEOUT)
+        micros = int((RECV_TIMEOUT - seconds) * 1e6)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", seconds, micros))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _buffer() -> tuple[bytearray, memoryview]:
+    pair = getattr(_local, "buf", None)
+    if pair is None:
+        buf = bytearray(RECV_BUFFER)
+        pair = _local.buf = (buf, memoryview(buf))
+    return pair
+
+
+def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str) -> ParsedDump:
+    """Send one dump request and read its replies to the end.
+
+    If an earlier dump on this socket was abandoned half way (an exception between recv
+    calls), the kernel refuses a new one with EBUSY until the old one is read out: its
+    messages are skipped (stale) and the request is sent again once.
+    """
+    buf, view = _buffer()
+    size = len(buf)
+    res = ParsedDump()
+    sock.send(request)
+    retried = False
+    while True:
+        n = sock.recv_into(buf, size, socket.MSG_TRUNC)
+        if n > size:            # cannot happen with 1 MiB buffers; never parse a cut datagram
+            res.malformed += 1
+            continue
+        parse_into(view, n, proto, seq, res)
+        if res.done:
+            if res.error == _errno.EBUSY and not retried:
+                retried = True
+                res.busy_retries += 1
+                res.done, res.error = False, 0
+                while not res.stale_done:
+                    n = sock.recv_into(buf, size, socket.MSG_TRUNC)
+                    parse_into(view, min(n, size), proto, seq, res)
+                sock.send(request)
+                continue
+            return res
+
+
+def _describe(label: str, code: int) -> str:
+    name = _errno.errorcode.get(code, str(code))
+    text = f"{label}: sock_diag answered {name} ({os.strerror(code)})"
+    if code == _errno.ENOENT:
+        text += " -- no diag module for it in this kernel; those sockets are not listed"
+    return text
+
+
+# False once the kernel refused TCPDIAG_GETSOCK (kernels that dropped it answer
+# EINVAL/ENOENT/EOPNOTSUPP): from then on one inet_diag_req_v2 per family.
+_legacy_tcp: Optional[bool] = None
+_NO_LEGACY = (_errno.EINVAL, _errno.ENOENT, _errno.EOPNOTSUPP)
+
+
+def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
+                   protos: Iterable[str] = PROTOS, legacy_tcp: Optional[bool] = None
+                   ) -> DiagResult:
+    """Every socket of the namespace `sock` was created in, as netparse would list them.
+
+    tcp_states: a TCPF bitmask (ALL, UNHELD, or e.g. TCPF["TIME_WAIT"] | ...). protos: any of
+    tcp, udp, raw, unix. legacy_tcp: True forces one TCPDIAG_GETSOCK request for TCP over
+    both families, False one inet_diag_req_v2 per family; None (the default) uses
+    TCPDIAG_GETSOCK while the kernel accepts it: each TCP request walks the whole
+    established hash (shared by every namespace unless tcp_child_ehash_entries is set), so
+    one request instead of two saves one full walk, ~40% of an empty namespace's cost here.
+    """
+    global _legacy_tcp
+    protos = set(protos)
+    result = DiagResult()
+    sockets = result.sockets
+
+    def take(label: str, parsed: ParsedDump) -> int:
+        sockets.extend(parsed.sockets)
+        result.malformed += parsed.malformed
+        if parsed.interrupted:
+            result.errors.append(f"{label}: the kernel flagged the dump as interrupted")
+        if parsed.error:
+            result.errors.append(_describe(label, parsed.error))
+        return parsed.error
+
+    if "tcp" in protos and tcp_states:
+        per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
+        if not per_family:
+            seq = _next_seq()
+            parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq), seq, "tcp")
+            if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
+                _legacy_tcp, per_family = False, True
+            else:
+                take("tcp", parsed)
+        if per_family:
+            for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
+                seq = _next_seq()
+                take(label, run_dump(sock, build_inet_request(
+                    family, socket.IPPROTO_TCP, tcp_states, seq=seq), seq, "tcp"))
+    if "udp" in protos:
+        for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
+            seq = _next_seq()
+            take(label, run_dump(sock, build_inet_request(
+                family, socket.IPPROTO_UDP, ANY_STATE, seq=seq), seq, "udp"))
+    if "raw" in protos:
+        for family, label in ((socket.AF_INET, "raw"), (socket.AF_INET6, "raw6")):
+            seq = _next_seq()
+            parsed = run_dump(sock, build_inet_request(
+                family, socket.IPPROTO_RAW, ANY_STATE, seq=seq,
+                raw_protocol=socket.IPPROTO_RAW), seq, "raw")
+            if take(label, parsed) == _errno.ENOENT and family == socket.AF_INET:
+                break           # raw_diag serves both families: no need to ask again
+    if "unix" in protos:
+        seq = _next_seq()
+        take("unix", run_dump(sock, build_unix_request(ANY_STATE, seq=seq), seq, "unix"))
+    return result
