@@ -1,0 +1,492 @@
+"""Describe the sockets a process holds by asking each socket itself, never a table.
+
+For every socket fd of a process: duplicate it into our fd table with pidfd_getfd(2)
+(Linux >= 5.6), ask the duplicate (fstat, getsockname, getsockopt SO_TYPE / SO_PROTOCOL /
+TCP_INFO / SO_NETNS_COOKIE, getpeername, SO_ACCEPTCONN) and close it at once. No table is
+walked, so the cost is O(sockets held), where every read of /proc/<pid>/net/tcp walks the
+host-wide TCP hash (../shared/FACTS.md).
+
+Privileges, measured on this kernel (6.18) with setpriv and a target of another uid:
+  pidfd_open   nothing.
+  pidfd_getfd  ptrace "attach" rights over the target: CAP_SYS_PTRACE, or the same uid AND a
+               target whose permitted capabilities are a subset of ours (uid 0 without
+               CAP_SYS_PTRACE is refused for a root process with full capabilities). EPERM.
+  SIOCGSKNS    CAP_NET_ADMIN (over the socket's network namespace). EPERM: the socket is
+               still described, its namespace is None (counted in netns_unknown).
+  getsockopt / getsockname / getpeername on the duplicate: nothing.
+
+Safety. The duplicate shares the target's open file description (like dup(2)): whatever
+changes the description changes the target's socket (O_NONBLOCK, shutdown, options, queued
+data). So only read-only queries are issued, and close(2) of our duplicate, which drops a
+reference and nothing else. The queries go through a `_socket.socket` object used as a bare
+handle, constructed with explicit family/type/proto and SOCK_NONBLOCK in the type: CPython
+then makes no fcntl call (init_sockobject sets its own timeout to 0 instead; its one
+syscall is a validating getsockname). Never `socket.socket(fileno=fd)` or the bare
+`_socket.socket(fileno=fd)`: once socket.setdefaulttimeout() has been called anywhere in the
+process, they run fcntl(F_SETFL, O_NONBLOCK) on the shared description, turning the target's
+blocking socket non-blocking (checked on 3.11, 3.12, 3.13; tests/test_borrow.py proves ours
+does not). The handle's family (AF_UNIX) only sizes its address buffer (110 bytes, enough for
+every family described here); addresses are decoded by their own sa_family.
+pidfd_getfd sets FD_CLOEXEC on our descriptor only (a per-fd flag, not the shared one), but it
+also re-tags the socket with our cgroup v1 net_cls classid / net_prio index (as SCM_RIGHTS
+does): where those controllers are bound to a v1 hierarchy, only processes in our own
+net_cls/net_prio cgroups are borrowed (see cgroup_retag_hazard; the others count as unsafe). At
+most three fds of ours are open at a time: the pidfd, one duplicate, one nsfs fd during a
+namespace cache miss -- so a low RLIMIT_NOFILE is enough.
+
+The socket's network namespace comes from the socket, not its holder (which may live in
+another): SO_NETNS_COOKIE (Linux >= 5.14, no privilege, a 64-bit id never reused during a
+boot) looked up in a cache that SIOCGSKNS + fstat fills the first time a cookie is seen. The
+ioctl opens an nsfs file (~4 us, as much as everything else together), so it runs once per
+namespace instead of once per socket. Without the cookie (older kernels), once per socket.
+
+Differences from /proc/<pid>/net/*, documented and tested (tests/test_borrow.py):
+  - uid: fstat(2) of the socket inode. The kernel keeps sk_uid equal to the socket inode's
+    owner (sock_init_data; sock_graft on accept; sockfs_setattr on fchown), which is the
+    tables' uid column. Unix sockets get None: their table has no uid column.
+  - unix dgram: /proc/net/unix prints sk_state, and unix_dgram_connect() marks the *target*
+    of a connect() ESTABLISHED as well; that socket has no peer (getpeername: ENOTCONN), so
+    here it is UNCONN. Connected dgram sockets and dgram pairs are ESTABLISHED in both.
+  - TCP in SYN_SENT (and CLOSE): getpeername refuses (ENOTCONN) in those states, so the
+    remote is the wildcard with port 0, where /proc shows the destination.
+  - raw: getpeername always refuses (a raw socket has no destination port), so a connect()ed
+    raw socket is UNCONN with a wildcard remote here, ESTABLISHED in /proc/net/raw.
+  - only sockets a process holds: TIME_WAIT, orphans and not-yet-accepted connections are in
+    no fd table; the caller completes the picture from a table pass.
+  - families other than inet/inet6/unix (netlink, packet, vsock...) are skipped and counted;
+    inet sockets that are not tcp/udp/raw (udplite, ping, sctp, mptcp) are counted apart:
+    they live in tables netparse does not read (udplite, icmp, sctp).
+"""
+from __future__ import annotations
+
+import _socket
+import ctypes
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .model import Socket
+from .netparse import TCP_STATES, UNIX_TYPES
+
+SYS_pidfd_getfd = 438            # the same number on every architecture
+SIOCGSKNS = 0x894C
+SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
+TCP_LISTEN = 10
+
+_AF_INET, _AF_INET6, _AF_UNIX = socket.AF_INET, socket.AF_INET6, socket.AF_UNIX
+_STREAM, _DGRAM, _RAW = socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW
+_SOL_SOCKET = socket.SOL_SOCKET
+_SO_TYPE, _SO_PROTOCOL, _SO_DOMAIN, _SO_ACCEPTCONN = (
+    socket.SO_TYPE, socket.SO_PROTOCOL, socket.SO_DOMAIN, socket.SO_ACCEPTCONN)
+_IPPROTO_TCP, _IPPROTO_UDP, _TCP_INFO = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.TCP_INFO
+_S_IFMT, _S_IFSOCK = 0o170000, 0o140000
+_ENOTCONN, _EBADF = errno.ENOTCONN, errno.EBADF
+_DENIED = (errno.EPERM, errno.EACCES)
+
+# A bare handle: explicit family/type/proto, SOCK_NONBLOCK so that no fcntl is ever made.
+_Handle = _socket.socket
+_HANDLE_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+
+# struct tcp_info (include/uapi/linux/tcp.h), native byte order: tcpi_state (offset 0),
+# tcpi_rtt and tcpi_rttvar (68, 72, microseconds), tcpi_total_retrans (100),
+# tcpi_bytes_acked and tcpi_bytes_received (120, 128; Linux >= 4.1 / 4.2).
+_TCP_INFO_LAYOUT = struct.Struct("=B67xII24xI16xQQ")
+_TCP_INFO_LEN = _TCP_INFO_LAYOUT.size
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+# No argtypes: the arguments are small non-negative ints, passed as C int, which libffi
+# widens into the full register (syscall(2) reads longs); argtypes conversion would add
+# ~0.5 us per call here (measured), 6% of the whole per-socket cost.
+_get_errno = ctypes.get_errno
+
+# SO_NETNS_COOKIE -> nsfs inode. Cookies come from a per-boot 64-bit counter and are never
+# reused, so an entry never names the wrong namespace; the bound only guards against leaks.
+_netns_by_cookie: dict[int, int] = {}
+_NETNS_CACHE_MAX = 1 << 16
+
+_WILDCARD = {_AF_INET: "0.0.0.0", _AF_INET6: "::"}
+_FAMILY_NAME = {_AF_INET: "inet", _AF_INET6: "inet6"}
+
+
+@dataclass(slots=True)
+class TcpInfo:
+    """The cheap part of TCP_INFO, read by the same getsockopt that gives the state."""
+    rtt_us: int
+    rttvar_us: int
+    total_retrans: int
+    bytes_acked: int
+    bytes_received: int
+
+
+@dataclass(slots=True)
+class BorrowResult:
+    """What one process's sockets told us. Counts are of sockets (fds), not processes."""
+    sockets: list[Socket] = field(default_factory=list)
+    tcp_info: dict[int, TcpInfo] = field(default_factory=dict)   # socket inode -> TcpInfo
+    borrowed: int = 0          # described: one Socket each
+    already_seen: int = 0      # described earlier through another holder (inode in `seen`)
+    skipped_family: int = 0    # netlink, packet, vsock, ...: not in the tables nsnet reads
+    skipped_protocol: int = 0  # inet but not tcp/udp/raw: udplite, ping (icmp), sctp, mptcp
+    vanished: int = 0          # process exited (ESRCH), fd closed (EBADF) or reused meanwhile
+    denied: int = 0            # pidfd_getfd refused (EPERM/EACCES): no CAP_SYS_PTRACE
+    unsafe: int = 0            # not borrowed: borrowing would re-tag them (cgroup v1, below)
+    failed: int = 0            # any other error (e.g. EMFILE in our own fd table)
+    netns_unknown: int = 0     # described, but SIOCGSKNS refused (no CAP_NET_ADMIN)
+    process_gone: bool = False
+    process_denied: bool = False
+    unsafe_reason: Optional[str] = None
+    errors: list[str] = field(default_factory=list)   # the first few unexpected errors
+
+    def note(self, what: str, err: int) -> None:
+        if len(self.errors) < 3:
+            name = errno.errorcode.get(err, str(err))
+            self.errors.append(f"{what}: {name} {os.strerror(err)}")
+
+
+def ip_text(host: str) -> str:
+    """An address as the socket module prints it (inet_ntop), IPv4-mapped IPv6 as IPv4 --
+    the rule netparse.decode_address applies to the tables."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def unix_name(name: str | bytes) -> str:
+    """A unix socket's getsockname() as /proc/net/unix prints it (unix_seq_show): a path as
+    is; an abstract name (bytes with a leading NUL) as '@' and the name, every NUL as '@'."""
+    if isinstance(name, bytes):
+        if not name:
+            return ""
+        return "@" + name[1:].replace(b"\0", b"@").decode("utf-8", "surrogateescape")
+    return name
+
+
+def describe_process_sockets(pid: int, socket_fds: dict[int, int], *, seen: set[int],
+                             pidfd: Optional[int] = None, tcp_info: bool = True,
+                             allow_cgroup_retag: bool = False) -> BorrowResult:
+    """Describe the sockets of one process whose inode is not in `seen` yet.
+
+    socket_fds: fd -> socket inode, from the process's /proc/<pid>/fd (the walk). A socket
+    is described once however many processes hold it: its inode is added to `seen` once
+    described (or skipped as a family nsnet does not show). The Sockets carry no pids/fds:
+    the caller joins holders from the fd walk, as for the /proc source. A borrowed fd whose
+    inode is not the walk's (closed and reused meanwhile) counts as vanished.
+    pidfd: an already open pidfd of the process (kept open); else one is opened and closed.
+    allow_cgroup_retag: borrow even where it re-tags the process's sockets (see
+    cgroup_retag_hazard); off by default, those sockets are then counted as unsafe.
+    Never raises for a process that exits or that we may not inspect: counted instead.
+    Threads may call this concurrently for different processes; `seen` is then best
+    effort (a socket two of them hold at once may be described twice).
+    """
+    result = BorrowResult()
+    todo = [(fd, inode) for fd, inode in socket_fds.items() if inode not in seen]
+    result.already_seen = len(socket_fds) - len(todo)
+    if not todo:
+        return result
+    if not allow_cgroup_retag:
+        try:
+            reason = cgroup_retag_hazard(pid)
+        except OSError as exc:
+            _give_up(result, errno.ESRCH if exc.errno == errno.ENOENT else exc.errno or 0,
+                     len(todo), "cgroup")
+            return result
+        if reason is not None:
+            result.unsafe, result.unsafe_reason = len(todo), reason
+            return result
+    own_pidfd = pidfd is None
+    if own_pidfd:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            _give_up(result, exc.errno or 0, len(todo), "pidfd_open")
+            return result
+    assert pidfd is not None
+    try:
+        _Describer(result, seen, tcp_info).run(pidfd, todo)
+    finally:
+        if own_pidfd:
+            os.close(pidfd)
+    return result
+
+
+# --------------------------------------------------------------------------- cgroup v1 guard
+# pidfd_getfd installs the fd like SCM_RIGHTS does (receive_fd -> __receive_sock), which
+# re-tags the *socket* with the receiver's cgroup v1 net_cls classid and net_prio index.
+# Measured here: a listener of a process in a net_cls cgroup with classid 0x100001 read
+# classid 0 (sock_diag INET_DIAG_CLASS_ID) after one borrow by a process of the root cgroup.
+# Those tags steer tc cls_cgroup filters, iptables -m cgroup --cgroup and net_prio priomaps.
+# With no v1 hierarchy bound to either controller (cgroup v2 hosts) every task sits in their
+# root css, the values written equal the values held, and nothing changes. Otherwise the
+# process must be in our own net_cls / net_prio cgroups (its sockets carry its cgroup's
+# tags: sockets get them at creation, on receipt, and when their holder is moved).
+NET_CGROUP_CONTROLLERS = ("net_cls", "net_prio")
+_CGROUP_RECHECK_SECONDS = 1.0
+_cgroup_view: tuple[float, frozenset[str], dict[str, str]] = (-1e9, frozenset(), {})
+
+
+def v1_net_controllers(proc_cgroups: bytes) -> frozenset[str]:
+    """From /proc/cgroups: net_cls / net_prio when enabled and bound to a v1 hierarchy."""
+    found = set()
+    for line in proc_cgroups.decode("ascii", "replace").splitlines():
+        fields = line.split()
+        if (len(fields) >= 4 and fields[0] in NET_CGROUP_CONTROLLERS and fields[1] != "0"
+                and fields[3] == "1"):
+            found.add(fields[0])
+    return frozenset(found)
+
+
+def cgroup_paths(pid_cgroup: bytes, controllers: frozenset[str]) -> dict[str, str]:
+    """From /proc/<pid>/cgroup ("id:ctrl,ctrl:path" lines): each controller's path."""
+    paths = {}
+    for line in pid_cgroup.decode("utf-8", "surrogateescape").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for name in parts[1].split(","):
+                if name in controllers:
+                    paths[name] = parts[2]
+    return paths
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cgroup_retag_hazard(pid: int) -> Optional[str]:
+    """Why borrowing pid's sockets would change them, or None (always None on hosts with no
+    cgroup v1 net_cls/net_prio hierarchy: then it costs one clock read). Raises OSError
+    when /proc/<pid>/cgroup cannot be read (ENOENT: the process is gone)."""
+    global _cgroup_view
+    checked, controllers, ours = _cgroup_view
+    now = time.monotonic()
+    if now - checked > _CGROUP_RECHECK_SECONDS:
+        try:
+            controllers = v1_net_controllers(_read("/proc/cgroups"))
+            ours = cgroup_paths(_read("/proc/self/cgroup"), controllers) if controllers else {}
+        except OSError:
+            controllers, ours = frozenset(NET_CGROUP_CONTROLLERS), {}   # unknown: assume
+        _cgroup_view = (now, controllers, ours)
+    if not controllers:
+        return None
+    theirs = cgroup_paths(_read(f"/proc/{pid}/cgroup"), controllers)
+    differ = [name for name in sorted(controllers) if theirs.get(name) != ours.get(name)]
+    if not differ:
+        return None
+    return (f"cgroup v1 {' and '.join(differ)} of pid {pid} differ from ours: pidfd_getfd "
+            f"would re-tag its sockets with our classid/priority index")
+
+
+def _give_up(result: BorrowResult, err: int, left: int, what: str) -> None:
+    """Count the `left` sockets not described because of err, which holds for the process."""
+    if err == errno.ESRCH or err == errno.EINVAL:   # EINVAL: pidfd_open, no such process now
+        result.vanished += left
+        result.process_gone = True
+    elif err in _DENIED:
+        result.denied += left
+        result.process_denied = True
+    else:
+        result.failed += left
+        result.note(what, err)
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once the process has exited (zombie or reaped)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return False
+
+
+class _Describer:
+    """The per-call state: result, counters and the namespace lookups of one process.
+    Not shared between calls, so concurrent callers (threads) share nothing but the
+    cookie cache, whose single get/set operations are atomic under the GIL."""
+    __slots__ = ("result", "seen", "want_tcp_info", "cookies", "refused")
+
+    def __init__(self, result: BorrowResult, seen: set[int], want_tcp_info: bool) -> None:
+        self.result = result
+        self.seen = seen
+        self.want_tcp_info = want_tcp_info
+        self.cookies = True              # False once the kernel says it has no netns cookie
+        self.refused: set[int] = set()   # cookies whose SIOCGSKNS was refused (EPERM)
+
+    def run(self, pidfd: int, todo: list[tuple[int, int]]) -> None:
+        result, seen = self.result, self.seen
+        append = result.sockets.append
+        getfd, fstat, describe = _syscall, os.fstat, self.describe
+        for i, (fd, inode) in enumerate(todo):
+            if inode in seen:                 # a second fd of the same socket (dup)
+                result.already_seen += 1
+                continue
+            dup = getfd(SYS_pidfd_getfd, pidfd, fd, 0)
+            if dup < 0:
+                err = _get_errno()
+                if err == _EBADF and not _exited(pidfd):
+                    result.vanished += 1      # this fd was closed meanwhile
+                    continue
+                # exited (a zombie has no fd table: EBADF), ESRCH, EPERM: the whole
+                # process; EMFILE: our own table. Either way, stop asking.
+                _give_up(result, errno.ESRCH if err == _EBADF else err, len(todo) - i,
+                         "pidfd_getfd")
+                return
+            handle = None
+            try:
+                st = fstat(dup)
+                if st.st_ino != inode or st.st_mode & _S_IFMT != _S_IFSOCK:
+                    result.vanished += 1      # the fd now holds something else
+                    continue
+                try:
+                    # its one syscall is a validating getsockname
+                    handle = _Handle(_AF_UNIX, _HANDLE_TYPE, 0, dup)
+                except OSError:
+                    # a family without getsockname (AF_ALG ...): none of inet/inet6/unix
+                    result.skipped_family += 1
+                    seen.add(inode)
+                    continue
+                sock = describe(handle, inode, st.st_uid)
+            except OSError as exc:
+                result.failed += 1
+                result.note(f"fd {fd}", exc.errno or 0)
+                continue
+            finally:
+                # close(2) of our duplicate only, never shutdown: the process's fd and
+                # socket are untouched
+                if handle is not None:
+                    handle.close()
+                else:
+                    os.close(dup)
+            seen.add(inode)
+            if sock is not None:
+                append(sock)
+                result.borrowed += 1
+
+    def describe(self, h: _socket.socket, inode: int, uid: int) -> Optional[Socket]:
+        """One borrowed socket -> Socket, or None when skipped (counted)."""
+        # SO_DOMAIN, not the shape of getsockname()'s answer: the socket module returns
+        # tuples like inet's for netlink, vsock, bluetooth, can ...
+        family = h.getsockopt(_SOL_SOCKET, _SO_DOMAIN)
+        if family == _AF_UNIX:
+            return self.describe_unix(h, inode, h.getsockname())
+        if family != _AF_INET and family != _AF_INET6:
+            self.result.skipped_family += 1   # netlink, packet, vsock, ...
+            return None
+        local = h.getsockname()
+        kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
+        proto = h.getsockopt(_SOL_SOCKET, _SO_PROTOCOL)
+        local_addr, local_port = ip_text(local[0]), local[1]
+        remote_addr, remote_port = _WILDCARD[family], 0
+        if kind == _STREAM and proto == _IPPROTO_TCP:
+            info = h.getsockopt(_IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+            state_no = info[0]
+            state = TCP_STATES.get(state_no) or str(state_no)
+            if state_no != TCP_LISTEN:
+                try:
+                    peer = h.getpeername()
+                    remote_addr, remote_port = ip_text(peer[0]), peer[1]
+                except OSError as exc:
+                    if exc.errno != _ENOTCONN:
+                        raise
+            if self.want_tcp_info and len(info) == _TCP_INFO_LEN:
+                _, rtt, rttvar, retrans, acked, received = _TCP_INFO_LAYOUT.unpack(info)
+                self.result.tcp_info[inode] = TcpInfo(rtt, rttvar, retrans, acked, received)
+            name = "tcp"
+        elif kind == _DGRAM and proto == _IPPROTO_UDP:
+            state = "UNCONN"
+            try:
+                peer = h.getpeername()
+                remote_addr, remote_port = ip_text(peer[0]), peer[1]
+                state = "ESTABLISHED"
+            except OSError as exc:
+                if exc.errno != _ENOTCONN:
+                    raise
+            name = "udp"
+        elif kind == _RAW:
+            # /proc/net/raw{,6} print the protocol number as the local port and 0 as remote
+            local_port, state = proto, "UNCONN"
+            try:
+                remote_addr, state = ip_text(h.getpeername()[0]), "ESTABLISHED"
+            except OSError as exc:           # ENOTCONN always, today: see the module doc
+                if exc.errno != _ENOTCONN:
+                    raise
+            name = "raw"
+        else:
+            self.result.skipped_protocol += 1
+            return None
+        netns = self.netns(h)
+        return Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
+                      remote_port, inode, uid, netns, _ns_key(netns))
+
+    def describe_unix(self, h: _socket.socket, inode: int, local: str | bytes) -> Socket:
+        kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
+        try:
+            h.getpeername()
+            state = "ESTABLISHED"
+        except OSError as exc:
+            if exc.errno != _ENOTCONN:
+                raise
+            listening = kind != _DGRAM and h.getsockopt(_SOL_SOCKET, _SO_ACCEPTCONN)
+            state = "LISTEN" if listening else "UNCONN"
+        netns = self.netns(h)
+        # uid None: /proc/net/unix has no uid column, and the sources must agree (model.Socket)
+        return Socket("unix", "unix", state, unix_name(local), None, "", None, inode, None,
+                      netns, _ns_key(netns), unix_type=UNIX_TYPES.get(kind, str(kind)))
+
+    def netns(self, h: _socket.socket) -> Optional[int]:
+        """The nsfs inode of the socket's own namespace; None when SIOCGSKNS is refused."""
+        cookie = None
+        if self.cookies:
+            try:
+                cookie = int.from_bytes(h.getsockopt(_SOL_SOCKET, SO_NETNS_COOKIE, 8),
+                                        sys.byteorder)
+            except OSError as exc:
+                if exc.errno != errno.ENOPROTOOPT:
+                    raise
+                self.cookies = False          # kernel < 5.14: SIOCGSKNS for every socket
+            else:
+                netns = _netns_by_cookie.get(cookie)
+                if netns is not None:
+                    return netns
+                if cookie in self.refused:
+                    self.result.netns_unknown += 1
+                    return None
+        try:
+            nsfd = fcntl.ioctl(h.fileno(), SIOCGSKNS)
+        except OSError as exc:
+            if exc.errno not in _DENIED:
+                raise
+            if cookie is not None:
+                self.refused.add(cookie)
+            self.result.netns_unknown += 1
+            return None
+        try:
+            netns = os.fstat(nsfd).st_ino
+        finally:
+            os.close(nsfd)
+        if cookie is not None:
+            if len(_netns_by_cookie) >= _NETNS_CACHE_MAX:
+                _netns_by_cookie.clear()
+            _netns_by_cookie[cookie] = netns
+        return netns
+
+
+_keys: dict[Optional[int], str] = {None: ""}
+
+
+def _ns_key(netns: Optional[int]) -> str:
+    # must match snapshot.ns_key (not imported: snapshot is this module's caller)
+    key = _keys.get(netns)
+    if key is None:
+        key = f"net:[{netns}]"
+        if len(_keys) < _NETNS_CACHE_MAX:
+            _keys[netns] = key
+    return key
