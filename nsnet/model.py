@@ -114,6 +114,7 @@ class Stats:
     pidfd_vanished: int = 0
     pidfd_denied: int = 0
     pidfd_netns_unknown: int = 0
+    pidfd_unsafe: int = 0            # not borrowed: it would re-tag the socket's cgroup-v1 classid
     elapsed_seconds: float = 0.0
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
 

@@ -283,10 +283,12 @@ class _TableLoader:
     """
 
     def __init__(self, proc: str, source: str, pool: Optional[ThreadPoolExecutor],
-                 enter_pinned: bool, stats: Stats, tcp_states: Optional[int] = None):
+                 enter_pinned: bool, stats: Stats, tcp_states: Optional[int] = None,
+                 cache: Optional[sockdiag.DiagSockets] = None):
         self.proc, self.source, self.pool = proc, source, pool
         self.enter_pinned, self.stats = enter_pinned, stats
         self.tcp_states = tcp_states
+        self.cache = cache
         self.pipelined = pool is not None and source in ("proc", "netlink")
 
     def _run(self, fn, *args) -> "Future | _TableRead":
@@ -295,10 +297,12 @@ class _TableLoader:
     def start(self, key: str, task: str) -> "Future | _TableRead":
         """Begin reading namespace `key` through one task (a pid, or "pid/task/tid")."""
         if self.source == "netlink" and key.startswith("net:["):
-            sock = self._diag_socket(f"{self.proc}/{task}/ns/net", int(key[5:-1]))
+            inode = int(key[5:-1])
+            sock = self._diag_socket(f"{self.proc}/{task}/ns/net", inode)
             if sock is None:
                 return _TableRead(None, retries=1)
-            return self._run(_dump_netlink, sock, f"pid {task}", self.tcp_states)
+            return self._run(_dump_netlink, sock, f"pid {task}", self.tcp_states,
+                             self.cache is None)
         return self._run(_load_via_tasks, self.proc, key, [task])
 
     def finish(self, key: str, tasks: list[str], outcome) -> _TableRead:
@@ -313,12 +317,20 @@ class _TableLoader:
         return read
 
     def _diag_socket(self, path: str, inode: int):
+        """The namespace's sock_diag socket: the cached one, or one made inside it now."""
+        if self.cache is not None:
+            cached = self.cache.get(inode)
+            if cached is not None:
+                return cached
         try:
-            return pinned.run_in_namespace(path, inode, sockdiag.open_diag_socket)
+            sock = pinned.run_in_namespace(path, inode, sockdiag.open_diag_socket)
         except (pinned.EnterError, OSError) as exc:
             if len(self.stats.source_errors) < 3:
                 self.stats.source_errors.append(str(exc))
             return None
+        if self.cache is not None:
+            self.cache.put(inode, sock)
+        return sock
 
     def pinned(self, ns: Namespace, paths: list[tuple[str, str]]) -> _TableRead:
         if not self.enter_pinned:
@@ -329,22 +341,27 @@ class _TableLoader:
             for shown, opener in paths:
                 sock = self._diag_socket(opener, ns.inode)
                 if sock is not None:
-                    return _dump_netlink(sock, f"setns {shown}", self.tcp_states)
+                    return _dump_netlink(sock, f"setns {shown}", self.tcp_states,
+                                         self.cache is None)
             ns.error = self.stats.source_errors[-1] if self.stats.source_errors else None
             self.stats.pinned_unreadable += 1
             return _TableRead(None)
         return _load_pinned(ns, paths, True, self.stats)
 
 
-def _dump_netlink(sock, via: str, tcp_states: Optional[int] = None) -> _TableRead:
+def _dump_netlink(sock, via: str, tcp_states: Optional[int] = None,
+                  close: bool = True) -> _TableRead:
     """Runs in a reader thread: one namespace's sockets through its sock_diag socket."""
     try:
         if tcp_states is None:
             result = sockdiag.dump_namespace(sock)
         else:
             result = sockdiag.dump_namespace(sock, tcp_states=tcp_states, protos=("tcp",))
+    except OSError as exc:
+        return _TableRead(None, errors=[f"sock_diag: {exc}"])
     finally:
-        sock.close()
+        if close:
+            sock.close()
     for s in result.sockets:
         s.source = "netlink"
     parsed = ParseResult(result.sockets, result.malformed)
@@ -403,6 +420,7 @@ def _sockets_by_pidfd(walk: _Walk, namespace, pins, loader: _TableLoader,
     holds -- TIME_WAIT and request sockets -- from a table pass restricted to those."""
     seen: set[int] = set()
     sockets: list[Socket] = []
+    blind = {p.netns_key for p in walk.processes.values() if not p.fds_readable}
     for pid, process in walk.processes.items():
         if not process.socket_fds:
             continue
@@ -412,6 +430,9 @@ def _sockets_by_pidfd(walk: _Walk, namespace, pins, loader: _TableLoader,
         stats.pidfd_vanished += result.vanished
         stats.pidfd_denied += result.denied
         stats.pidfd_netns_unknown += result.netns_unknown
+        stats.pidfd_unsafe += result.unsafe
+        if result.denied or result.unsafe or result.failed or result.netns_unknown:
+            blind.add(process.netns_key)   # what it holds comes from that namespace's tables
         for err in result.errors:
             if len(stats.source_errors) < 3:
                 stats.source_errors.append(f"pid {pid}: {err}")
@@ -428,13 +449,12 @@ def _sockets_by_pidfd(walk: _Walk, namespace, pins, loader: _TableLoader,
     held = {s.inode for s in sockets}
     netlink = choice.unheld_via == "netlink"
     cheap = _TableLoader(loader.proc, choice.unheld_via or "proc", loader.pool,
-                         loader.enter_pinned, stats, sockdiag.UNHELD if netlink else None)
+                         loader.enter_pinned, stats, sockdiag.UNHELD if netlink else None,
+                         cache=loader.cache)
     full = _TableLoader(loader.proc, choice.unheld_via or "proc", loader.pool,
-                        loader.enter_pinned, stats)
+                        loader.enter_pinned, stats, cache=loader.cache)
     keys = set(walk.members) | set(walk.threads) | {ns_key(i) for i in pins} \
         | {s.netns_key for s in sockets}
-    blind = {walk.processes[p].netns_key for p in walk.processes
-             if not walk.processes[p].fds_readable}
     for loader_, chosen in ((cheap, keys - blind), (full, keys & blind)):
         if not chosen:
             continue
@@ -451,9 +471,11 @@ def default_threads() -> int:
 
 def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFAULT_SANDBOX_COMMANDS,
                   enter_pinned: bool = True, threads: Optional[int] = None,
-                  source: str = "proc") -> Snapshot:
+                  source: str = "proc",
+                  diag_sockets: Optional[sockdiag.DiagSockets] = None) -> Snapshot:
     """One snapshot of the machine. source: proc | netlink | pidfd | auto (see sources.py);
-    an explicit source the privileges do not allow raises SourceUnavailable."""
+    an explicit source the privileges do not allow raises SourceUnavailable. diag_sockets:
+    keep the sock_diag sockets open between snapshots (a sampler passes the same one)."""
     started = time.perf_counter()
     workers = default_threads() if threads is None else max(1, threads)
     proc = proc.rstrip("/") or "/"
@@ -462,7 +484,8 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsnet-read") \
         if workers > 1 else None
     try:
-        return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started, choice)
+        return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started, choice,
+                     diag_sockets)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -470,10 +493,10 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
 
 def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
           pool: Optional[ThreadPoolExecutor], started: float,
-          choice: sources.Choice) -> Snapshot:
+          choice: sources.Choice, cache: Optional[sockdiag.DiagSockets]) -> Snapshot:
     stats = Stats(source=choice.source, source_reason=choice.reason)
     walk = _Walk()
-    loader = _TableLoader(proc, choice.source, pool, enter_pinned, stats)
+    loader = _TableLoader(proc, choice.source, pool, enter_pinned, stats, cache=cache)
     # Reading a namespace's tables is mostly the kernel walking its socket hashes, with the
     # GIL released. So a namespace's tables are handed to a reader thread as soon as the walk
     # meets its first member, and the kernel's walks overlap ours.
@@ -523,6 +546,8 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
     for sock in sockets:
         stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
 
+    if cache is not None:   # do not keep namespaces alive that this snapshot no longer found
+        cache.prune({ns.inode for ns in namespaces.values() if ns.inode is not None})
     booted = boot_time(proc)
     if booted is not None:
         for process in walk.processes.values():
@@ -582,19 +607,25 @@ def _merge_procnet_groups(proc: str, walk: _Walk) -> dict[str, str]:
 
 def _attach_holders(sockets: list[Socket], walk: _Walk, stats: Stats) -> None:
     listed = set()
+    holders = walk.holders
     for sock in sockets:
         if not sock.inode:
             continue
         listed.add(sock.inode)
-        held = walk.holders.get(sock.inode)
+        held = holders.get(sock.inode)
         if not held:
+            continue
+        if len(held) == 1:   # the common case: one process, one fd
+            pid, fd = held[0]
+            sock.pids = [pid]
+            sock.fds = {pid: [fd]}
             continue
         fds: dict[int, list[int]] = defaultdict(list)
         for pid, fd in held:
             fds[pid].append(fd)
         sock.pids = sorted(fds)
-        sock.fds = {pid: sorted(v) for pid, v in sorted(fds.items())}
-    stats.socket_fds_not_in_tables = sum(1 for inode in walk.holders if inode not in listed)
+        sock.fds = {pid: sorted(fds[pid]) for pid in sock.pids}
+    stats.socket_fds_not_in_tables = sum(1 for inode in holders if inode not in listed)
 
 
 def _mark_sandboxes(processes: dict[int, Process], commands: frozenset[str]) -> None:

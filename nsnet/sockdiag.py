@@ -440,3 +440,42 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
         seq = _next_seq()
         take("unix", run_dump(sock, build_unix_request(ANY_STATE, seq=seq), seq, "unix"))
     return result
+
+
+class DiagSockets:
+    """sock_diag sockets kept open across snapshots, one per namespace (agent mode).
+
+    A netlink socket stays bound to the namespace it was created in, so a sampler needs to
+    setns only once per namespace. A held socket also keeps its namespace alive (and its
+    inode from being reused): `prune` closes the sockets of namespaces a snapshot no longer
+    found, so a namespace that is gone is not kept alive by us.
+    """
+
+    def __init__(self) -> None:
+        self._socks: dict[int, socket.socket] = {}
+        self.created = 0     # sockets opened (setns calls), for tests and metrics
+
+    def get(self, inode: int) -> Optional[socket.socket]:
+        return self._socks.get(inode)
+
+    def put(self, inode: int, sock: socket.socket) -> None:
+        old = self._socks.pop(inode, None)
+        if old is not None and old is not sock:
+            old.close()
+        self._socks[inode] = sock
+        self.created += 1
+
+    def drop(self, inode: int) -> None:
+        sock = self._socks.pop(inode, None)
+        if sock is not None:
+            sock.close()
+
+    def prune(self, live: set[int]) -> None:
+        for inode in [i for i in self._socks if i not in live]:
+            self.drop(inode)
+
+    def __len__(self) -> int:
+        return len(self._socks)
+
+    def close(self) -> None:
+        self.prune(set())
