@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .model import Socket
+from .sockdiag import unix_name as _diag_unix_name
 from .netparse import TCP_STATES, UNIX_TYPES
 
 SYS_pidfd_getfd = 438            # the same number on every architecture
@@ -162,11 +163,8 @@ def ip_text(host: str) -> str:
 def unix_name(name: str | bytes) -> str:
     """A unix socket's getsockname() as /proc/net/unix prints it (unix_seq_show): a path as
     is; an abstract name (bytes with a leading NUL) as '@' and the name, every NUL as '@'."""
-    if isinstance(name, bytes):
-        if not name:
-            return ""
-        return "@" + name[1:].replace(b"\0", b"@").decode("utf-8", "surrogateescape")
-    return name
+    # Python gives bytes only for abstract names; sock_diag's rule covers them exactly.
+    return _diag_unix_name(name) if isinstance(name, bytes) else name
 
 
 def describe_process_sockets(pid: int, socket_fds: dict[int, int], *, seen: set[int],
