@@ -455,6 +455,12 @@ def _sockets_by_pidfd(walk: _Walk, namespace, pins, loader: _TableLoader,
                         loader.enter_pinned, stats, cache=loader.cache)
     keys = set(walk.members) | set(walk.threads) | {ns_key(i) for i in pins} \
         | {s.netns_key for s in sockets}
+    for key in keys:
+        ns = namespace(key)
+        if not ns.pids and not ns.threads and not (ns.inode in pins):
+            # kept alive by a held socket only: nothing to read its tables through
+            ns.read_via = "pidfd (its held sockets only)"
+            keys = keys - {key}
     for loader_, chosen in ((cheap, keys - blind), (full, keys & blind)):
         if not chosen:
             continue

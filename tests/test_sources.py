@@ -144,3 +144,40 @@ def test_auto_without_cap_sys_admin_uses_proc():
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["stats"]["source"] == "proc"
+
+
+SOCKET_ONLY = r'''
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+assert libc.unshare(0x40000000) == 0          # a new namespace for this (only) thread...
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+assert libc.setns(home, 0x40000000) == 0      # ...left again: only the socket keeps it alive
+print(os.fstat(s.fileno()).st_ino, s.getsockname()[1], flush=True)
+time.sleep(60)
+'''
+
+
+def test_namespace_kept_alive_only_by_a_socket():
+    """No process lives in it and no bind mount pins it: /proc cannot list its sockets (it
+    counts the fd), pidfd finds the namespace through the socket itself."""
+    from conftest import require_root
+    require_root()
+    holder = subprocess.Popen([sys.executable, "-c", SOCKET_ONLY], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        inode, port = map(int, holder.stdout.readline().split())
+        pidfd_doc, proc_doc = snapshot("pidfd"), snapshot("proc")
+        [sock] = [s for s in pidfd_doc["sockets"] if s["inode"] == inode]
+        assert (sock["state"], sock["local_addr"], sock["local_port"], sock["pids"],
+                sock["source"]) == ("LISTEN", "127.0.0.1", port, [holder.pid], "pidfd")
+        [ns] = [n for n in pidfd_doc["namespaces"] if n["inode"] == sock["netns"]]
+        assert ns["found_by"] == ["sockets"] and ns["pids"] == [] and ns["error"] is None
+        assert all(n["inode"] != sock["netns"] for n in proc_doc["namespaces"])
+        assert not any(s["inode"] == inode for s in proc_doc["sockets"])
+        assert proc_doc["stats"]["socket_fds_not_in_tables"] >= 1
+    finally:
+        holder.kill()
+        holder.wait()
