@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import SHADOWED_STDLIB, __version__, report, views
+from . import __version__, report, views
 from .netparse import TCP_STATES
 from .procfs import NsnetError
 from .sanitize import printable

@@ -31,10 +31,6 @@ class Socket:
     peer_pids: list[int] = field(default_factory=list)
     source: str = "proc"             # proc | netlink | pidfd: where this socket was read
 
-    @property
-    def connected(self) -> bool:
-        return self.remote_port not in (None, 0) and self.state not in ("LISTEN", "UNCONN")
-
 
 @dataclass(slots=True)
 class Process:

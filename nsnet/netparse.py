@@ -13,7 +13,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from .model import Socket
 

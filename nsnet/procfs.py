@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 _GONE = {errno.ENOENT, errno.ESRCH}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -48,13 +47,6 @@ def translate(exc: OSError) -> ProcError:
         return AccessDenied(str(exc))
     return ProcError(str(exc))   # EIO, ELOOP ...: treated like a failed read by callers
 
-
-@contextmanager
-def wrap_oserror() -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        raise translate(exc) from None
 
 
 def check_procfs(proc: str) -> None:

@@ -223,12 +223,7 @@ def _load_via_tasks(proc: str, key: str, candidates: list[str]) -> _TableRead:
     return _TableRead(_parse_tables(tables), via, local.namespace_read_retries)
 
 
-def _load_pinned(ns: Namespace, paths: list[tuple[str, str]], enter: bool,
-                 stats: Stats) -> _TableRead:
-    if not enter:
-        ns.error = "pinned by a bind mount only: not entered (--no-enter)"
-        stats.pinned_unreadable += 1
-        return _TableRead(None)
+def _load_pinned(ns: Namespace, paths: list[tuple[str, str]], stats: Stats) -> _TableRead:
     for shown, opener in paths:
         try:
             tables = pinned.read_tables_in(opener, ns.inode)
@@ -289,6 +284,7 @@ class _TableLoader:
         self.enter_pinned, self.stats = enter_pinned, stats
         self.tcp_states = tcp_states
         self.cache = cache
+        self.last_error: Optional[str] = None
         self.pipelined = pool is not None and source in ("proc", "netlink")
 
     def _run(self, fn, *args) -> "Future | _TableRead":
@@ -325,8 +321,9 @@ class _TableLoader:
         try:
             sock = pinned.run_in_namespace(path, inode, sockdiag.open_diag_socket)
         except (pinned.EnterError, OSError) as exc:
+            self.last_error = str(exc)
             if len(self.stats.source_errors) < 3:
-                self.stats.source_errors.append(str(exc))
+                self.stats.source_errors.append(self.last_error)
             return None
         if self.cache is not None:
             self.cache.put(inode, sock)
@@ -338,15 +335,16 @@ class _TableLoader:
             self.stats.pinned_unreadable += 1
             return _TableRead(None)
         if self.source == "netlink":
+            self.last_error = None
             for shown, opener in paths:
                 sock = self._diag_socket(opener, ns.inode)
                 if sock is not None:
                     return _dump_netlink(sock, f"setns {shown}", self.tcp_states,
                                          self.cache is None)
-            ns.error = self.stats.source_errors[-1] if self.stats.source_errors else None
+            ns.error = self.last_error   # this namespace's own failure, not the latest logged
             self.stats.pinned_unreadable += 1
             return _TableRead(None)
-        return _load_pinned(ns, paths, True, self.stats)
+        return _load_pinned(ns, paths, self.stats)
 
 
 def _dump_netlink(sock, via: str, tcp_states: Optional[int] = None,
