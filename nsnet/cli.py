@@ -49,6 +49,23 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"not ADDR:PORT: {text!r}")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"not a number of seconds in 0.1..86400: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
@@ -66,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the fastest the privileges allow")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
+    common.add_argument("--host-root", default=os.environ.get("NSNET_HOST_ROOT", "/"),
+                        metavar="PATH",
+                        help="where the node's /var/log/pods and /var/log/containers are, for "
+                             "pod and container names (default: $NSNET_HOST_ROOT or /; e.g. "
+                             "/host in the DaemonSet)")
 
     parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
                      "its sockets, and the pids and users behind them.")
@@ -77,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     by_ns.add_argument("--netns", type=_positive, metavar="INODE", help="only this namespace")
     by_user = sub.add_parser("by-user", parents=[common], help="the dependency view: who talks to whom")
     by_user.add_argument("--user", metavar="NAME|UID", help="only this user")
+    by_pod = sub.add_parser("by-pod", parents=[common],
+                            help="Kubernetes pods: containers, owners, listeners, dependencies")
+    by_pod.add_argument("--pod", metavar="NS/NAME|UID", help="only this pod")
+    serve = sub.add_parser("serve", parents=[common],
+                           help="the node agent: sample periodically, serve JSON over HTTP")
+    serve.add_argument("--listen", type=_listen_address, default=("0.0.0.0", 9810),
+                       metavar="ADDR:PORT", help="HTTP address (default 0.0.0.0:9810)")
+    serve.add_argument("--interval", type=_seconds, default=15.0, metavar="SECONDS",
+                       help="time between samples (default 15)")
+    serve.add_argument("--expose-cmdlines", action="store_true",
+                       help="serve command lines (off: the endpoint sees every tenant)")
     socks = sub.add_parser("sockets", parents=[common], help="one row per socket, like ss -tuanp for the node")
     socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
     for proto in ("tcp", "udp", "unix", "raw"):
@@ -113,8 +146,12 @@ def run(args: argparse.Namespace, out, err) -> int:
             only_uid = views.resolve_user(args.user)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.command == "serve":
+        from .serve import serve
+        return serve(args, err)
     snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
-                         enter_pinned=not args.no_enter, source=args.source)
+                         enter_pinned=not args.no_enter, source=args.source,
+                         host_root=args.host_root)
     for line in snap.stats.warnings():
         err.write(f"nsnet: warning: {printable(line)}\n")
     if args.command == "sockets":
@@ -123,6 +160,14 @@ def run(args: argparse.Namespace, out, err) -> int:
         doc = views.sockets_view(snap, keep)
     elif args.command == "by-namespace":
         doc = views.by_namespace_view(snap, args.netns)
+    elif args.command == "by-pod":
+        only_pod = None
+        if args.pod is not None:
+            only_pod = views.resolve_pod(args.pod, snap)
+            if only_pod is None:
+                raise UsageError(f"no pod {args.pod!r} on this node (give NAMESPACE/NAME or "
+                                 "the pod's uid; see 'nsnet by-pod')")
+        doc = views.by_pod_view(snap, only_pod)
     else:
         doc = views.by_user_view(snap, only_uid)
     if getattr(args, "ndjson", False):
@@ -133,7 +178,7 @@ def run(args: argparse.Namespace, out, err) -> int:
         color = use_color(out, args.color) and not os.environ.get("NO_COLOR")
         r = report.Renderer(terminal_width(out), color, args.resolve)
         render = {"sockets": report.render_sockets, "by-namespace": report.render_by_namespace,
-                  "by-user": report.render_by_user}[args.command]
+                  "by-user": report.render_by_user, "by-pod": report.render_by_pod}[args.command]
         text = render(doc, r)
         out.write(text + ("\n" if text else ""))
     return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR

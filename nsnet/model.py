@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .cgroup import ContainerIdentity
+
 
 @dataclass(slots=True)
 class Socket:
@@ -46,6 +48,15 @@ class Process:
     socket_fds: dict[int, int] = field(default_factory=dict)   # fd -> socket inode
     start_ticks: int = 0                 # clock ticks after boot (/proc/<pid>/stat)
     started: Optional[float] = None      # epoch seconds, when the boot time is known
+    identity: Optional[ContainerIdentity] = None   # from /proc/<pid>/cgroup
+
+    @property
+    def container_id(self) -> Optional[str]:
+        return self.identity.container_id if self.identity else None
+
+    @property
+    def pod_uid(self) -> Optional[str]:
+        return self.identity.pod_uid if self.identity else None
 
     @property
     def command(self) -> str:
@@ -84,6 +95,36 @@ class Namespace:
 
 
 @dataclass(slots=True)
+class Container:
+    """A container seen through its processes' cgroups (no runtime API is asked)."""
+    id: str
+    runtime: Optional[str]
+    pod_uid: Optional[str] = None
+    name: Optional[str] = None       # from the kubelet's /var/log/containers, when there
+    sandbox: bool = False            # the pod's namespace holder (pause / CRI sandbox)
+    pids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Pod:
+    uid: str
+    namespace: Optional[str] = None  # Kubernetes namespace, from /var/log/pods (None: unknown)
+    name: Optional[str] = None
+    qos: Optional[str] = None
+    containers: dict[str, Container] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)      # every process of the pod, sandbox included
+    netns_keys: list[str] = field(default_factory=list)
+    host_network: bool = False       # its app processes live in the host's namespace
+    owners: list[int] = field(default_factory=list)    # uids of its non-sandbox processes
+
+    @property
+    def display(self) -> str:
+        if self.namespace and self.name:
+            return f"{self.namespace}/{self.name}"
+        return f"pod {self.uid}"
+
+
+@dataclass(slots=True)
 class Stats:
     processes: int = 0
     processes_vanished: int = 0      # exited between listing and reading
@@ -111,11 +152,14 @@ class Stats:
     pidfd_denied: int = 0
     pidfd_netns_unknown: int = 0
     pidfd_unsafe: int = 0            # not borrowed: it would re-tag the socket's cgroup-v1 classid
+    pods: int = 0
+    containers: int = 0
+    kubelet_errors: list[str] = field(default_factory=list)   # /var/log/pods unreadable, ...
     elapsed_seconds: float = 0.0
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
 
     def warnings(self) -> list[str]:
-        return list(self.privileges) + (
+        return list(self.privileges) + list(self.kubelet_errors) + (
             [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
 
 
@@ -127,3 +171,7 @@ class Snapshot:
     sockets: list[Socket]
     stats: Stats
     host_key: Optional[str] = None
+    pods: dict[str, Pod] = field(default_factory=dict)
+    containers: dict[str, Container] = field(default_factory=dict)
+    # pods whose own (non-host) namespace this is: unheld sockets there belong to them
+    pods_of_netns: dict[str, list[str]] = field(default_factory=dict)

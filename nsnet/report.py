@@ -76,6 +76,24 @@ def _holders(doc: dict, procs: dict[int, dict]) -> str:
     return SafeText(" ".join(names) + (f" (+{more})" if more > 0 else ""))
 
 
+def pod_name(ref: dict) -> str:
+    """ns/name as the kubelet's log tree names it; the uid when the pod is not in it."""
+    if ref.get("namespace") and ref.get("name"):
+        return printable(f"{ref['namespace']}/{ref['name']}")
+    return printable(f"pod:{ref['uid']}")
+
+
+def _pods(refs: list[dict], limit: int = 2) -> str:
+    shown = ",".join(pod_name(p) for p in refs[:limit])
+    return SafeText(shown + (f",+{len(refs) - limit}" if len(refs) > limit else ""))
+
+
+def _container(c: Optional[dict]) -> str:
+    if not c:
+        return ""
+    return printable(c["name"]) if c.get("name") else c["id"][:12]
+
+
 def render_sockets(doc: dict, r: Renderer) -> str:
     procs = {p["pid"]: p for p in doc["processes"]}
     cols = [
@@ -92,6 +110,8 @@ def render_sockets(doc: dict, r: Renderer) -> str:
                priority=3),
         Column("USERS", lambda s: ",".join(str(u) for u in s["users"])),
         Column("PIDS", lambda s: _pids(s["pids"])),
+        *([Column("POD", lambda s: _pods(s["pods"]), shrink=True, min_width=12, priority=2)]
+          if any(s["pods"] for s in doc["sockets"]) else []),
         Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=16, priority=1),
     ]
     out = [r.table(cols, doc["sockets"], row_style=lambda s: None if s["pids"] else "dim")]
@@ -111,6 +131,8 @@ def _ns_title(ns: dict) -> str:
     owners = [f"{u}({printable(ns['owner_names'][str(u)])})" if ns["owner_names"].get(str(u))
               else str(u) for u in ns["owners"]]
     parts.append("owners " + (",".join(owners) if owners else "none"))
+    if ns.get("pods"):
+        parts.append("pods " + _pods(ns["pods"], limit=4))
     return SafeText("  ".join(parts))   # pieces are numbers, fixed words or escaped text
 
 
@@ -144,6 +166,9 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
                 Column("UID", "uid", align="right"),
                 Column("USER", lambda p: printable(p["user"] or "")),
                 Column("ROLE", lambda p: "sandbox" if p["sandbox"] else ""),
+                *([Column("CONTAINER", lambda p: _container(p["container"]), shrink=True,
+                          min_width=8, priority=2)]
+                  if any(p["container"] for p in ns["processes"]) else []),
                 Column("COMMAND", lambda p: join_cmdline(p["cmdline"]) if p["cmdline"]
                        else printable(f"[{p['comm']}]"), shrink=True, min_width=10),
             ], ns["processes"]))
@@ -169,15 +194,46 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
     return "\n".join(out).rstrip("\n")
 
 
-def _group_columns(netns_title: str) -> list[Column]:
-    """What the by-user tables show of a connection group after its endpoint."""
+def _group_columns(netns_title: str, groups: list[dict]) -> list[Column]:
+    """What the by-user and by-pod tables show of a connection group after its endpoint."""
+    pods = any(g["pods"] or g["peer_pods"] for g in groups)
     return [
         Column("COUNT", "count", align="right"),
         Column("SCOPE", lambda g: g["peer"] or ""),
         Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
+        *([Column("PEER PODS", lambda g: _pods(g["peer_pods"]), shrink=True, min_width=10),
+           Column("PODS", lambda g: _pods(g["pods"]), shrink=True, min_width=10, priority=2)]
+          if pods else []),
         Column(netns_title, lambda g: ",".join(str(n) for n in g["netns"])),
         Column("PIDS", lambda g: _pids(g["pids"])),
     ]
+
+
+def _dependency_tables(doc: dict, r: Renderer) -> list[str]:
+    """Listeners, what it connects to and who connects to it: by-user's and by-pod's tables."""
+    out = []
+    if doc["listening"]:
+        out.append(r.table([
+            Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
+            Column("ADDRESS", lambda s: r.ep(s["addr"], s["port"], s["proto"]), shrink=True),
+            Column("NETNS", lambda s: _ns(s["netns"]), align="right"),
+            Column("PIDS", lambda s: _pids(s["pids"])),
+        ], doc["listening"]))
+    if doc["connects_to"]:
+        out.append(r.table([
+            Column("CONNECTS TO", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"]),
+                   shrink=True, min_width=12),
+            Column("PROTO", "proto"),
+            *_group_columns("FROM NETNS", doc["connects_to"]),
+        ], doc["connects_to"]))
+    if doc["connected_from"]:
+        out.append(r.table([
+            Column("CONNECTED FROM", lambda g: g["peer_addr"], shrink=True, min_width=8),
+            Column("TO", lambda g: r.ep(g["local_addr"], g["local_port"], g["proto"]),
+                   shrink=True, min_width=12),
+            *_group_columns("NETNS", doc["connected_from"]),
+        ], doc["connected_from"]))
+    return out
 
 
 def render_by_user(doc: dict, r: Renderer) -> str:
@@ -186,28 +242,38 @@ def render_by_user(doc: dict, r: Renderer) -> str:
         name = f" ({printable(u['name'])})" if u["name"] else ""
         owns = ",".join(str(n) if n is not None else k
                         for n, k in zip(u["namespaces"], u["namespace_keys"])) or "none"
+        pods = f"  pods {_pods(u['pods'], limit=4)}" if u.get("pods") else ""
         out.append(r.head(SafeText(f"uid {u['uid']}{name}  owns netns {printable(owns)}  "
-                                   f"processes {len(u['processes'])}  sockets {u['sockets']}")))
-        if u["listening"]:
-            out.append(r.table([
-                Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
-                Column("ADDRESS", lambda s: r.ep(s["addr"], s["port"], s["proto"]), shrink=True),
-                Column("NETNS", lambda s: _ns(s["netns"]), align="right"),
-                Column("PIDS", lambda s: _pids(s["pids"])),
-            ], u["listening"]))
-        if u["connects_to"]:
-            out.append(r.table([
-                Column("CONNECTS TO", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"]),
-                       shrink=True, min_width=12),
-                Column("PROTO", "proto"),
-                *_group_columns("FROM NETNS"),
-            ], u["connects_to"]))
-        if u["connected_from"]:
-            out.append(r.table([
-                Column("CONNECTED FROM", lambda g: g["peer_addr"], shrink=True, min_width=8),
-                Column("TO", lambda g: r.ep(g["local_addr"], g["local_port"], g["proto"]),
-                       shrink=True, min_width=12),
-                *_group_columns("NETNS"),
-            ], u["connected_from"]))
+                                   f"processes {len(u['processes'])}  sockets {u['sockets']}"
+                                   + pods)))
+        out.extend(_dependency_tables(u, r))
         out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def render_by_pod(doc: dict, r: Renderer) -> str:
+    out = []
+    for pod in doc["pods"]:
+        parts = [f"pod {pod_name(pod)}", printable(f"uid {pod['uid']}")]
+        if pod["qos"]:
+            parts.append(printable(f"qos {pod['qos']}"))
+        parts.append("hostNetwork" if pod["host_network"] else
+                     "netns " + (",".join(str(n) for n in pod["netns"]) or "?"))
+        parts.append("owners " + (",".join(str(u) for u in pod["owners"]) or "none"))
+        out.append(r.head(SafeText("  ".join(parts))))
+        if pod["containers"]:
+            out.append(r.table([
+                Column("CONTAINER", lambda c: printable(c["name"]) if c["name"]
+                       else ("(sandbox)" if c["sandbox"] else "?"), shrink=True, min_width=8),
+                Column("ID", lambda c: c["id"][:12]),
+                Column("RUNTIME", lambda c: c["runtime"] or ""),
+                Column("ROLE", lambda c: "sandbox" if c["sandbox"] else ""),
+                Column("USERS", lambda c: ",".join(str(u) for u in c["users"])),
+                Column("PIDS", lambda c: _pids(c["pids"])),
+            ], pod["containers"]))
+        out.extend(_dependency_tables(pod, r))
+        out.append(f"  {pod['sockets']} sockets")
+        out.append("")
+    if not doc["pods"]:
+        out.append("no pods found (no process in a kubelet pod cgroup)")
     return "\n".join(out).rstrip("\n")

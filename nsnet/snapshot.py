@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from functools import lru_cache
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from . import borrow, classify, mountinfo, pinned, sockdiag, sources
+from . import borrow, cgroup, classify, kubelet, mountinfo, pinned, pods, sockdiag, sources
 from .model import Namespace, Process, Snapshot, Socket, Stats
 from .netparse import NET_FILES, ParseResult, parse_net_file
 from .procfs import (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CLOCK_TICKS, PF_KTHREAD,
@@ -55,6 +56,12 @@ def _namespace_key(dirfd: int, stats: Stats) -> tuple[str, Optional[int]]:
     return procnet_key(procnet_id(dirfd)), None
 
 
+@lru_cache(maxsize=16384)
+def _identity(cgroup_text: bytes) -> Optional[cgroup.ContainerIdentity]:
+    # The processes of a container share one cgroup text: parse each text once.
+    return cgroup.identity_from_cgroup(cgroup_text.decode("utf-8", "surrogateescape"))
+
+
 def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
     dirfd = open_dir(f"{proc}/{pid}")
     try:
@@ -68,6 +75,7 @@ def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
         process = Process(pid, ppid, comm, parse_cmdline(read_at(dirfd, "cmdline")),
                           parse_status_euid(read_at(dirfd, "status")), key, inode,
                           start_ticks=start_ticks)
+        process.identity = _identity(read_at(dirfd, "cgroup"))
         try:
             mnt = ns_inode(dirfd, "mnt")
             walk.mount_ns_reader.setdefault(mnt, pid)
@@ -476,10 +484,13 @@ def default_threads() -> int:
 def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFAULT_SANDBOX_COMMANDS,
                   enter_pinned: bool = True, threads: Optional[int] = None,
                   source: str = "proc",
-                  diag_sockets: Optional[sockdiag.DiagSockets] = None) -> Snapshot:
+                  diag_sockets: Optional[sockdiag.DiagSockets] = None,
+                  host_root: Optional[str] = "/") -> Snapshot:
     """One snapshot of the machine. source: proc | netlink | pidfd | auto (see sources.py);
     an explicit source the privileges do not allow raises SourceUnavailable. diag_sockets:
-    keep the sock_diag sockets open between snapshots (a sampler passes the same one)."""
+    keep the sock_diag sockets open between snapshots (a sampler passes the same one).
+    host_root: where the node's /var/log/pods and /var/log/containers are (pod and container
+    names); None: do not look."""
     started = time.perf_counter()
     workers = default_threads() if threads is None else max(1, threads)
     proc = proc.rstrip("/") or "/"
@@ -489,7 +500,7 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
         if workers > 1 else None
     try:
         return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started, choice,
-                     diag_sockets)
+                     diag_sockets, host_root)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -497,7 +508,8 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
 
 def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
           pool: Optional[ThreadPoolExecutor], started: float,
-          choice: sources.Choice, cache: Optional[sockdiag.DiagSockets]) -> Snapshot:
+          choice: sources.Choice, cache: Optional[sockdiag.DiagSockets],
+          host_root: Optional[str]) -> Snapshot:
     stats = Stats(source=choice.source, source_reason=choice.reason)
     walk = _Walk()
     loader = _TableLoader(proc, choice.source, pool, enter_pinned, stats, cache=cache)
@@ -557,7 +569,11 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
         for process in walk.processes.values():
             process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
     _attach_holders(sockets, walk, stats)
-    _mark_sandboxes(walk.processes, sandbox)
+    logs = kubelet.load_kubelet_logs(host_root) if host_root is not None else None
+    if logs is not None:
+        stats.kubelet_errors.extend(logs.errors)
+    containers, pod_map, pods_of_netns = pods.assemble(walk.processes, logs, sandbox, host_key)
+    stats.pods, stats.containers = len(pod_map), len(containers)
     for ns in namespaces.values():
         ns.owners = sorted({walk.processes[p].uid for p in ns.pids
                             if not walk.processes[p].sandbox})
@@ -568,7 +584,8 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
     stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
     _privilege_notes(stats)
     stats.elapsed_seconds = round(time.perf_counter() - started, 6)
-    return Snapshot(proc, namespaces, walk.processes, sockets, stats, host_key)
+    return Snapshot(proc, namespaces, walk.processes, sockets, stats, host_key,
+                    pod_map, containers, pods_of_netns)
 
 
 def _merge_procnet_groups(proc: str, walk: _Walk) -> dict[str, str]:
@@ -630,12 +647,6 @@ def _attach_holders(sockets: list[Socket], walk: _Walk, stats: Stats) -> None:
         sock.pids = sorted(fds)
         sock.fds = {pid: sorted(fds[pid]) for pid in sock.pids}
     stats.socket_fds_not_in_tables = sum(1 for inode in holders if inode not in listed)
-
-
-def _mark_sandboxes(processes: dict[int, Process], commands: frozenset[str]) -> None:
-    for process in processes.values():
-        name = os.path.basename(process.cmdline[0]) if process.cmdline else process.comm
-        process.sandbox = name in commands and not process.socket_fds
 
 
 def _missing(caps: int, *needed: tuple[int, str]) -> str:

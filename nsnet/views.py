@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Iterable, Optional
 
 from . import SCHEMA
-from .model import Namespace, Process, Snapshot, Socket
+from .model import Container, Namespace, Pod, Process, Snapshot, Socket
 
 STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "CLOSE",
                  "LISTENING": "LISTEN", "UNCONNECTED": "UNCONN"}
@@ -52,20 +52,63 @@ def endpoint(addr: str, port: Optional[int]) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def process_doc(p: Process) -> dict:
+def pod_ref(pod: Pod) -> dict:
+    return {"uid": pod.uid, "namespace": pod.namespace, "name": pod.name}
+
+
+def container_ref(c: Container) -> dict:
+    return {"id": c.id, "name": c.name, "pod_uid": c.pod_uid}
+
+
+def process_doc(p: Process, snap: Snapshot) -> dict:
+    container = snap.containers.get(p.container_id) if p.container_id else None
+    pod = snap.pods.get(p.pod_uid) if p.pod_uid else None
     return {"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "user": user_name(p.uid),
             "comm": p.comm, "cmdline": list(p.cmdline), "netns": p.netns,
             "netns_key": p.netns_key, "sandbox": p.sandbox, "fds_readable": p.fds_readable,
-            "started": p.started}
+            "started": p.started,
+            "container": None if container is None else {
+                "id": container.id, "name": container.name, "runtime": container.runtime,
+                "sandbox": container.sandbox},
+            "pod": None if pod is None else {**pod_ref(pod), "qos": pod.qos}}
 
 
-def namespace_doc(ns: Namespace) -> dict:
+def namespace_pods(ns: Namespace, snap: Snapshot) -> list[Pod]:
+    """Pods with a process in this namespace (for the host's: its hostNetwork pods)."""
+    uids = {snap.processes[p].pod_uid for p in ns.pids} - {None}
+    return [snap.pods[u] for u in sorted(uids, key=lambda u: _pod_order(snap.pods[u]))]
+
+
+def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
     return {"inode": ns.inode, "key": ns.key, "host": ns.host, "pinned": list(ns.pinned),
             "found_by": ns.found_by, "pids": list(ns.pids),
             "threads": [{"pid": p, "tid": t} for p, t in ns.threads],
             "owners": list(ns.owners),
             "owner_names": {str(u): user_name(u) for u in ns.owners},
+            "pods": [pod_ref(pod) for pod in namespace_pods(ns, snap)],
             "read_via": ns.read_via, "tables_read": ns.tables_read, "error": ns.error}
+
+
+def _pod_order(pod: Pod) -> tuple:
+    return (pod.namespace is None, pod.namespace or "", pod.name or "", pod.uid)
+
+
+def socket_pods(s: Socket, snap: Snapshot) -> list[Pod]:
+    """The pods a socket belongs to: its holders' pods, and the pod whose own namespace it
+    lives in (which covers sockets no process holds, such as TIME_WAIT)."""
+    if not snap.pods:
+        return []
+    uids = set(snap.pods_of_netns.get(s.netns_key, ()))
+    for pid in s.pids:
+        uid = snap.processes[pid].pod_uid
+        if uid is not None:
+            uids.add(uid)
+    return sorted((snap.pods[u] for u in uids), key=_pod_order)
+
+
+def socket_containers(s: Socket, snap: Snapshot) -> list[Container]:
+    ids = {snap.processes[p].container_id for p in s.pids} - {None}
+    return [snap.containers[i] for i in sorted(ids)]
 
 
 def socket_doc(s: Socket, snap: Snapshot) -> dict:
@@ -75,7 +118,9 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "uid": s.uid, "users": socket_users(s, snap), "pids": list(s.pids),
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
             "peer": s.peer, "peer_netns": s.peer_netns, "peer_pids": list(s.peer_pids),
-            "unix_type": s.unix_type, "source": s.source}
+            "unix_type": s.unix_type, "source": s.source,
+            "pods": [pod_ref(p) for p in socket_pods(s, snap)],
+            "containers": [container_ref(c) for c in socket_containers(s, snap)]}
 
 
 def stats_doc(snap: Snapshot) -> dict:
@@ -133,21 +178,27 @@ def sockets_view(snap: Snapshot, keep: Optional[SocketFilter] = None) -> dict:
     chosen = filtered_sockets(snap, keep)
     pids = sorted({p for s in chosen for p in s.pids})
     return {"schema": SCHEMA, "view": "sockets",
-            "namespaces": [namespace_doc(ns) for ns in sorted_namespaces(snap)],
-            "processes": [process_doc(snap.processes[p]) for p in pids],
+            "namespaces": [namespace_doc(ns, snap) for ns in sorted_namespaces(snap)],
+            "processes": [process_doc(snap.processes[p], snap) for p in pids],
             "sockets": [socket_doc(s, snap) for s in chosen],
             "stats": stats_doc(snap)}
 
 
 def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
-    return [{"pid": p, "uid": snap.processes[p].uid, "comm": snap.processes[p].comm,
-             "cmdline": list(snap.processes[p].cmdline)} for p in sorted(pids)]
+    docs = []
+    for pid in sorted(pids):
+        p = snap.processes[pid]
+        container = snap.containers.get(p.container_id) if p.container_id else None
+        docs.append({"pid": pid, "uid": p.uid, "comm": p.comm, "cmdline": list(p.cmdline),
+                     "container": container.name if container else None})
+    return docs
 
 
 def listener_doc(s: Socket, snap: Snapshot) -> dict:
     return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
             "state": s.state, "inode": s.inode, "netns": s.netns, "pids": list(s.pids),
-            "users": socket_users(s, snap), "processes": _holder_docs(s.pids, snap)}
+            "users": socket_users(s, snap), "processes": _holder_docs(s.pids, snap),
+            "pods": [pod_ref(p) for p in socket_pods(s, snap)]}
 
 
 def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
@@ -167,7 +218,8 @@ def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
                 "direction": key[0], "proto": s.proto, "peer_addr": s.remote_addr,
                 "peer_port": key[3], "local_addr": key[4], "local_port": key[5],
                 "peer": s.peer, "peer_netns": set(), "count": 0, "states": Counter(),
-                "netns": set(), "pids": set(), "users": set(), "peer_users": set()}
+                "netns": set(), "pids": set(), "users": set(), "peer_users": set(),
+                "pods": set(), "peer_pods": set()}
         g["count"] += 1
         g["states"][s.state] += 1
         g["netns"].add(s.netns)
@@ -178,15 +230,31 @@ def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
         if s.peer == "node":
             g["peer"] = "node"
         g["peer_users"].update(snap.processes[p].uid for p in s.peer_pids)
+        if snap.pods:
+            g["pods"].update(p.uid for p in socket_pods(s, snap))
+            g["peer_pods"].update(_peer_pods(s, snap))
     out = []
     for g in groups.values():
         for k in ("peer_netns", "netns", "pids", "users", "peer_users"):
             g[k] = sorted((v for v in g[k] if v is not None))
+        for k in ("pods", "peer_pods"):
+            g[k] = [pod_ref(p) for p in sorted((snap.pods[u] for u in g[k]), key=_pod_order)]
         g["states"] = dict(sorted(g["states"].items()))
         out.append(g)
     out.sort(key=lambda g: (g["direction"], -g["count"], g["peer_addr"], g["peer_port"] or 0,
                             g["local_port"] or 0))
     return out
+
+
+def _peer_pods(s: Socket, snap: Snapshot) -> set[str]:
+    """Pods on the other end of a connection inside this node."""
+    uids = set(snap.pods_of_netns.get(f"net:[{s.peer_netns}]", ())) \
+        if s.peer_netns is not None else set()
+    for pid in s.peer_pids:
+        uid = snap.processes[pid].pod_uid
+        if uid is not None:
+            uids.add(uid)
+    return uids
 
 
 def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
@@ -205,8 +273,8 @@ def by_namespace_view(snap: Snapshot, only_netns: Optional[int] = None) -> dict:
         if only_netns is not None and ns.inode != only_netns:
             continue
         socks = sorted(per_ns.get(ns.key, []), key=_socket_order)
-        doc = namespace_doc(ns)
-        doc["processes"] = [process_doc(snap.processes[p]) for p in ns.pids]
+        doc = namespace_doc(ns, snap)
+        doc["processes"] = [process_doc(snap.processes[p], snap) for p in ns.pids]
         doc["listening"] = [listener_doc(s, snap) for s in socks if s.direction == "listening"
                             and s.proto != "unix"]
         doc["unix_listening"] = [listener_doc(s, snap) for s in socks
@@ -253,9 +321,56 @@ def by_user_view(snap: Snapshot, only_uid: Optional[int] = None) -> dict:
             "namespaces": [ns.inode for ns in owned.get(uid, [])],
             "namespace_keys": [ns.key for ns in owned.get(uid, [])],
             "processes": sorted(procs_of.get(uid, [])),
+            "pods": [pod_ref(pod) for pod in sorted(snap.pods.values(), key=_pod_order)
+                     if uid in pod.owners],
             "listening": [listener_doc(s, snap) for s in socks
                           if s.direction == "listening" and s.proto != "unix"],
             "connects_to": [g for g in groups if g["direction"] == "outbound"],
             "connected_from": [g for g in groups if g["direction"] == "inbound"],
             "sockets": len(socks)})
     return {"schema": SCHEMA, "view": "by-user", "users": docs, "stats": stats_doc(snap)}
+
+
+def resolve_pod(text: str, snap: Snapshot) -> Optional[Pod]:
+    """A --pod argument: NAMESPACE/NAME, or the pod's uid."""
+    if text in snap.pods:
+        return snap.pods[text]
+    namespace, _, name = text.partition("/")
+    for pod in snap.pods.values():
+        if pod.namespace == namespace and pod.name == name:
+            return pod
+    return None
+
+
+def by_pod_view(snap: Snapshot, only: Optional[Pod] = None) -> dict:
+    """Per pod: containers, namespace(s), owners, listeners and dependencies. A pod's sockets
+    are those of its own namespace plus those its processes hold elsewhere (hostNetwork)."""
+    socks_of: dict[str, list[Socket]] = defaultdict(list)
+    for s in snap.sockets:
+        for pod in socket_pods(s, snap):
+            socks_of[pod.uid].append(s)
+    docs = []
+    for pod in sorted(snap.pods.values(), key=_pod_order):
+        if only is not None and pod is not only:
+            continue
+        socks = sorted(socks_of.get(pod.uid, []), key=_socket_order)
+        groups = _connection_groups(socks, snap)
+        containers = sorted(pod.containers.values(), key=lambda c: (not c.sandbox, c.name or "", c.id))
+        docs.append({
+            **pod_ref(pod), "qos": pod.qos, "host_network": pod.host_network,
+            "netns": [snap.namespaces[k].inode for k in pod.netns_keys if k in snap.namespaces],
+            "netns_keys": list(pod.netns_keys),
+            "containers": [{"id": c.id, "name": c.name, "runtime": c.runtime,
+                            "sandbox": c.sandbox, "pids": list(c.pids),
+                            "users": sorted({snap.processes[p].uid for p in c.pids})}
+                           for c in containers],
+            "pids": list(pod.pids),
+            "owners": list(pod.owners),
+            "owner_names": {str(u): user_name(u) for u in pod.owners},
+            "listening": [listener_doc(s, snap) for s in socks
+                          if s.direction == "listening" and s.proto != "unix"],
+            "connects_to": [g for g in groups if g["direction"] == "outbound"],
+            "connected_from": [g for g in groups if g["direction"] == "inbound"],
+            "counts": _counts(socks),
+            "sockets": len(socks)})
+    return {"schema": SCHEMA, "view": "by-pod", "pods": docs, "stats": stats_doc(snap)}

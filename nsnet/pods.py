@@ -1,0 +1,87 @@
+"""Pods and containers, assembled from what the node alone shows: each process's cgroup
+(container id, pod uid, QoS) and the kubelet's log tree (pod namespace/name, container names).
+
+Pure: it takes the walked processes and the parsed log tree; no I/O, no API server.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import replace
+from typing import Iterable, Optional
+
+from .kubelet import KubeletLogs
+from .model import Container, Pod, Process
+
+
+def command_name(process: Process) -> str:
+    return os.path.basename(process.cmdline[0]) if process.cmdline else process.comm
+
+
+def assemble(processes: dict[int, Process], logs: Optional[KubeletLogs],
+             sandbox_commands: Iterable[str], host_key: Optional[str]
+             ) -> tuple[dict[str, Container], dict[str, Pod], dict[str, list[str]]]:
+    """Group processes into containers and pods and mark sandbox holders (process.sandbox).
+
+    A sandbox holder holds no socket and either runs a sandbox command (pause), or belongs to
+    a container of a pod the kubelet knows whose log tree lists no such container: the CRI
+    sandbox is the one container of a pod the kubelet writes no log for, whatever its binary.
+    Returns (containers by id, pods by uid, pod uids by the namespace they own)."""
+    commands = frozenset(sandbox_commands)
+    containers: dict[str, Container] = {}
+    pods: dict[str, Pod] = {}
+    known_pods = logs.pods if logs else {}
+    logged = logs.containers if logs else {}
+
+    for process in processes.values():
+        ident = process.identity
+        if ident is not None and ident.container_id is None and ident.runtime is not None:
+            # the runtime's own monitor (cri-o/podman conmon) sits in the pod's cgroup but is
+            # not the pod's: it runs as root in the host namespace
+            process.identity = ident = replace(ident, pod_uid=None, qos=None)
+        container = None
+        pod_uid = ident.pod_uid if ident else None
+        if ident is not None and ident.container_id:
+            cid = ident.container_id
+            log = logged.get(cid)
+            if pod_uid is None and log is not None:
+                pod_uid = log.pod_uid   # e.g. a cgroup layout that names only the container
+            container = containers.get(cid)
+            if container is None:
+                container = containers[cid] = Container(
+                    cid, ident.runtime, pod_uid, name=log.name if log else None)
+            container.pids.append(process.pid)
+        unlogged = (pod_uid in known_pods and container is not None
+                    and container.id not in logged)
+        process.sandbox = not process.socket_fds and (
+            command_name(process) in commands or unlogged)
+        if pod_uid is None:
+            continue
+        pod = pods.get(pod_uid)
+        if pod is None:
+            ref = known_pods.get(pod_uid)
+            pod = pods[pod_uid] = Pod(pod_uid, ref.namespace if ref else None,
+                                      ref.name if ref else None,
+                                      ident.qos if ident else None)
+        pod.pids.append(process.pid)
+        if container is not None:
+            pod.containers.setdefault(container.id, container)
+
+    for container in containers.values():
+        container.pids.sort()
+        container.sandbox = all(processes[p].sandbox for p in container.pids)
+
+    pods_of_netns: dict[str, list[str]] = defaultdict(list)
+    for pod in pods.values():
+        pod.pids.sort()
+        members = [processes[p] for p in pod.pids]
+        pod.netns_keys = sorted({p.netns_key for p in members})
+        apps = [p for p in members if not p.sandbox]
+        pod.owners = sorted({p.uid for p in apps})
+        # hostNetwork: the app processes live in the host's namespace (the sandbox too, then)
+        pod.host_network = bool(host_key) and bool(apps) and all(
+            p.netns_key == host_key for p in apps)
+        for key in pod.netns_keys:
+            if key != host_key:
+                pods_of_netns[key].append(pod.uid)
+    return containers, pods, {k: sorted(v) for k, v in pods_of_netns.items()}
