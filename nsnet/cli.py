@@ -11,6 +11,7 @@ from . import __version__, report, views
 from .netparse import TCP_STATES
 from .procfs import NsnetError
 from .sanitize import printable
+from .services import load_services
 from .table import terminal_width, use_color
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the fastest the privileges allow")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
+    common.add_argument("--services", default=os.environ.get("NSNET_SERVICES") or None,
+                        metavar="FILE",
+                        help="TOML file naming endpoints (CIDRs, ip:port) as services, used in "
+                             "every view (default: $NSNET_SERVICES)")
     common.add_argument("--host-root", default=os.environ.get("NSNET_HOST_ROOT", "/"),
                         metavar="PATH",
                         help="where the node's /var/log/pods and /var/log/containers are, for "
@@ -146,12 +151,14 @@ def run(args: argparse.Namespace, out, err) -> int:
             only_uid = views.resolve_user(args.user)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    services = load_services(args.services)
     if args.command == "serve":
         from .serve import serve
-        return serve(args, err)
+        return serve(args, services, err)
     snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
                          enter_pinned=not args.no_enter, source=args.source,
                          host_root=args.host_root)
+    snap.services = services
     for line in snap.stats.warnings():
         err.write(f"nsnet: warning: {printable(line)}\n")
     if args.command == "sockets":

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .cgroup import ContainerIdentity
+from .services import EMPTY as NO_SERVICES, ServiceMap
 
 
 @dataclass(slots=True)
@@ -175,3 +176,5 @@ class Snapshot:
     containers: dict[str, Container] = field(default_factory=dict)
     # pods whose own (non-host) namespace this is: unheld sockets there belong to them
     pods_of_netns: dict[str, list[str]] = field(default_factory=dict)
+    # the operator's names for endpoints (--services), attached by the caller for the views
+    services: ServiceMap = NO_SERVICES

@@ -94,6 +94,12 @@ def _container(c: Optional[dict]) -> str:
     return printable(c["name"]) if c.get("name") else c["id"][:12]
 
 
+def _with_service(endpoint_text: str, doc: dict) -> str:
+    """'10.0.0.5:3306 (shared-db)': the operator's name from --services, when it has one."""
+    name = doc.get("service")
+    return f"{endpoint_text} ({printable(name)})" if name else endpoint_text
+
+
 def render_sockets(doc: dict, r: Renderer) -> str:
     procs = {p["pid"]: p for p in doc["processes"]}
     cols = [
@@ -140,9 +146,10 @@ def _connection_cols(r: Renderer) -> list[Column]:
     return [
         Column("DIR", "direction"),
         Column("PROTO", "proto"),
-        Column("SERVICE", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"])
-               if g["direction"] == "outbound"
-               else r.ep(g["local_addr"], g["local_port"], g["proto"]), shrink=True, min_width=12),
+        Column("SERVICE", lambda g: _with_service(
+            r.ep(g["peer_addr"], g["peer_port"], g["proto"]) if g["direction"] == "outbound"
+            else r.ep(g["local_addr"], g["local_port"], g["proto"]), g), shrink=True,
+            min_width=12),
         Column("PEER", lambda g: "" if g["direction"] == "outbound" else g["peer_addr"],
                shrink=True, min_width=8),
         Column("COUNT", "count", align="right"),
@@ -215,22 +222,23 @@ def _dependency_tables(doc: dict, r: Renderer) -> list[str]:
     if doc["listening"]:
         out.append(r.table([
             Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
-            Column("ADDRESS", lambda s: r.ep(s["addr"], s["port"], s["proto"]), shrink=True),
+            Column("ADDRESS", lambda s: _with_service(r.ep(s["addr"], s["port"], s["proto"]), s),
+                   shrink=True),
             Column("NETNS", lambda s: _ns(s["netns"]), align="right"),
             Column("PIDS", lambda s: _pids(s["pids"])),
         ], doc["listening"]))
     if doc["connects_to"]:
         out.append(r.table([
-            Column("CONNECTS TO", lambda g: r.ep(g["peer_addr"], g["peer_port"], g["proto"]),
-                   shrink=True, min_width=12),
+            Column("CONNECTS TO", lambda g: _with_service(
+                r.ep(g["peer_addr"], g["peer_port"], g["proto"]), g), shrink=True, min_width=12),
             Column("PROTO", "proto"),
             *_group_columns("FROM NETNS", doc["connects_to"]),
         ], doc["connects_to"]))
     if doc["connected_from"]:
         out.append(r.table([
             Column("CONNECTED FROM", lambda g: g["peer_addr"], shrink=True, min_width=8),
-            Column("TO", lambda g: r.ep(g["local_addr"], g["local_port"], g["proto"]),
-                   shrink=True, min_width=12),
+            Column("TO", lambda g: _with_service(
+                r.ep(g["local_addr"], g["local_port"], g["proto"]), g), shrink=True, min_width=12),
             *_group_columns("NETNS", doc["connected_from"]),
         ], doc["connected_from"]))
     return out

@@ -117,7 +117,7 @@ def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(args, err) -> int:
+def serve(args, services, err) -> int:
     from .snapshot import take_snapshot
 
     agent = Agent(args.interval, args.expose_cmdlines)
@@ -144,6 +144,7 @@ def serve(args, err) -> int:
                                      sandbox_commands=args.sandbox_command or ("pause",),
                                      enter_pinned=not args.no_enter, source=args.source,
                                      diag_sockets=diag, host_root=args.host_root)
+                snap.services = services
                 agent.record(snap, None)
                 for line in snap.stats.warnings():
                     if line not in seen_warnings:   # once each, not every interval

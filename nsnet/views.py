@@ -120,7 +120,18 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "peer": s.peer, "peer_netns": s.peer_netns, "peer_pids": list(s.peer_pids),
             "unix_type": s.unix_type, "source": s.source,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
-            "containers": [container_ref(c) for c in socket_containers(s, snap)]}
+            "containers": [container_ref(c) for c in socket_containers(s, snap)],
+            "service": socket_service(s, snap)}
+
+
+def socket_service(s: Socket, snap: Snapshot) -> Optional[str]:
+    """The operator's name for the service side: the peer of an outbound connection, our
+    own endpoint otherwise."""
+    if not snap.services or s.proto not in ("tcp", "udp"):
+        return None
+    if s.direction == "outbound":
+        return snap.services.name(s.remote_addr, s.remote_port)
+    return snap.services.name(s.local_addr, s.local_port)
 
 
 def stats_doc(snap: Snapshot) -> dict:
@@ -198,7 +209,8 @@ def listener_doc(s: Socket, snap: Snapshot) -> dict:
     return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
             "state": s.state, "inode": s.inode, "netns": s.netns, "pids": list(s.pids),
             "users": socket_users(s, snap), "processes": _holder_docs(s.pids, snap),
-            "pods": [pod_ref(p) for p in socket_pods(s, snap)]}
+            "pods": [pod_ref(p) for p in socket_pods(s, snap)],
+            "service": socket_service(s, snap)}
 
 
 def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
@@ -219,7 +231,7 @@ def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
                 "peer_port": key[3], "local_addr": key[4], "local_port": key[5],
                 "peer": s.peer, "peer_netns": set(), "count": 0, "states": Counter(),
                 "netns": set(), "pids": set(), "users": set(), "peer_users": set(),
-                "pods": set(), "peer_pods": set()}
+                "pods": set(), "peer_pods": set(), "service": socket_service(s, snap)}
         g["count"] += 1
         g["states"][s.state] += 1
         g["netns"].add(s.netns)

@@ -1,0 +1,149 @@
+"""Service names for endpoints: "10.0.0.5:3306 is the shared database".
+
+The operator's file (TOML, read with the standard library's tomllib):
+
+    [[service]]
+    name = "shared-db"
+    match = ["10.0.0.5:3306", "[fd00::5]:3306"]
+
+    [[service]]
+    name = "redis"
+    match = ["10.0.2.0/24:6379"]      # a CIDR, with a port
+
+    [[service]]
+    name = "wiki"
+    match = ["10.0.3.0/28"]           # a CIDR, any port
+
+The most specific match wins: a longer prefix first, then a rule with a port over one without.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .procfs import NsnetError
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class ServiceConfigError(NsnetError):
+    """A bad services file: the message is one line naming the file and the entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    network: Network
+    port: Optional[int]
+
+
+def parse_match(text: str) -> tuple[Network, Optional[int]]:
+    """'10.0.0.5:3306', '10.0.0.0/24', '10.0.0.0/24:53', '[fd00::5]:3306', 'fd00::/64'."""
+    text = text.strip()
+    port: Optional[int] = None
+    if text.startswith("["):
+        addr, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad bracketed address {text!r}")
+        if rest:
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:   # IPv4 with a port (IPv6 needs brackets to carry one)
+        addr, _, port_text = text.partition(":")
+        port = _port(port_text, text)
+    else:
+        addr = text
+    try:
+        network = ipaddress.ip_network(addr, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    return network, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ValueError(f"bad port in {whole!r}")
+    return int(text)
+
+
+class ServiceMap:
+    def __init__(self, rules: list[Rule]):
+        # most specific first; stable on ties, so the file's order breaks them
+        self.rules = sorted(rules, key=lambda r: (-r.network.prefixlen, r.port is None))
+        self._cache: dict[tuple[str, Optional[int]], Optional[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def name(self, addr: str, port: Optional[int]) -> Optional[str]:
+        key = (addr, port)
+        if key in self._cache:
+            return self._cache[key]
+        found = None
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            for rule in self.rules:
+                if ip.version == rule.network.version and ip in rule.network \
+                        and (rule.port is None or rule.port == port):
+                    found = rule.name
+                    break
+        if len(self._cache) < 65536:
+            self._cache[key] = found
+        return found
+
+
+EMPTY = ServiceMap([])
+
+
+def parse_services(text: str, origin: str = "services file") -> ServiceMap:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ServiceConfigError(f"{origin}: not valid TOML: {exc}") from None
+    entries = doc.get("service", [])
+    if not isinstance(entries, list):
+        raise ServiceConfigError(f"{origin}: 'service' must be an array of tables ([[service]])")
+    rules = []
+    for i, entry in enumerate(entries, 1):
+        where = f"{origin}: service #{i}"
+        if not isinstance(entry, dict):
+            raise ServiceConfigError(f"{where}: not a table")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            raise ServiceConfigError(f"{where}: 'name' must be a non-empty printable string")
+        matches = entry.get("match")
+        if isinstance(matches, str):
+            matches = [matches]
+        if not isinstance(matches, list) or not matches \
+                or not all(isinstance(m, str) for m in matches):
+            raise ServiceConfigError(f"{where} ({name}): 'match' must be a list of addresses")
+        for m in matches:
+            try:
+                network, port = parse_match(m)
+            except ValueError as exc:
+                raise ServiceConfigError(f"{where} ({name}): {exc}") from None
+            rules.append(Rule(name, network, port))
+    unknown = set(doc) - {"service"}
+    if unknown:
+        raise ServiceConfigError(f"{origin}: unknown key(s) {', '.join(sorted(unknown))}")
+    return ServiceMap(rules)
+
+
+def load_services(path: Optional[str]) -> ServiceMap:
+    if not path:
+        return EMPTY
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ServiceConfigError(f"cannot read services file {path}: "
+                                 f"{(exc.strerror or str(exc)).lower()}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ServiceConfigError(f"{path}: not UTF-8 text") from None
+    return parse_services(text, path)

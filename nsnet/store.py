@@ -1,0 +1,183 @@
+"""Durable history of dependency edges, in SQLite (the standard library's sqlite3).
+
+WAL journal with synchronous=FULL and one transaction per sample: a `kill -9` (or a power cut)
+loses at most the sample being written, never one that was committed. Bounded: edges not seen
+for `retention` seconds are deleted, and at most `max_edges` are kept (the stalest go first).
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
+
+from .edges import EdgeKey
+from .procfs import NsnetError
+
+SCHEMA_VERSION = "1"
+DEFAULT_RETENTION = 30 * 86400
+DEFAULT_MAX_EDGES = 200_000
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS edges (
+    node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
+    direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
+    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
+CREATE TABLE IF NOT EXISTS samples (
+    ts REAL NOT NULL, node TEXT NOT NULL, duration REAL NOT NULL, cpu REAL NOT NULL,
+    namespaces INTEGER NOT NULL, sockets INTEGER NOT NULL, edges INTEGER NOT NULL,
+    over_budget INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS samples_by_ts ON samples (ts);
+"""
+
+_UPSERT = """
+INSERT INTO edges (node, uid, "where", direction, proto, peer_addr, port,
+                   first_seen, last_seen, samples, max_concurrent)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
+ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SET
+    first_seen = min(first_seen, excluded.first_seen),
+    last_seen = max(last_seen, excluded.last_seen),
+    samples = samples + 1,
+    max_concurrent = max(max_concurrent, excluded.max_concurrent)
+"""
+
+
+class StoreError(NsnetError):
+    pass
+
+
+def _error(path: str, what: str, exc: BaseException) -> StoreError:
+    return StoreError(f"history database {path}: cannot {what}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    ts: float
+    duration: float
+    cpu: float
+    namespaces: int
+    sockets: int
+    over_budget: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRow:
+    node: str
+    uid: int
+    where: str
+    direction: str
+    proto: str
+    peer_addr: str
+    port: int
+    first_seen: float
+    last_seen: float
+    samples: int
+    max_concurrent: int
+
+
+class Store:
+    def __init__(self, path: str, *, retention: float = DEFAULT_RETENTION,
+                 max_edges: int = DEFAULT_MAX_EDGES, readonly: bool = False):
+        self.path = path
+        self.retention = retention
+        self.max_edges = max_edges
+        try:
+            if readonly:
+                if not os.path.exists(path):
+                    raise StoreError(f"history database {path}: no such file "
+                                     "(is this the --db that 'nsnet serve' writes?)")
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            else:
+                self.db = sqlite3.connect(path, timeout=10)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(_DDL)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                (SCHEMA_VERSION,))
+                self.db.commit()
+            found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.Error as exc:
+            raise _error(path, "open", exc) from None
+        if found is None or found[0] != SCHEMA_VERSION:
+            raise StoreError(f"history database {path}: schema {found and found[0]!r}, "
+                             f"this nsnet writes {SCHEMA_VERSION!r}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def record(self, node: str, observed: Counter[EdgeKey], sample: SampleRecord) -> None:
+        """One sample, one transaction."""
+        ts = sample.ts
+        rows = [(node, k.uid, k.where, k.direction, k.proto, k.peer_addr, k.port, ts, ts, n)
+                for k, n in observed.items()]
+        try:
+            with self.db:
+                self.db.executemany(_UPSERT, rows)
+                self.db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                (ts, node, sample.duration, sample.cpu, sample.namespaces,
+                                 sample.sockets, len(rows), int(sample.over_budget)))
+                self._expire(ts)
+        except sqlite3.Error as exc:
+            raise _error(self.path, "write", exc) from None
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.retention
+        self.db.execute("DELETE FROM edges WHERE last_seen < ?", (horizon,))
+        self.db.execute("DELETE FROM samples WHERE ts < ?", (horizon,))
+        excess = self.db.execute("SELECT count(*) FROM edges").fetchone()[0] - self.max_edges
+        if excess > 0:
+            self.db.execute("""DELETE FROM edges WHERE
+                (node, uid, "where", direction, proto, peer_addr, port) IN (
+                 SELECT node, uid, "where", direction, proto, peer_addr, port FROM edges
+                 ORDER BY last_seen LIMIT ?)""", (excess,))
+
+    def edges(self, since: Optional[float] = None, uid: Optional[int] = None,
+              node: Optional[str] = None) -> list[EdgeRow]:
+        where, args = ["1"], []
+        if since is not None:
+            where.append("last_seen >= ?")
+            args.append(since)
+        if uid is not None:
+            where.append("uid = ?")
+            args.append(uid)
+        if node is not None:
+            where.append("node = ?")
+            args.append(node)
+        sql = (f'SELECT node, uid, "where", direction, proto, peer_addr, port, first_seen, '
+               f'last_seen, samples, max_concurrent FROM edges WHERE {" AND ".join(where)} '
+               f'ORDER BY uid, "where", direction, peer_addr, port')
+        try:
+            return [EdgeRow(*row) for row in self.db.execute(sql, args)]
+        except sqlite3.Error as exc:
+            raise _error(self.path, "read", exc) from None
+
+    def samples(self, since: Optional[float] = None) -> list[SampleRecord]:
+        try:
+            rows = self.db.execute(
+                "SELECT ts, duration, cpu, namespaces, sockets, over_budget FROM samples "
+                "WHERE ts >= ? ORDER BY ts", (since or 0.0,)).fetchall()
+        except sqlite3.Error as exc:
+            raise _error(self.path, "read", exc) from None
+        return [SampleRecord(ts, d, c, n, s, bool(o)) for ts, d, c, n, s, o in rows]
+
+
+def parse_since(text: str, now: Optional[float] = None) -> float:
+    """'7d', '24h', '90m', '30s' (or a bare number of seconds) back from now."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], None)
+    number = text[:-1] if scale else text
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value != value:
+        raise ValueError(f"not a duration: {text!r} (e.g. 30m, 24h, 7d)")
+    return (time.time() if now is None else now) - value * (scale or 1)
+

@@ -1,0 +1,138 @@
+"""The SQLite history: upserts, retention, bounds, kill -9 durability, unwritable paths."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import require_root
+from nsnet.edges import EdgeKey
+from nsnet.store import SampleRecord, Store, StoreError, parse_since
+
+REPO = Path(__file__).resolve().parent.parent
+DB_EDGE = EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306)
+REDIS = EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.6", 6379)
+INBOUND = EdgeKey(10002, "netns:4026532300", "inbound", "tcp", "10.88.0.1", 8080)
+
+
+def sample(ts: float, **kw) -> SampleRecord:
+    return SampleRecord(ts, kw.get("duration", 0.1), kw.get("cpu", 0.05), 3, 10,
+                        kw.get("over_budget", False))
+
+
+def test_edges_accumulate_across_samples(tmp_path):
+    store = Store(str(tmp_path / "h.db"))
+    store.record("node-a", Counter({DB_EDGE: 3, INBOUND: 1}), sample(1000.0))
+    store.record("node-a", Counter({DB_EDGE: 1, REDIS: 2}), sample(1015.0))
+    store.record("node-a", Counter({DB_EDGE: 5}), sample(1030.0))
+    rows = {(r.uid, r.where, r.peer_addr, r.port): r for r in store.edges()}
+    db = rows[(10001, "pod:shop/cart", "10.0.0.5", 3306)]
+    assert (db.first_seen, db.last_seen, db.samples, db.max_concurrent) == (1000.0, 1030.0, 3, 5)
+    redis = rows[(10001, "pod:shop/cart", "10.0.0.6", 6379)]
+    assert (redis.first_seen, redis.samples, redis.max_concurrent) == (1015.0, 1, 2)
+    assert [r.uid for r in store.edges(uid=10002)] == [10002]
+    assert {r.port for r in store.edges(since=1010.0)} == {3306, 6379}
+    assert len(store.samples()) == 3
+    store.close()
+
+
+def test_retention_and_size_bound(tmp_path):
+    store = Store(str(tmp_path / "h.db"), retention=100.0, max_edges=2)
+    store.record("n", Counter({INBOUND: 1}), sample(1000.0))
+    store.record("n", Counter({DB_EDGE: 1}), sample(1050.0))
+    store.record("n", Counter({REDIS: 1}), sample(1120.0))   # INBOUND is now 120 s old
+    assert {r.port for r in store.edges()} == {3306, 6379}
+    many = Counter({EdgeKey(1, "host", "outbound", "tcp", f"10.1.0.{i}", 80): 1 for i in range(5)})
+    store.record("n", many, sample(1130.0))
+    assert len(store.edges()) == 2          # the bound keeps the freshest
+    assert [s.ts for s in store.samples()] == [1050.0, 1120.0, 1130.0]
+
+
+def test_reopen_and_readonly(tmp_path):
+    path = str(tmp_path / "h.db")
+    Store(path).record("n", Counter({DB_EDGE: 1}), sample(5.0))
+    ro = Store(path, readonly=True)
+    assert [r.port for r in ro.edges()] == [3306]
+    with pytest.raises(StoreError, match="no such file"):
+        Store(str(tmp_path / "other.db"), readonly=True)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from collections import Counter
+    from nsnet.edges import EdgeKey
+    from nsnet.store import SampleRecord, Store
+    store = Store(sys.argv[1])
+    i = 0
+    while True:
+        key = EdgeKey(i % 7, "host", "outbound", "tcp", f"10.2.{i // 250}.{i % 250}", 443)
+        store.record("n", Counter({key: 1}), SampleRecord(float(i), 0.1, 0.1, 1, 1, False))
+        print(i, flush=True)      # committed: the parent may kill us any time after this
+        i += 1
+""")
+
+
+def test_nothing_committed_is_lost_to_kill_9(tmp_path):
+    path = str(tmp_path / "h.db")
+    child = subprocess.Popen([sys.executable, "-c", WRITER, path], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+    committed = -1
+    for line in child.stdout:
+        committed = int(line)
+        if committed >= 40:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    rest = child.stdout.read().split()
+    committed = int(rest[-1]) if rest else committed
+    store = Store(path)       # a restart: opens, recovers the WAL, goes on writing
+    ts = [s.ts for s in store.samples()]
+    assert len(ts) >= committed + 1 and ts[:committed + 1] == [float(i) for i in range(committed + 1)]
+    assert len(store.edges()) == len(ts)
+    store.record("n", Counter({DB_EDGE: 1}), sample(10_000.0))
+    assert store.samples()[-1].ts == 10_000.0
+
+
+def test_unwritable_paths_are_clear_errors(tmp_path):
+    with pytest.raises(StoreError) as err:
+        Store(str(tmp_path / "no" / "such" / "dir" / "h.db"))
+    assert "cannot open" in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "h.db").write_bytes(b"this is not a database, just some text " * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        Store(str(tmp_path / "h.db"))
+
+
+def test_full_disk_is_a_clear_error(tmp_path):
+    require_root("mount", "umount")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "nsnt-tiny", str(mnt)], check=True)
+    try:
+        store = Store(str(mnt / "h.db"))
+        with pytest.raises(StoreError) as err:
+            for batch in range(1000):
+                keys = Counter({EdgeKey(u, "host", "outbound", "tcp", f"10.3.{batch % 250}.{u}",
+                                        443): 1 for u in range(200)})
+                store.record("n", keys, sample(float(batch)))
+        assert "cannot write" in str(err.value) and "full" in str(err.value)
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("text,back", [("30s", 30), ("90m", 5400), ("24h", 86400),
+                                       ("7d", 7 * 86400), ("2w", 14 * 86400), ("45", 45)])
+def test_parse_since(text, back):
+    assert parse_since(text, now=1e6) == 1e6 - back
+
+
+@pytest.mark.parametrize("text", ["", "d", "-3d", "soon", "nan", "3y"])
+def test_parse_since_rejects(text):
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_since(text, now=0)
