@@ -5,13 +5,18 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from . import __version__, report, views
 from .netparse import TCP_STATES
 from .procfs import NsnetError
 from .sanitize import printable
+from .edges import EdgeState, observe
+from .graph import FORMATS, render as render_graph
+from .history import by_user_history, deps_view, node_name, rows_from_store
 from .services import load_services
+from .store import Store, parse_since
 from .table import terminal_width, use_color
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -67,6 +72,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    from .store import parse_since
+    try:
+        return -parse_since(text, now=0.0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = -1.0
+    if not 0.001 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"not a CPU fraction (0.05, 5%, 2 cores = 2): {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
@@ -104,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     by_ns.add_argument("--netns", type=_positive, metavar="INODE", help="only this namespace")
     by_user = sub.add_parser("by-user", parents=[common], help="the dependency view: who talks to whom")
     by_user.add_argument("--user", metavar="NAME|UID", help="only this user")
+    by_user.add_argument("--since", metavar="AGE",
+                         help="from the agent's history (--db) instead of a live snapshot: "
+                              "edges seen in the last AGE (30m, 24h, 7d)")
+    by_user.add_argument("--db", default=os.environ.get("NSNET_DB") or None, metavar="PATH",
+                         help="the history 'nsnet serve --db' writes (default: $NSNET_DB)")
+    deps = sub.add_parser("deps", parents=[common],
+                          help="dependency edges: user/pod -> service, live or from history")
+    graph = sub.add_parser("graph", parents=[common],
+                           help="the dependency map as Graphviz dot or Mermaid")
+    graph.add_argument("--format", choices=FORMATS, default="dot", help="default: dot")
+    for p in (deps, graph):
+        p.add_argument("--since", metavar="AGE",
+                       help="edges seen in the last AGE (30m, 24h, 7d); needs --db")
+        p.add_argument("--db", default=os.environ.get("NSNET_DB") or None, metavar="PATH",
+                       help="read the agent's history instead of taking a snapshot "
+                            "(default: $NSNET_DB)")
+        p.add_argument("--user", metavar="NAME|UID", help="only this user's edges")
     by_pod = sub.add_parser("by-pod", parents=[common],
                             help="Kubernetes pods: containers, owners, listeners, dependencies")
     by_pod.add_argument("--pod", metavar="NS/NAME|UID", help="only this pod")
@@ -115,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time between samples (default 15)")
     serve.add_argument("--expose-cmdlines", action="store_true",
                        help="serve command lines (off: the endpoint sees every tenant)")
+    serve.add_argument("--db", default=os.environ.get("NSNET_DB") or None, metavar="PATH",
+                       help="SQLite history of dependency edges (default: $NSNET_DB; none: "
+                            "memory only)")
+    serve.add_argument("--retention", type=_duration, default=30 * 86400.0, metavar="AGE",
+                       help="forget edges not seen for this long (default 30d)")
+    serve.add_argument("--node-name", default=None, metavar="NAME",
+                       help="this node's name in edges and metrics (default: $NODE_NAME, "
+                            "else the hostname)")
+    serve.add_argument("--max-cpu", type=_fraction, default=0.05, metavar="FRACTION",
+                       help="CPU budget, a fraction of one core (default 0.05 = 5%%)")
+    serve.add_argument("--max-series", type=_positive, default=5000, metavar="N",
+                       help="at most N edge series in /metrics; the rest are folded into "
+                            "peer=\"__overflow__\" (default 5000)")
     socks = sub.add_parser("sockets", parents=[common], help="one row per socket, like ss -tuanp for the node")
     socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
     for proto in ("tcp", "udp", "unix", "raw"):
@@ -146,7 +199,7 @@ def run(args: argparse.Namespace, out, err) -> int:
     from .snapshot import take_snapshot   # late: `--help` must work without /proc
 
     only_uid: Optional[int] = None
-    if args.command == "by-user" and args.user is not None:
+    if getattr(args, "user", None) is not None:
         try:
             only_uid = views.resolve_user(args.user)
         except ValueError as exc:
@@ -155,6 +208,22 @@ def run(args: argparse.Namespace, out, err) -> int:
     if args.command == "serve":
         from .serve import serve
         return serve(args, services, err)
+    since: Optional[float] = None
+    if getattr(args, "since", None) is not None:
+        try:
+            since = parse_since(args.since)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not args.db:
+            raise UsageError("--since reads the agent's history: give --db PATH "
+                             "(or set NSNET_DB)")
+    if args.command in ("deps", "graph") or (args.command == "by-user" and args.db
+                                             and since is not None):
+        if args.db:
+            doc = _history(args.db, since, only_uid, services)
+        else:
+            doc = _live_edges(args, services, only_uid, err)
+        return _print_edges(args, doc, out)
     snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
                          enter_pinned=not args.no_enter, source=args.source,
                          host_root=args.host_root)
@@ -189,6 +258,48 @@ def run(args: argparse.Namespace, out, err) -> int:
         text = render(doc, r)
         out.write(text + ("\n" if text else ""))
     return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR
+
+
+def _history(db: str, since: Optional[float], uid: Optional[int], services) -> dict:
+    store = Store(db, readonly=True)
+    try:
+        rows = rows_from_store(store.edges(since=since, uid=uid))
+    finally:
+        store.close()
+    return deps_view(rows, services, since, f"history {db}")
+
+
+def _live_edges(args, services, uid: Optional[int], err) -> dict:
+    from .snapshot import take_snapshot
+
+    snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
+                         enter_pinned=not args.no_enter, source=args.source,
+                         host_root=args.host_root)
+    for line in snap.stats.warnings():
+        err.write(f"nsnet: warning: {printable(line)}\n")
+    now = round(time.time(), 3)
+    rows = [(node_name(None), key, EdgeState(now, now, 1, count, count))
+            for key, count in observe(snap).items() if uid is None or key.uid == uid]
+    return deps_view(rows, services, None, "snapshot")
+
+
+def _print_edges(args, doc: dict, out) -> int:
+    if args.command == "graph":
+        out.write(render_graph(doc["edges"], args.format))
+    elif args.command == "by-user":
+        doc = by_user_history(doc)
+        if args.json:
+            _emit_json(doc, out)
+        else:
+            out.write(report.render_by_user_history(doc) + "\n")
+    elif args.json:
+        _emit_json(doc, out)
+    else:
+        color = use_color(out, args.color) and not os.environ.get("NO_COLOR")
+        r = report.Renderer(terminal_width(out), color, args.resolve)
+        text = report.render_deps(doc, r)
+        out.write(text + ("\n" if text else ""))
+    return EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -62,3 +62,44 @@ def observe(snap: Snapshot) -> Counter[EdgeKey]:
         for key in edge_keys(sock, snap):
             seen[key] += 1
     return seen
+
+
+@dataclass(slots=True, order=False)
+class EdgeState:
+    first_seen: float
+    last_seen: float
+    samples: int = 0
+    max_concurrent: int = 0
+    current: int = 0          # connections in the latest sample (0: not seen in it)
+
+
+class EdgeBook:
+    """The agent's edges in memory (loaded from the history at start), for /metrics and the
+    API. Bounded like the store: edges older than the retention are dropped."""
+
+    def __init__(self, retention: float):
+        self.retention = retention
+        self.edges: dict[EdgeKey, EdgeState] = {}
+
+    def load(self, rows) -> None:
+        for r in rows:
+            key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port)
+            self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent)
+
+    def update(self, observed: Counter[EdgeKey], ts: float) -> None:
+        for state in self.edges.values():
+            state.current = 0
+        for key, count in observed.items():
+            state = self.edges.get(key)
+            if state is None:
+                state = self.edges[key] = EdgeState(ts, ts)
+            state.last_seen = max(state.last_seen, ts)
+            state.samples += 1
+            state.max_concurrent = max(state.max_concurrent, count)
+            state.current = count
+        horizon = ts - self.retention
+        for key in [k for k, s in self.edges.items() if s.last_seen < horizon]:
+            del self.edges[key]
+
+    def since(self, ts: float) -> list[tuple[EdgeKey, EdgeState]]:
+        return sorted((k, s) for k, s in self.edges.items() if s.last_seen >= ts)

@@ -285,3 +285,47 @@ def render_by_pod(doc: dict, r: Renderer) -> str:
     if not doc["pods"]:
         out.append("no pods found (no process in a kubelet pod cgroup)")
     return "\n".join(out).rstrip("\n")
+
+
+def _when(ts: float) -> str:
+    import time as _time
+    return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(ts))
+
+
+def _edge_columns(r: Renderer) -> list[Column]:
+    return [
+        Column("DIR", "direction"),
+        Column("PROTO", "proto"),
+        Column("SERVICE", lambda e: _with_service(r.ep(e["peer_addr"], e["port"], e["proto"]), e)
+               if e["direction"] == "outbound" else f"port {e['port']} from {e['peer_addr']}",
+               shrink=True, min_width=14),
+        Column("MAX", "max_concurrent", align="right"),
+        Column("SAMPLES", "samples", align="right"),
+        Column("FIRST SEEN", lambda e: _when(e["first_seen"]), priority=2),
+        Column("LAST SEEN", lambda e: _when(e["last_seen"]), priority=1),
+        Column("NODE", lambda e: printable(e["node"]), priority=3),
+    ]
+
+
+def render_deps(doc: dict, r: Renderer) -> str:
+    """Edges by who: a user in a pod or namespace, then what it talks to."""
+    cols = [Column("USER", lambda e: printable(e["user"] or str(e["uid"]))),
+            Column("WHERE", lambda e: printable(e["where"]), shrink=True, min_width=10),
+            *_edge_columns(r)]
+    if not doc["edges"]:
+        return "no dependency edges" + (" in that period" if doc["since"] else "")
+    return r.table(cols, doc["edges"])
+
+
+def render_by_user_history(doc: dict) -> str:
+    r = Renderer(None, False)
+    out = []
+    for u in doc["users"]:
+        name = f" ({printable(u['name'])})" if u["name"] else ""
+        out.append(f"uid {u['uid']}{name}")
+        for side in ("connects_to", "connected_from"):
+            if u[side]:
+                out.append(r.table([Column("WHERE", lambda e: printable(e["where"])),
+                                    *_edge_columns(r)], u[side]))
+        out.append("")
+    return "\n".join(out).rstrip("\n") or "no dependency edges in that period"

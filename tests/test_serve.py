@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -27,21 +28,37 @@ def get(port: int, path: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def start_agent(*extra: str) -> tuple[subprocess.Popen, int]:
+    child = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
+                              "--interval", "0.5", "--max-cpu", "2", "--node-name", "test-node",
+                              *extra], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in child.stderr:   # warnings (e.g. an unusable --db) come before the banner
+        said.append(line)
+        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            child.said = said
+            return child, int(found.group(1))
+    child.kill()
+    child.wait()
+    raise AssertionError("".join(said))
+
+
+def stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    child.stderr.close()
+
+
 @pytest.fixture
 def agent():
     """A running agent on a free port; yields (process, port)."""
-    child = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
-                              "--interval", "0.5"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    child, port = start_agent()
     try:
-        line = child.stderr.readline()
-        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-        assert found, line
-        yield child, int(found.group(1))
+        yield child, port
     finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        child.stderr.close()
+        stop(child)
 
 
 def wait_ready(port: int, timeout: float = 30.0) -> dict:
@@ -82,7 +99,7 @@ def test_agent_serves_snapshots_and_stops_cleanly_on_sigterm(agent):
     status, body = get(port, "/nowhere")
     assert status == 404 and "/healthz" in body["paths"]
     child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=30) == 0
+    assert child.wait(timeout=120) == 0
     assert "Traceback" not in child.stderr.read()
 
 
@@ -114,3 +131,79 @@ def test_command_lines_are_blanked_everywhere_in_a_document():
     assert "hunter2" not in json.dumps(without_cmdlines(doc))
     assert "secret" not in json.dumps(without_cmdlines(doc))
     assert without_cmdlines(doc)["processes"][0] == {"pid": 1, "cmdline": []}
+
+
+def connected_pair() -> tuple[socket.socket, socket.socket, socket.socket]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    return server, client, accepted
+
+
+def wait_for_edge(port: int, service_port: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, doc = get(port, "/api/v1/dependencies?since=1h")
+        assert status == 200 and doc["view"] == "dependencies"
+        found = [e for e in doc["edges"] if e["direction"] == "outbound"
+                 and e["peer_addr"] == "127.0.0.1" and e["port"] == service_port]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.2)
+
+
+def test_edges_metrics_and_history_survive_kill_9(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    db = str(tmp_path / "history.db")
+    server, client, accepted = connected_pair()
+    service_port = server.getsockname()[1]
+    child, port = start_agent("--db", db)
+    try:
+        edge = wait_for_edge(port, service_port)
+        assert edge["uid"] == os.geteuid() and edge["node"] == "test-node"
+        assert edge["where"] == "host" and edge["max_concurrent"] >= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as resp:
+            text = resp.read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        ours = [m for m in families["nsnet_edge_connections"].samples
+                if m.labels["port"] == str(service_port) and m.labels["direction"] == "outbound"]
+        assert ours and ours[0].labels["peer"] == "127.0.0.1" and ours[0].value >= 1
+        assert ours[0].labels["node"] == "test-node" and ours[0].labels["uid"] == str(os.geteuid())
+        assert families["nsnet_samples"].samples[0].value >= 1
+        assert "nsnet_sample_duration_seconds" in families and "nsnet_sockets" in families
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        stop(child)
+        for s in (server, client, accepted):
+            s.close()
+    # the connection is gone; a restarted agent still knows the edge from its history
+    child, port = start_agent("--db", db)
+    try:
+        again = wait_for_edge(port, service_port, timeout=30)
+        assert again["first_seen"] == edge["first_seen"]
+        run = subprocess.run([sys.executable, "-m", "nsnet", "deps", "--db", db, "--since", "1h",
+                              "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        stored = [e for e in json.loads(run.stdout)["edges"] if e["port"] == service_port
+                  and e["direction"] == "outbound"]
+        assert stored and stored[0]["first_seen"] == edge["first_seen"]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=120) == 0
+    finally:
+        stop(child)
+
+
+def test_unusable_db_is_said_once_and_the_agent_runs_on(tmp_path):
+    child, port = start_agent("--db", str(tmp_path / "no" / "dir" / "h.db"))
+    try:
+        body = wait_ready(port)
+        assert body["history"].startswith("memory only: history database")
+        assert child.said[0].startswith("nsnet: warning: history database ")
+        assert child.said[0].rstrip().endswith("keeping history in memory only")
+    finally:
+        stop(child)

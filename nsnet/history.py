@@ -1,0 +1,70 @@
+"""Documents about dependency edges over time: `nsnet deps`, the agent's
+/api/v1/dependencies, `nsnet graph`. Pure: edges (from the store or the agent's memory) in,
+JSON-ready dicts out."""
+from __future__ import annotations
+
+import os
+import socket
+from collections import defaultdict
+from typing import Iterable, Optional
+
+from . import SCHEMA
+from .edges import EdgeKey, EdgeState
+from .services import ServiceMap
+from .views import user_name
+
+
+def split_where(where: str) -> dict:
+    """'pod:shop/cart' -> namespace shop, pod cart; 'netns:4026532300' / 'host' -> netns."""
+    if where.startswith("pod:"):
+        ns, sep, name = where[4:].partition("/")
+        if sep:
+            return {"pod_namespace": ns, "pod": name, "pod_uid": None, "netns": None}
+        return {"pod_namespace": None, "pod": None, "pod_uid": where[4:], "netns": None}
+    return {"pod_namespace": None, "pod": None, "pod_uid": None, "netns": where}
+
+
+def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap) -> dict:
+    service_addr = key.peer_addr if key.direction == "outbound" else None
+    return {"node": node, "uid": key.uid if key.uid >= 0 else None,
+            "user": user_name(key.uid) if key.uid >= 0 else None,
+            "where": key.where, **split_where(key.where),
+            "direction": key.direction, "proto": key.proto,
+            "peer_addr": key.peer_addr, "port": key.port,
+            # inbound edges name our own service by port only (the listener's address is
+            # not part of the key)
+            "service": services.name(service_addr, key.port) if service_addr else None,
+            "first_seen": state.first_seen, "last_seen": state.last_seen,
+            "samples": state.samples, "max_concurrent": state.max_concurrent}
+
+
+def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceMap,
+              since: Optional[float], source: str) -> dict:
+    edges = [edge_doc(node, key, state, services) for node, key, state in rows]
+    edges.sort(key=lambda e: (e["uid"] is None, e["uid"] or 0, e["where"], e["direction"],
+                              e["peer_addr"], e["port"], e["node"]))
+    return {"schema": SCHEMA, "view": "dependencies", "since": since, "source": source,
+            "edges": edges}
+
+
+def rows_from_store(store_rows) -> list[tuple[str, EdgeKey, EdgeState]]:
+    return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port),
+             EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent))
+            for r in store_rows]
+
+
+def node_name(given: Optional[str]) -> str:
+    return given or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def by_user_history(deps: dict) -> dict:
+    """The by-user view over time: per user, the services it connected to and who connected
+    to it, from the history's edges."""
+    per_user: dict = defaultdict(lambda: {"connects_to": [], "connected_from": []})
+    for e in deps["edges"]:
+        side = "connects_to" if e["direction"] == "outbound" else "connected_from"
+        per_user[e["uid"]][side].append(e)
+    users = [{"uid": uid, "name": user_name(uid) if uid is not None else None, **sides}
+             for uid, sides in sorted(per_user.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    return {"schema": SCHEMA, "view": "by-user", "since": deps["since"],
+            "source": deps["source"], "users": users}

@@ -1,0 +1,126 @@
+"""Prometheus metrics of the agent (prometheus_client): the dependency edges it knows and its
+own health.
+
+Cardinality guard: at most `max_series` edges are exported, the most recently seen first; the
+rest are summed into one series per (direction, user) whose `peer` label is "__overflow__",
+and `nsnet_edge_series_dropped` says how many were folded. Ephemeral ports are never labels
+(see edges.py), so the number of series follows the number of distinct services and clients.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from .edges import EdgeBook
+from .history import split_where
+from .services import ServiceMap
+from .views import user_name
+
+OVERFLOW = "__overflow__"
+EDGE_LABELS = ("node", "uid", "user", "pod", "namespace", "netns", "direction", "proto",
+               "peer", "port", "service")
+
+
+class EdgeCollector:
+    def __init__(self, node: str, book: Callable[[], EdgeBook], services: ServiceMap,
+                 max_series: int):
+        self.node = node
+        self.book = book
+        self.services = services
+        self.max_series = max_series
+
+    def _labels(self, key) -> tuple[str, ...]:
+        where = split_where(key.where)
+        service = self.services.name(key.peer_addr, key.port) \
+            if key.direction == "outbound" else None
+        return (self.node, str(key.uid), user_name(key.uid) or "" if key.uid >= 0 else "",
+                where["pod"] or where["pod_uid"] or "", where["pod_namespace"] or "",
+                where["netns"] or "", key.direction, key.proto, key.peer_addr, str(key.port),
+                service or "")
+
+    def collect(self):
+        connections = GaugeMetricFamily(
+            "nsnet_edge_connections", "Connections of the edge in the latest sample",
+            labels=EDGE_LABELS)
+        max_conc = GaugeMetricFamily(
+            "nsnet_edge_max_concurrent_connections",
+            "Most connections of the edge seen at once since first seen", labels=EDGE_LABELS)
+        last_seen = GaugeMetricFamily(
+            "nsnet_edge_last_seen_timestamp_seconds", "When the edge was last seen",
+            labels=EDGE_LABELS)
+        samples = GaugeMetricFamily(
+            "nsnet_edge_samples", "Samples in which the edge was seen", labels=EDGE_LABELS)
+        dropped = GaugeMetricFamily(
+            "nsnet_edge_series_dropped",
+            f"Edges folded into peer=\"{OVERFLOW}\" series by the cardinality cap")
+        edges = sorted(self.book().edges.items(), key=lambda kv: -kv[1].last_seen)
+        kept, rest = edges[:self.max_series], edges[self.max_series:]
+        for key, state in kept:
+            labels = self._labels(key)
+            connections.add_metric(labels, state.current)
+            max_conc.add_metric(labels, state.max_concurrent)
+            last_seen.add_metric(labels, state.last_seen)
+            samples.add_metric(labels, state.samples)
+        folded: dict[tuple[str, ...], list[float]] = {}
+        for key, state in rest:
+            labels = (self.node, str(key.uid), user_name(key.uid) or "" if key.uid >= 0 else "",
+                      "", "", "", key.direction, "", OVERFLOW, "", "")
+            acc = folded.setdefault(labels, [0, 0, 0, 0])
+            acc[0] += state.current
+            acc[1] = max(acc[1], state.max_concurrent)
+            acc[2] = max(acc[2], state.last_seen)
+            acc[3] += state.samples
+        for labels, (cur, mx, seen, n) in folded.items():
+            connections.add_metric(labels, cur)
+            max_conc.add_metric(labels, mx)
+            last_seen.add_metric(labels, seen)
+            samples.add_metric(labels, n)
+        dropped.add_metric([], len(rest))
+        return [connections, max_conc, last_seen, samples, dropped]
+
+
+class AgentMetrics:
+    def __init__(self, node: str, book: Callable[[], EdgeBook], services: ServiceMap,
+                 max_series: int):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sample_duration = Histogram(
+            "nsnet_sample_duration_seconds", "Wall time of one sample", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.sample_cpu = Histogram(
+            "nsnet_sample_cpu_seconds", "CPU time of one sample", registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.samples = Counter("nsnet_samples", "Samples taken", registry=r)
+        self.sample_failures = Counter("nsnet_sample_failures", "Samples that failed",
+                                       registry=r)
+        self.over_budget = Counter(
+            "nsnet_samples_over_budget",
+            "Samples whose CPU time exceeded --max-cpu of the interval (the next one waited)",
+            registry=r)
+        self.namespaces = Gauge("nsnet_namespaces", "Network namespaces in the latest sample",
+                                registry=r)
+        self.sockets = Gauge("nsnet_sockets", "Sockets in the latest sample", registry=r)
+        self.processes = Gauge("nsnet_processes", "Processes in the latest sample", registry=r)
+        self.pids_denied = Gauge(
+            "nsnet_processes_fd_denied",
+            "Processes whose fds could not be read in the latest sample (pid attribution)",
+            registry=r)
+        self.store_errors = Counter("nsnet_store_errors", "History writes that failed",
+                                    registry=r)
+        self.events = Counter("nsnet_destroy_events",
+                              "TCP destroy events received between samples", registry=r)
+        r.register(EdgeCollector(node, book, services, max_series))
+
+    def observe_sample(self, snap, wall: float, cpu: float, over_budget: bool) -> None:
+        self.samples.inc()
+        self.sample_duration.observe(wall)
+        self.sample_cpu.observe(cpu)
+        if over_budget:
+            self.over_budget.inc()
+        st = snap.stats
+        self.namespaces.set(st.namespaces)
+        self.sockets.set(st.sockets)
+        self.processes.set(st.processes)
+        self.pids_denied.set(st.processes_fd_denied)
