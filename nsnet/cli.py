@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "else the hostname)")
     serve.add_argument("--max-cpu", type=_fraction, default=0.05, metavar="FRACTION",
                        help="CPU budget, a fraction of one core (default 0.05 = 5%%)")
+    serve.add_argument("--events", choices=("auto", "off"), default="auto",
+                       help="TCP destroy events between samples (auto: when CAP_NET_ADMIN and "
+                            "CAP_SYS_ADMIN allow)")
     serve.add_argument("--max-series", type=_positive, default=5000, metavar="N",
                        help="at most N edge series in /metrics; the rest are folded into "
                             "peer=\"__overflow__\" (default 5000)")

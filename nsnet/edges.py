@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Optional
 
 from .model import Snapshot, Socket
 from .views import socket_pods, socket_users
@@ -103,3 +104,73 @@ class EdgeBook:
 
     def since(self, ts: float) -> list[tuple[EdgeKey, EdgeState]]:
         return sorted((k, s) for k, s in self.edges.items() if s.last_seen >= ts)
+
+
+Tuple = tuple[int, str, int, str, int]   # netns inode, local addr, port, remote addr, port
+
+
+class Memory:
+    """Who held each TCP connection in the last two samples, by namespace and 4-tuple: a
+    connection seen again only when it closes keeps the user and place it was seen with."""
+
+    def __init__(self) -> None:
+        self.previous: dict[Tuple, tuple[tuple[int, ...], str]] = {}
+        self.current: dict[Tuple, tuple[tuple[int, ...], str]] = {}
+        self.listening: set[tuple[int, int]] = set()     # (netns inode, port)
+        self.where_of_netns: dict[int, str] = {}
+        self.owners_of_netns: dict[int, tuple[int, ...]] = {}   # not the host's: ambiguous
+
+    def learn(self, snap: Snapshot) -> None:
+        self.previous, self.current = self.current, {}
+        self.listening = set()
+        for sock in snap.sockets:
+            if sock.proto != "tcp" or sock.netns is None:
+                continue
+            if sock.state == "LISTEN":
+                self.listening.add((sock.netns, sock.local_port or 0))
+            elif sock.pids:
+                self.current[(sock.netns, sock.local_addr, sock.local_port or 0,
+                              sock.remote_addr, sock.remote_port or 0)] = (
+                    tuple(socket_users(sock, snap)), where_of(sock, snap))
+        self.where_of_netns = {}
+        self.owners_of_netns = {}
+        for ns in snap.namespaces.values():
+            if ns.inode is None:
+                continue
+            if not ns.host:
+                self.owners_of_netns[ns.inode] = tuple(ns.owners)
+            pods = snap.pods_of_netns.get(ns.key)
+            if pods:
+                pod = snap.pods[pods[0]]
+                self.where_of_netns[ns.inode] = f"pod:{pod.namespace}/{pod.name}" \
+                    if pod.namespace and pod.name else f"pod:{pod.uid}"
+            else:
+                self.where_of_netns[ns.inode] = "host" if ns.host else f"netns:{ns.inode}"
+
+    def recall(self, key: Tuple) -> Optional[tuple[tuple[int, ...], str]]:
+        return self.current.get(key) or self.previous.get(key)
+
+
+def closed_edges(closed, memory: Memory) -> Counter[EdgeKey]:
+    """Edges of connections the kernel reported closed (events.Closed). The kernel's destroy
+    message carries no uid and no inode, so the user comes from what a sample saw of the same
+    4-tuple, else from the owners of the namespace (a pod's tenant); in the host's namespace,
+    where many users live, an unseen connection's user stays unknown (-1)."""
+    seen: Counter[EdgeKey] = Counter()
+    for event in closed:
+        s = event.sock
+        if not s.remote_port or not s.local_port:
+            continue   # a listener or a never-connected socket closing: no edge
+        key = (event.netns, s.local_addr, s.local_port, s.remote_addr, s.remote_port)
+        known = memory.recall(key)
+        if known is not None:
+            users, where = known
+        else:
+            users = memory.owners_of_netns.get(event.netns, ())
+            where = memory.where_of_netns.get(event.netns, f"netns:{event.netns}")
+        inbound = (event.netns, s.local_port) in memory.listening
+        port = s.local_port if inbound else s.remote_port
+        for uid in users or (-1,):
+            seen[EdgeKey(uid, where, "inbound" if inbound else "outbound", "tcp",
+                         s.remote_addr, port)] += 1
+    return seen

@@ -111,6 +111,13 @@ class AgentMetrics:
                                     registry=r)
         self.events = Counter("nsnet_destroy_events",
                               "TCP destroy events received between samples", registry=r)
+        self.events_dropped = Gauge(
+            "nsnet_destroy_events_dropped",
+            "Destroy events lost (kernel buffer overruns, or over the per-interval cap)",
+            registry=r)
+        self.namespaces_watched = Gauge(
+            "nsnet_destroy_namespaces_watched",
+            "Namespaces with a subscription to TCP destroy events", registry=r)
         r.register(EdgeCollector(node, book, services, max_series))
 
     def observe_sample(self, snap, wall: float, cpu: float, over_budget: bool) -> None:

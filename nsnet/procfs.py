@@ -151,7 +151,7 @@ def parse_status_euid(data: bytes) -> int:
     return int(data[start + 5:data.index(b"\n", start + 5)].split()[1])
 
 
-CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 19, 21
+CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 12, 19, 21
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -20,11 +20,10 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .procfs import (CAP_SYS_ADMIN, CAP_SYS_PTRACE, NsnetError, has_capability,
-                     own_capabilities)
+from .procfs import (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE, NsnetError,
+                     has_capability, own_capabilities)
 
 SOURCES = ("proc", "netlink", "pidfd", "auto")
-CAP_NET_ADMIN = 12
 SYS_pidfd_getfd = 438
 
 
