@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-series", type=_positive, default=5000, metavar="N",
                        help="at most N edge series in /metrics; the rest are folded into "
                             "peer=\"__overflow__\" (default 5000)")
+    watch = sub.add_parser("watch", parents=[common],
+                           help="live: dependency edges, redrawn after every sample")
+    watch.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS",
+                       help="time between samples (default 2)")
+    watch.add_argument("--max-cpu", type=_fraction, default=0.5, metavar="FRACTION",
+                       help="CPU budget, a fraction of one core (default 0.5)")
+    watch.add_argument("--events", choices=("auto", "off"), default="auto",
+                       help="TCP destroy events between samples (needs CAP_NET_ADMIN and "
+                            "CAP_SYS_ADMIN)")
     socks = sub.add_parser("sockets", parents=[common], help="one row per socket, like ss -tuanp for the node")
     socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
     for proto in ("tcp", "udp", "unix", "raw"):
@@ -211,6 +220,9 @@ def run(args: argparse.Namespace, out, err) -> int:
     if args.command == "serve":
         from .serve import serve
         return serve(args, services, err)
+    if args.command == "watch":
+        from .watch import watch
+        return watch(args, services, out, err)
     since: Optional[float] = None
     if getattr(args, "since", None) is not None:
         try:

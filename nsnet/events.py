@@ -84,7 +84,7 @@ class DestroyWatcher:
         self.received = 0
         self.dropped = 0           # events lost: kernel buffer overflow (ENOBUFS) or our cap
         self.malformed = 0
-        self.errors: list[str] = []
+        self.failure_said = False   # the sampler said once that some subscriptions failed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nsnet-events", daemon=True)
         self._thread.start()

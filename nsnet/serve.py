@@ -19,14 +19,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import edges, sockdiag, views
+from . import views
 from .edges import EdgeBook
-from .events import DestroyWatcher
 from .history import deps_view, node_name
 from .metrics import AgentMetrics
 from .model import Snapshot
-from .procfs import (CAP_NET_ADMIN, CAP_SYS_ADMIN, NsnetError, has_capability,
-                     own_capabilities)
+from .procfs import NsnetError
+from .sampler import Sampler
 from .sanitize import printable
 from .services import ServiceMap
 from .store import SampleRecord, Store, StoreError, parse_since
@@ -170,45 +169,7 @@ def _open_store(args, err) -> tuple[Optional[Store], str]:
         return None, f"memory only: {exc}"
 
 
-def _destroy_watcher(args, say_once) -> Optional[DestroyWatcher]:
-    if args.events == "off":
-        return None
-    caps = own_capabilities()
-    missing = [name for cap, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-                                      (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
-               if not has_capability(caps, cap)]
-    if missing:
-        say_once(f"TCP destroy events off: subscribing in each namespace needs "
-                 f"{' and '.join(missing)}; connections shorter than the interval are seen "
-                 "only while in TIME_WAIT, and attributed to their namespace's owners")
-        return None
-    return DestroyWatcher()
-
-
-def _watch_namespaces(watcher: DestroyWatcher, snap: Snapshot, proc: str, say_once) -> None:
-    """Subscribe in namespaces new since the last sample (main thread: setns), forget gone ones."""
-    live = {ns.inode for ns in snap.namespaces.values() if ns.inode is not None}
-    watcher.forget(live)
-    watched = watcher.watched()
-    failures = 0
-    for ns in snap.namespaces.values():
-        if ns.inode is None or ns.inode in watched or not ns.pids:
-            continue   # pinned-only namespaces have no process to close a connection
-        for pid in ns.pids[:3]:   # a member may exit meanwhile: try another
-            why = watcher.watch(f"{proc}/{pid}/ns/net", ns.inode)
-            if why is None:
-                break
-        else:
-            failures += 1
-            last = why
-    if failures:
-        say_once(f"TCP destroy events: could not subscribe in {failures} namespace(s), "
-                 f"e.g.: {last}")
-
-
 def serve(args, services: ServiceMap, err) -> int:
-    from .snapshot import take_snapshot
-
     node = node_name(args.node_name)
     book = EdgeBook(args.retention)
     agent = Agent(args.interval, args.expose_cmdlines, node, book, services)
@@ -226,7 +187,6 @@ def serve(args, services: ServiceMap, err) -> int:
     http_thread.start()
     # SIGTERM (pod deletion): finish the current sample, commit it, then leave with status 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
-    diag = sockdiag.DiagSockets()
     err.write(f"nsnet: serving on {host}:{server.server_address[1]}, "
               f"a sample every {args.interval:g} s, history: {agent.history}\n")
     err.flush()
@@ -237,16 +197,11 @@ def serve(args, services: ServiceMap, err) -> int:
             said.add(line)
             err.write(f"nsnet: warning: {printable(line)}\n")
 
-    memory = edges.Memory()
-    watcher = _destroy_watcher(args, say_once)
+    sampler = Sampler(args, services, say_once)
     try:
         while not agent.stop.is_set():
-            wall0, cpu0 = time.monotonic(), time.process_time()
             try:
-                snap = take_snapshot(args.proc,
-                                     sandbox_commands=args.sandbox_command or ("pause",),
-                                     enter_pinned=not args.no_enter, source=args.source,
-                                     diag_sockets=diag, host_root=args.host_root)
+                sample = sampler.sample()
             except NsnetError as exc:
                 agent.record(None, str(exc))
                 metrics.sample_failures.inc()
@@ -254,48 +209,30 @@ def serve(args, services: ServiceMap, err) -> int:
                 err.flush()
                 agent.stop.wait(args.interval)
                 continue
-            snap.services = services
-            for line in snap.stats.warnings():
-                say_once(line)
-            now = time.time()
-            observed = edges.observe(snap)
-            if watcher is not None:
-                closed = watcher.drain()
-                metrics.events.inc(len(closed))
-                # a connection that closed since the last sample: an edge even if no sample
-                # saw it (its count is 1: it was not necessarily concurrent with the rest)
-                for key in edges.closed_edges(closed, memory):
-                    if key not in observed:
-                        observed[key] = 1
-            memory.learn(snap)
+            snap = sample.snap
             with agent.lock:
-                book.update(observed, now)
-            wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
-            # The budget: on average at most --max-cpu of one core. A sample that cost more
-            # than its share of the interval makes the next one wait longer, and is counted.
-            over_budget = cpu > args.max_cpu * args.interval
+                book.update(sample.observed, sample.ts)
             if store is not None:
                 try:
-                    store.record(node, observed, SampleRecord(
-                        now, wall, cpu, snap.stats.namespaces, snap.stats.sockets, over_budget))
+                    store.record(node, sample.observed, SampleRecord(
+                        sample.ts, sample.wall, sample.cpu, snap.stats.namespaces,
+                        snap.stats.sockets, sample.over_budget))
                 except StoreError as exc:
                     metrics.store_errors.inc()
                     say_once(f"{exc} (the agent goes on; history since then is in memory only)")
-            metrics.observe_sample(snap, wall, cpu, over_budget)
-            if watcher is not None:
-                _watch_namespaces(watcher, snap, args.proc, say_once)
-                metrics.events_dropped.set(watcher.dropped)
-                metrics.namespaces_watched.set(len(watcher.watched()))
+            metrics.observe_sample(snap, sample.wall, sample.cpu, sample.over_budget)
+            metrics.events.inc(sample.closed)
+            if sampler.watcher is not None:
+                metrics.events_dropped.set(sampler.watcher.dropped)
+                metrics.namespaces_watched.set(len(sampler.watcher.watched()))
             agent.record(snap, None)
             err.flush()
-            agent.stop.wait(max(args.interval - wall, cpu / args.max_cpu - wall, 0.0))
+            agent.stop.wait(sampler.wait_after(sample))
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.shutdown()
         server.server_close()
-        diag.close()
-        if watcher is not None:
-            watcher.close()
+        sampler.close()
         if store is not None:
             store.close()
     return 0

@@ -207,3 +207,28 @@ def test_unusable_db_is_said_once_and_the_agent_runs_on(tmp_path):
         assert child.said[0].rstrip().endswith("keeping history in memory only")
     finally:
         stop(child)
+
+
+def test_watch_draws_live_edges_and_stops_on_ctrl_c():
+    server, client, accepted = connected_pair()
+    service_port = server.getsockname()[1]
+    child = subprocess.Popen([sys.executable, "-m", "nsnet", "watch", "--interval", "0.5",
+                              "--max-cpu", "2", "--source", "auto"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        frame = []
+        for line in child.stdout:            # a pipe: one block per sample, no screen codes
+            frame.append(line)
+            if line == "\n" and any(f"127.0.0.1:{service_port}" in l for l in frame):
+                break
+        assert frame[0].startswith("nsnet watch ") and "\x1b" not in "".join(frame)
+        ours = [l for l in frame if f"127.0.0.1:{service_port}" in l]
+        assert ours and "outbound" in ours[0] and "host" in ours[0]
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=120) == 0
+        assert "Traceback" not in child.stderr.read()
+    finally:
+        stop(child)
+        child.stdout.close()
+        for s in (server, client, accepted):
+            s.close()

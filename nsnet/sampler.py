@@ -1,0 +1,113 @@
+"""One sample of the node for the agent and the live view: a snapshot, the dependency edges it
+shows, the connections that closed since the last one (destroy events), and the CPU it cost.
+
+Snapshots and subscriptions run on the caller's thread, which must be the main thread (setns).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import edges, sockdiag
+from .edges import EdgeKey
+from .events import DestroyWatcher
+from .model import Snapshot
+from .procfs import CAP_NET_ADMIN, CAP_SYS_ADMIN, has_capability, own_capabilities
+from .services import ServiceMap
+
+
+@dataclass(slots=True)
+class Sample:
+    snap: Snapshot
+    observed: Counter[EdgeKey]   # edges with their concurrent connections (closed ones: 1)
+    closed: int                  # destroy events received since the last sample
+    ts: float
+    wall: float
+    cpu: float
+    over_budget: bool            # cost more CPU than --max-cpu of the interval
+
+
+class Sampler:
+    def __init__(self, args, services: ServiceMap, say_once: Callable[[str], None]):
+        self.args = args
+        self.services = services
+        self.say_once = say_once
+        self.diag = sockdiag.DiagSockets()
+        self.memory = edges.Memory()
+        self.watcher = _destroy_watcher(args, say_once)
+
+    def sample(self) -> Sample:
+        from .snapshot import take_snapshot
+
+        args = self.args
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
+                             enter_pinned=not args.no_enter, source=args.source,
+                             diag_sockets=self.diag, host_root=args.host_root)
+        snap.services = self.services
+        for line in snap.stats.warnings():
+            self.say_once(line)
+        observed = edges.observe(snap)
+        closed = self.watcher.drain() if self.watcher is not None else []
+        # a connection that closed since the last sample is an edge even if no sample saw it
+        # (counted once: it was not necessarily concurrent with the others)
+        for key in edges.closed_edges(closed, self.memory):
+            if key not in observed:
+                observed[key] = 1
+        self.memory.learn(snap)
+        if self.watcher is not None:
+            _watch_namespaces(self.watcher, snap, args.proc, self.say_once)
+        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+        return Sample(snap, observed, len(closed), time.time(), wall, cpu,
+                      cpu > args.max_cpu * args.interval)
+
+    def wait_after(self, sample: Sample) -> float:
+        """The budget: on average at most --max-cpu of one core. A sample that cost more than
+        its share of the interval makes the next one wait longer (and is counted)."""
+        return max(self.args.interval - sample.wall, sample.cpu / self.args.max_cpu - sample.wall,
+                   0.0)
+
+    def close(self) -> None:
+        self.diag.close()
+        if self.watcher is not None:
+            self.watcher.close()
+
+
+def _destroy_watcher(args, say_once) -> Optional[DestroyWatcher]:
+    if args.events == "off":
+        return None
+    caps = own_capabilities()
+    missing = [name for cap, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+                                      (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
+               if not has_capability(caps, cap)]
+    if missing:
+        say_once(f"TCP destroy events off: subscribing in each namespace needs "
+                 f"{' and '.join(missing)}; connections shorter than the interval are seen "
+                 "only while in TIME_WAIT, and attributed to their namespace's owners")
+        return None
+    return DestroyWatcher()
+
+
+def _watch_namespaces(watcher: DestroyWatcher, snap: Snapshot, proc: str, say_once) -> None:
+    """Subscribe in namespaces new since the last sample (main thread: setns), forget gone ones."""
+    live = {ns.inode for ns in snap.namespaces.values() if ns.inode is not None}
+    watcher.forget(live)
+    watched = watcher.watched()
+    failures = 0
+    for ns in snap.namespaces.values():
+        if ns.inode is None or ns.inode in watched or not ns.pids:
+            continue   # pinned-only namespaces have no process to close a connection
+        for pid in ns.pids[:3]:   # a member may exit meanwhile: try another
+            why = watcher.watch(f"{proc}/{pid}/ns/net", ns.inode)
+            if why is None or not os.path.exists(f"{proc}/{pid}"):
+                break   # subscribed, or churn: the next sample tries again
+        else:
+            failures += 1
+            last = why
+    if failures and not watcher.failure_said:   # once: the counts change every sample
+        watcher.failure_said = True
+        say_once(f"TCP destroy events: could not subscribe in {failures} namespace(s) "
+                 f"(retried every sample), e.g.: {last}")
