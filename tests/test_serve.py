@@ -232,3 +232,84 @@ def test_watch_draws_live_edges_and_stops_on_ctrl_c():
         child.stdout.close()
         for s in (server, client, accepted):
             s.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(port: int, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_cpu_budget_holds_over_a_run():
+    """Asked for samples every 0.2 s but allowed 10% of a core, the agent stretches the
+    interval: its CPU time over the run stays within the budget (plus one sample in flight),
+    and the samples that cost more than their share are counted."""
+    budget = 0.10
+    child = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
+                              "--interval", "0.2", "--max-cpu", str(budget), "--events", "off"],
+                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r":(\d+),", child.stderr.readline()).group(1))
+        wait_ready(port)
+        cpu0, t0 = cpu_seconds(child.pid), time.monotonic()
+        time.sleep(12)
+        cpu1, t1 = cpu_seconds(child.pid), time.monotonic()
+        samples = metric(port, "nsnet_samples_total")
+        per_sample = metric(port, "nsnet_sample_cpu_seconds_sum") / samples
+        assert per_sample > 0.2 * budget            # each sample is over its 0.2 s share...
+        assert metric(port, "nsnet_samples_over_budget_total") >= samples - 1
+        # ...so the agent waits: CPU over the run <= budget x wall, plus one sample's cost
+        assert cpu1 - cpu0 <= budget * (t1 - t0) + 2 * per_sample + 0.1, \
+            (cpu1 - cpu0, t1 - t0, per_sample)
+    finally:
+        stop(child)
+
+
+HOSTILE_COMM = "evil\x1b]0;pwned\x07\n\u202e"
+
+
+def test_hostile_process_names_are_inert_in_every_answer():
+    """A process named with escape sequences and a newline, holding a connection: the API
+    (with command lines exposed) is ASCII JSON, /metrics still parses."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, client, accepted = connected_pair()
+    code = ("import ctypes, sys, time; "
+            "ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0); time.sleep(60)")
+    hostile = subprocess.Popen([sys.executable, "-c", code, HOSTILE_COMM, HOSTILE_COMM],
+                               pass_fds=(client.fileno(),))
+    child, port = start_agent("--expose-cmdlines")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            wait_ready(port)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/snapshot",
+                                        timeout=120) as resp:
+                raw = resp.read()
+            doc = json.loads(raw)
+            mine = [p for p in doc["processes"] if p["pid"] == hostile.pid]
+            if mine:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert raw.isascii() and b"\x1b" not in raw
+        assert mine[0]["cmdline"][-1] == HOSTILE_COMM and "\x1b" in mine[0]["comm"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as resp:
+            assert list(text_string_to_metric_families(resp.read().decode()))
+    finally:
+        stop(child)
+        hostile.kill()
+        hostile.wait()
+        for s in (server, client, accepted):
+            s.close()
