@@ -652,10 +652,12 @@ def _attach_holders(sockets: list[Socket], walk: _Walk, stats: Stats) -> None:
 def _missing(caps: int, *needed: tuple[int, str]) -> str:
     """'needs X and Y', or, when we hold them all, why the kernel may still say no."""
     names = [name for _, name in needed]
-    if all(has_capability(caps, cap) for cap, _ in needed):
+    lacking = [name for cap, name in needed if not has_capability(caps, cap)]
+    if not lacking:
         return (f"denied even with {' and '.join(names)} (such processes hold capabilities "
                 "nsnet lacks, or a security module forbids it)")
-    return "needs " + " and ".join(names)
+    held = [name for name in names if name not in lacking]
+    return "needs " + " and ".join(lacking) + (f" ({' and '.join(held)} held)" if held else "")
 
 
 def _privilege_notes(stats: Stats) -> None:

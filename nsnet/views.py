@@ -37,12 +37,14 @@ def normalize_state(text: str) -> str:
 def socket_users(sock: Socket, snap: Snapshot) -> list[int]:
     """Holders' effective uids; with no holder, the table's uid column, except for
     TIME_WAIT-like mini-sockets whose uid column is always 0: those go to the owners
-    of their namespace."""
+    of their namespace (none in the host's namespace)."""
     if sock.pids:
         return sorted({snap.processes[p].uid for p in sock.pids})
     if sock.inode == 0 and sock.state in NO_UID_STATES:
+        # a pod's namespace has its tenant as owner; the host's has every system user and
+        # every hostNetwork pod's: there the user is unknown rather than everybody
         ns = snap.namespaces.get(sock.netns_key)
-        return list(ns.owners) if ns else []
+        return list(ns.owners) if ns and not ns.host else []
     return [] if sock.uid is None else [sock.uid]
 
 

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""What `nsnet serve` costs on a busy node: CPU seconds per sample and resident memory.
+
+    python3 bench/bench_agent.py                      # 100 namespaces x 5 x 10, 5 samples
+    python3 bench/bench_agent.py -n 400 -p 5 -c 20 --samples 5 --keep-node
+
+Builds the synthetic node of bench/synthnode.py (or reuses one up in --dir), then runs the
+agent as the DaemonSet does (`nsnet serve --source auto --db FILE`, destroy events on) with
+an unlimited CPU budget so that samples follow each other, and reads from the agent itself:
+CPU per sample (its `nsnet_sample_cpu_seconds` histogram), wall per sample, and its resident
+memory (VmRSS after the samples, VmHWM the peak) from /proc/<pid>/status. The reference in the
+same run is one in-process `take_snapshot(source="auto")` (CPU and wall), so the ratio says
+what the agent adds to a snapshot (edges, events, history).
+Run as root. Prints a table (or --json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+import synthnode  # noqa: E402
+
+
+def status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=300) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("nsnet_") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def run_agent(samples: int, db: str) -> dict:
+    agent = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
+                              "--interval", "0.1", "--max-cpu", "64", "--source", "auto",
+                              "--db", db], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in agent.stderr:
+            found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        if port is None:
+            raise SystemExit("bench_agent: the agent did not start")
+        started = time.monotonic()
+        while True:
+            m = metrics(port)
+            if m.get("nsnet_samples_total", 0) >= samples:
+                break
+            if time.monotonic() - started > 1800:
+                raise SystemExit("bench_agent: samples too slow")
+            time.sleep(0.5)
+        rss, hwm = status_kib(agent.pid, "VmRSS"), status_kib(agent.pid, "VmHWM")
+        n = m["nsnet_sample_cpu_seconds_count"]
+        return {"samples": int(n),
+                "cpu_per_sample_s": m["nsnet_sample_cpu_seconds_sum"] / n,
+                "wall_per_sample_s": m["nsnet_sample_duration_seconds_sum"] / n,
+                "rss_mib": rss / 1024, "peak_rss_mib": hwm / 1024,
+                "namespaces": m["nsnet_namespaces"], "sockets": m["nsnet_sockets"],
+                "destroy_namespaces_watched": m.get("nsnet_destroy_namespaces_watched", 0),
+                "db_bytes": os.path.getsize(db)}
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+
+
+def reference_snapshot(repeat: int) -> dict:
+    from nsnet.snapshot import take_snapshot
+
+    walls, cpus = [], []
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        take_snapshot("/proc", source="auto")
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    walls.sort()
+    cpus.sort()
+    return {"wall_s": walls[len(walls) // 2], "cpu_s": cpus[len(cpus) // 2]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", "--namespaces", type=int, default=100)
+    ap.add_argument("-p", "--procs-per-ns", type=int, default=5)
+    ap.add_argument("-c", "--conns-per-proc", type=int, default=10)
+    ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--keep-node", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dir", default=synthnode.DEFAULT_DIR)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_agent.py: run as root")
+    state = synthnode.is_up(a.dir)
+    if state is None:
+        state = synthnode.up(a.namespaces, a.procs_per_ns, a.conns_per_proc, 0, 0, a.dir,
+                             quiet=True)
+    try:
+        ref = reference_snapshot(3)
+        with tempfile.TemporaryDirectory(prefix="nsnt-bench-agent-") as tmp:
+            agent = run_agent(a.samples, os.path.join(tmp, "history.db"))
+        doc = {"node": state["params"], "reference_snapshot": ref, "agent": agent,
+               "agent_cpu_over_snapshot_cpu": agent["cpu_per_sample_s"] / ref["cpu_s"],
+               "default_budget_interval_s": max(15.0, agent["cpu_per_sample_s"] / 0.05)}
+        if a.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            print(f"node: {state['params']}: {agent['namespaces']:.0f} namespaces, "
+                  f"{agent['sockets']:.0f} sockets")
+            print(f"take_snapshot(auto), in-process, median of 3: {ref['wall_s']:.3f} s wall, "
+                  f"{ref['cpu_s']:.3f} s CPU")
+            print(f"nsnet serve, {agent['samples']} samples: {agent['wall_per_sample_s']:.3f} s "
+                  f"wall and {agent['cpu_per_sample_s']:.3f} s CPU per sample "
+                  f"({doc['agent_cpu_over_snapshot_cpu']:.2f}x the snapshot's CPU)")
+            print(f"resident memory: {agent['rss_mib']:.0f} MiB after the samples, "
+                  f"peak {agent['peak_rss_mib']:.0f} MiB; history {agent['db_bytes'] / 1024:.0f} KiB; "
+                  f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
+            print(f"with the default budget (5% of a core) a sample runs every "
+                  f"{doc['default_budget_interval_s']:.0f} s")
+        return 0
+    finally:
+        if not a.keep_node:
+            synthnode.down(a.dir, quiet=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
