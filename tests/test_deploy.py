@@ -32,7 +32,7 @@ YAMLLINT_CONFIG = DEPLOY / ".yamllint"
 # every schema kubernetes-validate ships between them is checked too.
 KUBERNETES_VERSIONS = ("1.27", "1.37")
 BASE_CAPABILITIES = {"SYS_PTRACE", "DAC_READ_SEARCH"}
-OVERLAY_CAPABILITIES = BASE_CAPABILITIES | {"SYS_ADMIN"}
+OVERLAY_CAPABILITIES = BASE_CAPABILITIES | {"SYS_ADMIN", "NET_ADMIN"}
 # hostPath -> where the container sees it; all read-only.
 HOST_PATHS = {"/proc": "/host/proc", "/var/log/pods": "/host/var/log/pods",
               "/var/log/containers": "/host/var/log/containers"}
@@ -640,7 +640,7 @@ def test_weakening_guard_catches(name):
 
 # -- the setns overlay ---------------------------------------------------------------------
 
-def test_overlay_adds_sys_admin_and_nothing_else():
+def test_overlay_adds_sys_admin_net_admin_and_nothing_else():
     kust = kustomization(OVERLAY)
     assert kust["resources"] == ["../../base"]
     base, patched = base_resources(), overlay_resources()
