@@ -136,3 +136,57 @@ def test_parse_since(text, back):
 def test_parse_since_rejects(text):
     with pytest.raises(ValueError, match="not a duration"):
         parse_since(text, now=0)
+
+
+def nsnet(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nsnet", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_history_commands_read_the_store(tmp_path):
+    import json
+    import time
+
+    path = str(tmp_path / "h.db")
+    store = Store(path)
+    now = time.time()
+    store.record("node-a", Counter({DB_EDGE: 2, INBOUND: 1}), sample(now - 3 * 86400))
+    store.record("node-a", Counter({REDIS: 1}), sample(now - 600))
+    store.close()
+    svc = tmp_path / "svc.toml"
+    svc.write_text('[[service]]\nname = "shared-db"\nmatch = ["10.0.0.5:3306"]\n')
+
+    week = json.loads(nsnet("by-user", "--since", "7d", "--db", path, "--json").stdout)
+    assert week["view"] == "by-user" and week["source"] == f"history {path}"
+    users = {u["uid"]: u for u in week["users"]}
+    assert sorted(users) == [10001, 10002]
+    assert {(e["peer_addr"], e["port"]) for e in users[10001]["connects_to"]} == {
+        ("10.0.0.5", 3306), ("10.0.0.6", 6379)}
+    assert [e["port"] for e in users[10002]["connected_from"]] == [8080]
+
+    day = json.loads(nsnet("deps", "--since", "24h", "--db", path, "--json",
+                           "--services", str(svc)).stdout)
+    assert [(e["peer_addr"], e["pod_namespace"], e["pod"]) for e in day["edges"]] == [
+        ("10.0.0.6", "shop", "cart")]
+    week_db = json.loads(nsnet("deps", "--since", "7d", "--db", path, "--json", "--user",
+                               "10001", "--services", str(svc)).stdout)
+    assert {e["service"] for e in week_db["edges"]} == {"shared-db", None}
+
+    graph = nsnet("graph", "--db", path, "--services", str(svc))
+    assert graph.returncode == 0
+    assert '"10001 @ shop/cart" -> "shared-db (10.0.0.5:3306)" [label="tcp x2"];' in graph.stdout
+    table = nsnet("deps", "--db", path)
+    assert table.returncode == 0 and "10.0.0.6:6379" in table.stdout
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["deps", "--since", "24h"], ["--db"]),
+    (["by-user", "--since", "soon", "--db", "x.db"], ["not a duration"]),
+    (["deps", "--db", "/nonexistent/h.db"], ["no such file"]),
+])
+def test_history_command_errors_are_one_line(argv, words):
+    run = nsnet(*argv)
+    assert run.returncode in (1, 2) and "Traceback" not in run.stderr
+    assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("nsnet: error: ")
+    for word in words:
+        assert word in run.stderr
