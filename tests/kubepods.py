@@ -38,7 +38,6 @@ runc containers, the daemon and its containers, the pod cgroups, veths and direc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Optional
 
 import dockerd as dk
+import machinelock
 from agent_image import private_dockerd
 from realnode import ip_tool, util_linux
 
@@ -477,18 +477,7 @@ class KubeNode:
             dk.remove_tree(self.work)
 
     def _lock(self) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise RuntimeError(f"another KubeNode holds {LOCK_PATH}")
-                time.sleep(0.5)   # another test run on this machine: wait for it
-        self._lock_fd = fd
+        self._lock_fd = machinelock.take(LOCK_PATH, LOCK_TIMEOUT, "KubeNode")
 
     def _forget(self) -> None:
         if self in _LIVE:

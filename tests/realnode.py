@@ -58,6 +58,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import machinelock
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOCKPROC = os.path.join(HERE, "sockproc.py")
 
@@ -736,18 +738,10 @@ class RealNode:
     # ------------------------------------------------------------------ helpers
 
     def _lock(self) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise BuildError(f"another RealNode holds {LOCK_PATH} for {LOCK_TIMEOUT:.0f}s")
-                time.sleep(0.5)   # waiting for another test run to finish, with a deadline
-        self._lock_fd = fd
+        try:
+            self._lock_fd = machinelock.take(LOCK_PATH, LOCK_TIMEOUT, "RealNode")
+        except RuntimeError as exc:
+            raise BuildError(str(exc)) from None
 
     def _remove_stale(self) -> None:
         """Remove what an earlier RealNode left when its process was killed outright.
