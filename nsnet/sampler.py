@@ -6,6 +6,7 @@ Snapshots and subscriptions run on the caller's thread, which must be the main t
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,11 +29,42 @@ class Sample:
     wall: float
     cpu: float
     over_budget: bool            # cost more CPU than --max-cpu of the interval
+    paced: float = 0.0           # seconds the walk slept to keep within the budget
+
+
+class Pacer:
+    """Spreads a snapshot's process walk so that it uses at most `max_cpu` of a core while it
+    runs, as Weave Scope's procspy rate-limits its fd walk: called every few processes, it
+    sleeps while the CPU used so far is ahead of the budget. It never stretches the walk past
+    `within` seconds (a sample that cannot fit its budget in the interval is counted instead),
+    and stops pacing once `hurry` is set (SIGTERM: finish the sample now)."""
+
+    def __init__(self, max_cpu: float, within: float, hurry: Optional[threading.Event] = None):
+        self.max_cpu = max_cpu
+        self.cpu0, self.wall0 = time.process_time(), time.monotonic()
+        self.until = self.wall0 + within
+        self.hurry = hurry
+        self.slept = 0.0
+
+    def __call__(self) -> None:
+        if self.hurry is not None and self.hurry.is_set():
+            return
+        now = time.monotonic()
+        ahead = (time.process_time() - self.cpu0) / self.max_cpu - (now - self.wall0)
+        pause = min(ahead, self.until - now)
+        if pause > 0.005:
+            if self.hurry is not None:
+                self.hurry.wait(pause)
+            else:
+                time.sleep(pause)
+            self.slept += pause
 
 
 class Sampler:
-    def __init__(self, args, services: ServiceMap, say_once: Callable[[str], None]):
+    def __init__(self, args, services: ServiceMap, say_once: Callable[[str], None],
+                 hurry: Optional[threading.Event] = None):
         self.args = args
+        self.hurry = hurry
         self.services = services
         self.say_once = say_once
         self.diag = sockdiag.DiagSockets()
@@ -44,9 +76,10 @@ class Sampler:
 
         args = self.args
         wall0, cpu0 = time.monotonic(), time.process_time()
+        pacer = Pacer(args.max_cpu, args.interval, self.hurry)
         snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
                              enter_pinned=not args.no_enter, source=args.source,
-                             diag_sockets=self.diag, host_root=args.host_root)
+                             diag_sockets=self.diag, host_root=args.host_root, pace=pacer)
         snap.services = self.services
         for line in snap.stats.warnings():
             self.say_once(line)
@@ -62,11 +95,12 @@ class Sampler:
             _watch_namespaces(self.watcher, snap, args.proc, self.say_once)
         wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
         return Sample(snap, observed, len(closed), time.time(), wall, cpu,
-                      cpu > args.max_cpu * args.interval)
+                      cpu > args.max_cpu * args.interval, pacer.slept)
 
     def wait_after(self, sample: Sample) -> float:
-        """The budget: on average at most --max-cpu of one core. A sample that cost more than
-        its share of the interval makes the next one wait longer (and is counted)."""
+        """The budget: on average at most --max-cpu of one core. The walk is paced (Pacer)
+        within the interval; a sample that still cost more than its share of the interval
+        makes the next one wait longer (and is counted)."""
         return max(self.args.interval - sample.wall, sample.cpu / self.args.max_cpu - sample.wall,
                    0.0)
 

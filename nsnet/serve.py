@@ -197,7 +197,7 @@ def serve(args, services: ServiceMap, err) -> int:
             said.add(line)
             err.write(f"nsnet: warning: {printable(line)}\n")
 
-    sampler = Sampler(args, services, say_once)
+    sampler = Sampler(args, services, say_once, hurry=agent.stop)
     try:
         while not agent.stop.is_set():
             try:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from . import borrow, cgroup, classify, kubelet, mountinfo, pinned, pods, sockdiag, sources
 from .model import Namespace, Process, Snapshot, Socket, Stats
@@ -485,12 +485,15 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
                   enter_pinned: bool = True, threads: Optional[int] = None,
                   source: str = "proc",
                   diag_sockets: Optional[sockdiag.DiagSockets] = None,
-                  host_root: Optional[str] = "/") -> Snapshot:
+                  host_root: Optional[str] = "/",
+                  pace: Optional[Callable[[], None]] = None) -> Snapshot:
     """One snapshot of the machine. source: proc | netlink | pidfd | auto (see sources.py);
     an explicit source the privileges do not allow raises SourceUnavailable. diag_sockets:
     keep the sock_diag sockets open between snapshots (a sampler passes the same one).
     host_root: where the node's /var/log/pods and /var/log/containers are (pod and container
-    names); None: do not look."""
+    names); None: do not look.
+    pace: called every few processes of the walk; it may sleep to spread the walk over time
+    (the agent's CPU budget)."""
     started = time.perf_counter()
     workers = default_threads() if threads is None else max(1, threads)
     proc = proc.rstrip("/") or "/"
@@ -500,7 +503,7 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
         if workers > 1 else None
     try:
         return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started, choice,
-                     diag_sockets, host_root)
+                     diag_sockets, host_root, pace)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -509,7 +512,7 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
 def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
           pool: Optional[ThreadPoolExecutor], started: float,
           choice: sources.Choice, cache: Optional[sockdiag.DiagSockets],
-          host_root: Optional[str]) -> Snapshot:
+          host_root: Optional[str], pace: Optional[Callable[[], None]] = None) -> Snapshot:
     stats = Stats(source=choice.source, source_reason=choice.reason)
     walk = _Walk()
     loader = _TableLoader(proc, choice.source, pool, enter_pinned, stats, cache=cache)
@@ -517,7 +520,9 @@ def _take(proc: str, sandbox: frozenset[str], enter_pinned: bool,
     # GIL released. So a namespace's tables are handed to a reader thread as soon as the walk
     # meets its first member, and the kernel's walks overlap ours.
     early: dict[str, tuple[str, Future]] = {}
-    for pid in list_pids(proc):
+    for index, pid in enumerate(list_pids(proc)):
+        if pace is not None and index % 32 == 0:
+            pace()
         try:
             _walk_process(proc, pid, walk, stats)
         except (OSError, ProcError) as exc:
