@@ -6,6 +6,7 @@ of its members, then join sockets to their holders by socket inode.
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 from functools import lru_cache
@@ -498,10 +499,16 @@ def take_snapshot(proc: str = "/proc", *, sandbox_commands: Iterable[str] = DEFA
     choice = sources.choose(source)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsnet-read") \
         if workers > 1 else None
+    # A snapshot makes ~4 tracked objects per socket and no reference cycles; at 87k sockets
+    # the collector's repeated passes over them cost ~20% of the CPU. Refcounting frees all.
+    paused = gc.isenabled()
+    gc.disable()
     try:
         return _take(proc, frozenset(sandbox_commands), enter_pinned, pool, started, choice,
                      diag_sockets, host_root)
     finally:
+        if paused:
+            gc.enable()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
