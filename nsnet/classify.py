@@ -115,6 +115,11 @@ class Classifier:
                         s.peer_pids = sorted(set(o.pids))
                         continue
                     others = ()
+                elif not own_namespace_only and not is_loopback(s.remote_addr):
+                    s.peer = "node"
+                    s.peer_netns = o.netns
+                    s.peer_pids = sorted(set(o.pids))
+                    continue
             same = [o for o in others if o.netns_key == key and o is not s]
             if same or is_loopback(s.remote_addr):
                 s.peer = "local"
