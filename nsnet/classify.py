@@ -19,82 +19,137 @@ from collections import defaultdict
 from typing import Optional
 
 from .model import Socket
-from .netparse import is_loopback, is_wildcard
-
-_V6_WILDCARD = "::"
+from .netparse import is_loopback
 
 
-def _listens_on(listeners: dict[int, set[str]], addr: str, port: int) -> bool:
-    bound = listeners.get(port)
-    if not bound:
-        return False
-    if addr in bound or _V6_WILDCARD in bound:
+_WILDCARDS = frozenset(("0.0.0.0", "::"))
+
+
+def _listens_on(bound: set[str], addr: str) -> bool:
+    if addr in bound or "::" in bound:
         return True   # a dual-stack [::] listener accepts IPv4 too (shown unmapped)
     return "0.0.0.0" in bound and ":" not in addr
 
 
 def classify(sockets: list[Socket]) -> None:
-    listeners: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-    by_tuple: dict[tuple, list[Socket]] = defaultdict(list)
-    bound_exact: dict[tuple[str, str, int], list[Socket]] = defaultdict(list)
-    bound_wild: dict[tuple[str, int], list[Socket]] = defaultdict(list)
-    addr_owners: dict[str, dict[str, Optional[int]]] = defaultdict(dict)   # addr -> key -> inode
-    for s in sockets:
-        if s.proto == "unix":
-            continue
-        if not is_wildcard(s.local_addr) and not is_loopback(s.local_addr):
-            addr_owners[s.local_addr][s.netns_key] = s.netns
-        if s.state == "LISTEN" or s.state == "UNCONN":
-            if s.proto == "tcp":
-                listeners[s.netns_key][s.local_port].add(s.local_addr)
-            if not is_wildcard(s.local_addr):
-                bound_exact[(s.proto, s.local_addr, s.local_port)].append(s)
+    classifier = Classifier()
+    classifier.add(sockets)
+    classifier.finish(sockets)
+
+
+class Classifier:
+    """classify() in steps, so that a snapshot can do most of it while other namespaces are
+    still being read: add() indexes sockets; settle() classifies those of a namespace whose
+    sockets have all been added, as far as they depend on that namespace only (listeners,
+    unconnected and same-namespace peers), and keeps the others; finish() classifies the
+    kept ones (or the given sockets) against everything added. Adding the same sockets in
+    the same order gives the same result as classify()."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.by_tuple: dict[tuple, list[Socket]] = defaultdict(list)
+        self.bound_exact: dict[tuple[str, str, int], list[Socket]] = defaultdict(list)
+        self.bound_wild: dict[tuple[str, int], list[Socket]] = defaultdict(list)
+        self.addr_owners: dict[str, dict[str, Optional[int]]] = defaultdict(dict)  # addr -> key -> inode
+        self.kept: list[Socket] = []
+
+    def add(self, sockets: list[Socket]) -> None:
+        listeners, by_tuple = self.listeners, self.by_tuple
+        bound_exact, bound_wild, addr_owners = self.bound_exact, self.bound_wild, self.addr_owners
+        for s in sockets:
+            proto = s.proto
+            if proto == "unix":
+                continue
+            addr = s.local_addr
+            wild = addr in _WILDCARDS
+            if not wild and not is_loopback(addr):
+                addr_owners[addr][s.netns_key] = s.netns
+            state = s.state
+            if state == "LISTEN" or state == "UNCONN":
+                if proto == "tcp":
+                    listeners[s.netns_key][s.local_port].add(addr)
+                if not wild:
+                    bound_exact[(proto, addr, s.local_port)].append(s)
+                else:
+                    bound_wild[(proto, s.local_port)].append(s)
             else:
-                bound_wild[(s.proto, s.local_port)].append(s)
-        else:
-            by_tuple[(s.proto, s.local_addr, s.local_port, s.remote_addr, s.remote_port)].append(s)
+                by_tuple[(proto, addr, s.local_port, s.remote_addr, s.remote_port)].append(s)
 
-    for s in sockets:
-        if s.proto == "unix":
-            s.direction = "listening" if s.state == "LISTEN" else None
-            continue
-        if s.state == "LISTEN" or (s.proto != "tcp" and s.state == "UNCONN"):
-            s.direction = "listening" if (s.local_port or s.proto == "raw") else None
-            continue
-        if s.proto == "tcp":
-            s.direction = ("inbound" if _listens_on(listeners[s.netns_key], s.local_addr,
-                                                    s.local_port) else "outbound")
-        else:
-            s.direction = "outbound" if s.remote_port or s.proto == "raw" else None
-        if not s.remote_port and s.proto != "raw":
-            continue
-        _find_peer(s, by_tuple, bound_exact, bound_wild, addr_owners)
+    def settle(self, sockets: list[Socket]) -> None:
+        self.kept.extend(self._classify(sockets, own_namespace_only=True))
 
+    def finish(self, sockets: Optional[list[Socket]] = None) -> None:
+        self._classify(self.kept if sockets is None else sockets, own_namespace_only=False)
+        self.kept = []
 
-def _find_peer(s: Socket, by_tuple: dict, bound_exact: dict, bound_wild: dict,
-               addr_owners: dict) -> None:
-    others = by_tuple.get((s.proto, s.remote_addr, s.remote_port, s.local_addr, s.local_port), ())
-    same = [o for o in others if o.netns_key == s.netns_key and o is not s]
-    if same or is_loopback(s.remote_addr):
-        s.peer = "local"
-        s.peer_pids = sorted({p for o in same for p in o.pids})
-        return
-    elsewhere = [o for o in others if o.netns_key != s.netns_key]
-    if not elsewhere:
-        elsewhere = [o for o in bound_exact.get((s.proto, s.remote_addr, s.remote_port), ())
-                     if o.netns_key != s.netns_key]
-    if elsewhere:
+    def _classify(self, sockets: list[Socket], own_namespace_only: bool) -> list[Socket]:
+        """Returns the sockets left for later (own_namespace_only: peer maybe elsewhere)."""
+        kept: list[Socket] = []
+        listeners = self.listeners
+        by_tuple_get = self.by_tuple.get
+        no_listeners: dict[int, set[str]] = {}
+        for s in sockets:
+            proto, state = s.proto, s.state
+            if proto == "unix":
+                s.direction = "listening" if state == "LISTEN" else None
+                continue
+            if state == "LISTEN" or (proto != "tcp" and state == "UNCONN"):
+                s.direction = "listening" if (s.local_port or proto == "raw") else None
+                continue
+            if proto == "tcp":
+                bound = listeners.get(s.netns_key, no_listeners).get(s.local_port)
+                s.direction = ("inbound" if bound and _listens_on(bound, s.local_addr)
+                               else "outbound")
+            else:
+                s.direction = "outbound" if s.remote_port or proto == "raw" else None
+            if not s.remote_port and proto != "raw":
+                continue
+            key = s.netns_key
+            others = by_tuple_get((proto, s.remote_addr, s.remote_port, s.local_addr,
+                                   s.local_port), ())
+            if len(others) == 1:   # the common case: the one other end, or nothing here
+                o = others[0]
+                if o.netns_key == key:
+                    if o is not s:
+                        s.peer = "local"
+                        s.peer_pids = sorted(set(o.pids))
+                        continue
+                    others = ()
+                elif not own_namespace_only and not is_loopback(s.remote_addr):
+                    s.peer = "node"
+                    s.peer_netns = o.netns
+                    s.peer_pids = sorted(set(o.pids))
+                    continue
+            same = [o for o in others if o.netns_key == key and o is not s]
+            if same or is_loopback(s.remote_addr):
+                s.peer = "local"
+                s.peer_pids = sorted({p for o in same for p in o.pids})
+            elif own_namespace_only:
+                kept.append(s)
+            else:
+                self._find_peer(s, others)
+        return kept
+
+    def _find_peer(self, s: Socket, others) -> None:
+        """The other end of a connected socket whose peer is not in its own namespace."""
+        key = s.netns_key
+        elsewhere = [o for o in others if o.netns_key != key]
+        if not elsewhere:
+            elsewhere = [o for o in self.bound_exact.get((s.proto, s.remote_addr, s.remote_port), ())
+                         if o.netns_key != key]
+        if elsewhere:
+            s.peer = "node"
+            s.peer_netns = elsewhere[0].netns
+            s.peer_pids = sorted({p for o in elsewhere for p in o.pids})
+            return
+        owners = {k: v for k, v in self.addr_owners.get(s.remote_addr, {}).items() if k != key}
+        if not owners:
+            s.peer = "external"
+            return
         s.peer = "node"
-        s.peer_netns = elsewhere[0].netns
-        s.peer_pids = sorted({p for o in elsewhere for p in o.pids})
-        return
-    owners = {k: v for k, v in addr_owners.get(s.remote_addr, {}).items() if k != s.netns_key}
-    if not owners:
-        s.peer = "external"
-        return
-    s.peer = "node"
-    bound = [o for o in bound_wild.get((s.proto, s.remote_port), ()) if o.netns_key in owners]
-    keys = {o.netns_key for o in bound} or set(owners)
-    if len(keys) == 1:      # the same address in several namespaces: on this node, but which?
-        s.peer_netns = owners[keys.pop()]
-        s.peer_pids = sorted({p for o in bound for p in o.pids})
+        bound = [o for o in self.bound_wild.get((s.proto, s.remote_port), ())
+                 if o.netns_key in owners]
+        keys = {o.netns_key for o in bound} or set(owners)
+        if len(keys) == 1:      # the same address in several namespaces: on this node, but which?
+            s.peer_netns = owners[keys.pop()]
+            s.peer_pids = sorted({p for o in bound for p in o.pids})
