@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """What `nsnet serve` costs on a busy node: CPU seconds per sample and resident memory.
 
-    python3 bench/bench_agent.py                      # 100 namespaces x 5 x 10, 5 samples
-    python3 bench/bench_agent.py -n 400 -p 5 -c 20 --samples 5 --keep-node
+    .venv/bin/python bench/bench_agent.py             # 100 namespaces x 5 x 10, 5 samples
+    .venv/bin/python bench/bench_agent.py -n 400 -p 5 -c 20 --samples 5 --keep-node
+
+(the interpreter of nsnet's venv: the agent needs prometheus-client)
 
 Builds the synthetic node of bench/synthnode.py (or reuses one up in --dir), then runs the
 agent as the DaemonSet does (`nsnet serve --source auto --db FILE`, destroy events on) with
@@ -56,14 +58,15 @@ def run_agent(samples: int, db: str) -> dict:
                               "--interval", "0.1", "--max-cpu", "64", "--source", "auto",
                               "--db", db], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
-        port = None
+        port, said = None, []
         for line in agent.stderr:
+            said.append(line)
             found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
             if found:
                 port = int(found.group(1))
                 break
         if port is None:
-            raise SystemExit("bench_agent: the agent did not start")
+            raise SystemExit("bench_agent: the agent did not start: " + "".join(said)[-500:])
         started = time.monotonic()
         while True:
             m = metrics(port)
@@ -80,7 +83,8 @@ def run_agent(samples: int, db: str) -> dict:
                 "rss_mib": rss / 1024, "peak_rss_mib": hwm / 1024,
                 "namespaces": m["nsnet_namespaces"], "sockets": m["nsnet_sockets"],
                 "destroy_namespaces_watched": m.get("nsnet_destroy_namespaces_watched", 0),
-                "db_bytes": os.path.getsize(db)}
+                "db_bytes": sum(os.path.getsize(p) for p in (db, db + "-wal")
+                                if os.path.exists(p))}
     finally:
         agent.terminate()
         try:
@@ -138,7 +142,8 @@ def main() -> int:
                   f"wall and {agent['cpu_per_sample_s']:.3f} s CPU per sample "
                   f"({doc['agent_cpu_over_snapshot_cpu']:.2f}x the snapshot's CPU)")
             print(f"resident memory: {agent['rss_mib']:.0f} MiB after the samples, "
-                  f"peak {agent['peak_rss_mib']:.0f} MiB; history {agent['db_bytes'] / 1024:.0f} KiB; "
+                  f"peak {agent['peak_rss_mib']:.0f} MiB; history {agent['db_bytes'] / 1024:.0f} KiB "
+                  f"(with its WAL); "
                   f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
             print(f"with the default budget (5% of a core) a sample runs every "
                   f"{doc['default_budget_interval_s']:.0f} s")

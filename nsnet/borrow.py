@@ -274,6 +274,8 @@ def cgroup_retag_hazard(pid: int) -> Optional[str]:
         _cgroup_view = (now, controllers, ours)
     if not controllers:
         return None
+    # Read now, just before borrowing, not taken from the walk: a process moved to another
+    # cgroup since would be re-tagged all the same.
     theirs = cgroup_paths(_read(f"/proc/{pid}/cgroup"), controllers)
     differ = [name for name in sorted(controllers) if theirs.get(name) != ours.get(name)]
     if not differ:

@@ -190,3 +190,20 @@ def test_history_command_errors_are_one_line(argv, words):
     assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("nsnet: error: ")
     for word in words:
         assert word in run.stderr
+
+
+def test_read_only_filesystem_is_a_clear_error(tmp_path):
+    require_root("mount", "umount")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "nsnt-ro", str(mnt)], check=True)
+    try:
+        Store(str(mnt / "h.db")).close()          # made while writable...
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises(StoreError) as err:    # ...then the filesystem turns read-only
+            Store(str(mnt / "h.db")).record("n", Counter({DB_EDGE: 1}), sample(1.0))
+        message = str(err.value)
+        assert message.startswith(f"history database {mnt}/h.db: cannot ")
+        assert "\n" not in message
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
