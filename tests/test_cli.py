@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import select
-import socket
 import subprocess
 import sys
 import time

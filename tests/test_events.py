@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from nsnet import events, pinned
+from nsnet import events
 from nsnet.edges import EdgeKey, Memory, closed_edges
 
 REPO = Path(__file__).resolve().parent.parent

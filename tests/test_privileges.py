@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SETPRIV = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all"]

@@ -7,14 +7,10 @@ in the pid list, a live pid of another namespace as a table reader); every /proc
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-
-import pytest
 
 from conftest import require_root
 from nsnet import snapshot

@@ -2,7 +2,6 @@
 escaped form must stay unambiguous (we decode every output back to its input)."""
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess

@@ -1,7 +1,6 @@
 """The SQLite history: upserts, retention, bounds, kill -9 durability, unwritable paths."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
