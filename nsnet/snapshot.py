@@ -76,7 +76,12 @@ def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
         process = Process(pid, ppid, comm, parse_cmdline(read_at(dirfd, "cmdline")),
                           parse_status_euid(read_at(dirfd, "status")), key, inode,
                           start_ticks=start_ticks)
-        process.identity = _identity(read_at(dirfd, "cgroup"))
+        try:
+            process.identity = _identity(read_at(dirfd, "cgroup"))
+        except OSError as exc:
+            if isinstance(translate(exc), ProcessGone):
+                raise
+            # e.g. a security module hiding it: the process stays, without container identity
         try:
             mnt = ns_inode(dirfd, "mnt")
             walk.mount_ns_reader.setdefault(mnt, pid)
