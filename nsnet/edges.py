@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-from .model import Snapshot, Socket
+from .model import Pod, Snapshot, Socket
 from .views import socket_pods, socket_users
 
 # A connection in these states is evidence of a dependency: alive, being set up, or just closed
@@ -29,12 +29,15 @@ class EdgeKey:
     port: int                # outbound: the service's port; inbound: our listening port
 
 
+def pod_where(pod: Pod) -> str:
+    """An edge's place for a pod: its name when the kubelet's log tree gave one, else its uid."""
+    return f"pod:{pod.namespace}/{pod.name}" if pod.namespace and pod.name else f"pod:{pod.uid}"
+
+
 def where_of(sock: Socket, snap: Snapshot) -> str:
     pods = socket_pods(sock, snap)
     if pods:
-        pod = pods[0]
-        return f"pod:{pod.namespace}/{pod.name}" if pod.namespace and pod.name \
-            else f"pod:{pod.uid}"
+        return pod_where(pods[0])
     ns = snap.namespaces.get(sock.netns_key)
     if ns is not None and ns.host:
         return "host"
@@ -141,9 +144,7 @@ class Memory:
                 self.owners_of_netns[ns.inode] = tuple(ns.owners)
             pods = snap.pods_of_netns.get(ns.key)
             if pods:
-                pod = snap.pods[pods[0]]
-                self.where_of_netns[ns.inode] = f"pod:{pod.namespace}/{pod.name}" \
-                    if pod.namespace and pod.name else f"pod:{pod.uid}"
+                self.where_of_netns[ns.inode] = pod_where(snap.pods[pods[0]])
             else:
                 self.where_of_netns[ns.inode] = "host" if ns.host else f"netns:{ns.inode}"
 
