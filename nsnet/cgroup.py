@@ -43,6 +43,10 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .model import ContainerIdentity
+
+__all__ = ["ContainerIdentity", "identity_from_cgroup", "identity_from_path"]
+
 _ID = r"[0-9a-f]{64}"
 _UUID_DASHED = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID_UNDERSCORED = r"[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12}"
@@ -70,15 +74,6 @@ _QOS_DIRS = {"burstable": "burstable", "besteffort": "besteffort"}
 # Parents of a Guaranteed pod (no QoS level in between).
 _GUARANTEED_PARENTS = re.compile(r"(?:[^/]*-)?kubepods(?:\.slice)?")
 _HIERARCHY_ID = re.compile(r"[0-9]+")
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerIdentity:
-    runtime: Optional[str]       # docker, containerd, cri-o, podman; None: the layout does not say
-    container_id: Optional[str]  # 64 lower-case hex; None for a pod-level cgroup or a conmon
-    pod_uid: Optional[str]       # dashed UUID, or the 32-hex uid of a static pod
-    qos: Optional[str]           # guaranteed, burstable, besteffort (kubelet pods only)
-    path: str                    # the cgroup path it came from
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,30 +1,33 @@
-"""Command line: parse arguments, take the snapshot, print it. Errors become one line here."""
+"""Command line: parse arguments and option environment variables into options objects, run
+the command, print its result. Errors become one line here.
+
+This is the only module that sees argparse or reads an option variable (NSNET_PROC,
+NSNET_HOST_ROOT, NSNET_SERVICES, NSNET_DB, NODE_NAME, NO_COLOR, TERM, COLUMNS, NSNET_DEBUG):
+everything below it gets nsnet.options objects.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import socket
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Mapping
+from typing import Optional, Sequence, TextIO
 
 from . import __version__, report, views
+from .errors import NsnetError, UsageError
+from .graph import FORMATS
 from .netparse import TCP_STATES
-from .procfs import NsnetError
+from .options import (SOURCES, WATCH_SAMPLING, AgentOptions, OutputOptions, SamplingOptions,
+                      SnapshotOptions, WatchOptions)
 from .sanitize import printable
-from .edges import EdgeState, observe
-from .graph import FORMATS, render as render_graph
-from .history import by_user_history, deps_view, node_name, rows_from_store
-from .services import load_services
-from .store import Store, parse_since
-from .table import terminal_width, use_color
+from .table import forced_columns, terminal_width, use_color
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 KNOWN_STATES = sorted(set(TCP_STATES.values()) | {"UNCONN"})
-
-
-class UsageError(Exception):
-    pass
+SNAPSHOT, AGENT = SnapshotOptions(), AgentOptions()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +37,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see 'nsnet {self.prog.split()[-1]} --help')"
                          if " " in self.prog else f"{message} (see 'nsnet --help')")
 
+
+# ------------------------------------------------------------------------ argument types
 
 def _state(text: str) -> str:
     state = views.normalize_state(text)
@@ -73,7 +78,7 @@ def _seconds(text: str) -> float:
 
 
 def _duration(text: str) -> float:
-    from .store import parse_since
+    from .agent.store import parse_since
     try:
         return -parse_since(text, now=0.0)
     except ValueError as exc:
@@ -90,10 +95,13 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ------------------------------------------------------------------------------ parser
+
+def _common(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The options every command takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
-    common.add_argument("--proc", default=os.environ.get("NSNET_PROC", "/proc"), metavar="PATH",
+    common.add_argument("--proc", default=env.get("NSNET_PROC", SNAPSHOT.proc), metavar="PATH",
                         help="procfs to read (default: $NSNET_PROC or /proc; e.g. /host/proc in a container)")
     common.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour (auto: only on a terminal; NO_COLOR always disables it)")
@@ -101,86 +109,62 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--sandbox-command", action="append", metavar="NAME",
                         help="command name of namespace holders never counted as owners "
                              "(repeatable; default: pause)")
-    common.add_argument("--source", choices=("proc", "netlink", "pidfd", "auto"), default="proc",
+    common.add_argument("--source", choices=SOURCES, default=SNAPSHOT.source,
                         help="where sockets are read: /proc tables (default, needs no "
                              "privilege), sock_diag netlink, pidfd per-socket queries, or "
                              "the fastest the privileges allow")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
-    common.add_argument("--services", default=os.environ.get("NSNET_SERVICES") or None,
+    common.add_argument("--services", default=env.get("NSNET_SERVICES") or None,
                         metavar="FILE",
                         help="TOML file naming endpoints (CIDRs, ip:port) as services, used in "
                              "every view (default: $NSNET_SERVICES)")
-    common.add_argument("--host-root", default=os.environ.get("NSNET_HOST_ROOT", "/"),
+    common.add_argument("--host-root", default=env.get("NSNET_HOST_ROOT", SNAPSHOT.host_root),
                         metavar="PATH",
                         help="where the node's /var/log/pods and /var/log/containers are, for "
                              "pod and container names (default: $NSNET_HOST_ROOT or /; e.g. "
                              "/host in the DaemonSet)")
+    return common
 
-    parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
-                     "its sockets, and the pids and users behind them.")
-    parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    by_ns = sub.add_parser("by-namespace", parents=[common],
-                           help="every namespace: processes, listeners, connections")
-    by_ns.add_argument("--netns", type=_positive, metavar="INODE", help="only this namespace")
-    by_user = sub.add_parser("by-user", parents=[common], help="the dependency view: who talks to whom")
-    by_user.add_argument("--user", metavar="NAME|UID", help="only this user")
-    by_user.add_argument("--since", metavar="AGE",
-                         help="from the agent's history (--db) instead of a live snapshot: "
-                              "edges seen in the last AGE (30m, 24h, 7d)")
-    by_user.add_argument("--db", default=os.environ.get("NSNET_DB") or None, metavar="PATH",
-                         help="the history 'nsnet serve --db' writes (default: $NSNET_DB)")
-    deps = sub.add_parser("deps", parents=[common],
-                          help="dependency edges: user/pod -> service, live or from history")
-    graph = sub.add_parser("graph", parents=[common],
-                           help="the dependency map as Graphviz dot or Mermaid")
-    graph.add_argument("--format", choices=FORMATS, default="dot", help="default: dot")
-    for p in (deps, graph):
-        p.add_argument("--since", metavar="AGE",
-                       help="edges seen in the last AGE (30m, 24h, 7d); needs --db")
-        p.add_argument("--db", default=os.environ.get("NSNET_DB") or None, metavar="PATH",
-                       help="read the agent's history instead of taking a snapshot "
-                            "(default: $NSNET_DB)")
-        p.add_argument("--user", metavar="NAME|UID", help="only this user's edges")
-    by_pod = sub.add_parser("by-pod", parents=[common],
-                            help="Kubernetes pods: containers, owners, listeners, dependencies")
-    by_pod.add_argument("--pod", metavar="NS/NAME|UID", help="only this pod")
-    serve = sub.add_parser("serve", parents=[common],
-                           help="the node agent: sample periodically, serve JSON over HTTP")
-    serve.add_argument("--listen", type=_listen_address, default=("0.0.0.0", 9810),
+
+def _history_options(p: argparse.ArgumentParser, env: Mapping[str, str], since_help: str) -> None:
+    p.add_argument("--since", metavar="AGE", help=since_help)
+    p.add_argument("--db", default=env.get("NSNET_DB") or None, metavar="PATH",
+                   help="read the agent's history instead of taking a snapshot "
+                        "(default: $NSNET_DB)")
+    p.add_argument("--user", metavar="NAME|UID", help="only this user")
+
+
+def _sampling_options(p: argparse.ArgumentParser, defaults: SamplingOptions) -> None:
+    p.add_argument("--interval", type=_seconds, default=defaults.interval, metavar="SECONDS",
+                   help=f"time between samples (default {defaults.interval:g})")
+    p.add_argument("--max-cpu", type=_fraction, default=defaults.max_cpu, metavar="FRACTION",
+                   help=f"CPU budget, a fraction of one core (default {defaults.max_cpu:g})")
+    p.add_argument("--events", choices=("auto", "off"), default="auto",
+                   help="TCP destroy events between samples (auto: when CAP_NET_ADMIN and "
+                        "CAP_SYS_ADMIN allow)")
+
+
+def _serve_options(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    serve.add_argument("--listen", type=_listen_address, default=AGENT.listen,
                        metavar="ADDR:PORT", help="HTTP address (default 0.0.0.0:9810)")
-    serve.add_argument("--interval", type=_seconds, default=15.0, metavar="SECONDS",
-                       help="time between samples (default 15)")
     serve.add_argument("--expose-cmdlines", action="store_true",
                        help="serve command lines (off: the endpoint sees every tenant)")
-    serve.add_argument("--db", default=os.environ.get("NSNET_DB") or None, metavar="PATH",
+    serve.add_argument("--db", default=env.get("NSNET_DB") or None, metavar="PATH",
                        help="SQLite history of dependency edges (default: $NSNET_DB; none: "
                             "memory only)")
-    serve.add_argument("--retention", type=_duration, default=30 * 86400.0, metavar="AGE",
+    serve.add_argument("--retention", type=_duration, default=AGENT.retention, metavar="AGE",
                        help="forget edges not seen for this long (default 30d)")
     serve.add_argument("--node-name", default=None, metavar="NAME",
                        help="this node's name in edges and metrics (default: $NODE_NAME, "
                             "else the hostname)")
-    serve.add_argument("--max-cpu", type=_fraction, default=0.05, metavar="FRACTION",
-                       help="CPU budget, a fraction of one core (default 0.05 = 5%%)")
-    serve.add_argument("--events", choices=("auto", "off"), default="auto",
-                       help="TCP destroy events between samples (auto: when CAP_NET_ADMIN and "
-                            "CAP_SYS_ADMIN allow)")
-    serve.add_argument("--max-series", type=_positive, default=5000, metavar="N",
+    serve.add_argument("--max-series", type=_positive, default=AGENT.max_series, metavar="N",
                        help="at most N edge series in /metrics; the rest are folded into "
-                            "peer=\"__overflow__\" (default 5000)")
-    watch = sub.add_parser("watch", parents=[common],
-                           help="live: dependency edges, redrawn after every sample")
-    watch.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS",
-                       help="time between samples (default 2)")
-    watch.add_argument("--max-cpu", type=_fraction, default=0.5, metavar="FRACTION",
-                       help="CPU budget, a fraction of one core (default 0.5)")
-    watch.add_argument("--events", choices=("auto", "off"), default="auto",
-                       help="TCP destroy events between samples (needs CAP_NET_ADMIN and "
-                            "CAP_SYS_ADMIN)")
-    socks = sub.add_parser("sockets", parents=[common], help="one row per socket, like ss -tuanp for the node")
+                            f"peer=\"__overflow__\" (default {AGENT.max_series})")
+    _sampling_options(serve, AGENT.sampling)
+
+
+def _sockets_options(socks: argparse.ArgumentParser) -> None:
     socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
     for proto in ("tcp", "udp", "unix", "raw"):
         socks.add_argument(f"--{proto}", action="store_true", help=f"{proto} sockets (combinable)")
@@ -189,17 +173,85 @@ def build_parser() -> argparse.ArgumentParser:
     socks.add_argument("--port", type=_port, metavar="N", help="local or remote port N")
     socks.add_argument("--pid", type=_positive, metavar="N", help="sockets held by pid N")
     socks.add_argument("--netns", type=_positive, metavar="INODE", help="sockets of this namespace")
+
+
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    common = _common(env)
+    parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
+                     "its sockets, and the pids and users behind them.")
+    parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help_text)
+        return made
+
+    command("by-namespace", "every namespace: processes, listeners, connections").add_argument(
+        "--netns", type=_positive, metavar="INODE", help="only this namespace")
+    _history_options(command("by-user", "the dependency view: who talks to whom"), env,
+                     "from the agent's history (--db) instead of a live snapshot: edges seen "
+                     "in the last AGE (30m, 24h, 7d)")
+    _history_options(command("deps", "dependency edges: user/pod -> service, live or from "
+                                     "history"), env,
+                     "edges seen in the last AGE (30m, 24h, 7d); needs --db")
+    graph = command("graph", "the dependency map as Graphviz dot or Mermaid")
+    graph.add_argument("--format", choices=FORMATS, default="dot", help="default: dot")
+    _history_options(graph, env, "edges seen in the last AGE (30m, 24h, 7d); needs --db")
+    command("by-pod", "Kubernetes pods: containers, owners, listeners, dependencies").add_argument(
+        "--pod", metavar="NS/NAME|UID", help="only this pod")
+    _serve_options(command("serve", "the node agent: sample periodically, serve JSON over "
+                                     "HTTP"), env)
+    _sampling_options(command("watch", "live: dependency edges, redrawn after every sample"),
+                      WATCH_SAMPLING)
+    _sockets_options(command("sockets", "one row per socket, like ss -tuanp for the node"))
     return parser
 
 
-def _emit_json(doc: dict, out) -> None:
+# --------------------------------------------------------------------- options objects
+
+def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
+    from .services import load_services
+
+    return SnapshotOptions(proc=args.proc, source=args.source,
+                           sandbox_commands=tuple(args.sandbox_command or SNAPSHOT.sandbox_commands),
+                           enter_pinned=not args.no_enter, host_root=args.host_root,
+                           services=load_services(args.services))
+
+
+def output_options(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> OutputOptions:
+    # NO_COLOR beats even --color always here (the README's promise)
+    color = use_color(out, args.color, no_color=env.get("NO_COLOR"), term=env.get("TERM")) \
+        and not env.get("NO_COLOR")
+    return OutputOptions(json=args.json, ndjson=getattr(args, "ndjson", False), color=color,
+                         resolve=args.resolve, columns=forced_columns(env.get("COLUMNS")))
+
+
+def sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    return SamplingOptions(snapshot=snapshot_options(args), interval=args.interval,
+                           max_cpu=args.max_cpu, events=args.events != "off")
+
+
+def node_name(given: Optional[str], env: Mapping[str, str]) -> str:
+    return given or env.get("NODE_NAME") or socket.gethostname()
+
+
+def agent_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOptions:
+    return AgentOptions(sampling=sampling_options(args), node=node_name(args.node_name, env),
+                        listen=args.listen, expose_cmdlines=args.expose_cmdlines, db=args.db,
+                        retention=args.retention, max_series=args.max_series)
+
+
+# ---------------------------------------------------------------------------- commands
+
+def _emit_json(doc: dict, out: TextIO) -> None:
     # One line, no indent: only then does json use its C encoder (3x faster on a busy node;
     # pipe through `jq .` to read it). ASCII: no raw control bytes reach a terminal.
     out.write(json.dumps(doc, ensure_ascii=True))
     out.write("\n")
 
 
-def _emit_ndjson(doc: dict, out) -> None:
+def _emit_ndjson(doc: dict, out: TextIO) -> None:
     for ns in doc["namespaces"]:
         out.write(json.dumps({"schema": doc["schema"], "type": "namespace", **ns}) + "\n")
     for sock in doc["sockets"]:
@@ -207,44 +259,60 @@ def _emit_ndjson(doc: dict, out) -> None:
     out.write(json.dumps({"schema": doc["schema"], "type": "stats", "stats": doc["stats"]}) + "\n")
 
 
-def run(args: argparse.Namespace, out, err) -> int:
-    from .snapshot import take_snapshot   # late: `--help` must work without /proc
+def _only_uid(args: argparse.Namespace) -> Optional[int]:
+    from .ownership import resolve_user
 
-    only_uid: Optional[int] = None
-    if getattr(args, "user", None) is not None:
-        try:
-            only_uid = views.resolve_user(args.user)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    services = load_services(args.services)
+    if getattr(args, "user", None) is None:
+        return None
+    try:
+        return resolve_user(args.user)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _since(args: argparse.Namespace) -> Optional[float]:
+    if getattr(args, "since", None) is None:
+        return None
+    from .agent.store import parse_since
+
+    try:
+        since = parse_since(args.since)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.db:
+        raise UsageError("--since reads the agent's history: give --db PATH (or set NSNET_DB)")
+    return since
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO,
+        env: Mapping[str, str] = os.environ) -> int:
+    only_uid = _only_uid(args)
     if args.command == "serve":
-        from .serve import serve
-        return serve(args, services, err)
+        from .agent.serve import serve
+        return serve(agent_options(args, env), err)
     if args.command == "watch":
-        from .watch import watch
-        return watch(args, services, out, err)
-    since: Optional[float] = None
-    if getattr(args, "since", None) is not None:
-        try:
-            since = parse_since(args.since)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if not args.db:
-            raise UsageError("--since reads the agent's history: give --db PATH "
-                             "(or set NSNET_DB)")
+        from .agent.watch import watch
+        return watch(WatchOptions(sampling_options(args), node_name(None, env),
+                                  output_options(args, out, env)), out, err)
+    since = _since(args)
     if args.command in ("deps", "graph") or (args.command == "by-user" and args.db
                                              and since is not None):
-        if args.db:
-            doc = _history(args.db, since, only_uid, services)
-        else:
-            doc = _live_edges(args, services, only_uid, err)
-        return _print_edges(args, doc, out)
-    snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
-                         enter_pinned=not args.no_enter, source=args.source,
-                         host_root=args.host_root)
-    snap.services = services
-    for line in snap.stats.warnings():
+        return _edges_command(args, out, err, env, since, only_uid)
+    return _snapshot_command(args, out, err, env, only_uid)
+
+
+def _warn(err: TextIO, lines: list[str]) -> None:
+    for line in lines:
         err.write(f"nsnet: warning: {printable(line)}\n")
+
+
+def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
+                      env: Mapping[str, str], only_uid: Optional[int]) -> int:
+    from .snapshot import take_snapshot   # late: `--help` must work without /proc
+
+    output = output_options(args, out, env)
+    snap = take_snapshot(snapshot_options(args))
+    _warn(err, snap.stats.warnings())
     if args.command == "sockets":
         protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
         keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid, args.netns)
@@ -261,13 +329,12 @@ def run(args: argparse.Namespace, out, err) -> int:
         doc = views.by_pod_view(snap, only_pod)
     else:
         doc = views.by_user_view(snap, only_uid)
-    if getattr(args, "ndjson", False):
+    if output.ndjson:
         _emit_ndjson(doc, out)
-    elif args.json:
+    elif output.json:
         _emit_json(doc, out)
     else:
-        color = use_color(out, args.color) and not os.environ.get("NO_COLOR")
-        r = report.Renderer(terminal_width(out), color, args.resolve)
+        r = report.Renderer(terminal_width(out, output.columns), output.color, output.resolve)
         render = {"sockets": report.render_sockets, "by-namespace": report.render_by_namespace,
                   "by-user": report.render_by_user, "by-pod": report.render_by_pod}[args.command]
         text = render(doc, r)
@@ -275,7 +342,21 @@ def run(args: argparse.Namespace, out, err) -> int:
     return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR
 
 
+def _edges_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapping[str, str],
+                   since: Optional[float], only_uid: Optional[int]) -> int:
+    from .services import load_services
+
+    if args.db:
+        doc = _history(args.db, since, only_uid, load_services(args.services))
+    else:
+        doc = _live_edges(snapshot_options(args), node_name(None, env), only_uid, err)
+    return _print_edges(args, output_options(args, out, env), doc, out)
+
+
 def _history(db: str, since: Optional[float], uid: Optional[int], services) -> dict:
+    from .agent.history import deps_view, rows_from_store
+    from .agent.store import Store
+
     store = Store(db, readonly=True)
     try:
         rows = rows_from_store(store.edges(since=since, uid=uid))
@@ -284,34 +365,35 @@ def _history(db: str, since: Optional[float], uid: Optional[int], services) -> d
     return deps_view(rows, services, since, f"history {db}")
 
 
-def _live_edges(args, services, uid: Optional[int], err) -> dict:
+def _live_edges(options: SnapshotOptions, node: str, uid: Optional[int], err: TextIO) -> dict:
+    from .agent.edges import EdgeState, observe
+    from .agent.history import deps_view
     from .snapshot import take_snapshot
 
-    snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
-                         enter_pinned=not args.no_enter, source=args.source,
-                         host_root=args.host_root)
-    for line in snap.stats.warnings():
-        err.write(f"nsnet: warning: {printable(line)}\n")
+    snap = take_snapshot(options)
+    _warn(err, snap.stats.warnings())
     now = round(time.time(), 3)
-    rows = [(node_name(None), key, EdgeState(now, now, 1, count, count))
+    rows = [(node, key, EdgeState(now, now, 1, count, count))
             for key, count in observe(snap).items() if uid is None or key.uid == uid]
-    return deps_view(rows, services, None, "snapshot")
+    return deps_view(rows, options.services, None, "snapshot")
 
 
-def _print_edges(args, doc: dict, out) -> int:
+def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out: TextIO) -> int:
+    from .agent.history import by_user_history
+    from .graph import render as render_graph
+
     if args.command == "graph":
         out.write(render_graph(doc["edges"], args.format))
     elif args.command == "by-user":
         doc = by_user_history(doc)
-        if args.json:
+        if output.json:
             _emit_json(doc, out)
         else:
             out.write(report.render_by_user_history(doc) + "\n")
-    elif args.json:
+    elif output.json:
         _emit_json(doc, out)
     else:
-        color = use_color(out, args.color) and not os.environ.get("NO_COLOR")
-        r = report.Renderer(terminal_width(out), color, args.resolve)
+        r = report.Renderer(terminal_width(out, output.columns), output.color, output.resolve)
         text = report.render_deps(doc, r)
         out.write(text + ("\n" if text else ""))
     return EXIT_OK
@@ -322,12 +404,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return run(args, out, err)
-    except UsageError as exc:
+    except NsnetError as exc:   # UsageError included: its exit_code is 2
         err.write(f"nsnet: error: {printable(str(exc))}\n")
-        return EXIT_USAGE
-    except NsnetError as exc:
-        err.write(f"nsnet: error: {printable(str(exc))}\n")
-        return EXIT_ERROR
+        return exc.exit_code
     except BrokenPipeError:
         # the reader went away (| head): not an error; silence the flush at exit
         devnull = os.open(os.devnull, os.O_WRONLY)

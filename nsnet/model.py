@@ -1,15 +1,114 @@
-"""The snapshot's data model: plain dataclasses, no I/O.
+"""The snapshot's data model: plain dataclasses, no I/O. The bottom of the pipeline:
+this module imports nothing of nsnet's.
 
 Sockets are keyed by (namespace, socket inode), never by their 4-tuple: the same
-4-tuple (127.0.0.1:80 ...) exists in every pod.
+4-tuple (127.0.0.1:80 ...) exists in every pod. A namespace is keyed by a string built and
+read only here (netns_key, procnet_key, key_inode): "net:[<inode>]", the text the kernel
+shows for /proc/<pid>/ns/net, or "procnet:<n>" when the inode could not be read.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
-from .cgroup import ContainerIdentity
-from .services import EMPTY as NO_SERVICES, ServiceMap
+# ----------------------------------------------------------------------- namespace keys
+
+_NETNS_PREFIX = "net:["
+_PROCNET_PREFIX = "procnet:"
+_keys: dict[int, str] = {}
+_KEY_CACHE_MAX = 1 << 16
+
+
+def netns_key(inode: int) -> str:
+    """The key of the namespace whose nsfs inode is `inode` (as readlink of ns/net shows it).
+    Cached: the pidfd source asks once per socket."""
+    key = _keys.get(inode)
+    if key is None:
+        key = f"{_NETNS_PREFIX}{inode}]"
+        if len(_keys) < _KEY_CACHE_MAX:
+            _keys[inode] = key
+    return key
+
+
+def procnet_key(ident: int) -> str:
+    """The stand-in key of a namespace whose inode is unreadable (no CAP_SYS_PTRACE): the
+    inode of its /proc/<pid>/net/dev entry, which is per namespace and readable by anyone."""
+    return f"{_PROCNET_PREFIX}{ident}"
+
+
+def key_inode(key: str) -> Optional[int]:
+    """The nsfs inode a key names; None for a stand-in (procnet:) key."""
+    if key.startswith(_NETNS_PREFIX) and key.endswith("]"):
+        return int(key[len(_NETNS_PREFIX):-1])
+    return None
+
+
+def is_stand_in(key: str) -> bool:
+    return key.startswith(_PROCNET_PREFIX)
+
+
+# ------------------------------------------------------------------ container identity
+
+@dataclass(frozen=True, slots=True)
+class ContainerIdentity:
+    """What /proc/<pid>/cgroup says about a process (nsnet.cgroup parses it)."""
+    runtime: Optional[str]       # docker, containerd, cri-o, podman; None: the layout does not say
+    container_id: Optional[str]  # 64 lower-case hex; None for a pod-level cgroup or a conmon
+    pod_uid: Optional[str]       # dashed UUID, or the 32-hex uid of a static pod
+    qos: Optional[str]           # guaranteed, burstable, besteffort (kubelet pods only)
+    path: str                    # the cgroup path it came from
+
+
+# --------------------------------------------------------------------- service names
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One `match` entry of the operator's services file (nsnet.services parses it)."""
+    name: str
+    network: Network
+    port: Optional[int]
+
+
+class ServiceMap:
+    """The operator's names for endpoints: the most specific rule wins (longest prefix, then
+    a rule with a port over one without; the file's order breaks ties)."""
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = sorted(rules, key=lambda r: (-r.network.prefixlen, r.port is None))
+        self._cache: dict[tuple[str, Optional[int]], Optional[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def name(self, addr: str, port: Optional[int]) -> Optional[str]:
+        key = (addr, port)
+        if key in self._cache:
+            return self._cache[key]
+        found = None
+        try:
+            ip: Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]] = \
+                ipaddress.ip_address(addr)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            for rule in self.rules:
+                if ip.version == rule.network.version and ip in rule.network \
+                        and (rule.port is None or rule.port == port):
+                    found = rule.name
+                    break
+        if len(self._cache) < 65536:
+            self._cache[key] = found
+        return found
+
+
+NO_SERVICES = ServiceMap([])
+
+
+# ----------------------------------------------------------------------------- the model
 
 
 @dataclass(slots=True)
@@ -176,5 +275,5 @@ class Snapshot:
     containers: dict[str, Container] = field(default_factory=dict)
     # pods whose own (non-host) namespace this is: unheld sockets there belong to them
     pods_of_netns: dict[str, list[str]] = field(default_factory=dict)
-    # the operator's names for endpoints (--services), attached by the caller for the views
+    # the operator's names for endpoints (SnapshotOptions.services), given when it is taken
     services: ServiceMap = NO_SERVICES

@@ -1,52 +1,28 @@
 """The I/O boundary over procfs.
 
 OS errors are translated here, once, into what they mean for a walker (after psutil's
-wrap_exceptions): ENOENT/ESRCH -> the process is gone, EACCES/EPERM -> not allowed.
-Everything is read relative to a directory fd of /proc/<pid>, which stays bound to that
-process: if the pid is reused meanwhile, reads through the old fd fail instead of
-silently describing the new process.
+wrap_exceptions): ENOENT/ESRCH -> ProcessGone, EACCES/EPERM -> AccessDenied, anything else
+-> ProcError; every function below raises only those (with the OSError chained), so callers
+never look at an errno. Everything is read relative to a directory fd of /proc/<pid>, which
+stays bound to that process: if the pid is reused meanwhile, reads through the old fd fail
+instead of silently describing the new process.
+
+psutil (a dependency named by the design card) is used here and nowhere else: once per
+snapshot, for the boot time of the procfs being read.
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import Optional
 
-_GONE = {errno.ENOENT, errno.ESRCH}
-_DENIED = {errno.EACCES, errno.EPERM}
+from .errors import NotProcfs, translate
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _READ_CHUNK = 1 << 16   # below malloc's mmap threshold: no mmap/munmap per read
 
 PF_KTHREAD = 0x00200000
-
-
-class NsnetError(Exception):
-    """An error the user must see, as one line."""
-
-
-class NotProcfs(NsnetError):
-    pass
-
-
-class ProcError(Exception):
-    pass
-
-
-class ProcessGone(ProcError):
-    pass
-
-
-class AccessDenied(ProcError):
-    pass
-
-
-def translate(exc: OSError) -> ProcError:
-    if exc.errno in _GONE:
-        return ProcessGone(str(exc))
-    if exc.errno in _DENIED:
-        return AccessDenied(str(exc))
-    return ProcError(str(exc))   # EIO, ELOOP ...: treated like a failed read by callers
-
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def check_procfs(proc: str) -> None:
@@ -54,7 +30,7 @@ def check_procfs(proc: str) -> None:
     try:
         root = os.stat(proc)
     except OSError as exc:
-        raise NotProcfs(f"--proc {proc}: {exc.strerror}") from None
+        raise NotProcfs(f"--proc {proc}: {exc.strerror}") from exc
     # The procfs root is always inode 1 (PROC_ROOT_INO) and has a 'stat' starting "cpu".
     head = b""
     try:
@@ -70,21 +46,28 @@ def list_pids(proc: str) -> list[int]:
     try:
         names = os.listdir(proc)
     except OSError as exc:
-        raise NotProcfs(f"cannot list {proc}: {exc.strerror}") from None
+        raise NotProcfs(f"cannot list {proc}: {exc.strerror}") from exc
     return sorted(int(n) for n in names if n.isdigit())
 
 
 def read_fd(fd: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, _READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    """Everything an open /proc file has to say. A seq_file answers in pieces, so read to EOF."""
+    chunks: list[bytes] = []
+    try:
+        while True:
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError as exc:
+        raise translate(exc) from exc
 
 
 def read_at(dirfd: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dirfd)
+    except OSError as exc:
+        raise translate(exc) from exc
     try:
         return read_fd(fd)
     finally:
@@ -92,12 +75,42 @@ def read_at(dirfd: int, name: str) -> bytes:
 
 
 def open_dir(path: str, dir_fd: Optional[int] = None) -> int:
-    return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise translate(exc) from exc
+
+
+def close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+
+
+def open_files_at(dirfd: int, prefix: str, names: tuple[str, ...],
+                  optional: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Open several files under one directory fd: name -> fd. A missing file whose name is in
+    `optional` is skipped (e.g. net/tcp6 on a kernel without IPv6); any other failure closes
+    what was opened and raises."""
+    fds: dict[str, int] = {}
+    try:
+        for name in names:
+            try:
+                fds[name] = os.open(f"{prefix}{name}", _FILE_FLAGS, dir_fd=dirfd)
+            except FileNotFoundError:
+                if name not in optional:
+                    raise
+    except OSError as exc:
+        close_all(fds)
+        raise translate(exc) from exc
+    return fds
 
 
 def ns_inode(dirfd: int, kind: str = "net") -> int:
     """The nsfs inode of a task's namespace (stat follows the ns link; needs ptrace-read)."""
-    return os.stat(f"ns/{kind}", dir_fd=dirfd).st_ino
+    try:
+        return os.stat(f"ns/{kind}", dir_fd=dirfd).st_ino
+    except OSError as exc:
+        raise translate(exc) from exc
 
 
 def procnet_id(dirfd: int) -> int:
@@ -106,53 +119,56 @@ def procnet_id(dirfd: int) -> int:
     /proc/<pid>/net/* entries are the namespace's own proc entries, so their inode numbers
     are per namespace and readable by anyone, where ns/net needs CAP_SYS_PTRACE.
     """
-    return os.stat("net/dev", dir_fd=dirfd).st_ino
+    try:
+        return os.stat("net/dev", dir_fd=dirfd).st_ino
+    except OSError as exc:
+        raise translate(exc) from exc
+
+
+def listdir_at(dirfd: int, name: str) -> list[str]:
+    fd = open_dir(name, dirfd)
+    try:
+        return os.listdir(fd)
+    except OSError as exc:
+        raise translate(exc) from exc
+    finally:
+        os.close(fd)
 
 
 def socket_fds(dirfd: int) -> tuple[dict[int, int], int]:
     """fd -> socket inode for one task dir, and the count of fds that closed meanwhile.
 
-    Raises OSError for the fd directory itself (translated by the caller).
+    Raises ProcessGone / AccessDenied / ProcError for the fd directory itself.
     """
-    fddir = os.open("fd", _DIR_FLAGS, dir_fd=dirfd)
+    fddir = open_dir("fd", dirfd)
     found: dict[int, int] = {}
     vanished = 0
     try:
         readlink = os.readlink
+        # The hot loop of the walk (one readlink per fd of every process): no call per fd
+        # but the syscall itself.
         for name in os.listdir(fddir):
             try:
                 target = readlink(name, dir_fd=fddir)
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    vanished += 1
-                    continue
-                raise
+            except (FileNotFoundError, ProcessLookupError):   # closed since the listing
+                vanished += 1
+                continue
             if target.startswith("socket:["):
                 found[int(name)] = int(target[8:-1])
+    except OSError as exc:
+        raise translate(exc) from exc
     finally:
         os.close(fddir)
     return found, vanished
 
 
-def parse_stat(data: bytes) -> tuple[str, int, int, int, int]:
-    """comm, ppid, flags, num_threads, starttime (clock ticks after boot) from /proc/<pid>/stat.
-
-    comm may itself contain ') ', so the fields start after the last ')'.
-    """
-    open_ = data.index(b"(")
-    close = data.rindex(b")")
-    comm = data[open_ + 1:close].decode("utf-8", "surrogateescape")
-    fields = data[close + 2:].split()
-    return comm, int(fields[1]), int(fields[6]), int(fields[17]), int(fields[19])
-
-
-def parse_status_euid(data: bytes) -> int:
-    start = data.index(b"\nUid:")
-    return int(data[start + 5:data.index(b"\n", start + 5)].split()[1])
-
-
-CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 12, 19, 21
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+def read_text(path: str) -> bytes:
+    """A whole file by path (mountinfo, cgroup of our own process ...)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise translate(exc) from exc
 
 
 def boot_time(proc: str) -> Optional[float]:
@@ -163,30 +179,8 @@ def boot_time(proc: str) -> Optional[float]:
     saved = psutil.PROCFS_PATH
     psutil.PROCFS_PATH = proc
     try:
-        return psutil.boot_time()
+        return float(psutil.boot_time())
     except (OSError, RuntimeError, ValueError):
         return None
     finally:
         psutil.PROCFS_PATH = saved
-
-
-def own_capabilities() -> int:
-    """Our effective capability mask (CapEff), 0 when unknown."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def has_capability(mask: int, cap: int) -> bool:
-    return bool(mask >> cap & 1)
-
-
-def parse_cmdline(data: bytes) -> list[str]:
-    if not data:
-        return []
-    return [a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0")]

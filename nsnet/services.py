@@ -20,23 +20,13 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
-from .procfs import NsnetError
+from .errors import ServiceConfigError
+from .model import NO_SERVICES, Network, Rule, ServiceMap
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-
-
-class ServiceConfigError(NsnetError):
-    """A bad services file: the message is one line naming the file and the entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    name: str
-    network: Network
-    port: Optional[int]
+__all__ = ["NO_SERVICES", "ServiceConfigError", "ServiceMap", "load_services", "parse_match",
+           "parse_services"]
 
 
 def parse_match(text: str) -> tuple[Network, Optional[int]]:
@@ -65,38 +55,6 @@ def _port(text: str, whole: str) -> int:
     if not text.isdigit() or not 0 < int(text) <= 65535:
         raise ValueError(f"bad port in {whole!r}")
     return int(text)
-
-
-class ServiceMap:
-    def __init__(self, rules: list[Rule]):
-        # most specific first; stable on ties, so the file's order breaks them
-        self.rules = sorted(rules, key=lambda r: (-r.network.prefixlen, r.port is None))
-        self._cache: dict[tuple[str, Optional[int]], Optional[str]] = {}
-
-    def __len__(self) -> int:
-        return len(self.rules)
-
-    def name(self, addr: str, port: Optional[int]) -> Optional[str]:
-        key = (addr, port)
-        if key in self._cache:
-            return self._cache[key]
-        found = None
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            ip = None
-        if ip is not None:
-            for rule in self.rules:
-                if ip.version == rule.network.version and ip in rule.network \
-                        and (rule.port is None or rule.port == port):
-                    found = rule.name
-                    break
-        if len(self._cache) < 65536:
-            self._cache[key] = found
-        return found
-
-
-EMPTY = ServiceMap([])
 
 
 def parse_services(text: str, origin: str = "services file") -> ServiceMap:
@@ -135,13 +93,13 @@ def parse_services(text: str, origin: str = "services file") -> ServiceMap:
 
 def load_services(path: Optional[str]) -> ServiceMap:
     if not path:
-        return EMPTY
+        return NO_SERVICES
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise ServiceConfigError(f"cannot read services file {path}: "
-                                 f"{(exc.strerror or str(exc)).lower()}") from None
+                                 f"{(exc.strerror or str(exc)).lower()}") from exc
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,23 +1,20 @@
-"""Read every socket of one network namespace through NETLINK_SOCK_DIAG.
+"""The NETLINK_SOCK_DIAG codec: dump requests built, replies decoded. Pure, on bytes.
 
-A sock_diag netlink socket answers for the namespace it was created in, whichever thread
-later uses it: create it with open_diag_socket() after setns (pinned.run_in_namespace), then
-dump_namespace() from anywhere, as often as needed. The result is the same Socket objects
-nsnet.netparse builds from /proc/<pid>/net/* for that namespace (netns and pids left empty),
-without the host-wide text formatting: uid and inode come straight from inet_diag_msg.
+The replies become the same Socket objects nsnet.netparse builds from /proc/<pid>/net/* for a
+namespace (netns and pids left empty), without the host-wide text formatting: uid and inode
+come straight from inet_diag_msg. The I/O (a sock_diag socket made inside each namespace, the
+dumps) is the netlink source's (nsnet/sources/netlink.py); the agent's destroy events decode
+their messages here too. Tested on captured replies: a malformed or truncated reply is counted,
+never raised.
 
-The codec (build_*_request, parse_dump) is pure and works on bytes, so it is tested on
-captured replies; dump_namespace() is the only I/O. A malformed or truncated reply is
-counted, never raised; I/O errors (send/recv, the 5 s receive timeout) are raised as OSError.
-
-Where sock_diag and /proc disagree, for reasons in the kernel, not here (tests/test_sockdiag.py
-proves each on a live namespace):
+Where sock_diag and /proc disagree, for reasons in the kernel, not here (the kernel tests of
+the netlink source prove each on a live namespace):
   * unix_diag skips sockets without an inode: the server half of a unix connection that is
     not accepted yet (/proc/net/unix lists it with inode 0 and the listener's path).
   * a TCP request socket (SYN_RECV, e.g. under TCP_DEFER_ACCEPT) has uid 0 in sock_diag;
     /proc/net/tcp prints its listener's uid.
   * raw sockets need raw_diag (CONFIG_INET_RAW_DIAG); without it the kernel ends the dump
-    with ENOENT (in NLMSG_DONE), which dump_namespace reports in `errors` and goes on.
+    with ENOENT (in NLMSG_DONE), which the dump reports in its errors and goes on.
   * TCP sockets bound but neither listening nor connecting are in no /proc table; sock_diag
     lists them (Linux >= 6.5) only when TCPF_BOUND_INACTIVE is asked for, which ALL leaves
     out (asking walks the whole bind hash). The kernel then reports their sk_state, CLOSE.
@@ -25,13 +22,10 @@ proves each on a live namespace):
 from __future__ import annotations
 
 import errno as _errno
-import itertools
-import os
 import socket
 import struct
-import threading
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 from .model import Socket
 from .netparse import DGRAM_STATES, TCP_STATES, UNIX_TYPES
@@ -58,8 +52,6 @@ UNHELD = TCPF["TIME_WAIT"] | TCPF["SYN_RECV"] | TCPF["NEW_SYN_RECV"]
 ANY_STATE = 0xFFFFFFFF          # UDP, raw and unix requests
 PROTOS = ("tcp", "udp", "raw", "unix")
 
-RECV_BUFFER = 1 << 20           # the kernel sends at most ~32 KiB per datagram of a dump
-RECV_TIMEOUT = 5.0              # seconds; SO_RCVTIMEO, so blocking recv() without Python's poll
 
 _NLMSGHDR = struct.Struct("=IHHII")                    # len, type, flags, seq, pid
 _INET_REQ = struct.Struct("=IHHII BBBBI 48x")          # nlmsghdr + inet_diag_req_v2
@@ -80,15 +72,6 @@ _ERRNO = struct.Struct("=i")
 _UNIX_SK_STATES = {10: "LISTEN", 1: "ESTABLISHED", 7: "UNCONN"}
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"   # shown as IPv4, as netparse.decode_address does
 
-_seq = itertools.count(1)
-_local = threading.local()
-
-
-@dataclass(slots=True)
-class DiagResult:
-    sockets: list[Socket] = field(default_factory=list)
-    malformed: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -102,10 +85,6 @@ class ParsedDump:
     stale: int = 0              # messages of another request (an abandoned dump)
     stale_done: bool = False    # ... and that dump ended
     busy_retries: int = 0       # sent again after EBUSY (an abandoned dump was read out)
-
-
-def _next_seq() -> int:
-    return next(_seq) % 0xFFFFFFFF + 1      # 1 .. 2**32-1
 
 
 # ----------------------------------------------------------------------------- requests
@@ -311,171 +290,3 @@ def parse_dump(data: bytes, proto: str, seq: Optional[int] = None) -> ParsedDump
     # Concatenated datagrams frame like one: each ends where the next header starts.
     parse_into(view, len(view), proto, seq, res)
     return res
-
-
-# ---------------------------------------------------------------------------------- I/O
-
-def open_diag_socket() -> socket.socket:
-    """A NETLINK_SOCK_DIAG socket in the calling thread's network namespace (it keeps
-    answering for that namespace whichever thread or namespace uses it later)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                         NETLINK_SOCK_DIAG)
-    try:
-        seconds = int(RECV_TIMEOUT)
-        micros = int((RECV_TIMEOUT - seconds) * 1e6)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", seconds, micros))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _buffer() -> tuple[bytearray, memoryview]:
-    pair = getattr(_local, "buf", None)
-    if pair is None:
-        buf = bytearray(RECV_BUFFER)
-        pair = _local.buf = (buf, memoryview(buf))
-    return pair
-
-
-def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str) -> ParsedDump:
-    """Send one dump request and read its replies to the end.
-
-    If an earlier dump on this socket was abandoned half way (an exception between recv
-    calls), the kernel refuses a new one with EBUSY until the old one is read out: its
-    messages are skipped (stale) and the request is sent again once.
-    """
-    buf, view = _buffer()
-    size = len(buf)
-    res = ParsedDump()
-    sock.send(request)
-    retried = False
-    while True:
-        n = sock.recv_into(buf, size, socket.MSG_TRUNC)
-        if n > size:            # cannot happen with 1 MiB buffers; never parse a cut datagram
-            res.malformed += 1
-            continue
-        parse_into(view, n, proto, seq, res)
-        if res.done:
-            if res.error == _errno.EBUSY and not retried:
-                retried = True
-                res.busy_retries += 1
-                res.done, res.error = False, 0
-                while not res.stale_done:
-                    n = sock.recv_into(buf, size, socket.MSG_TRUNC)
-                    parse_into(view, min(n, size), proto, seq, res)
-                sock.send(request)
-                continue
-            return res
-
-
-def _describe(label: str, code: int) -> str:
-    name = _errno.errorcode.get(code, str(code))
-    text = f"{label}: sock_diag answered {name} ({os.strerror(code)})"
-    if code == _errno.ENOENT:
-        text += " -- no diag module for it in this kernel; those sockets are not listed"
-    return text
-
-
-# False once the kernel refused TCPDIAG_GETSOCK (kernels that dropped it answer
-# EINVAL/ENOENT/EOPNOTSUPP): from then on one inet_diag_req_v2 per family.
-_legacy_tcp: Optional[bool] = None
-_NO_LEGACY = (_errno.EINVAL, _errno.ENOENT, _errno.EOPNOTSUPP)
-
-
-def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
-                   protos: Iterable[str] = PROTOS, legacy_tcp: Optional[bool] = None
-                   ) -> DiagResult:
-    """Every socket of the namespace `sock` was created in, as netparse would list them.
-
-    tcp_states: a TCPF bitmask (ALL, UNHELD, or e.g. TCPF["TIME_WAIT"] | ...). protos: any of
-    tcp, udp, raw, unix. legacy_tcp: True forces one TCPDIAG_GETSOCK request for TCP over
-    both families, False one inet_diag_req_v2 per family; None (the default) uses
-    TCPDIAG_GETSOCK while the kernel accepts it: each TCP request walks the whole
-    established hash (shared by every namespace unless tcp_child_ehash_entries is set), so
-    one request instead of two saves one full walk, ~40% of an empty namespace's cost here.
-    """
-    global _legacy_tcp
-    protos = set(protos)
-    result = DiagResult()
-    sockets = result.sockets
-
-    def take(label: str, parsed: ParsedDump) -> int:
-        sockets.extend(parsed.sockets)
-        result.malformed += parsed.malformed
-        if parsed.interrupted:
-            result.errors.append(f"{label}: the kernel flagged the dump as interrupted")
-        if parsed.error:
-            result.errors.append(_describe(label, parsed.error))
-        return parsed.error
-
-    if "tcp" in protos and tcp_states:
-        per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
-        if not per_family:
-            seq = _next_seq()
-            parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq), seq, "tcp")
-            if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
-                _legacy_tcp, per_family = False, True
-            else:
-                take("tcp", parsed)
-        if per_family:
-            for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
-                seq = _next_seq()
-                take(label, run_dump(sock, build_inet_request(
-                    family, socket.IPPROTO_TCP, tcp_states, seq=seq), seq, "tcp"))
-    if "udp" in protos:
-        for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
-            seq = _next_seq()
-            take(label, run_dump(sock, build_inet_request(
-                family, socket.IPPROTO_UDP, ANY_STATE, seq=seq), seq, "udp"))
-    if "raw" in protos:
-        for family, label in ((socket.AF_INET, "raw"), (socket.AF_INET6, "raw6")):
-            seq = _next_seq()
-            parsed = run_dump(sock, build_inet_request(
-                family, socket.IPPROTO_RAW, ANY_STATE, seq=seq,
-                raw_protocol=socket.IPPROTO_RAW), seq, "raw")
-            if take(label, parsed) == _errno.ENOENT and family == socket.AF_INET:
-                break           # raw_diag serves both families: no need to ask again
-    if "unix" in protos:
-        seq = _next_seq()
-        take("unix", run_dump(sock, build_unix_request(ANY_STATE, seq=seq), seq, "unix"))
-    return result
-
-
-class DiagSockets:
-    """sock_diag sockets kept open across snapshots, one per namespace (agent mode).
-
-    A netlink socket stays bound to the namespace it was created in, so a sampler needs to
-    setns only once per namespace. A held socket also keeps its namespace alive (and its
-    inode from being reused): `prune` closes the sockets of namespaces a snapshot no longer
-    found, so a namespace that is gone is not kept alive by us.
-    """
-
-    def __init__(self) -> None:
-        self._socks: dict[int, socket.socket] = {}
-        self.created = 0     # sockets opened (setns calls), for tests and metrics
-
-    def get(self, inode: int) -> Optional[socket.socket]:
-        return self._socks.get(inode)
-
-    def put(self, inode: int, sock: socket.socket) -> None:
-        old = self._socks.pop(inode, None)
-        if old is not None and old is not sock:
-            old.close()
-        self._socks[inode] = sock
-        self.created += 1
-
-    def drop(self, inode: int) -> None:
-        sock = self._socks.pop(inode, None)
-        if sock is not None:
-            sock.close()
-
-    def prune(self, live: set[int]) -> None:
-        for inode in [i for i in self._socks if i not in live]:
-            self.drop(inode)
-
-    def __len__(self) -> int:
-        return len(self._socks)
-
-    def close(self) -> None:
-        self.prune(set())

@@ -39,7 +39,7 @@ from .sanitize import SafeText, printable
 
 __all__ = [
     "Column", "render_table", "display_width", "truncate", "paint", "heading",
-    "terminal_width", "use_color", "STYLES",
+    "terminal_width", "use_color", "forced_columns", "STYLES",
 ]
 
 ELLIPSIS = "…"
@@ -393,19 +393,26 @@ def _isatty(stream: Any) -> bool:
     return fd is not None and os.isatty(fd)
 
 
-def terminal_width(stream: TextIO) -> Optional[int]:
+def forced_columns(value: Optional[str]) -> Optional[int]:
+    """A width the user forces (the COLUMNS variable, which the CLI reads): a positive
+    integer, else None -- garbage is ignored, never fatal."""
+    if value and value.isascii() and value.isdigit() and int(value) > 0:  # isdigit() alone accepts "²"
+        return int(value)
+    return None
+
+
+def terminal_width(stream: TextIO, forced: Optional[int] = None) -> Optional[int]:
     """Columns of the terminal ``stream`` writes to, or None when it is not a terminal.
 
-    A positive integer in ``COLUMNS`` wins (users set it to force a width). Otherwise
-    the size of the stream's own fd is asked, not stdout's as ``shutil`` would; a
-    terminal that reports 0 columns (a fresh pty, a serial console) counts as 80.
+    ``forced`` (from ``COLUMNS``: users set it to force a width) wins. Otherwise the size of
+    the stream's own fd is asked, not stdout's as ``shutil`` would; a terminal that reports 0
+    columns (a fresh pty, a serial console) counts as 80.
     """
     fd = _fileno(stream)
     if fd is None or not os.isatty(fd):
         return None
-    env = os.environ.get("COLUMNS", "")
-    if env.isascii() and env.isdigit() and int(env) > 0:  # isdigit() alone accepts "²"
-        return int(env)
+    if forced is not None and forced > 0:
+        return forced
     try:
         columns = os.get_terminal_size(fd).columns
     except OSError:
@@ -413,13 +420,14 @@ def terminal_width(stream: TextIO) -> Optional[int]:
     return columns if columns > 0 else 80
 
 
-def use_color(stream: TextIO, mode: str = "auto") -> bool:
+def use_color(stream: TextIO, mode: str = "auto", *, no_color: Optional[str] = None,
+              term: Optional[str] = None) -> bool:
     """Whether to colour output written to ``stream``.
 
     ``never``: no. ``always``: yes, even with NO_COLOR set or when piped, because an
     explicit flag is the user's latest word. ``auto``: only when ``stream`` is a
-    terminal, ``NO_COLOR`` is unset or empty (https://no-color.org: any non-empty value
-    disables colour) and ``TERM`` is not ``dumb``.
+    terminal, ``no_color`` (the NO_COLOR variable) is unset or empty (https://no-color.org:
+    any non-empty value disables colour) and ``term`` (TERM) is not ``dumb``.
     """
     if mode == "never":
         return False
@@ -427,8 +435,8 @@ def use_color(stream: TextIO, mode: str = "auto") -> bool:
         return True
     if mode != "auto":
         raise ValueError(f"colour mode must be auto, always or never, not {mode!r}")
-    if os.environ.get("NO_COLOR"):
+    if no_color:
         return False
-    if os.environ.get("TERM") == "dumb":
+    if term == "dumb":
         return False
     return _isatty(stream)

@@ -1,51 +1,32 @@
-"""The JSON documents (schema "nsnet/1") built from a snapshot: sockets, by-namespace, by-user.
+"""The JSON documents (schema "nsnet/1") built from a snapshot: sockets, by-namespace,
+by-user, by-pod.
 
 Everything here is pure: it takes a Snapshot and returns plain dicts and lists, which the
-human renderer and the JSON printer both use, so the two never disagree.
+human renderer and the JSON printer both use, so the two never disagree. Who a socket belongs
+to is not decided here: nsnet.ownership says it, for every view, edge and metric alike.
 """
 from __future__ import annotations
 
-import pwd
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from . import SCHEMA
 from .model import Container, Namespace, Pod, Process, Snapshot, Socket
+from .ownership import (namespace_pods, peer_pods, pod_order, process_container, process_pod,
+                        resolve_user, socket_containers, socket_pods, socket_service,
+                        socket_users, user_name)
+
+__all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
+           "endpoint", "normalize_state", "resolve_pod", "resolve_user", "sockets_view"]
 
 STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "CLOSE",
                  "LISTENING": "LISTEN", "UNCONNECTED": "UNCONN"}
-NO_UID_STATES = ("TIME_WAIT", "NEW_SYN_RECV")   # mini-sockets: the kernel prints uid 0
-
-
-@lru_cache(maxsize=4096)
-def user_name(uid: Optional[int]) -> Optional[str]:
-    if uid is None:
-        return None
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return None
 
 
 def normalize_state(text: str) -> str:
     state = text.strip().upper().replace("-", "_")
     return STATE_ALIASES.get(state, state)
-
-
-def socket_users(sock: Socket, snap: Snapshot) -> list[int]:
-    """Holders' effective uids; with no holder, the table's uid column, except for
-    TIME_WAIT-like mini-sockets whose uid column is always 0: those go to the owners
-    of their namespace (none in the host's namespace)."""
-    if sock.pids:
-        return sorted({snap.processes[p].uid for p in sock.pids})
-    if sock.inode == 0 and sock.state in NO_UID_STATES:
-        # a pod's namespace has its tenant as owner; the host's has every system user and
-        # every hostNetwork pod's: there the user is unknown rather than everybody
-        ns = snap.namespaces.get(sock.netns_key)
-        return list(ns.owners) if ns and not ns.host else []
-    return [] if sock.uid is None else [sock.uid]
 
 
 def endpoint(addr: str, port: Optional[int]) -> str:
@@ -63,8 +44,8 @@ def container_ref(c: Container) -> dict:
 
 
 def process_doc(p: Process, snap: Snapshot) -> dict:
-    container = snap.containers.get(p.container_id) if p.container_id else None
-    pod = snap.pods.get(p.pod_uid) if p.pod_uid else None
+    container = process_container(p, snap)
+    pod = process_pod(p, snap)
     return {"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "user": user_name(p.uid),
             "comm": p.comm, "cmdline": list(p.cmdline), "netns": p.netns,
             "netns_key": p.netns_key, "sandbox": p.sandbox, "fds_readable": p.fds_readable,
@@ -75,12 +56,6 @@ def process_doc(p: Process, snap: Snapshot) -> dict:
             "pod": None if pod is None else {**pod_ref(pod), "qos": pod.qos}}
 
 
-def namespace_pods(ns: Namespace, snap: Snapshot) -> list[Pod]:
-    """Pods with a process in this namespace (for the host's: its hostNetwork pods)."""
-    uids = {snap.processes[p].pod_uid for p in ns.pids} - {None}
-    return [snap.pods[u] for u in sorted(uids, key=lambda u: _pod_order(snap.pods[u]))]
-
-
 def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
     return {"inode": ns.inode, "key": ns.key, "host": ns.host, "pinned": list(ns.pinned),
             "found_by": ns.found_by, "pids": list(ns.pids),
@@ -89,28 +64,6 @@ def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
             "owner_names": {str(u): user_name(u) for u in ns.owners},
             "pods": [pod_ref(pod) for pod in namespace_pods(ns, snap)],
             "read_via": ns.read_via, "tables_read": ns.tables_read, "error": ns.error}
-
-
-def _pod_order(pod: Pod) -> tuple:
-    return (pod.namespace is None, pod.namespace or "", pod.name or "", pod.uid)
-
-
-def socket_pods(s: Socket, snap: Snapshot) -> list[Pod]:
-    """The pods a socket belongs to: its holders' pods, and the pod whose own namespace it
-    lives in (which covers sockets no process holds, such as TIME_WAIT)."""
-    if not snap.pods:
-        return []
-    uids = set(snap.pods_of_netns.get(s.netns_key, ()))
-    for pid in s.pids:
-        uid = snap.processes[pid].pod_uid
-        if uid is not None:
-            uids.add(uid)
-    return sorted((snap.pods[u] for u in uids), key=_pod_order)
-
-
-def socket_containers(s: Socket, snap: Snapshot) -> list[Container]:
-    ids = {snap.processes[p].container_id for p in s.pids} - {None}
-    return [snap.containers[i] for i in sorted(ids)]
 
 
 def socket_doc(s: Socket, snap: Snapshot) -> dict:
@@ -124,16 +77,6 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
             "containers": [container_ref(c) for c in socket_containers(s, snap)],
             "service": socket_service(s, snap)}
-
-
-def socket_service(s: Socket, snap: Snapshot) -> Optional[str]:
-    """The operator's name for the service side: the peer of an outbound connection, our
-    own endpoint otherwise."""
-    if not snap.services or s.proto not in ("tcp", "udp"):
-        return None
-    if s.direction == "outbound":
-        return snap.services.name(s.remote_addr, s.remote_port)
-    return snap.services.name(s.local_addr, s.local_port)
 
 
 def stats_doc(snap: Snapshot) -> dict:
@@ -201,7 +144,7 @@ def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
     docs = []
     for pid in sorted(pids):
         p = snap.processes[pid]
-        container = snap.containers.get(p.container_id) if p.container_id else None
+        container = process_container(p, snap)
         docs.append({"pid": pid, "uid": p.uid, "comm": p.comm, "cmdline": list(p.cmdline),
                      "container": container.name if container else None})
     return docs
@@ -246,29 +189,18 @@ def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
         g["peer_users"].update(snap.processes[p].uid for p in s.peer_pids)
         if snap.pods:
             g["pods"].update(p.uid for p in socket_pods(s, snap))
-            g["peer_pods"].update(_peer_pods(s, snap))
+            g["peer_pods"].update(p.uid for p in peer_pods(s, snap))
     out = []
     for g in groups.values():
         for k in ("peer_netns", "netns", "pids", "users", "peer_users"):
             g[k] = sorted((v for v in g[k] if v is not None))
         for k in ("pods", "peer_pods"):
-            g[k] = [pod_ref(p) for p in sorted((snap.pods[u] for u in g[k]), key=_pod_order)]
+            g[k] = [pod_ref(p) for p in sorted((snap.pods[u] for u in g[k]), key=pod_order)]
         g["states"] = dict(sorted(g["states"].items()))
         out.append(g)
     out.sort(key=lambda g: (g["direction"], -g["count"], g["peer_addr"], g["peer_port"] or 0,
                             g["local_port"] or 0))
     return out
-
-
-def _peer_pods(s: Socket, snap: Snapshot) -> set[str]:
-    """Pods on the other end of a connection inside this node."""
-    uids = set(snap.pods_of_netns.get(f"net:[{s.peer_netns}]", ())) \
-        if s.peer_netns is not None else set()
-    for pid in s.peer_pids:
-        uid = snap.processes[pid].pod_uid
-        if uid is not None:
-            uids.add(uid)
-    return uids
 
 
 def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
@@ -301,16 +233,6 @@ def by_namespace_view(snap: Snapshot, only_netns: Optional[int] = None) -> dict:
             "stats": stats_doc(snap)}
 
 
-def resolve_user(text: str) -> int:
-    """A --user argument (name or uid) to a uid; ValueError when neither."""
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise ValueError(f"unknown user {text!r} (give a name from this system or a numeric uid)")
-
-
 def by_user_view(snap: Snapshot, only_uid: Optional[int] = None) -> dict:
     socks_of: dict[int, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
@@ -335,7 +257,7 @@ def by_user_view(snap: Snapshot, only_uid: Optional[int] = None) -> dict:
             "namespaces": [ns.inode for ns in owned.get(uid, [])],
             "namespace_keys": [ns.key for ns in owned.get(uid, [])],
             "processes": sorted(procs_of.get(uid, [])),
-            "pods": [pod_ref(pod) for pod in sorted(snap.pods.values(), key=_pod_order)
+            "pods": [pod_ref(pod) for pod in sorted(snap.pods.values(), key=pod_order)
                      if uid in pod.owners],
             "listening": [listener_doc(s, snap) for s in socks
                           if s.direction == "listening" and s.proto != "unix"],
@@ -364,7 +286,7 @@ def by_pod_view(snap: Snapshot, only: Optional[Pod] = None) -> dict:
         for pod in socket_pods(s, snap):
             socks_of[pod.uid].append(s)
     docs = []
-    for pod in sorted(snap.pods.values(), key=_pod_order):
+    for pod in sorted(snap.pods.values(), key=pod_order):
         if only is not None and pod is not only:
             continue
         socks = sorted(socks_of.get(pod.uid, []), key=_socket_order)

@@ -32,8 +32,8 @@ from typing import Optional
 import pytest
 
 from conftest import require_root
-from nsnet import borrow
-from nsnet.borrow import describe_process_sockets
+from nsnet.sources import pidfd as borrow
+from nsnet.sources.pidfd import describe_process_sockets
 from nsnet.netparse import NET_FILES, parse_net_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ for line in sys.stdin:
 DESCRIBER_SRC = r'''
 import json, os, resource, sys
 sys.path.insert(0, os.getcwd())
-from nsnet.borrow import describe_process_sockets
+from nsnet.sources.pidfd import describe_process_sockets
 
 pid, free = int(sys.argv[1]), int(sys.argv[3])
 fds = {int(k): v for k, v in json.loads(sys.argv[2]).items()}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from nsnet import events
-from nsnet.edges import EdgeKey, Memory, closed_edges
+from nsnet.agent import events
+from nsnet.agent.edges import EdgeKey, Memory, closed_edges
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_UID, CLIENT_UID = 10124, 10123

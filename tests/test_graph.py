@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from nsnet.edges import EdgeKey, EdgeState
+from nsnet.agent.edges import EdgeKey, EdgeState
 from nsnet.graph import render
-from nsnet.history import deps_view
+from nsnet.agent.history import deps_view
 from nsnet.services import parse_services
 
 SERVICES = parse_services('[[service]]\nname = "shared-db"\nmatch = ["10.0.0.5:3306"]\n')

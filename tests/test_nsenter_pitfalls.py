@@ -112,7 +112,8 @@ def test_snapshot_reads_pinned_namespace_and_comes_home(pinned_ns):
 def test_snapshot_from_a_thread_never_enters(pinned_ns):
     """From a non-main thread nsnet refuses to setns (the package would return it to the
     main thread's namespace): the namespace is reported, unread, with the reason."""
-    from nsnet import pinned
+    from nsnet import setns
+    from nsnet.errors import EnterError
     from nsnet.snapshot import take_snapshot
 
     result = {}
@@ -120,8 +121,8 @@ def test_snapshot_from_a_thread_never_enters(pinned_ns):
     def worker():
         result["home"] = _thread_netns()
         try:
-            pinned.open_tables_in(pinned_ns["path"], pinned_ns["inode"])
-        except pinned.EnterError as exc:
+            setns.run_in_namespace(pinned_ns["path"], pinned_ns["inode"], lambda: None)
+        except EnterError as exc:
             result["refused"] = str(exc)
         result["snap"] = take_snapshot()
         result["after"] = _thread_netns()

@@ -13,8 +13,10 @@ import time
 import uuid
 
 from conftest import require_root
-from nsnet import snapshot
-from nsnet.model import Stats
+from nsnet import snapshot, walk
+from nsnet.model import Namespace, Stats, netns_key
+from nsnet.sources import ReadContext
+from nsnet.sources.proc import ProcSource
 
 
 def _reaped_pid() -> int:
@@ -26,9 +28,9 @@ def _reaped_pid() -> int:
 
 
 def test_process_vanishing_between_listing_and_reading_is_counted(monkeypatch):
-    real_list = snapshot.list_pids
+    real_list = walk.list_pids
     dead = _reaped_pid()
-    monkeypatch.setattr(snapshot, "list_pids", lambda proc: sorted(real_list(proc) + [dead]))
+    monkeypatch.setattr(walk, "list_pids", lambda proc: sorted(real_list(proc) + [dead]))
     snap = snapshot.take_snapshot()
     assert dead not in snap.processes
     assert snap.stats.processes_vanished >= 1
@@ -48,18 +50,26 @@ def test_table_reader_that_vanished_or_moved_is_skipped():
         while os.stat(f"/proc/{member.pid}/ns/net").st_ino != inode:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        key = snapshot.ns_key(inode)
-        stats = Stats()
+        key = netns_key(inode)
         dead = _reaped_pid()
         elsewhere = os.getpid()   # alive, but in another namespace
-        tables, via = snapshot._read_tables_via_tasks(
-            "/proc", key, [str(dead), str(elsewhere), str(member.pid)], stats)
-        assert via == str(member.pid)
+
+        def read(pids: list[int]) -> tuple[Namespace, Stats, list]:
+            stats = Stats()
+            found = walk.Discovery("/proc")
+            ns = found.namespace(key)
+            ns.pids = pids
+            sockets = ProcSource().read_namespaces(ReadContext("/proc", stats, None, False),
+                                                   found, {key: ns})
+            return ns, stats, sockets
+
+        ns, stats, sockets = read([dead, elsewhere, member.pid])
+        assert ns.tables_read and ns.read_via == f"pid {member.pid}"
         assert stats.namespace_read_retries == 2
-        assert set(tables) >= {"tcp", "udp", "unix"}
-        tables, via = snapshot._read_tables_via_tasks("/proc", key, [str(dead), str(elsewhere)],
-                                                      Stats())
-        assert tables is None and via is None
+        assert all(s.netns == inode for s in sockets)
+        ns, stats, sockets = read([dead, elsewhere])
+        assert not ns.tables_read and ns.read_via is None and sockets == []
+        assert stats.namespaces_unread == 1 and "no task" in ns.error
     finally:
         member.kill()
         member.wait()

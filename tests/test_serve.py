@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nsnet.serve import without_cmdlines
+from nsnet.agent.serve import without_cmdlines
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -325,7 +325,7 @@ def burn(seconds: float) -> None:
 def test_pacer_spreads_work_to_the_budget_and_hurries_on_request():
     import threading
 
-    from nsnet.sampler import Pacer
+    from nsnet.agent.sampler import Pacer
 
     pacer = Pacer(max_cpu=0.5, within=10.0)
     burn(0.2)

@@ -40,6 +40,7 @@ if __name__ == "__main__":      # `python3 tests/test_sockdiag.py capture` from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nsnet import netparse, sockdiag  # noqa: E402
+from nsnet.sources import netlink  # noqa: E402
 from nsnet.sockdiag import (  # noqa: E402
     ALL, ANY_STATE as ANY, TCPF, TCPF_BOUND_INACTIVE, UNHELD, build_inet_request,
     build_tcp_legacy_request, build_unix_request, parse_dump, unix_name,
@@ -571,7 +572,7 @@ def live_namespace(build: bool = True):
     from conftest import require_root
 
     require_root("ip")
-    from nsnet.pinned import run_in_namespace
+    from nsnet.setns import run_in_namespace
     name = f"nsnt-diag-{secrets.token_hex(4)}"
     path = make_namespace(name)
     unix_dir = tempfile.mkdtemp(prefix="nsnt-diag-")
@@ -581,7 +582,7 @@ def live_namespace(build: bool = True):
         def inside():
             if build:
                 scenario.build()
-            opened.append(sockdiag.open_diag_socket())
+            opened.append(netlink.open_diag_socket())
             opened.append(_open_proc_fds())
         run_in_namespace(path, os.stat(path).st_ino, inside)
         yield Live(path, os.stat(path).st_ino, scenario, opened[0], opened[1])
@@ -606,7 +607,7 @@ def stable_compare(live: Live, **kwargs):
     """/proc, then sock_diag, then /proc again; retried while /proc changed in between."""
     for _ in range(5):
         before = live.proc()
-        result = sockdiag.dump_namespace(live.diag, **kwargs)
+        result = netlink.dump_namespace(live.diag, **kwargs)
         if live.proc() == before:
             return before, result
         time.sleep(0.05)
@@ -649,31 +650,31 @@ def test_dump_equals_proc(live: Live) -> None:
 
 
 def test_any_thread_reads_the_namespace_it_was_opened_in(live: Live) -> None:
-    here = rows(sockdiag.dump_namespace(live.diag).sockets)
+    here = rows(netlink.dump_namespace(live.diag).sockets)
     box = []
-    t = threading.Thread(target=lambda: box.append(sockdiag.dump_namespace(live.diag)))
+    t = threading.Thread(target=lambda: box.append(netlink.dump_namespace(live.diag)))
     t.start()
     t.join()
     assert rows(box[0].sockets) == here
     # a socket opened in our own namespace sees none of the scenario's sockets
-    with contextlib.closing(sockdiag.open_diag_socket()) as home:
-        mine = {s.inode for s in sockdiag.dump_namespace(home).sockets}
+    with contextlib.closing(netlink.open_diag_socket()) as home:
+        mine = {s.inode for s in netlink.dump_namespace(home).sockets}
     assert not mine & set(live.scenario.inodes.values())
 
 
 def test_tcp_state_filter(live: Live) -> None:
-    unheld = sockdiag.dump_namespace(live.diag, tcp_states=UNHELD, protos=("tcp",))
+    unheld = netlink.dump_namespace(live.diag, tcp_states=UNHELD, protos=("tcp",))
     assert sorted((s.state, s.local_port, s.remote_port, s.inode) for s in unheld.sockets) == [
         ("SYN_RECV", 7005, 40006, 0), ("TIME_WAIT", 40004, 7001, 0),
         ("TIME_WAIT", 40005, 7003, 0)]
-    listen = sockdiag.dump_namespace(live.diag, tcp_states=TCPF["LISTEN"], protos=("tcp",))
+    listen = netlink.dump_namespace(live.diag, tcp_states=TCPF["LISTEN"], protos=("tcp",))
     assert sorted(s.local_port for s in listen.sockets) == [7001, 7002, 7003, 7004, 7005]
     assert unheld.errors == listen.errors == []
 
 
 def test_legacy_request_equals_one_request_per_family(live: Live) -> None:
-    legacy = sockdiag.dump_namespace(live.diag, protos=("tcp",), legacy_tcp=True)
-    per_family = sockdiag.dump_namespace(live.diag, protos=("tcp",), legacy_tcp=False)
+    legacy = netlink.dump_namespace(live.diag, protos=("tcp",), legacy_tcp=True)
+    per_family = netlink.dump_namespace(live.diag, protos=("tcp",), legacy_tcp=False)
     assert legacy.errors == per_family.errors == []
     assert rows(legacy.sockets) == rows(per_family.sockets)
     assert len(legacy.sockets) == 20
@@ -684,13 +685,13 @@ def test_falls_back_when_the_kernel_refuses_the_legacy_request(live: Live, monke
     whose handler is gone: dump_namespace must then ask per family, and remember."""
     dccp = lambda states, *, seq: _patch(build_tcp_legacy_request(states, seq=seq), 4, "=H", 19)
     seq = 777
-    refused = sockdiag.run_dump(live.diag, dccp(ALL, seq=seq), seq, "tcp")
+    refused = netlink.run_dump(live.diag, dccp(ALL, seq=seq), seq, "tcp")
     assert refused.error in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP) and not refused.sockets
-    monkeypatch.setattr(sockdiag, "build_tcp_legacy_request", dccp)
-    monkeypatch.setattr(sockdiag, "_legacy_tcp", None)
-    result = sockdiag.dump_namespace(live.diag, protos=("tcp",))
-    assert sockdiag._legacy_tcp is False and result.errors == []
-    per_family = sockdiag.dump_namespace(live.diag, protos=("tcp",), legacy_tcp=False)
+    monkeypatch.setattr(netlink, "build_tcp_legacy_request", dccp)
+    monkeypatch.setattr(netlink, "_legacy_tcp", None)
+    result = netlink.dump_namespace(live.diag, protos=("tcp",))
+    assert netlink._legacy_tcp is False and result.errors == []
+    per_family = netlink.dump_namespace(live.diag, protos=("tcp",), legacy_tcp=False)
     assert rows(result.sockets) == rows(per_family.sockets) and len(result.sockets) == 20
 
 
@@ -698,8 +699,8 @@ def test_bound_inactive_only_on_request(live: Live) -> None:
     # asked for with TCPF_BOUND_INACTIVE, the kernel reports them with their sk_state, CLOSE
     bound = ("tcp", "inet", "CLOSE", "127.0.0.1", 7006, "0.0.0.0", 0,
              live.scenario.inodes["bound"], 0, None)
-    assert bound not in rows(sockdiag.dump_namespace(live.diag, protos=("tcp",)).sockets)
-    asked = sockdiag.dump_namespace(live.diag, protos=("tcp",),
+    assert bound not in rows(netlink.dump_namespace(live.diag, protos=("tcp",)).sockets)
+    asked = netlink.dump_namespace(live.diag, protos=("tcp",),
                                     tcp_states=ALL | TCPF_BOUND_INACTIVE)
     assert bound in rows(asked.sockets)
     assert all(r[6] != 7006 and r[4] != 7006 for r in live.proc())   # /proc never lists it
@@ -735,7 +736,7 @@ def test_many_sockets_multipart_and_an_abandoned_dump(fd_room) -> None:
                 u.bind(("::1" if v6 else "127.0.0.1", 20000 + i))
             for _ in range(PAIRS):
                 held.extend(socket.socketpair())
-        from nsnet.pinned import run_in_namespace
+        from nsnet.setns import run_in_namespace
         try:
             run_in_namespace(ns.path, ns.inode, create)
             # multi-part, counted by hand
@@ -755,7 +756,7 @@ def test_many_sockets_multipart_and_an_abandoned_dump(fd_room) -> None:
                 ns.diag.send(build_inet_request(socket.AF_INET, socket.IPPROTO_UDP, ANY, seq=seq))
                 assert not parse_dump(ns.diag.recv(1 << 20), "udp", seq).done
             abandon(4243)
-            parsed = sockdiag.run_dump(ns.diag, build_inet_request(
+            parsed = netlink.run_dump(ns.diag, build_inet_request(
                 socket.AF_INET6, socket.IPPROTO_UDP, ANY, seq=4244), 4244, "udp")
             assert parsed.busy_retries == 1 and parsed.stale > 100 and parsed.stale_done
             assert (parsed.error, parsed.malformed, len(parsed.sockets)) == (0, 0, V6_UDP)
@@ -775,7 +776,7 @@ def test_many_sockets_multipart_and_an_abandoned_dump(fd_room) -> None:
 
 def capture() -> None:
     """Rebuild tests/data/sockdiag_*.bin and sockdiag_capture.json (as root)."""
-    from nsnet.pinned import run_in_namespace
+    from nsnet.setns import run_in_namespace
 
     name = f"nsnt-diag-cap-{secrets.token_hex(3)}"
     path = make_namespace(name)
@@ -794,7 +795,7 @@ def capture() -> None:
     record = {"kernel": os.uname().release, "unix_dir": unix_dir, "seq": {}, "datagrams": {}}
     try:
         diag = run_in_namespace(path, os.stat(path).st_ino,
-                                lambda: (scenario.build(), sockdiag.open_diag_socket())[1])
+                                lambda: (scenario.build(), netlink.open_diag_socket())[1])
         with diag:
             for key, request in requests.items():
                 seq = NLMSGHDR.unpack_from(request)[3]

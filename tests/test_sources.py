@@ -113,27 +113,28 @@ def test_diag_sockets_are_kept_across_snapshots_and_pruned(node):
     import os
     import uuid
 
-    from nsnet.snapshot import take_snapshot
-    from nsnet.sockdiag import DiagSockets
+    from nsnet.options import SnapshotOptions
+    from nsnet.snapshot import Snapshotter
 
     name = f"nsnt-cache-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    cache = DiagSockets()
+    snapshotter = Snapshotter(SnapshotOptions(source="netlink"), keep=True)
     try:
         inode = os.stat(f"/run/netns/{name}").st_ino
-        first = take_snapshot(source="netlink", diag_sockets=cache)
+        first = snapshotter.take()
+        cache = snapshotter.source.cache
         opened = cache.created
         assert cache.get(inode) is not None and cache.get(node.truth.ns["A"].inode) is not None
-        second = take_snapshot(source="netlink", diag_sockets=cache)
+        second = snapshotter.take()
         assert cache.created == opened      # no setns, no new socket
         key = lambda snap: {(s.netns, s.inode, s.state) for s in snap.sockets
                             if s.netns in node.truth.netns_inodes() and s.state != "TIME_WAIT"}
         assert key(first) == key(second) and key(first)
         subprocess.run(["ip", "netns", "del", name], check=True)
-        take_snapshot(source="netlink", diag_sockets=cache)
+        snapshotter.take()
         assert cache.get(inode) is None
     finally:
-        cache.close()
+        snapshotter.close()
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from nsnet.edges import EdgeKey
-from nsnet.store import SampleRecord, Store, StoreError, parse_since
+from nsnet.agent.edges import EdgeKey
+from nsnet.agent.store import SampleRecord, Store, StoreError, parse_since
 
 REPO = Path(__file__).resolve().parent.parent
 DB_EDGE = EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306)
@@ -65,8 +65,8 @@ def test_reopen_and_readonly(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from collections import Counter
-    from nsnet.edges import EdgeKey
-    from nsnet.store import SampleRecord, Store
+    from nsnet.agent.edges import EdgeKey
+    from nsnet.agent.store import SampleRecord, Store
     store = Store(sys.argv[1])
     i = 0
     while True:

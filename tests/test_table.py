@@ -17,7 +17,7 @@ import pytest
 
 from nsnet.sanitize import join_cmdline
 from nsnet.table import (Column, display_width, heading, paint, render_table,
-                         terminal_width, truncate, use_color)
+                         forced_columns, terminal_width, truncate, use_color)
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,14 +76,6 @@ def pipe_out() -> Iterator[io.TextIOWrapper]:
     finally:
         stream.close()
         os.close(r)
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for var in ("NO_COLOR", "COLUMNS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("TERM", "xterm-256color")
-    return monkeypatch
 
 
 # ------------------------------------------------------------------------ widths
@@ -242,47 +234,41 @@ def test_empty_table_and_heading() -> None:
 
 # --------------------------------------------------------------- terminal detection
 
-def test_terminal_width_of_a_real_pty(pty_out, clean_env) -> None:
+def test_terminal_width_of_a_real_pty(pty_out) -> None:
     master, stream = pty_out
     set_winsize(master, 24, 37)
     assert terminal_width(stream) == 37
     set_winsize(master, 24, 0)          # a pty nobody sized yet
     assert terminal_width(stream) == 80
-    clean_env.setenv("COLUMNS", "55")
-    assert terminal_width(stream) == 55
+    assert terminal_width(stream, forced_columns("55")) == 55
     set_winsize(master, 24, 132)
-    for garbage in ("wide", "0", "-5", "²", ""):   # ignored, never fatal
-        clean_env.setenv("COLUMNS", garbage)
-        assert terminal_width(stream) == 132
+    for garbage in ("wide", "0", "-5", "²", "", None):   # ignored, never fatal
+        assert forced_columns(garbage) is None
+        assert terminal_width(stream, forced_columns(garbage)) == 132
 
 
-def test_terminal_width_not_a_tty(pipe_out, clean_env, tmp_path) -> None:
-    clean_env.setenv("COLUMNS", "55")   # COLUMNS must not make a pipe look like a terminal
-    assert terminal_width(pipe_out) is None
-    assert terminal_width(io.StringIO()) is None
+def test_terminal_width_not_a_tty(pipe_out, tmp_path) -> None:
+    forced = forced_columns("55")   # COLUMNS must not make a pipe look like a terminal
+    assert terminal_width(pipe_out, forced) is None
+    assert terminal_width(io.StringIO(), forced) is None
     with open(tmp_path / "f", "w") as f:
-        assert terminal_width(f) is None
+        assert terminal_width(f, forced) is None
     closed = open(tmp_path / "g", "w")
     closed.close()
-    assert terminal_width(closed) is None
+    assert terminal_width(closed, forced) is None
 
 
-def test_use_color_auto_on_a_real_pty(pty_out, clean_env) -> None:
+def test_use_color_auto_on_a_real_pty(pty_out) -> None:
     _, tty = pty_out
-    assert use_color(tty) is True
-    clean_env.setenv("NO_COLOR", "")    # empty means unset (no-color.org)
-    assert use_color(tty) is True
-    clean_env.setenv("NO_COLOR", "1")
-    assert use_color(tty) is False
-    assert use_color(tty, "always") is True   # an explicit flag beats NO_COLOR
-    clean_env.delenv("NO_COLOR")
-    clean_env.setenv("TERM", "dumb")
-    assert use_color(tty) is False
-    clean_env.setenv("TERM", "xterm")
-    assert use_color(tty, "never") is False
+    assert use_color(tty, term="xterm-256color") is True
+    assert use_color(tty, no_color="") is True     # empty means unset (no-color.org)
+    assert use_color(tty, no_color="1") is False
+    assert use_color(tty, "always", no_color="1") is True   # an explicit flag beats NO_COLOR
+    assert use_color(tty, term="dumb") is False
+    assert use_color(tty, "never", term="xterm") is False
 
 
-def test_use_color_when_piped(pipe_out, clean_env) -> None:
+def test_use_color_when_piped(pipe_out) -> None:
     assert use_color(pipe_out) is False
     assert use_color(io.StringIO()) is False
     assert use_color(pipe_out, "always") is True
@@ -291,7 +277,7 @@ def test_use_color_when_piped(pipe_out, clean_env) -> None:
 
 
 PROBE = ("import sys; from nsnet.table import terminal_width, use_color; "
-         "print(terminal_width(sys.stdout), use_color(sys.stdout))")
+         "print(terminal_width(sys.stdout), use_color(sys.stdout, term='xterm'))")
 
 
 def probe_env() -> dict[str, str]:

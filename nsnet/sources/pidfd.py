@@ -1,10 +1,13 @@
-"""Describe the sockets a process holds by asking each socket itself, never a table.
+"""The pidfd source: every held socket asked itself, never a table; then what no process holds.
 
 For every socket fd of a process: duplicate it into our fd table with pidfd_getfd(2)
 (Linux >= 5.6), ask the duplicate (fstat, getsockname, getsockopt SO_TYPE / SO_PROTOCOL /
 TCP_INFO / SO_NETNS_COOKIE, getpeername, SO_ACCEPTCONN) and close it at once. No table is
 walked, so the cost is O(sockets held), where every read of /proc/<pid>/net/tcp walks the
-host-wide TCP hash (../shared/FACTS.md).
+host-wide TCP hash. Sockets nobody holds (TIME_WAIT, request sockets) come from a table pass
+restricted to those states (sock_diag when CAP_SYS_ADMIN allows, else the /proc tables
+filtered), and a namespace with a member whose sockets could not be borrowed is read in full,
+so nothing is lost (PidfdSource.collect).
 
 Privileges, measured on this kernel (6.18) with setpriv and a target of another uid:
   pidfd_open   nothing.
@@ -52,7 +55,7 @@ Differences from /proc/<pid>/net/*, documented and tested (tests/test_borrow.py)
   - raw: getpeername always refuses (a raw socket has no destination port), so a connect()ed
     raw socket is UNCONN with a wildcard remote here, ESTABLISHED in /proc/net/raw.
   - only sockets a process holds: TIME_WAIT, orphans and not-yet-accepted connections are in
-    no fd table; the caller completes the picture from a table pass.
+    no fd table; PidfdSource completes the picture from a table pass.
   - families other than inet/inet6/unix (netlink, packet, vsock...) are skipped and counted;
     inet sockets that are not tcp/udp/raw (udplite, ping, sctp, mptcp) are counted apart:
     they live in tables netparse does not read (udplite, icmp, sctp).
@@ -72,9 +75,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .model import Socket
-from .sockdiag import unix_name as _diag_unix_name
-from .netparse import TCP_STATES, UNIX_TYPES
+from ..model import Socket, netns_key
+from ..netparse import TCP_STATES, UNIX_TYPES
+from ..sockdiag import UNHELD
+from ..sockdiag import unix_name as _diag_unix_name
+from ..walk import Discovery
+from .base import Batch, ReadContext, TableSource
+from .netlink import DiagSockets, NetlinkSource
+from .proc import ProcSource
 
 SYS_pidfd_getfd = 438            # the same number on every architecture
 SIOCGSKNS = 0x894C
@@ -424,7 +432,7 @@ class _Describer:
             return None
         netns = self.netns(h)
         return Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
-                      remote_port, inode, uid, netns, _ns_key(netns))
+                      remote_port, inode, uid, netns, _key(netns))
 
     def describe_unix(self, h: _socket.socket, inode: int, local: str | bytes) -> Socket:
         kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
@@ -439,7 +447,7 @@ class _Describer:
         netns = self.netns(h)
         # uid None: /proc/net/unix has no uid column, and the sources must agree (model.Socket)
         return Socket("unix", "unix", state, unix_name(local), None, "", None, inode, None,
-                      netns, _ns_key(netns), unix_type=UNIX_TYPES.get(kind, str(kind)))
+                      netns, _key(netns), unix_type=UNIX_TYPES.get(kind, str(kind)))
 
     def netns(self, h: _socket.socket) -> Optional[int]:
         """The nsfs inode of the socket's own namespace; None when SIOCGSKNS is refused."""
@@ -479,14 +487,96 @@ class _Describer:
         return netns
 
 
-_keys: dict[Optional[int], str] = {None: ""}
+def _key(netns: Optional[int]) -> str:
+    return netns_key(netns) if netns is not None else ""
 
 
-def _ns_key(netns: Optional[int]) -> str:
-    # must match snapshot.ns_key (not imported: snapshot is this module's caller)
-    key = _keys.get(netns)
-    if key is None:
-        key = f"net:[{netns}]"
-        if len(_keys) < _NETNS_CACHE_MAX:
-            _keys[netns] = key
-    return key
+def pidfd_getfd_works() -> bool:
+    """Whether this kernel lets us borrow an fd: tried on a pipe end of our own."""
+    read_end, write_end = os.pipe()
+    try:
+        pidfd = os.pidfd_open(os.getpid())
+    except (OSError, AttributeError):
+        os.close(read_end)
+        os.close(write_end)
+        return False
+    try:
+        dup = _syscall(SYS_pidfd_getfd, pidfd, read_end, 0)
+        if dup >= 0:
+            os.close(dup)
+            return True
+        return False   # ENOSYS (kernel < 5.6) or refused
+    finally:
+        os.close(pidfd)
+        os.close(read_end)
+        os.close(write_end)
+
+
+class PidfdSource:
+    """Held sockets borrowed one by one; then, from a table pass, what pidfd cannot see:
+    sockets no process holds (TIME_WAIT, request sockets) in every namespace, restricted to
+    those states where sock_diag allows (unheld_via "netlink"), and -- for a namespace with a
+    member whose fds could not be borrowed -- everything, in full."""
+
+    name = "pidfd"
+
+    def __init__(self, unheld_via: str, cache: Optional[DiagSockets] = None):
+        self.cache = cache
+        if unheld_via == "netlink":
+            self.unheld: TableSource = NetlinkSource(cache, tcp_states=UNHELD, protos=("tcp",))
+            self.full: TableSource = NetlinkSource(cache)
+        else:
+            self.unheld = self.full = ProcSource()
+
+    def met(self, ctx: ReadContext, key: str, pid: int) -> None:
+        pass   # nothing is read namespace by namespace before the walk ends
+
+    def forget(self, live: set[int]) -> None:
+        if self.cache is not None:
+            self.cache.prune(live)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def collect(self, ctx: ReadContext, found: Discovery, on_batch: Batch) -> list[Socket]:
+        stats = ctx.stats
+        seen: set[int] = set()
+        sockets: list[Socket] = []
+        blind = {p.netns_key for p in found.processes.values() if not p.fds_readable}
+        for pid, process in found.processes.items():
+            if not process.socket_fds:
+                continue
+            result = describe_process_sockets(pid, process.socket_fds, seen=seen,
+                                              tcp_info=False)
+            stats.pidfd_borrowed += result.borrowed
+            stats.pidfd_vanished += result.vanished
+            stats.pidfd_denied += result.denied
+            stats.pidfd_netns_unknown += result.netns_unknown
+            stats.pidfd_unsafe += result.unsafe
+            if result.denied or result.unsafe or result.failed or result.netns_unknown:
+                blind.add(process.netns_key)   # what it holds comes from its namespace's tables
+            for err in result.errors:
+                ctx.note_error(f"pid {pid}: {err}")
+            for sock in result.sockets:
+                sock.source = "pidfd"
+                if sock.netns is None:
+                    continue   # counted in pidfd_netns_unknown: never guess the namespace
+                found.namespace(sock.netns_key).held_sockets = True
+                sockets.append(sock)
+        held = {s.inode for s in sockets}
+        keys = set()
+        for key, ns in found.namespaces.items():
+            if ns.pids or ns.threads or ns.inode in found.pins:
+                keys.add(key)
+            elif ns.held_sockets:   # only a held socket keeps it: no task to read it through
+                ns.read_via = "pidfd (its held sockets only)"
+        for source, chosen in ((self.unheld, keys - blind), (self.full, keys & blind)):
+            if not chosen:
+                continue
+            namespaces = {k: found.namespaces[k] for k in sorted(chosen)}
+            for sock in source.read_namespaces(ctx, found, namespaces):
+                if sock.inode == 0 or sock.inode not in held:
+                    sockets.append(sock)
+        on_batch(sockets)
+        return sockets

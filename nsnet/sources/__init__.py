@@ -1,4 +1,5 @@
-"""Where a snapshot's sockets come from, and which source the privileges allow.
+"""Where a snapshot's sockets come from (one module per source), and which source the
+privileges allow.
 
 proc     /proc/<pid>/net/* once per namespace: needs nothing, costs namespaces x host size
          (each tcp/tcp6 read walks the host-wide hash). The reference.
@@ -12,23 +13,25 @@ auto     netlink when CAP_SYS_ADMIN allows, else proc. Measured here (bench/), n
          fastest wherever it is allowed (400 namespaces, 87k sockets: netlink 3.3 s, pidfd
          4.3 s, proc 11.6 s); pidfd needs a table pass for unheld sockets anyway, which without
          CAP_SYS_ADMIN is the whole /proc cost again, so auto never picks it.
+
+Every source implements base.Source; the snapshot (nsnet.snapshot) never asks which one runs.
 """
 from __future__ import annotations
 
-import ctypes
-import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .procfs import (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE, NsnetError,
-                     has_capability, own_capabilities)
+from ..caps import (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE, has_capability,
+                    own_capabilities)
+from ..errors import SourceUnavailable
+from ..options import SOURCES
+from .base import ReadContext, Source, TableRead
+from .netlink import DiagSockets, NetlinkSource
+from .pidfd import PidfdSource, pidfd_getfd_works
+from .proc import ProcSource
 
-SOURCES = ("proc", "netlink", "pidfd", "auto")
-SYS_pidfd_getfd = 438
-
-
-class SourceUnavailable(NsnetError):
-    pass
+__all__ = ["SOURCES", "Choice", "ReadContext", "Source", "SourceUnavailable", "TableRead",
+           "choose", "create"]
 
 
 @dataclass(frozen=True)
@@ -38,37 +41,12 @@ class Choice:
     unheld_via: Optional[str] = None   # pidfd only: netlink | proc
 
 
-def _pidfd_getfd_works() -> bool:
-    """Borrow our own stdin-less fd 0 equivalent: a pipe end, from ourselves."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    read_end, write_end = os.pipe()
-    try:
-        pidfd = os.pidfd_open(os.getpid())
-    except (OSError, AttributeError):
-        os.close(read_end)
-        os.close(write_end)
-        return False
-    try:
-        dup = libc.syscall(SYS_pidfd_getfd, pidfd, read_end, 0)
-        if dup >= 0:
-            os.close(dup)
-            return True
-        return False   # ENOSYS (kernel < 5.6) or refused
-    finally:
-        os.close(pidfd)
-        os.close(read_end)
-        os.close(write_end)
-
-
 def choose(requested: str, caps: Optional[int] = None) -> Choice:
     """The source to use; SourceUnavailable when an explicit one cannot work at all."""
     if requested not in SOURCES:
         raise SourceUnavailable(f"unknown source {requested!r}; one of {', '.join(SOURCES)}")
     caps = own_capabilities() if caps is None else caps
-    ptrace, admin, netadmin = (has_capability(caps, c)
-                               for c in (CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_NET_ADMIN))
-    pidfd_ok = ptrace and netadmin and _pidfd_getfd_works()
-    unheld = "netlink" if admin else "proc"
+    admin = has_capability(caps, CAP_SYS_ADMIN)
     if requested == "proc":
         return Choice("proc", "requested")
     if requested == "netlink":
@@ -77,13 +55,24 @@ def choose(requested: str, caps: Optional[int] = None) -> Choice:
                                     "namespace to open its sock_diag socket)")
         return Choice("netlink", "requested")
     if requested == "pidfd":
-        if not pidfd_ok:
+        if not (has_capability(caps, CAP_SYS_PTRACE) and has_capability(caps, CAP_NET_ADMIN)
+                and pidfd_getfd_works()):
             raise SourceUnavailable("--source pidfd needs pidfd_getfd (Linux >= 5.6) with "
                                     "CAP_SYS_PTRACE, and CAP_NET_ADMIN for SIOCGSKNS (each "
                                     "socket's namespace)")
-        return Choice("pidfd", "requested", unheld)
+        return Choice("pidfd", "requested", "netlink" if admin else "proc")
     if admin:
         return Choice("netlink", "auto: CAP_SYS_ADMIN allows sock_diag in each namespace "
                                  "(the fastest source measured)")
     return Choice("proc", "auto: no CAP_SYS_ADMIN for sock_diag (pidfd would still need the "
                           "/proc tables for sockets nobody holds)")
+
+
+def create(choice: Choice, keep: bool = False) -> Source:
+    """The source a choice names. keep: keep what can be kept across snapshots (the
+    agent's sock_diag sockets, one per namespace) until forget()/close()."""
+    if choice.source == "netlink":
+        return NetlinkSource(DiagSockets() if keep else None)
+    if choice.source == "pidfd":
+        return PidfdSource(choice.unheld_via or "proc", DiagSockets() if keep else None)
+    return ProcSource()

@@ -3,15 +3,14 @@
 JSON-ready dicts out."""
 from __future__ import annotations
 
-import os
-import socket
 from collections import defaultdict
 from typing import Iterable, Optional
 
-from . import SCHEMA
+from .. import SCHEMA
+from ..model import ServiceMap
+from ..ownership import user_name
 from .edges import EdgeKey, EdgeState
-from .services import ServiceMap
-from .views import user_name
+from .store import EdgeRow
 
 
 def split_where(where: str) -> dict:
@@ -47,14 +46,10 @@ def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceM
             "edges": edges}
 
 
-def rows_from_store(store_rows) -> list[tuple[str, EdgeKey, EdgeState]]:
+def rows_from_store(store_rows: Iterable[EdgeRow]) -> list[tuple[str, EdgeKey, EdgeState]]:
     return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port),
              EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent))
             for r in store_rows]
-
-
-def node_name(given: Optional[str]) -> str:
-    return given or os.environ.get("NODE_NAME") or socket.gethostname()
 
 
 def by_user_history(deps: dict) -> dict:

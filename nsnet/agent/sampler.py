@@ -10,14 +10,26 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
-from . import edges, sockdiag
+from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
+from ..model import Snapshot
+from ..options import SamplingOptions
+from ..snapshot import Pace, Snapshotter
+from . import edges
 from .edges import EdgeKey
 from .events import DestroyWatcher
-from .model import Snapshot
-from .procfs import CAP_NET_ADMIN, CAP_SYS_ADMIN, has_capability, own_capabilities
-from .services import ServiceMap
+
+Say = Callable[[str], None]
+
+
+class Scanner(Protocol):
+    """What takes the snapshots: a Snapshotter on a real node, a fixed one in tests (as
+    Weave Scope's procspy has a fixed scanner)."""
+
+    def take(self, pace: Optional[Pace] = None) -> Snapshot: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -61,26 +73,28 @@ class Pacer:
 
 
 class Sampler:
-    def __init__(self, args, services: ServiceMap, say_once: Callable[[str], None],
-                 hurry: Optional[threading.Event] = None):
-        self.args = args
+    """One sample at a time: a snapshot (paced within the CPU budget), its edges, and the
+    connections that closed since the last one. scanner: what takes the snapshots (default:
+    a Snapshotter that keeps its sock_diag sockets); watcher: the destroy-event reader
+    (default: one when options.events and the privileges allow)."""
+
+    def __init__(self, options: SamplingOptions, say_once: Say,
+                 hurry: Optional[threading.Event] = None, *,
+                 scanner: Optional[Scanner] = None,
+                 watcher: Optional[DestroyWatcher] = None):
+        self.options = options
         self.hurry = hurry
-        self.services = services
         self.say_once = say_once
-        self.diag = sockdiag.DiagSockets()
+        self.scanner: Scanner = scanner if scanner is not None \
+            else Snapshotter(options.snapshot, keep=True)
         self.memory = edges.Memory()
-        self.watcher = _destroy_watcher(args, say_once)
+        self.watcher = watcher if watcher is not None else _destroy_watcher(options, say_once)
 
     def sample(self) -> Sample:
-        from .snapshot import take_snapshot
-
-        args = self.args
+        options = self.options
         wall0, cpu0 = time.monotonic(), time.process_time()
-        pacer = Pacer(args.max_cpu, args.interval, self.hurry)
-        snap = take_snapshot(args.proc, sandbox_commands=args.sandbox_command or ("pause",),
-                             enter_pinned=not args.no_enter, source=args.source,
-                             diag_sockets=self.diag, host_root=args.host_root, pace=pacer)
-        snap.services = self.services
+        pacer = Pacer(options.max_cpu, options.interval, self.hurry)
+        snap = self.scanner.take(pacer)
         for line in snap.stats.warnings():
             self.say_once(line)
         observed = edges.observe(snap)
@@ -92,31 +106,29 @@ class Sampler:
                 observed[key] = 1
         self.memory.learn(snap)
         if self.watcher is not None:
-            _watch_namespaces(self.watcher, snap, args.proc, self.say_once)
+            _watch_namespaces(self.watcher, snap, snap.proc, self.say_once)
         wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
         return Sample(snap, observed, len(closed), time.time(), wall, cpu,
-                      cpu > args.max_cpu * args.interval, pacer.slept)
+                      cpu > options.max_cpu * options.interval, pacer.slept)
 
     def wait_after(self, sample: Sample) -> float:
         """The budget: on average at most --max-cpu of one core. The walk is paced (Pacer)
         within the interval; a sample that still cost more than its share of the interval
         makes the next one wait longer (and is counted)."""
-        return max(self.args.interval - sample.wall, sample.cpu / self.args.max_cpu - sample.wall,
+        options = self.options
+        return max(options.interval - sample.wall, sample.cpu / options.max_cpu - sample.wall,
                    0.0)
 
     def close(self) -> None:
-        self.diag.close()
+        self.scanner.close()
         if self.watcher is not None:
             self.watcher.close()
 
 
-def _destroy_watcher(args, say_once) -> Optional[DestroyWatcher]:
-    if args.events == "off":
+def _destroy_watcher(options: SamplingOptions, say_once: Say) -> Optional[DestroyWatcher]:
+    if not options.events:
         return None
-    caps = own_capabilities()
-    missing = [name for cap, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-                                      (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
-               if not has_capability(caps, cap)]
+    missing = lacking(own_capabilities(), CAP_NET_ADMIN, CAP_SYS_ADMIN)
     if missing:
         say_once(f"TCP destroy events off: subscribing in each namespace needs "
                  f"{' and '.join(missing)}; connections shorter than the interval are seen "
@@ -125,12 +137,13 @@ def _destroy_watcher(args, say_once) -> Optional[DestroyWatcher]:
     return DestroyWatcher()
 
 
-def _watch_namespaces(watcher: DestroyWatcher, snap: Snapshot, proc: str, say_once) -> None:
+def _watch_namespaces(watcher: DestroyWatcher, snap: Snapshot, proc: str, say_once: Say) -> None:
     """Subscribe in namespaces new since the last sample (main thread: setns), forget gone ones."""
     live = {ns.inode for ns in snap.namespaces.values() if ns.inode is not None}
     watcher.forget(live)
     watched = watcher.watched()
     failures = 0
+    last: Optional[str] = None
     for ns in snap.namespaces.values():
         if ns.inode is None or ns.inode in watched or not ns.pids:
             continue   # pinned-only namespaces have no process to close a connection

@@ -3,7 +3,7 @@
 A NETLINK_SOCK_DIAG socket bound to the SKNLGRP_INET{,6}_TCP_DESTROY groups receives one
 inet_diag_msg per TCP socket the kernel frees, in the namespace the netlink socket was created
 in (as `ss -E` does for one namespace). So the agent creates one such socket inside each
-namespace (setns, on the main thread: pinned.run_in_namespace) and one reader thread waits on
+namespace (setns, on the main thread: setns.run_in_namespace) and one reader thread waits on
 all of them. Subscribing needs CAP_NET_ADMIN (a multicast group of sock_diag) and entering the
 namespaces CAP_SYS_ADMIN; without them the agent falls back to sampling and says so once.
 
@@ -21,8 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import pinned, sockdiag
-from .model import Socket
+from .. import sockdiag
+from ..errors import EnterError, SubscribeError
+from ..model import Socket
+from ..setns import run_in_namespace
 
 # enum sknetlink_groups (linux/sock_diag.h): bit (group - 1) of the bind mask
 SKNLGRP_INET_TCP_DESTROY = 1
@@ -52,17 +54,13 @@ def open_destroy_socket() -> socket.socket:
     return sock
 
 
-class SubscribeError(Exception):
-    """The namespace was entered, but the subscription was refused."""
-
-
 def _subscribe(opener: Callable[[], socket.socket]) -> socket.socket:
     try:
         return opener()
     except OSError as exc:   # not an OSError any more: run_in_namespace would call it setns's
         hint = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
         raise SubscribeError(f"subscribing to TCP destroy events: "
-                             f"{exc.strerror or exc}{hint}") from None
+                             f"{exc.strerror or exc}{hint}") from exc
 
 
 def parse_events(data: bytes) -> tuple[list[Socket], int]:
@@ -96,8 +94,8 @@ class DestroyWatcher:
     def watch(self, path: str, inode: int) -> Optional[str]:
         """Subscribe inside the namespace at path (main thread only). Returns why not."""
         try:
-            sock = pinned.run_in_namespace(path, inode, lambda: _subscribe(self._opener))
-        except (pinned.EnterError, SubscribeError, OSError) as exc:
+            sock = run_in_namespace(path, inode, lambda: _subscribe(self._opener))
+        except (EnterError, SubscribeError, OSError) as exc:
             return str(exc)
         with self._lock:
             self._socks[inode] = sock
@@ -111,6 +109,11 @@ class DestroyWatcher:
                 sock = self._socks.pop(inode)
                 self._selector.unregister(sock)
                 sock.close()
+
+    def counts(self) -> tuple[int, int, int]:
+        """received, dropped, namespaces watched: read under the lock the reader writes in."""
+        with self._lock:
+            return self.received, self.dropped, len(self._socks)
 
     def drain(self) -> list[Closed]:
         with self._lock:
@@ -140,7 +143,8 @@ class DestroyWatcher:
                 return
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:   # the kernel dropped events: say how often
-                    self.dropped += 1
+                    with self._lock:
+                        self.dropped += 1
                     continue
                 return   # closed by forget() meanwhile
             sockets, bad = parse_events(data)

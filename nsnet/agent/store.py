@@ -13,11 +13,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import StoreError
+from ..options import AgentOptions
 from .edges import EdgeKey
-from .procfs import NsnetError
 
 SCHEMA_VERSION = "1"
-DEFAULT_RETENTION = 30 * 86400
+DEFAULT_RETENTION = AgentOptions().retention
 DEFAULT_MAX_EDGES = 200_000
 
 _DDL = """
@@ -46,10 +47,6 @@ ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SE
     samples = samples + 1,
     max_concurrent = max(max_concurrent, excluded.max_concurrent)
 """
-
-
-class StoreError(NsnetError):
-    pass
 
 
 def _error(path: str, what: str, exc: BaseException) -> StoreError:
@@ -103,7 +100,7 @@ class Store:
                 self.db.commit()
             found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.Error as exc:
-            raise _error(path, "open", exc) from None
+            raise _error(path, "open", exc) from exc
         if found is None or found[0] != SCHEMA_VERSION:
             raise StoreError(f"history database {path}: schema {found and found[0]!r}, "
                              f"this nsnet writes {SCHEMA_VERSION!r}")
@@ -124,7 +121,7 @@ class Store:
                                  sample.sockets, len(rows), int(sample.over_budget)))
                 self._expire(ts)
         except sqlite3.Error as exc:
-            raise _error(self.path, "write", exc) from None
+            raise _error(self.path, "write", exc) from exc
 
     def _expire(self, now: float) -> None:
         horizon = now - self.retention
@@ -155,7 +152,7 @@ class Store:
         try:
             return [EdgeRow(*row) for row in self.db.execute(sql, args)]
         except sqlite3.Error as exc:
-            raise _error(self.path, "read", exc) from None
+            raise _error(self.path, "read", exc) from exc
 
     def samples(self, since: Optional[float] = None) -> list[SampleRecord]:
         try:
@@ -163,7 +160,7 @@ class Store:
                 "SELECT ts, duration, cpu, namespaces, sockets, over_budget FROM samples "
                 "WHERE ts >= ? ORDER BY ts", (since or 0.0,)).fetchall()
         except sqlite3.Error as exc:
-            raise _error(self.path, "read", exc) from None
+            raise _error(self.path, "read", exc) from exc
         return [SampleRecord(ts, d, c, n, s, bool(o)) for ts, d, c, n, s, o in rows]
 
 

@@ -8,30 +8,36 @@ and `nsnet_edge_series_dropped` says how many were folded. Ephemeral ports are n
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from .edges import EdgeBook
+from ..model import ServiceMap, Snapshot
+from ..ownership import user_name
+from .edges import EdgeKey, EdgeState
 from .history import split_where
-from .services import ServiceMap
-from .views import user_name
+
+# A copy of the agent's edges, taken under its lock: the collector runs in an HTTP thread
+# while the sampler updates the book, and must never see it half-updated.
+EdgeRows = Callable[[], list[tuple[EdgeKey, EdgeState]]]
 
 OVERFLOW = "__overflow__"
 EDGE_LABELS = ("node", "uid", "user", "pod", "namespace", "netns", "direction", "proto",
                "peer", "port", "service")
 
 
-class EdgeCollector:
-    def __init__(self, node: str, book: Callable[[], EdgeBook], services: ServiceMap,
-                 max_series: int):
+class EdgeCollector(Collector):
+    """The edge series, built at each scrape from a copy of the edges (`rows`)."""
+
+    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int):
         self.node = node
-        self.book = book
+        self.rows = rows
         self.services = services
         self.max_series = max_series
 
-    def _labels(self, key) -> tuple[str, ...]:
+    def _labels(self, key: EdgeKey) -> tuple[str, ...]:
         where = split_where(key.where)
         service = self.services.name(key.peer_addr, key.port) \
             if key.direction == "outbound" else None
@@ -40,7 +46,7 @@ class EdgeCollector:
                 where["netns"] or "", key.direction, key.proto, key.peer_addr, str(key.port),
                 service or "")
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
             "nsnet_edge_connections", "Connections of the edge in the latest sample",
             labels=EDGE_LABELS)
@@ -55,7 +61,7 @@ class EdgeCollector:
         dropped = GaugeMetricFamily(
             "nsnet_edge_series_dropped",
             f"Edges folded into peer=\"{OVERFLOW}\" series by the cardinality cap")
-        edges = sorted(self.book().edges.items(), key=lambda kv: -kv[1].last_seen)
+        edges = sorted(self.rows(), key=lambda kv: -kv[1].last_seen)
         kept, rest = edges[:self.max_series], edges[self.max_series:]
         for key, state in kept:
             labels = self._labels(key)
@@ -78,12 +84,13 @@ class EdgeCollector:
             last_seen.add_metric(labels, seen)
             samples.add_metric(labels, n)
         dropped.add_metric([], len(rest))
-        return [connections, max_conc, last_seen, samples, dropped]
+        yield from (connections, max_conc, last_seen, samples, dropped)
 
 
 class AgentMetrics:
-    def __init__(self, node: str, book: Callable[[], EdgeBook], services: ServiceMap,
-                 max_series: int):
+    """The agent's registry: its own health, and the edges (EdgeCollector)."""
+
+    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int):
         self.registry = CollectorRegistry()
         r = self.registry
         self.sample_duration = Histogram(
@@ -118,9 +125,9 @@ class AgentMetrics:
         self.namespaces_watched = Gauge(
             "nsnet_destroy_namespaces_watched",
             "Namespaces with a subscription to TCP destroy events", registry=r)
-        r.register(EdgeCollector(node, book, services, max_series))
+        r.register(EdgeCollector(node, rows, services, max_series))
 
-    def observe_sample(self, snap, wall: float, cpu: float, over_budget: bool) -> None:
+    def observe_sample(self, snap: Snapshot, wall: float, cpu: float, over_budget: bool) -> None:
         self.samples.inc()
         self.sample_duration.observe(wall)
         self.sample_cpu.observe(cpu)

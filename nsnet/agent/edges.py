@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-from .model import Pod, Snapshot, Socket
-from .views import socket_pods, socket_users
+from ..model import Snapshot, Socket
+from ..ownership import namespace_where, socket_users, socket_where
 
 # A connection in these states is evidence of a dependency: alive, being set up, or just closed
 # (TIME_WAIT: a short-lived connection that ended since the last sample).
@@ -29,21 +29,6 @@ class EdgeKey:
     port: int                # outbound: the service's port; inbound: our listening port
 
 
-def pod_where(pod: Pod) -> str:
-    """An edge's place for a pod: its name when the kubelet's log tree gave one, else its uid."""
-    return f"pod:{pod.namespace}/{pod.name}" if pod.namespace and pod.name else f"pod:{pod.uid}"
-
-
-def where_of(sock: Socket, snap: Snapshot) -> str:
-    pods = socket_pods(sock, snap)
-    if pods:
-        return pod_where(pods[0])
-    ns = snap.namespaces.get(sock.netns_key)
-    if ns is not None and ns.host:
-        return "host"
-    return f"netns:{sock.netns}" if sock.netns is not None else sock.netns_key
-
-
 def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
     """The edges one socket is evidence of (one per user it is attributed to)."""
     if sock.proto not in ("tcp", "udp") or sock.direction not in ("inbound", "outbound"):
@@ -53,7 +38,7 @@ def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
     if sock.remote_port is None or sock.local_port is None:
         return []
     port = sock.remote_port if sock.direction == "outbound" else sock.local_port
-    where = where_of(sock, snap)
+    where = socket_where(sock, snap)
     users = socket_users(sock, snap) or [-1]
     return [EdgeKey(uid, where, sock.direction, sock.proto, sock.remote_addr, port)
             for uid in users]
@@ -134,7 +119,7 @@ class Memory:
             elif sock.pids:
                 self.current[(sock.netns, sock.local_addr, sock.local_port or 0,
                               sock.remote_addr, sock.remote_port or 0)] = (
-                    tuple(socket_users(sock, snap)), where_of(sock, snap))
+                    tuple(socket_users(sock, snap)), socket_where(sock, snap))
         self.where_of_netns = {}
         self.owners_of_netns = {}
         for ns in snap.namespaces.values():
@@ -142,11 +127,7 @@ class Memory:
                 continue
             if not ns.host:
                 self.owners_of_netns[ns.inode] = tuple(ns.owners)
-            pods = snap.pods_of_netns.get(ns.key)
-            if pods:
-                self.where_of_netns[ns.inode] = pod_where(snap.pods[pods[0]])
-            else:
-                self.where_of_netns[ns.inode] = "host" if ns.host else f"netns:{ns.inode}"
+            self.where_of_netns[ns.inode] = namespace_where(ns, snap)
 
     def recall(self, key: Tuple) -> Optional[tuple[tuple[int, ...], str]]:
         return self.current.get(key) or self.previous.get(key)

@@ -1,0 +1,316 @@
+"""`nsnet serve`: the node agent. Samples the node every interval, keeps the dependency edges
+it sees (in memory and, with a history database, in SQLite), and serves them over HTTP:
+/metrics for Prometheus, /api/v1/dependencies and /api/v1/snapshot as JSON, /healthz and
+/readyz.
+
+Snapshots are taken on the main thread: entering a namespace with setns is only safe there
+(nsnet.setns). The HTTP server runs in its own threads and reads only what the Agent hands
+out under its lock: the latest Snapshot (never changed once published), copies of the edges,
+and the health fields.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import views
+from ..errors import NsnetError, StoreError
+from ..model import Snapshot
+from ..options import AgentOptions
+from ..ownership import resolve_user
+from ..sanitize import printable
+from .edges import EdgeBook, EdgeKey, EdgeState
+from .events import DestroyWatcher
+from .history import deps_view
+from .metrics import AgentMetrics
+from .sampler import Sample, Sampler, Scanner
+from .store import SampleRecord, Store, parse_since
+
+VIEWS: dict[str, Callable[[Snapshot], dict]] = {
+    "sockets": views.sockets_view,
+    "by-namespace": views.by_namespace_view,
+    "by-user": views.by_user_view,
+    "by-pod": views.by_pod_view,
+}
+
+
+def without_cmdlines(doc: Any) -> Any:
+    """The endpoint is reachable by whoever can reach the pod network, and it sees every
+    tenant's processes: command lines (which may carry secrets) are blanked unless asked."""
+    if isinstance(doc, dict):
+        return {k: ([] if k == "cmdline" else without_cmdlines(v)) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [without_cmdlines(v) for v in doc]
+    return doc
+
+
+def open_store(options: AgentOptions, err: TextIO) -> tuple[Optional[Store], str]:
+    """The history, or None: an unusable database is said once and the agent runs on in
+    memory, rather than exiting into a crash loop that would hide the reason in restarts."""
+    if not options.db:
+        return None, "memory only (no --db)"
+    try:
+        return Store(options.db, retention=options.retention), f"sqlite {options.db}"
+    except StoreError as exc:
+        err.write(f"nsnet: warning: {printable(str(exc))}; keeping history in memory only\n")
+        return None, f"memory only: {exc}"
+
+
+class Agent:
+    """The sampler's loop and what it shares with the HTTP threads. Everything those threads
+    read goes through a method that takes the lock and hands out an immutable value or a
+    copy; the loop changes shared state only under the same lock."""
+
+    def __init__(self, options: AgentOptions, err: TextIO, *,
+                 store: Optional[Store] = None, history: str = "memory only (no --db)",
+                 scanner: Optional[Scanner] = None, watcher: Optional[DestroyWatcher] = None):
+        self.options = options
+        self.err = err
+        self.services = options.sampling.snapshot.services
+        self.store = store
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.book = EdgeBook(options.retention)
+        self.metrics = AgentMetrics(options.node, self.edge_rows, self.services,
+                                    options.max_series)
+        # shared with the HTTP threads, under self.lock
+        self._snapshot: Optional[Snapshot] = None
+        self._samples = 0
+        self._last_error: Optional[str] = None
+        self._last_sample_end = time.monotonic()
+        self._history = history
+        self._said: set[str] = set()
+        if store is not None:
+            self.book.load(store.edges(since=time.time() - options.retention,
+                                       node=options.node))
+        self._scanner, self._watcher = scanner, watcher
+        self._sampler: Optional[Sampler] = None
+
+    @property
+    def sampler(self) -> Sampler:
+        """Made at the first sample, after the agent has said where it serves (the sampler
+        says once what it cannot do: destroy events without their privileges)."""
+        if self._sampler is None:
+            self._sampler = Sampler(self.options.sampling, self.say_once, hurry=self.stop,
+                                    scanner=self._scanner, watcher=self._watcher)
+        return self._sampler
+
+    # ------------------------------------------------------------- read by HTTP threads
+    def edge_rows(self) -> list[tuple[EdgeKey, EdgeState]]:
+        with self.lock:
+            return [(k, replace(s)) for k, s in self.book.edges.items()]
+
+    def latest(self) -> Optional[Snapshot]:
+        with self.lock:
+            return self._snapshot
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return {"samples": self._samples, "last_error": self._last_error,
+                    "history": self._history, "ready": self._snapshot is not None,
+                    "last_sample_end": self._last_sample_end}
+
+    def alive(self) -> bool:
+        # The sampler is stuck when no sample ended within a few intervals (a snapshot of a
+        # busy node takes seconds, not minutes).
+        with self.lock:
+            since = time.monotonic() - self._last_sample_end
+        return since < 3 * self.options.sampling.interval + 120
+
+    def document(self, view: str) -> Optional[dict]:
+        snap = self.latest()
+        if snap is None:
+            return None
+        doc = VIEWS[view](snap)
+        return doc if self.options.expose_cmdlines else without_cmdlines(doc)
+
+    def dependencies(self, since: Optional[float], uid: Optional[int]) -> dict:
+        node = self.options.node
+        rows = [(node, k, s) for k, s in self.edge_rows()
+                if s.last_seen >= (since or 0.0) and (uid is None or k.uid == uid)]
+        rows.sort(key=lambda row: row[1])
+        return deps_view(rows, self.services, since, "agent")
+
+    # ------------------------------------------------------------------- the loop
+    def say_once(self, line: str) -> None:
+        if line not in self._said:   # once each, not every interval
+            self._said.add(line)
+            self.err.write(f"nsnet: warning: {printable(line)}\n")
+
+    def step(self) -> float:
+        """One sample, recorded and exported; returns how long to wait before the next."""
+        try:
+            sample = self.sampler.sample()
+        except NsnetError as exc:
+            self._record(None, str(exc))
+            self.metrics.sample_failures.inc()
+            self.err.write(f"nsnet: sample failed: {printable(str(exc))}\n")
+            self.err.flush()
+            return self.options.sampling.interval
+        with self.lock:
+            self.book.update(sample.observed, sample.ts)
+        self._commit(sample)
+        self._export(sample)
+        self._record(sample.snap, None)
+        self.err.flush()
+        return self.sampler.wait_after(sample)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.stop.wait(self.step())
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _commit(self, sample: Sample) -> None:
+        if self.store is None:
+            return
+        stats = sample.snap.stats
+        try:
+            self.store.record(self.options.node, sample.observed, SampleRecord(
+                sample.ts, sample.wall, sample.cpu, stats.namespaces, stats.sockets,
+                sample.over_budget))
+        except StoreError as exc:
+            self.metrics.store_errors.inc()
+            self.say_once(f"{exc} (the agent goes on; history since then is in memory only)")
+
+    def _export(self, sample: Sample) -> None:
+        metrics = self.metrics
+        metrics.observe_sample(sample.snap, sample.wall, sample.cpu, sample.over_budget)
+        metrics.events.inc(sample.closed)
+        watcher = self.sampler.watcher
+        if watcher is not None:
+            _, dropped, watched = watcher.counts()
+            metrics.events_dropped.set(dropped)
+            metrics.namespaces_watched.set(watched)
+
+    def _record(self, snap: Optional[Snapshot], error: Optional[str]) -> None:
+        with self.lock:
+            if snap is not None:
+                self._snapshot = snap
+                self._samples += 1
+            self._last_error = error
+            self._last_sample_end = time.monotonic()
+
+
+def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "nsnet"
+
+        def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 (the base's name)
+            pass   # probes every few seconds would drown the agent's own messages
+
+        def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _send(self, status: HTTPStatus, body: dict) -> None:
+            self._send_bytes(status, (json.dumps(body, ensure_ascii=True) + "\n").encode(),
+                             "application/json")
+
+        def do_GET(self) -> None:   # noqa: N802 (http.server's naming)
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            route = ROUTES.get(url.path)
+            if route is None:
+                self._send(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": [
+                    "/healthz", "/readyz", "/metrics", "/api/v1/dependencies?since=24h&user=U",
+                    "/api/v1/snapshot?view=" + "|".join(VIEWS)]})
+            else:
+                route(self, query)
+
+        def healthz(self, query: dict[str, list[str]]) -> None:
+            ok = agent.alive()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                       {"status": "ok" if ok else "sampler stalled"})
+
+        def readyz(self, query: dict[str, list[str]]) -> None:
+            status = agent.status()
+            self._send(HTTPStatus.OK if status["ready"] else HTTPStatus.SERVICE_UNAVAILABLE,
+                       {"status": "ready" if status["ready"] else "no sample yet",
+                        "samples": status["samples"], "last_error": status["last_error"],
+                        "history": status["history"]})
+
+        def metrics(self, query: dict[str, list[str]]) -> None:
+            self._send_bytes(HTTPStatus.OK, generate_latest(agent.metrics.registry),
+                             CONTENT_TYPE_LATEST)
+
+        def snapshot(self, query: dict[str, list[str]]) -> None:
+            view = query.get("view", ["sockets"])[0]
+            if view not in VIEWS:
+                self._send(HTTPStatus.BAD_REQUEST,
+                           {"error": f"unknown view; one of {', '.join(VIEWS)}"})
+                return
+            doc = agent.document(view)
+            if doc is None:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no sample yet"})
+            else:
+                self._send(HTTPStatus.OK, doc)
+
+        def dependencies(self, query: dict[str, list[str]]) -> None:
+            try:
+                since = parse_since(query["since"][0]) if "since" in query else None
+                uid = resolve_user(query["user"][0]) if "user" in query else None
+            except ValueError as exc:
+                self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                return
+            self._send(HTTPStatus.OK, agent.dependencies(since, uid))
+
+    ROUTES: dict[str, Callable[[Handler, dict[str, list[str]]], None]] = {
+        "/healthz": Handler.healthz, "/readyz": Handler.readyz, "/metrics": Handler.metrics,
+        "/api/v1/snapshot": Handler.snapshot, "/api/v1/dependencies": Handler.dependencies,
+    }
+    return Handler
+
+
+def http_server(agent: Agent) -> ThreadingHTTPServer:
+    """The agent's HTTP side, bound to options.listen, not yet serving."""
+    host, port = agent.options.listen
+    try:
+        server = ThreadingHTTPServer((host, port), _handler(agent))
+    except OSError as exc:
+        raise NsnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    server.daemon_threads = True
+    return server
+
+
+def serve(options: AgentOptions, err: TextIO, *, scanner: Optional[Scanner] = None) -> int:
+    """Run the agent until SIGTERM (finish the current sample, commit it, exit 0)."""
+    store, history = open_store(options, err)
+    agent = Agent(options, err, store=store, history=history, scanner=scanner)
+    try:
+        server = http_server(agent)
+    except NsnetError:
+        agent.close()
+        raise
+    http_thread = threading.Thread(target=server.serve_forever, name="nsnet-http", daemon=True)
+    http_thread.start()
+    # SIGTERM (pod deletion): finish the current sample, commit it, then leave with status 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    host, _ = options.listen
+    err.write(f"nsnet: serving on {host}:{server.server_address[1]}, "
+              f"a sample every {options.sampling.interval:g} s, history: {history}\n")
+    err.flush()
+    try:
+        agent.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.shutdown()
+        server.server_close()
+        agent.close()
+    return 0

@@ -1,0 +1,70 @@
+"""Every setting, as frozen dataclasses: what the CLI hands to the pipeline below it.
+
+Only nsnet/cli.py reads the command line and the option environment variables
+(NSNET_PROC, NSNET_HOST_ROOT, NSNET_SERVICES, NSNET_DB, NODE_NAME, NO_COLOR, COLUMNS ...);
+it builds these objects, and nothing below it sees argparse. The defaults live here, once:
+the CLI's own defaults are read from these classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .model import NO_SERVICES, ServiceMap
+
+SOURCES = ("proc", "netlink", "pidfd", "auto")
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    """How one snapshot of the node is taken."""
+    proc: str = "/proc"                         # the procfs to read (/host/proc in a container)
+    source: str = "proc"                        # proc | netlink | pidfd | auto (nsnet.sources)
+    sandbox_commands: tuple[str, ...] = ("pause",)   # namespace holders, never owners
+    enter_pinned: bool = True                   # setns into namespaces only a bind mount keeps
+    host_root: Optional[str] = "/"              # where /var/log/pods is; None: do not look
+    threads: Optional[int] = None               # reader threads; None: one per CPU, at most 8
+    services: ServiceMap = NO_SERVICES          # the operator's names for endpoints
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How a result is printed."""
+    json: bool = False
+    ndjson: bool = False
+    color: bool = False                         # resolved: --color, NO_COLOR, TERM, a tty
+    resolve: bool = False                       # service names for port numbers
+    columns: Optional[int] = None               # COLUMNS: a width forced by the user
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the agent and the live view sample the node."""
+    snapshot: SnapshotOptions = field(default_factory=SnapshotOptions)
+    interval: float = 15.0                      # seconds between samples
+    max_cpu: float = 0.05                       # CPU budget, a fraction of one core
+    events: bool = True                         # TCP destroy events, when privileges allow
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """nsnet serve."""
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    node: str = "localhost"                     # this node's name in edges and metrics
+    listen: tuple[str, int] = ("0.0.0.0", 9810)
+    expose_cmdlines: bool = False
+    db: Optional[str] = None                    # the SQLite history; None: memory only
+    retention: float = 30 * DAY
+    max_series: int = 5000                      # edge series in /metrics before folding
+
+
+WATCH_SAMPLING = SamplingOptions(interval=2.0, max_cpu=0.5)
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """nsnet watch."""
+    sampling: SamplingOptions = WATCH_SAMPLING
+    node: str = "localhost"
+    output: OutputOptions = field(default_factory=OutputOptions)

@@ -1,0 +1,70 @@
+"""Run something inside another network namespace, from the main thread, and come back.
+
+What the action opens there (net files, a netlink socket) stays bound to that namespace after
+we leave: the proc source opens a pinned namespace's net files this way, the netlink source
+creates each namespace's sock_diag socket, the agent subscribes to destroy events.
+
+setns goes through the `nsenter` package (a dependency named by the design card; used here
+and nowhere else). The package has a pitfall: on exit it returns to the namespace of
+/proc/self, which is the *main thread's*. Entered from any other thread it would move that
+thread into the main thread's namespace, so we enter only from the main thread, and check
+that we really came back before going on.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Callable, TypeVar
+
+from . import _stdlib_guard
+
+_stdlib_guard.ensure_stdlib()
+from nsenter import Namespace  # noqa: E402  (after the guard: nsenter imports pathlib)
+
+from .errors import EnterError, LostNamespace  # noqa: E402
+
+OWN_PROC = "/proc"
+T = TypeVar("T")
+
+__all__ = ["OWN_PROC", "EnterError", "LostNamespace", "run_in_namespace"]
+
+
+def _own_netns(which: str = "thread-self") -> int:
+    return os.stat(f"{OWN_PROC}/{which}/ns/net").st_ino
+
+
+def run_in_namespace(path: str, expected_inode: int, action: Callable[[], T]) -> T:
+    """Enter the network namespace at `path` (a bind mount, or /proc/<pid>/ns/net), run
+    `action` there, come back. Raises EnterError when the namespace cannot be entered or is
+    not the one expected (an OSError of `action` is reported as such), LostNamespace when we
+    could not come back."""
+    if threading.current_thread() is not threading.main_thread():
+        raise EnterError("namespaces are entered only from the main thread "
+                         "(the nsenter package returns to the main thread's namespace)")
+    home = _own_netns()
+    if home != _own_netns("self"):
+        raise EnterError("this thread is not in the main thread's namespace")
+    try:
+        try:
+            ns = Namespace(path, "net", proc=OWN_PROC)
+        except OSError as exc:
+            raise EnterError(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            with ns:
+                inside = _own_netns()
+                if inside != expected_inode:
+                    raise EnterError(f"{path} now pins namespace {inside}, not {expected_inode}")
+                return action()
+        except OSError as exc:
+            raise EnterError(f"setns into {path}: {exc.strerror or exc}"
+                             + (" (needs CAP_SYS_ADMIN)" if exc.errno == errno.EPERM else "")
+                             ) from exc
+    finally:
+        _check_home(home)
+
+
+def _check_home(home: int) -> None:
+    if _own_netns() != home:
+        raise LostNamespace("left a pinned namespace but did not return to our own network "
+                            "namespace; stopping rather than report sockets under the wrong one")

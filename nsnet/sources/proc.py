@@ -1,0 +1,107 @@
+"""The proc source: /proc/<pid>/net/{tcp,tcp6,udp,udp6,raw,raw6,unix} once per namespace.
+
+Needs no privilege for the tables. Costs namespaces x host size: each tcp/tcp6 read walks the
+host-wide TCP established hash, whatever the namespace holds. The reference the other sources
+are checked against.
+
+A namespace's files are opened through one of its member tasks, between two checks that the
+task is (still) in that namespace: a net file stays bound to the namespace it was opened in,
+so a task that exits, moves or whose pid is reused between the checks cannot file its tables
+under the wrong namespace (the next member is tried). A namespace only a bind mount keeps is
+entered (setns, main thread), its files opened through /proc/thread-self/net/, and left
+before reading.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from ..errors import EnterError, ProcError
+from ..model import Namespace, Stats
+from ..netparse import NET_FILES, parse_net_file
+from ..procfs import close_all, open_dir, open_files_at, read_fd
+from ..setns import OWN_PROC, run_in_namespace
+from ..walk import Pin, namespace_key
+from .base import Pending, ReadContext, TableRead, TableSource
+
+# A kernel without IPv6 has no tcp6, udp6, raw6.
+_OPTIONAL = frozenset(name for name in NET_FILES if name.endswith("6"))
+
+
+class ProcSource(TableSource):
+    name = "proc"
+
+    def read_via_task(self, ctx: ReadContext, key: str, task: str) -> Pending:
+        return ctx.run(read_via_task, ctx.proc, key, task)
+
+    def read_pinned(self, ctx: ReadContext, ns: Namespace, pins: list[Pin]) -> TableRead:
+        assert ns.inode is not None   # pins are found by inode
+        for pin in pins:
+            try:
+                tables = _read_all(run_in_namespace(pin.opener, ns.inode, _open_own_tables))
+            except (EnterError, ProcError) as exc:
+                ns.error = str(exc)
+                continue
+            return _parse(tables, f"setns {pin.shown}")
+        return TableRead(None)
+
+
+def read_via_task(proc: str, key: str, task: str) -> TableRead:
+    """Runs in a reader thread: touches nothing shared, returns what it found."""
+    try:
+        fds = _open_tables(f"{proc}/{task}", key)
+    except ProcError:
+        fds = None
+    if fds is None:
+        return TableRead(None, retries=1)
+    try:
+        tables = _read_all(fds)
+    except ProcError:
+        return TableRead(None, retries=1)
+    pid, _, tid = task.partition("/task/")
+    return _parse(tables, f"task {tid} of pid {pid}" if tid else f"pid {pid}")
+
+
+def _open_tables(path: str, expected_key: str) -> Optional[dict[str, int]]:
+    """A task's net files, if it is (still) in the expected namespace before and after they
+    are opened; None otherwise."""
+    dirfd = open_dir(path)
+    fds: dict[str, int] = {}
+    try:
+        if namespace_key(dirfd, Stats())[0] != expected_key:
+            return None
+        fds = open_files_at(dirfd, "net/", NET_FILES, _OPTIONAL)
+        if namespace_key(dirfd, Stats())[0] != expected_key:
+            return None
+        opened, fds = fds, {}
+        return opened
+    finally:
+        close_all(fds)
+        os.close(dirfd)
+
+
+def _open_own_tables() -> dict[str, int]:
+    """Our own thread's net files: run inside a namespace by run_in_namespace."""
+    own = open_dir(f"{OWN_PROC}/thread-self")
+    try:
+        return open_files_at(own, "net/", NET_FILES, _OPTIONAL)
+    finally:
+        os.close(own)
+
+
+def _read_all(fds: dict[str, int]) -> dict[str, bytes]:
+    try:
+        return {name: read_fd(fd) for name, fd in fds.items()}
+    finally:
+        close_all(fds)
+
+
+def _parse(tables: dict[str, bytes], via: str) -> TableRead:
+    read = TableRead([], via=via)
+    assert read.sockets is not None
+    for name in NET_FILES:
+        if name in tables:
+            parsed = parse_net_file(name, tables[name])
+            read.sockets.extend(parsed.sockets)
+            read.malformed += parsed.malformed
+    return read

@@ -1,0 +1,283 @@
+"""Discovery: every process, the network namespace it lives in, and every namespace pinned by
+a bind mount -- before any socket table is read.
+
+Order of work (after Weave Scope's procspy walker): each /proc/<pid> once (its namespace, its
+identity, its socket fds), then processes grouped by namespace, pins found in each mount
+namespace's mountinfo, and the host's namespace named. The walk never raises for a process
+that vanished or that we may not read: it counts it in Stats and goes on.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Optional
+
+from . import cgroup, mountinfo
+from .errors import AccessDenied, ProcError, ProcessGone
+from .model import (ContainerIdentity, Namespace, Process, Stats, is_stand_in, key_inode,
+                    netns_key, procnet_key)
+from .procfs import (PF_KTHREAD, list_pids, listdir_at, ns_inode, open_dir, procnet_id,
+                     read_at, read_text, socket_fds)
+from .procparse import parse_cmdline, parse_stat, parse_status_euid
+
+# The walk calls this every PACE_EVERY processes (the agent's CPU budget may sleep there).
+PACE_EVERY = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A bind mount that pins a network namespace (ip netns add, docker, CNI)."""
+    shown: str      # the mount point, as the mount namespace that has it sees it
+    opener: str     # the path to open it by from here (through /proc/<pid>/root when remote)
+
+
+@dataclass
+class Discovery:
+    """What the walk found: the input of every socket source and of the join."""
+    proc: str
+    processes: dict[int, Process] = field(default_factory=dict)
+    # socket inode -> every (pid, fd) holding it, across all namespaces
+    holders: dict[int, list[tuple[int, int]]] = field(
+        default_factory=lambda: defaultdict(list))
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    pins: dict[int, list[Pin]] = field(default_factory=dict)   # netns inode -> its pins
+    host_key: Optional[str] = None
+
+    def namespace(self, key: str) -> Namespace:
+        """The namespace of that key, made on first use (a source may find one the walk did
+        not: the pidfd source, a namespace only a held socket keeps alive)."""
+        ns = self.namespaces.get(key)
+        if ns is None:
+            ns = self.namespaces[key] = Namespace(key, key_inode(key))
+        return ns
+
+    def tasks(self, ns: Namespace) -> list[str]:
+        """The tasks whose /proc entries see this namespace: its member pids, then the
+        threads of other processes that live here ("pid/task/tid")."""
+        return [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
+
+
+@dataclass
+class _Walk:
+    """What the process walk learns, before the namespaces are assembled."""
+    found: Discovery
+    members: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    threads: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    mount_ns_reader: dict[int, int] = field(default_factory=dict)   # mnt ns inode -> a pid in it
+
+
+def discover(proc: str, stats: Stats, *, pace: Optional[Callable[[], None]] = None,
+             met: Optional[Callable[[str, int], None]] = None) -> Discovery:
+    """Walk every process of `proc`. met(key, pid) is called when the walk meets the first
+    member of a namespace whose inode it could read (a table source may start reading that
+    namespace at once, overlapping the rest of the walk); pace() every PACE_EVERY processes."""
+    walk = _Walk(Discovery(proc))
+    processes = walk.found.processes
+    for index, pid in enumerate(list_pids(proc)):
+        if pace is not None and index % PACE_EVERY == 0:
+            pace()
+        try:
+            _walk_process(proc, pid, walk, stats)
+        except ProcessGone:
+            stats.processes_vanished += 1
+            continue
+        except (ProcError, ValueError):   # hidepid, an I/O error, text not the kernel's
+            stats.processes_unreadable += 1
+            continue
+        process = processes.get(pid)
+        if met is not None and process is not None and process.netns is not None:
+            met(process.netns_key, pid)
+    stand_ins = _merge_procnet_groups(proc, walk)
+    stats.processes = len(processes)
+    found = walk.found
+    for key, pids in walk.members.items():
+        found.namespace(key).pids = sorted(pids)
+    for key, visitors in walk.threads.items():
+        found.namespace(key).threads = sorted(visitors)
+    found.pins = _find_pins(proc, walk, stats)
+    for inode, pins in found.pins.items():
+        found.namespace(netns_key(inode)).pinned = sorted({pin.shown for pin in pins})
+    found.host_key = _host_key(proc, stand_ins)
+    if found.host_key is not None:
+        found.namespace(found.host_key).host = True
+    return found
+
+
+def namespace_key(dirfd: int, stats: Stats) -> tuple[str, Optional[int]]:
+    """The key and inode of a task's namespace; without ptrace rights over it, the stand-in
+    key and no inode (counted in processes_ns_denied)."""
+    try:
+        inode = ns_inode(dirfd)
+        return netns_key(inode), inode
+    except AccessDenied:
+        stats.processes_ns_denied += 1
+    return procnet_key(procnet_id(dirfd)), None
+
+
+@lru_cache(maxsize=16384)
+def _identity(cgroup_text: bytes) -> Optional[ContainerIdentity]:
+    # The processes of a container share one cgroup text: parse each text once.
+    return cgroup.identity_from_cgroup(cgroup_text.decode("utf-8", "surrogateescape"))
+
+
+def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
+    dirfd = open_dir(f"{proc}/{pid}")
+    try:
+        comm, ppid, flags, nthreads, start_ticks = parse_stat(read_at(dirfd, "stat"))
+        if flags & PF_KTHREAD:
+            return   # kernel threads hold no sockets and all live in the host namespace
+        try:
+            key, inode = namespace_key(dirfd, stats)
+        except ProcessGone:
+            return   # a zombie: no namespace, no fds
+        process = Process(pid, ppid, comm, parse_cmdline(read_at(dirfd, "cmdline")),
+                          parse_status_euid(read_at(dirfd, "status")), key, inode,
+                          start_ticks=start_ticks)
+        try:
+            process.identity = _identity(read_at(dirfd, "cgroup"))
+        except ProcessGone:
+            raise
+        except ProcError:
+            pass   # e.g. a security module hiding it: the process stays, without its container
+        try:
+            walk.mount_ns_reader.setdefault(ns_inode(dirfd, "mnt"), pid)
+        except ProcError:
+            pass   # without ptrace we still scan our own mountinfo
+        if nthreads > 1:
+            _walk_threads(dirfd, pid, key, walk, stats)
+        try:
+            process.socket_fds, vanished = socket_fds(dirfd)
+            stats.fds_vanished += vanished
+        except ProcessGone:
+            raise
+        except ProcError:
+            process.fds_readable = False
+            stats.processes_fd_denied += 1
+        # The process may have moved namespace while we walked it (setns, unshare).
+        if inode is not None and ns_inode(dirfd) != inode:
+            stats.processes_ns_changed += 1
+            return
+    finally:
+        os.close(dirfd)
+    walk.found.processes[pid] = process
+    walk.members[key].append(pid)
+    holders = walk.found.holders
+    for fd, sock in process.socket_fds.items():
+        holders[sock].append((pid, fd))
+
+
+def _walk_threads(dirfd: int, pid: int, key: str, walk: _Walk, stats: Stats) -> None:
+    """Record threads whose network namespace differs from their process's."""
+    try:
+        tids = [int(t) for t in listdir_at(dirfd, "task") if t.isdigit()]
+    except ProcError:
+        return
+    for tid in tids:
+        if tid == pid:
+            continue
+        try:
+            taskfd = open_dir(f"task/{tid}", dirfd)
+        except ProcError:
+            continue
+        try:
+            tkey, _ = namespace_key(taskfd, Stats())
+        except ProcError:
+            continue
+        finally:
+            os.close(taskfd)
+        if tkey != key:
+            walk.threads[tkey].append((pid, tid))
+            stats.threads_elsewhere += 1
+
+
+def _host_key(proc: str, stand_ins: dict[str, str]) -> Optional[str]:
+    # pid 1 is not always inspectable (on some VMs it holds capabilities we lack);
+    # kthreadd (pid 2), like every kernel thread, always lives in the initial namespace.
+    fallback = None
+    for pid in (1, 2):
+        try:
+            dirfd = open_dir(f"{proc}/{pid}")
+        except ProcError:
+            continue
+        try:
+            key = namespace_key(dirfd, Stats())[0]
+        except ProcError:
+            continue
+        finally:
+            os.close(dirfd)
+        if not is_stand_in(key):
+            return key
+        fallback = fallback or stand_ins.get(key, key)
+    return fallback
+
+
+def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[Pin]]:
+    """nsfs bind mounts of network namespaces: netns inode -> its pins.
+
+    Each mount namespace has its own mount table, so one mountinfo is read per mount
+    namespace, through one of its processes; a mount seen from another mount namespace is
+    opened through that process's root (/proc/<pid>/root/<mount point>).
+    """
+    pins: dict[int, list[Pin]] = defaultdict(list)
+    seen: set[tuple[str, int]] = set()   # a path may pin different namespaces in two mount ns
+    try:
+        own_mnt: Optional[int] = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        own_mnt = None
+    readers = ["/proc/self"] + [f"{proc}/{pid}" for mnt, pid in walk.mount_ns_reader.items()
+                                if mnt != own_mnt]
+    for base in readers:
+        try:
+            mounts, bad = mountinfo.parse_mountinfo(read_text(f"{base}/mountinfo"))
+        except ProcError:
+            stats.mountinfo_unread += 1
+            continue
+        stats.malformed_lines += bad
+        for m in mounts:
+            if (m.mount_point, m.netns_inode) in seen:
+                continue
+            seen.add((m.mount_point, m.netns_inode))
+            opener = m.mount_point if base == "/proc/self" else f"{base}/root{m.mount_point}"
+            pins[m.netns_inode].append(Pin(m.mount_point, opener))
+    return dict(pins)
+
+
+def _merge_procnet_groups(proc: str, walk: _Walk) -> dict[str, str]:
+    """Fold groups keyed by the unprivileged stand-in into the real namespace they belong to.
+
+    Only needed when some processes' ns/net was unreadable: one readable member of each
+    real namespace tells which stand-in identity it has. Returns stand-in -> real key.
+    """
+    stand_ins = [k for k in walk.members if is_stand_in(k)]
+    real: dict[str, str] = {}
+    if not stand_ins:
+        return real
+    for key, pids in list(walk.members.items()):
+        if is_stand_in(key):
+            continue
+        for pid in pids:
+            try:
+                dirfd = open_dir(f"{proc}/{pid}")
+            except ProcError:
+                continue
+            try:
+                real[procnet_key(procnet_id(dirfd))] = key
+                break
+            except ProcError:
+                continue
+            finally:
+                os.close(dirfd)
+    processes = walk.found.processes
+    for stand_in in stand_ins:
+        target = real.get(stand_in)
+        if target is None:
+            continue
+        moved = walk.members.pop(stand_in)
+        walk.members[target].extend(moved)
+        inode = key_inode(target)
+        for pid in moved:
+            processes[pid].netns_key = target
+            processes[pid].netns = inode
+    return real
