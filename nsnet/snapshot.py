@@ -99,45 +99,77 @@ class Snapshotter:
         stats = Stats(source=choice.source, source_reason=choice.reason)
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
         found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx))
-
-        # Holders are joined and sockets classified namespace by namespace as the tables
-        # come in, while the reader threads still read the others; finish() is left what
-        # needs them all.
-        join = HolderJoin(found.holders)
-        classifier = classify.Classifier()
-
-        def on_batch(batch: list[Socket]) -> None:
-            join.attach(batch)
-            classifier.add(batch)
-            classifier.settle(batch)
-
-        sockets = source.collect(ctx, found, on_batch)
-        classifier.finish()
-        stats.socket_fds_not_in_tables = join.not_listed()
-        for sock in sockets:
-            stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
+        joined = Joined(found)
+        sockets = source.collect(ctx, found, joined.add)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
-
-        booted = boot_time(self.proc)
-        if booted is not None:
-            for process in found.processes.values():
-                process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
         logs = kubelet.load_kubelet_logs(options.host_root) \
             if options.host_root is not None else None
-        if logs is not None:
-            stats.kubelet_errors.extend(logs.errors)
-        containers, pod_map, pods_of_netns = pods.assemble(
-            found.processes, logs, options.sandbox_commands, found.host_key)
-        stats.pods, stats.containers = len(pod_map), len(containers)
-        assign_owners(found.namespaces, found.processes)
+        return assemble(found, sockets, stats, joined, options, logs=logs,
+                        booted=boot_time(self.proc), started=started)
 
-        stats.namespaces = len(found.namespaces)
-        stats.sockets = len(sockets)
-        stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
-        stats.privileges.extend(privilege_notes(stats, own_capabilities()))
+
+class Joined:
+    """The join stage, fed namespace by namespace: holders are joined and sockets classified
+    as each namespace's sockets come in, while the reader threads still read the others;
+    finish() is left what needs them all (peers in other namespaces)."""
+
+    def __init__(self, found: walk.Discovery):
+        self.join = HolderJoin(found.holders)
+        self.classifier = classify.Classifier()
+
+    def add(self, batch: list[Socket]) -> None:
+        self.join.attach(batch)
+        self.classifier.add(batch)
+        self.classifier.settle(batch)
+
+    def finish(self) -> None:
+        self.classifier.finish()
+
+
+def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined: Joined,
+             options: SnapshotOptions, *, logs: Optional[kubelet.KubeletLogs] = None,
+             booted: Optional[float] = None, started: Optional[float] = None) -> Snapshot:
+    """The stages after the sources: the rest of the join, pods and owners, the counts and
+    the privilege notes. Pure but for our own capabilities: a test gives it a Discovery and
+    sockets built in memory (snapshot_from)."""
+    joined.finish()
+    stats.socket_fds_not_in_tables = joined.join.not_listed()
+    for sock in sockets:
+        stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
+    if booted is not None:
+        for process in found.processes.values():
+            process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
+    if logs is not None:
+        stats.kubelet_errors.extend(logs.errors)
+    containers, pod_map, pods_of_netns = pods.assemble(
+        found.processes, logs, options.sandbox_commands, found.host_key)
+    stats.pods, stats.containers = len(pod_map), len(containers)
+    assign_owners(found.namespaces, found.processes)
+    stats.processes = len(found.processes)
+    stats.namespaces = len(found.namespaces)
+    stats.sockets = len(sockets)
+    stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
+    stats.privileges.extend(privilege_notes(stats, own_capabilities()))
+    if started is not None:
         stats.elapsed_seconds = round(time.perf_counter() - started, 6)
-        return Snapshot(self.proc, found.namespaces, found.processes, sockets, stats,
-                        found.host_key, pod_map, containers, pods_of_netns, options.services)
+    return Snapshot(found.proc, found.namespaces, found.processes, sockets, stats,
+                    found.host_key, pod_map, containers, pods_of_netns, options.services)
+
+
+def snapshot_from(found: walk.Discovery, sockets: list[Socket],
+                  options: SnapshotOptions = SnapshotOptions(), *,
+                  logs: Optional[kubelet.KubeletLogs] = None,
+                  stats: Optional[Stats] = None) -> Snapshot:
+    """A snapshot of what a walk and a source would have found (a fixed scanner's input):
+    the same join, classification, pods and owners as take_snapshot, on data given in
+    memory. Each socket needs its netns/netns_key; holders come from found.holders."""
+    joined = Joined(found)
+    by_namespace: dict[str, list[Socket]] = {}
+    for sock in sockets:
+        by_namespace.setdefault(sock.netns_key, []).append(sock)
+    for key in sorted(by_namespace):
+        joined.add(by_namespace[key])
+    return assemble(found, sockets, stats or Stats(), joined, options, logs=logs)
 
 
 def take_snapshot(options: SnapshotOptions = SnapshotOptions(), *,

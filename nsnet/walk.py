@@ -90,7 +90,6 @@ def discover(proc: str, stats: Stats, *, pace: Optional[Callable[[], None]] = No
         if met is not None and process is not None and process.netns is not None:
             met(process.netns_key, pid)
     stand_ins = _merge_procnet_groups(proc, walk)
-    stats.processes = len(processes)
     found = walk.found
     for key, pids in walk.members.items():
         found.namespace(key).pids = sorted(pids)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SETPRIV = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all"]
 
 

@@ -20,7 +20,7 @@ from nsnet.table import (Column, display_width, heading, paint, render_table,
                          forced_columns, terminal_width, truncate, use_color)
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def plain(text: str) -> str:

@@ -44,7 +44,7 @@ from conftest import require_root
 from ss_oracle import (Comparison, Entry, SsParseError, compare, nsnet_entry, parse_address,
                        parse_endpoint, parse_ss, parse_users)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ATTEMPTS = 3
 SS_TIMEOUT = 120
 NSNET_TIMEOUT = 600

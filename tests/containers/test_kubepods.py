@@ -21,7 +21,7 @@ from kubepods import (UID_CLIENT, UID_DB, UID_EXPORTER, UID_PAUSE, UID_PLAIN, UI
 
 pytestmark = pytest.mark.containers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = ("ip", "ss", "dockerd", "docker", "runc", "gcc", "busybox")
 
 

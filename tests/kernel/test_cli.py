@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOSTILE_ARG = "evil\x1b]0;pwned\x07\x1b[2J\nFAKE ROW\r\u202e"
 
 

@@ -30,7 +30,7 @@ import tomllib
 from pathlib import Path
 from typing import Iterator, Optional
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / "deploy" / "Dockerfile.dockerignore"
 PROJECT_FILES = ("pyproject.toml", "README.md")

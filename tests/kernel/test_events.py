@@ -15,7 +15,7 @@ from conftest import require_root
 from nsnet.agent import events
 from nsnet.agent.edges import EdgeKey, Memory, closed_edges
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SERVER_UID, CLIENT_UID = 10124, 10123
 
 SERVER_IP, CLIENT_IP = "10.99.7.2", "10.99.7.1"

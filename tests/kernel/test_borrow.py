@@ -36,7 +36,7 @@ from nsnet.sources import pidfd as borrow
 from nsnet.sources.pidfd import describe_process_sockets
 from nsnet.netparse import NET_FILES, parse_net_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REPLY_TIMEOUT = 20.0
 TENANT_UID = 10000 + secrets.randbelow(50000)      # a uid no one else uses, no passwd entry
 V6 = "fd7b:" + secrets.token_hex(2) + "::1"

@@ -14,7 +14,7 @@ from conftest import require_root
 from nsnet.agent.edges import EdgeKey
 from nsnet.agent.store import SampleRecord, Store, StoreError, parse_since
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DB_EDGE = EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306)
 REDIS = EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.6", 6379)
 INBOUND = EdgeKey(10002, "netns:4026532300", "inbound", "tcp", "10.88.0.1", 8080)

@@ -22,7 +22,7 @@ from nsnet.kubelet import (
     parse_pod_log_dir,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 UID_DNS = "b5477f41-4a29-4964-89cc-87d9f627db0f"
 UID_WEB = "a0837de6-de8a-4810-81a5-0284c13f17bf"

@@ -58,7 +58,7 @@ import pytest
 
 from nsnet.netparse import TCP_STATES, ParseResult, decode_address, parse_net_file
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 UNIX_DIR = "/tmp/nsnt-cap-1d5de8"
 EDGE_DIR = "/tmp/nsnt-cap-ef7b8a"
 

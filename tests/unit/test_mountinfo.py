@@ -27,7 +27,7 @@ import pytest
 from conftest import require_root
 from nsnet.mountinfo import NsfsMount, parse_mountinfo, unescape
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 TMP = "/tmp/nsnt-mnt-6e996c"
 NS_A, NS_B, NS_HELD = 4026532177, 4026532246, 4026532315
 

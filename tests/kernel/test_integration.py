@@ -24,7 +24,7 @@ from conftest import require_root
 from realnode import (PORT_C, PORT_UDP, PORT_WEB, PORT_WEB6, TIME_WAIT_MAYBE, TIME_WAIT_SURE,
                       UID_A, UID_B, UID_FOREIGN, UID_PAUSE, V4_A, SockTruth, Truth)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NSNET_TIMEOUT = 300
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from nsnet.services import ServiceConfigError, load_services, parse_match, parse_services
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """
 [[service]]

@@ -17,7 +17,7 @@ import pytest
 
 from nsnet.agent.serve import without_cmdlines
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def get(port: int, path: str) -> tuple[int, dict]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 if __name__ == "__main__":      # `python3 tests/test_sockdiag.py capture` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nsnet import netparse, sockdiag  # noqa: E402
 from nsnet.sources import netlink  # noqa: E402
@@ -46,7 +46,7 @@ from nsnet.sockdiag import (  # noqa: E402
     build_tcp_legacy_request, build_unix_request, parse_dump, unix_name,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 TENANT = 12345           # some sockets are created with this effective uid
 V6 = "fd7d::1"           # an extra IPv6 address on lo
 ABSTRACT = b"\0nsnt-diag\0tail"
