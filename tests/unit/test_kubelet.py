@@ -1,16 +1,14 @@
 """nsnet.kubelet: names the kubelet writes, and a host tree laid out the way it lays it out."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import require_root
+from kubelet_tree import (ID_API, ID_APP, ID_DNS, ID_OLD, ID_PROXY, STATIC_UID, UID_DNS, UID_WEB,
+                          UID_WEB_OLD, HostTree, build_host)
 from nsnet import kubelet
 from nsnet.kubelet import (
     ContainerLog,
@@ -22,17 +20,10 @@ from nsnet.kubelet import (
     parse_pod_log_dir,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 
-UID_DNS = "b5477f41-4a29-4964-89cc-87d9f627db0f"
-UID_WEB = "a0837de6-de8a-4810-81a5-0284c13f17bf"
-UID_WEB_OLD = "c4f9ca28-9351-4161-9ba1-e036fe709bba"
-STATIC_UID = "ec4df51a57cb6d537c4045c7f11006c3"
-ID_DNS = "8471bc415bfdf9e0e713b301f91032f53992639d0f5bdaa7bd6d857298d77be5"
-ID_APP = "f8d22fc2fc65261e145d87aca14dd041f334d7db6104c80d0b2df04d78b410a0"
-ID_PROXY = "1614232c835681c80fe474cf038fdcdce7fde3d6ed9d0702d7ad8032b7b32c9d"
-ID_API = "c56d5471c0d5082073993c916c2654a028dbeded9ed18b69a42ecb821499e1ca"
-ID_OLD = "62edfdcda39b76cd2e72799e36fc75a67e6e16186a2b0f978abdc0e18dc0a39a"
+@pytest.fixture
+def host(tmp_path: Path) -> HostTree:
+    return build_host(tmp_path)
 
 
 # -- pure: /var/log/pods directory names ------------------------------------------------------
@@ -109,40 +100,6 @@ def test_parse_container_log_name_rejects(name):
 
 
 # -- I/O: a host tree as the kubelet builds it ------------------------------------------------
-
-class HostTree:
-    """<root>/var/log/{pods,containers}; link targets are host paths, as the kubelet writes
-    them, so inside a DaemonSet (host root /host) every link is dangling by design."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.pods = root / "var/log/pods"
-        self.containers = root / "var/log/containers"
-        self.pods.mkdir(parents=True)
-        self.containers.mkdir(parents=True)
-
-    def pod(self, namespace: str, name: str, uid: str, containers: dict[str, str]) -> Path:
-        pod_dir = self.pods / f"{namespace}_{name}_{uid}"
-        pod_dir.mkdir()
-        for cname, cid in containers.items():
-            (pod_dir / cname).mkdir()
-            (pod_dir / cname / "0.log").write_text('2024-05-01T10:00:00.0Z stdout F ready\n')
-            self.link(name, namespace, cname, cid, f"/var/log/pods/{namespace}_{name}_{uid}/{cname}/0.log")
-        return pod_dir
-
-    def link(self, pod: str, namespace: str, cname: str, cid: str, target: str) -> Path:
-        link = self.containers / f"{pod}_{namespace}_{cname}-{cid}.log"
-        os.symlink(target, link)
-        return link
-
-
-@pytest.fixture
-def host(tmp_path) -> HostTree:
-    tree = HostTree(tmp_path)
-    tree.pod("kube-system", "coredns-5d78c9869d-4xq2b", UID_DNS, {"coredns": ID_DNS})
-    tree.pod("shop-prod", "web.v2-7c9d8f6b5-x2kqp", UID_WEB, {"app": ID_APP, "istio-proxy": ID_PROXY})
-    tree.pod("kube-system", "kube-apiserver-node-1", STATIC_UID, {"kube-apiserver": ID_API})
-    return tree
 
 
 def test_not_a_kubernetes_node(tmp_path):
@@ -267,48 +224,4 @@ def test_entries_vanishing_mid_listing(host, monkeypatch):
 
 # -- unreadable directories: uid 0 without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH ---------------
 
-def load_without_dac(host_root: Path) -> dict:
-    """load_kubelet_logs in a child whose bounding set lacks the DAC capabilities, so a
-    mode-000 directory is unreadable even though it runs as root."""
-    code = (
-        "import dataclasses, json, sys\n"
-        "from nsnet.kubelet import load_kubelet_logs\n"
-        "r = load_kubelet_logs(sys.argv[1])\n"
-        "print(json.dumps({'pods': sorted(r.pods), 'containers': sorted(r.containers),\n"
-        "  'names': {k: sorted(v) for k, v in r.container_names_by_pod.items()}, 'errors': r.errors}))\n"
-    )
-    run = subprocess.run(
-        ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
-         "--bounding-set=-dac_override,-dac_read_search", "--",
-         sys.executable, "-c", code, str(host_root)],
-        capture_output=True, text=True, cwd=REPO, check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
 
-
-def test_unreadable_pods_dir_is_an_error_line(host):
-    require_root("setpriv")
-    host.pods.chmod(0)
-    try:
-        got = load_without_dac(host.root)
-    finally:
-        host.pods.chmod(0o755)
-    assert got["errors"] == [f"cannot read {host.root}/var/log/pods: permission denied"]
-    # /var/log/containers is still read: the links alone give the pods, names and uids.
-    assert got["pods"] == sorted([UID_DNS, UID_WEB, STATIC_UID])
-    assert got["containers"] == sorted([ID_DNS, ID_APP, ID_PROXY, ID_API])
-    assert got["names"][UID_WEB] == ["app", "istio-proxy"]
-
-
-def test_unreadable_pod_dir_keeps_the_pod(host):
-    require_root("setpriv")
-    pod_dir = host.pods / f"kube-system_coredns-5d78c9869d-4xq2b_{UID_DNS}"
-    pod_dir.chmod(0)
-    try:
-        got = load_without_dac(host.root)
-    finally:
-        pod_dir.chmod(0o755)
-    assert got["errors"] == [f"cannot read {pod_dir}: permission denied"]
-    assert UID_DNS in got["pods"]
-    assert got["names"][UID_DNS] == ["coredns"]  # from its log link

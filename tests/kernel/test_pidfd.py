@@ -1,9 +1,9 @@
-"""nsnet.borrow against real processes in scratch namespaces, and proofs that it is harmless.
+"""The pidfd source (nsnet.sources.pidfd) against real processes in scratch namespaces, and proofs that it is harmless.
 
 Every socket here is created by a real process (the holder script below, started with
 `ip netns exec`), described by borrowing its fds, and compared with what the kernel's own
 tables (/proc/<pid>/net/*, parsed by netparse) say about the same inode. The documented
-differences (see nsnet/borrow.py) are asserted as such, so a change in either side shows.
+differences (see nsnet/sources/pidfd.py) are asserted as such, so a change in either side shows.
 
 Safety: after nsnet borrowed them, a listener still accepts, connections still carry data
 both ways with no EOF seen by either end, and the holders' fd tables and file flags
@@ -715,7 +715,7 @@ def test_denied_and_partial_privileges_are_counted(scratch):
 
 
 def test_socket_socket_fileno_would_have_changed_the_process(scratch):
-    """Why borrow.py does not use socket.socket(fileno=...): the trap, shown on a holder."""
+    """Why the pidfd source does not use socket.socket(fileno=...): the trap, shown on a holder."""
     a = Holder(scratch, scratch.a)
     a.make({"kind": "udp", "name": "u", "family": "inet", "addr": "127.0.0.1"})
     fd = a.sockets["u"]["fd"]
@@ -739,31 +739,6 @@ def test_socket_socket_fileno_would_have_changed_the_process(scratch):
 
 
 # --------------------------------------------------------------------------- cgroup v1 guard
-
-PROC_CGROUPS_V2_HOST = b"""#subsys_name\thierarchy\tnum_cgroups\tenabled
-cpuset\t0\t1\t1
-net_cls\t0\t1\t1
-net_prio\t0\t1\t1
-"""
-PROC_CGROUPS_V1_HOST = b"""#subsys_name\thierarchy\tnum_cgroups\tenabled
-cpu\t1\t80\t1
-net_cls\t7\t80\t1
-net_prio\t7\t80\t1
-"""
-
-
-def test_cgroup_v1_net_controllers_are_recognised():
-    assert borrow.v1_net_controllers(PROC_CGROUPS_V2_HOST) == frozenset()
-    assert borrow.v1_net_controllers(PROC_CGROUPS_V1_HOST) == {"net_cls", "net_prio"}
-    disabled = PROC_CGROUPS_V1_HOST.replace(b"net_prio\t7\t80\t1", b"net_prio\t7\t80\t0")
-    assert borrow.v1_net_controllers(disabled) == {"net_cls"}
-    assert borrow.v1_net_controllers(b"garbage\nnet_cls\n\n") == frozenset()
-    both = frozenset({"net_cls", "net_prio"})
-    pid_cgroup = (b"12:net_cls,net_prio:/kubepods/pod1/abc\n4:memory:/x\n"
-                  b"0::/kubepods.slice/x:y\nbad line\n")
-    assert borrow.cgroup_paths(pid_cgroup, both) == {"net_cls": "/kubepods/pod1/abc",
-                                                     "net_prio": "/kubepods/pod1/abc"}
-    assert borrow.cgroup_paths(b"0::/\n", both) == {}
 
 
 def classid_of(port: int) -> Optional[int]:
