@@ -22,7 +22,7 @@ def _stdlib_dir() -> str:
 
 
 def _is_stdlib(origin: str | None, stdlib: str) -> bool:
-    return bool(origin) and os.path.realpath(origin).startswith(stdlib + os.sep)
+    return origin is not None and os.path.realpath(origin).startswith(stdlib + os.sep)
 
 
 def ensure_stdlib(names: tuple[str, ...] = SHADOWED) -> list[str]:

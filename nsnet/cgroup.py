@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from .model import ContainerIdentity
 
@@ -78,17 +77,17 @@ _HIERARCHY_ID = re.compile(r"[0-9]+")
 
 @dataclass(frozen=True, slots=True)
 class _Container:
-    runtime: Optional[str]
-    container_id: Optional[str]
+    runtime: str | None
+    container_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class _Pod:
     uid: str
-    qos: Optional[str]
+    qos: str | None
 
 
-def _container(segment: str, parent: Optional[str]) -> Optional[_Container]:
+def _container(segment: str, parent: str | None) -> _Container | None:
     m = _PREFIXED.fullmatch(segment)
     if m:
         prefix, conmon, cid = m.groups()
@@ -107,15 +106,15 @@ def _container(segment: str, parent: Optional[str]) -> Optional[_Container]:
     return None
 
 
-def _pod(segment: str, parent: Optional[str]) -> Optional[_Pod]:
+def _pod(segment: str, parent: str | None) -> _Pod | None:
     m = _POD_SLICE.fullmatch(segment)
     if m:
-        qos, uid = m.groups()
-        return _Pod(uid.replace("_", "-"), qos or "guaranteed")
+        level, uid = m.groups()
+        return _Pod(uid.replace("_", "-"), level or "guaranteed")
     m = _POD_DIR.fullmatch(segment)
     if m:
         if parent in _QOS_DIRS:
-            qos: Optional[str] = _QOS_DIRS[parent]
+            qos: str | None = _QOS_DIRS[parent]
         elif parent is not None and _GUARANTEED_PARENTS.fullmatch(parent):
             qos = "guaranteed"
         else:
@@ -124,7 +123,7 @@ def _pod(segment: str, parent: Optional[str]) -> Optional[_Pod]:
     return None
 
 
-def _unconverted(segment: str) -> Optional[tuple[_Pod, _Container]]:
+def _unconverted(segment: str) -> tuple[_Pod, _Container] | None:
     """`<slice>:<prefix>:<id>`: a systemd-driver cgroup name that reached cgroupfs unconverted
     (containerd with SystemdCgroup under a cgroupfs kubelet)."""
     parts = segment.split(":")
@@ -138,15 +137,15 @@ def _unconverted(segment: str) -> Optional[tuple[_Pod, _Container]]:
     return pod, _Container(runtime, cid)
 
 
-def identity_from_path(path: str) -> Optional[ContainerIdentity]:
+def identity_from_path(path: str) -> ContainerIdentity | None:
     """Identify the container and pod of one cgroup path, or None if it names neither."""
     segments = [s for s in path.split("/") if s]
 
-    def parent_of(i: int) -> Optional[str]:
+    def parent_of(i: int) -> str | None:
         return segments[i - 1] if i > 0 else None
 
-    container: Optional[_Container] = None
-    pod: Optional[_Pod] = None
+    container: _Container | None = None
+    pod: _Pod | None = None
     start = None
     for i in range(len(segments) - 1, -1, -1):
         both = _unconverted(segments[i])
@@ -185,7 +184,7 @@ def _score(identity: ContainerIdentity) -> tuple[bool, ...]:
             identity.runtime is not None, identity.qos is not None)
 
 
-def identity_from_cgroup(text: str) -> Optional[ContainerIdentity]:
+def identity_from_cgroup(text: str) -> ContainerIdentity | None:
     """Identify a process from the whole text of its /proc/<pid>/cgroup.
 
     v1 lines are `N:controllers:path`, the v2 line `0::path`; hybrid hosts print both, and
@@ -193,7 +192,7 @@ def identity_from_cgroup(text: str) -> Optional[ContainerIdentity]:
     differently). The most informative line wins; on a tie, the v2 line, then the first line.
     Malformed lines are skipped.
     """
-    best: Optional[tuple[tuple[bool, ...], bool, int, ContainerIdentity]] = None
+    best: tuple[tuple[bool, ...], bool, int, ContainerIdentity] | None = None
     for index, line in enumerate(text.split("\n")):
         parts = line.split(":", 2)  # the path itself may contain ':'
         if len(parts) != 3:

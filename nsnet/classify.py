@@ -16,11 +16,10 @@ which namespace when it is one; otherwise `external`.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Optional
+from collections.abc import Sequence
 
 from .model import Socket
 from .netparse import is_loopback
-
 
 _WILDCARDS = frozenset(("0.0.0.0", "::"))
 
@@ -46,11 +45,15 @@ class Classifier:
     the same order gives the same result as classify()."""
 
     def __init__(self) -> None:
-        self.listeners: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-        self.by_tuple: dict[tuple, list[Socket]] = defaultdict(list)
-        self.bound_exact: dict[tuple[str, str, int], list[Socket]] = defaultdict(list)
-        self.bound_wild: dict[tuple[str, int], list[Socket]] = defaultdict(list)
-        self.addr_owners: dict[str, dict[str, Optional[int]]] = defaultdict(dict)  # addr -> key -> inode
+        # Ports are None only for unix sockets, which are never indexed here; the keys say
+        # int | None rather than pay a check per socket on this path.
+        self.listeners: dict[str, dict[int | None, set[str]]] = \
+            defaultdict(lambda: defaultdict(set))
+        self.by_tuple: dict[tuple[str, str, int | None, str, int | None], list[Socket]] = \
+            defaultdict(list)
+        self.bound_exact: dict[tuple[str, str, int | None], list[Socket]] = defaultdict(list)
+        self.bound_wild: dict[tuple[str, int | None], list[Socket]] = defaultdict(list)
+        self.addr_owners: dict[str, dict[str, int | None]] = defaultdict(dict)  # addr -> key -> inode
         self.kept: list[Socket] = []
 
     def add(self, sockets: list[Socket]) -> None:
@@ -78,7 +81,7 @@ class Classifier:
     def settle(self, sockets: list[Socket]) -> None:
         self.kept.extend(self._classify(sockets, own_namespace_only=True))
 
-    def finish(self, sockets: Optional[list[Socket]] = None) -> None:
+    def finish(self, sockets: list[Socket] | None = None) -> None:
         self._classify(self.kept if sockets is None else sockets, own_namespace_only=False)
         self.kept = []
 
@@ -87,7 +90,7 @@ class Classifier:
         kept: list[Socket] = []
         listeners = self.listeners
         by_tuple_get = self.by_tuple.get
-        no_listeners: dict[int, set[str]] = {}
+        no_listeners: dict[int | None, set[str]] = {}
         for s in sockets:
             proto, state = s.proto, s.state
             if proto == "unix":
@@ -130,7 +133,7 @@ class Classifier:
                 self._find_peer(s, others)
         return kept
 
-    def _find_peer(self, s: Socket, others) -> None:
+    def _find_peer(self, s: Socket, others: Sequence[Socket]) -> None:
         """The other end of a connected socket whose peer is not in its own namespace."""
         key = s.netns_key
         elsewhere = [o for o in others if o.netns_key != key]

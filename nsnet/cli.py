@@ -13,15 +13,23 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
-from typing import Optional, Sequence, TextIO
+from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from . import __version__, report, views
 from .errors import NsnetError, UsageError
 from .graph import FORMATS
+from .model import ServiceMap
 from .netparse import TCP_STATES
-from .options import (SOURCES, WATCH_SAMPLING, AgentOptions, OutputOptions, SamplingOptions,
-                      SnapshotOptions, WatchOptions)
+from .options import (
+    SOURCES,
+    WATCH_SAMPLING,
+    AgentOptions,
+    OutputOptions,
+    SamplingOptions,
+    SnapshotOptions,
+    WatchOptions,
+)
 from .sanitize import printable
 from .table import forced_columns, terminal_width, use_color
 
@@ -97,9 +105,9 @@ def _fraction(text: str) -> float:
 
 # ------------------------------------------------------------------------------ parser
 
-def _common(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def _common(env: Mapping[str, str]) -> _Parser:
     """The options every command takes."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
     common.add_argument("--proc", default=env.get("NSNET_PROC", SNAPSHOT.proc), metavar="PATH",
                         help="procfs to read (default: $NSNET_PROC or /proc; e.g. /host/proc in a container)")
@@ -169,7 +177,8 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
     for proto in ("tcp", "udp", "unix", "raw"):
         socks.add_argument(f"--{proto}", action="store_true", help=f"{proto} sockets (combinable)")
     socks.add_argument("--listening", "-l", action="store_true", help="listening sockets only")
-    socks.add_argument("--state", type=_state, metavar="S", help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
+    socks.add_argument("--state", type=_state, metavar="S",
+                       help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
     socks.add_argument("--port", type=_port, metavar="N", help="local or remote port N")
     socks.add_argument("--pid", type=_positive, metavar="N", help="sockets held by pid N")
     socks.add_argument("--netns", type=_positive, metavar="INODE", help="sockets of this namespace")
@@ -232,7 +241,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
                            max_cpu=args.max_cpu, events=args.events != "off")
 
 
-def node_name(given: Optional[str], env: Mapping[str, str]) -> str:
+def node_name(given: str | None, env: Mapping[str, str]) -> str:
     return given or env.get("NODE_NAME") or socket.gethostname()
 
 
@@ -259,7 +268,7 @@ def _emit_ndjson(doc: dict, out: TextIO) -> None:
     out.write(json.dumps({"schema": doc["schema"], "type": "stats", "stats": doc["stats"]}) + "\n")
 
 
-def _only_uid(args: argparse.Namespace) -> Optional[int]:
+def _only_uid(args: argparse.Namespace) -> int | None:
     from .ownership import resolve_user
 
     if getattr(args, "user", None) is None:
@@ -270,7 +279,7 @@ def _only_uid(args: argparse.Namespace) -> Optional[int]:
         raise UsageError(str(exc)) from None
 
 
-def _since(args: argparse.Namespace) -> Optional[float]:
+def _since(args: argparse.Namespace) -> float | None:
     if getattr(args, "since", None) is None:
         return None
     from .agent.store import parse_since
@@ -307,8 +316,8 @@ def _warn(err: TextIO, lines: list[str]) -> None:
 
 
 def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
-                      env: Mapping[str, str], only_uid: Optional[int]) -> int:
-    from .snapshot import take_snapshot   # late: `--help` must work without /proc
+                      env: Mapping[str, str], only_uid: int | None) -> int:
+    from .snapshot import take_snapshot  # late: `--help` must work without /proc
 
     output = output_options(args, out, env)
     snap = take_snapshot(snapshot_options(args))
@@ -343,7 +352,7 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
 
 
 def _edges_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapping[str, str],
-                   since: Optional[float], only_uid: Optional[int]) -> int:
+                   since: float | None, only_uid: int | None) -> int:
     from .services import load_services
 
     if args.db:
@@ -353,7 +362,7 @@ def _edges_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapp
     return _print_edges(args, output_options(args, out, env), doc, out)
 
 
-def _history(db: str, since: Optional[float], uid: Optional[int], services) -> dict:
+def _history(db: str, since: float | None, uid: int | None, services: ServiceMap) -> dict:
     from .agent.history import deps_view, rows_from_store
     from .agent.store import Store
 
@@ -365,7 +374,7 @@ def _history(db: str, since: Optional[float], uid: Optional[int], services) -> d
     return deps_view(rows, services, since, f"history {db}")
 
 
-def _live_edges(options: SnapshotOptions, node: str, uid: Optional[int], err: TextIO) -> dict:
+def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO) -> dict:
     from .agent.edges import EdgeState, observe
     from .agent.history import deps_view
     from .snapshot import take_snapshot
@@ -399,7 +408,7 @@ def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out
     return EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     try:
         args = build_parser().parse_args(argv)

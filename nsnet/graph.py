@@ -4,7 +4,7 @@ kubelet's log tree and the operator's file)."""
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 FORMATS = ("dot", "mermaid")
 

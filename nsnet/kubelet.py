@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"  # RFC 1123 label
 _SUBDOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
@@ -52,7 +51,7 @@ class ContainerLog:
 @dataclass(frozen=True, slots=True)
 class ContainerName:
     name: str
-    pod_uid: Optional[str]  # None when the link does not lead to a pod directory of this pod
+    pod_uid: str | None  # None when the link does not lead to a pod directory of this pod
     namespace: str
     pod_name: str
 
@@ -73,7 +72,7 @@ def _is_subdomain(s: str) -> bool:
     return len(s) <= _MAX_SUBDOMAIN and _SUBDOMAIN_RE.fullmatch(s) is not None
 
 
-def parse_pod_log_dir(name: str) -> Optional[PodRef]:
+def parse_pod_log_dir(name: str) -> PodRef | None:
     """`<namespace>_<name>_<uid>` (a directory of /var/log/pods) -> PodRef, else None."""
     parts = name.split("_")
     if len(parts) != 3:
@@ -84,7 +83,7 @@ def parse_pod_log_dir(name: str) -> Optional[PodRef]:
     return PodRef(uid=uid, namespace=namespace, name=pod)
 
 
-def parse_container_log_name(name: str) -> Optional[ContainerLog]:
+def parse_container_log_name(name: str) -> ContainerLog | None:
     """`<pod>_<namespace>_<container>-<id>.log` (an entry of /var/log/containers), else None.
 
     Container names may contain '-': the id is what follows the last one."""
@@ -108,7 +107,7 @@ def _error(path: str, exc: OSError) -> str:
     return f"cannot read {path}: {reason}"
 
 
-def _list(path: str, errors: list[str]) -> Optional[list[os.DirEntry]]:
+def _list(path: str, errors: list[str]) -> list[os.DirEntry] | None:
     """Entries of a directory in name order (for deterministic results), or None.
 
     A missing directory is silent: the node is not a Kubernetes node, or the pod went away
@@ -131,7 +130,7 @@ def _is_real_dir(entry: os.DirEntry) -> bool:
         return False  # vanished between listing and stat
 
 
-def _pod_from_link(target: str, log: ContainerLog) -> Optional[PodRef]:
+def _pod_from_link(target: str, log: ContainerLog) -> PodRef | None:
     """The pod directory of `.../<ns>_<pod>_<uid>/<container>/<N>.log`, if it is this log's."""
     parts = target.split("/")
     if len(parts) < 3:
@@ -180,7 +179,7 @@ def load_kubelet_logs(host_root: str = "/") -> KubeletLogs:
         try:
             # The link target's text is the record; following it would fail for a log
             # already rotated away and would read the pod tree a second time.
-            target: Optional[str] = os.readlink(entry.path)
+            target: str | None = os.readlink(entry.path)
         except FileNotFoundError:
             continue  # rotated away mid-listing
         except OSError:
@@ -188,7 +187,7 @@ def load_kubelet_logs(host_root: str = "/") -> KubeletLogs:
         pod = _pod_from_link(target, log) if target is not None else None
         if pod is not None:
             result.pods.setdefault(pod.uid, pod)
-            uid: Optional[str] = pod.uid
+            uid: str | None = pod.uid
         else:
             candidates = by_name.get((log.namespace, log.pod_name), [])
             uid = candidates[0] if len(candidates) == 1 else None

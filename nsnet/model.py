@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 # ----------------------------------------------------------------------- namespace keys
 
@@ -37,7 +36,7 @@ def procnet_key(ident: int) -> str:
     return f"{_PROCNET_PREFIX}{ident}"
 
 
-def key_inode(key: str) -> Optional[int]:
+def key_inode(key: str) -> int | None:
     """The nsfs inode a key names; None for a stand-in (procnet:) key."""
     if key.startswith(_NETNS_PREFIX) and key.endswith("]"):
         return int(key[len(_NETNS_PREFIX):-1])
@@ -53,16 +52,16 @@ def is_stand_in(key: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class ContainerIdentity:
     """What /proc/<pid>/cgroup says about a process (nsnet.cgroup parses it)."""
-    runtime: Optional[str]       # docker, containerd, cri-o, podman; None: the layout does not say
-    container_id: Optional[str]  # 64 lower-case hex; None for a pod-level cgroup or a conmon
-    pod_uid: Optional[str]       # dashed UUID, or the 32-hex uid of a static pod
-    qos: Optional[str]           # guaranteed, burstable, besteffort (kubelet pods only)
+    runtime: str | None       # docker, containerd, cri-o, podman; None: the layout does not say
+    container_id: str | None  # 64 lower-case hex; None for a pod-level cgroup or a conmon
+    pod_uid: str | None       # dashed UUID, or the 32-hex uid of a static pod
+    qos: str | None           # guaranteed, burstable, besteffort (kubelet pods only)
     path: str                    # the cgroup path it came from
 
 
 # --------------------------------------------------------------------- service names
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +69,7 @@ class Rule:
     """One `match` entry of the operator's services file (nsnet.services parses it)."""
     name: str
     network: Network
-    port: Optional[int]
+    port: int | None
 
 
 class ServiceMap:
@@ -79,18 +78,18 @@ class ServiceMap:
 
     def __init__(self, rules: list[Rule]):
         self.rules = sorted(rules, key=lambda r: (-r.network.prefixlen, r.port is None))
-        self._cache: dict[tuple[str, Optional[int]], Optional[str]] = {}
+        self._cache: dict[tuple[str, int | None], str | None] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def name(self, addr: str, port: Optional[int]) -> Optional[str]:
+    def name(self, addr: str, port: int | None) -> str | None:
         key = (addr, port)
         if key in self._cache:
             return self._cache[key]
         found = None
         try:
-            ip: Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]] = \
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = \
                 ipaddress.ip_address(addr)
         except ValueError:
             ip = None
@@ -117,19 +116,19 @@ class Socket:
     family: str                     # inet | inet6 | unix
     state: str                      # kernel name: LISTEN, ESTABLISHED, TIME_WAIT, ... UNCONN
     local_addr: str
-    local_port: Optional[int]
+    local_port: int | None
     remote_addr: str
-    remote_port: Optional[int]
+    remote_port: int | None
     inode: int                      # 0 for sockets no process holds (TIME_WAIT, orphans)
-    uid: Optional[int]              # the table's uid column; unix tables have none
-    netns: Optional[int] = None     # nsfs inode of the namespace whose table lists it
+    uid: int | None              # the table's uid column; unix tables have none
+    netns: int | None = None     # nsfs inode of the namespace whose table lists it
     netns_key: str = ""             # stable key even when the nsfs inode is unreadable
-    unix_type: Optional[str] = None  # stream | dgram | seqpacket (unix only)
+    unix_type: str | None = None  # stream | dgram | seqpacket (unix only)
     pids: list[int] = field(default_factory=list)
     fds: dict[int, list[int]] = field(default_factory=dict)   # pid -> fd numbers
-    direction: Optional[str] = None  # listening | inbound | outbound | None
-    peer: Optional[str] = None       # local | node | external | None (not connected)
-    peer_netns: Optional[int] = None
+    direction: str | None = None  # listening | inbound | outbound | None
+    peer: str | None = None       # local | node | external | None (not connected)
+    peer_netns: int | None = None
     peer_pids: list[int] = field(default_factory=list)
     source: str = "proc"             # proc | netlink | pidfd: where this socket was read
 
@@ -142,20 +141,20 @@ class Process:
     cmdline: list[str]
     uid: int                        # effective uid
     netns_key: str = ""
-    netns: Optional[int] = None
+    netns: int | None = None
     sandbox: bool = False
     fds_readable: bool = True
     socket_fds: dict[int, int] = field(default_factory=dict)   # fd -> socket inode
     start_ticks: int = 0                 # clock ticks after boot (/proc/<pid>/stat)
-    started: Optional[float] = None      # epoch seconds, when the boot time is known
-    identity: Optional[ContainerIdentity] = None   # from /proc/<pid>/cgroup
+    started: float | None = None      # epoch seconds, when the boot time is known
+    identity: ContainerIdentity | None = None   # from /proc/<pid>/cgroup
 
     @property
-    def container_id(self) -> Optional[str]:
+    def container_id(self) -> str | None:
         return self.identity.container_id if self.identity else None
 
     @property
-    def pod_uid(self) -> Optional[str]:
+    def pod_uid(self) -> str | None:
         return self.identity.pod_uid if self.identity else None
 
     @property
@@ -169,15 +168,15 @@ class Process:
 @dataclass(slots=True)
 class Namespace:
     key: str                        # "net:[<inode>]" or "procnet:<pde inode>" when unreadable
-    inode: Optional[int]
+    inode: int | None
     host: bool = False
     pinned: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     threads: list[tuple[int, int]] = field(default_factory=list)   # (pid, tid) living here
     owners: list[int] = field(default_factory=list)
-    read_via: Optional[str] = None  # how its tables were read: "pid 123", "setns /run/netns/x"
+    read_via: str | None = None  # how its tables were read: "pid 123", "setns /run/netns/x"
     tables_read: bool = False
-    error: Optional[str] = None     # why the tables could not be read
+    error: str | None = None     # why the tables could not be read
     held_sockets: bool = False      # a held socket lives here (pidfd source: SIOCGSKNS)
 
     @property
@@ -198,9 +197,9 @@ class Namespace:
 class Container:
     """A container seen through its processes' cgroups (no runtime API is asked)."""
     id: str
-    runtime: Optional[str]
-    pod_uid: Optional[str] = None
-    name: Optional[str] = None       # from the kubelet's /var/log/containers, when there
+    runtime: str | None
+    pod_uid: str | None = None
+    name: str | None = None       # from the kubelet's /var/log/containers, when there
     sandbox: bool = False            # the pod's namespace holder (pause / CRI sandbox)
     pids: list[int] = field(default_factory=list)
 
@@ -208,9 +207,9 @@ class Container:
 @dataclass(slots=True)
 class Pod:
     uid: str
-    namespace: Optional[str] = None  # Kubernetes namespace, from /var/log/pods (None: unknown)
-    name: Optional[str] = None
-    qos: Optional[str] = None
+    namespace: str | None = None  # Kubernetes namespace, from /var/log/pods (None: unknown)
+    name: str | None = None
+    qos: str | None = None
     containers: dict[str, Container] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)      # every process of the pod, sandbox included
     netns_keys: list[str] = field(default_factory=list)
@@ -270,7 +269,7 @@ class Snapshot:
     processes: dict[int, Process]
     sockets: list[Socket]
     stats: Stats
-    host_key: Optional[str] = None
+    host_key: str | None = None
     pods: dict[str, Pod] = field(default_factory=dict)
     containers: dict[str, Container] = field(default_factory=dict)
     # pods whose own (non-host) namespace this is: unheld sockets there belong to them

@@ -9,11 +9,12 @@ decoding; ports are printed in host order already.
 """
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .model import Socket
 
@@ -179,7 +180,7 @@ def parse_unix(data: bytes) -> ParseResult:
 
 
 PARSERS: dict[str, Callable[[bytes], ParseResult]] = {
-    name: (lambda data, _n=name: parse_inet(data, _n)) for name in INET_FILES
+    name: functools.partial(parse_inet, name=name) for name in INET_FILES
 }
 PARSERS["unix"] = parse_unix
 

@@ -8,7 +8,6 @@ the CLI's own defaults are read from these classes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .model import NO_SERVICES, ServiceMap
 
@@ -23,8 +22,8 @@ class SnapshotOptions:
     source: str = "proc"                        # proc | netlink | pidfd | auto (nsnet.sources)
     sandbox_commands: tuple[str, ...] = ("pause",)   # namespace holders, never owners
     enter_pinned: bool = True                   # setns into namespaces only a bind mount keeps
-    host_root: Optional[str] = "/"              # where /var/log/pods is; None: do not look
-    threads: Optional[int] = None               # reader threads; None: one per CPU, at most 8
+    host_root: str | None = "/"              # where /var/log/pods is; None: do not look
+    threads: int | None = None               # reader threads; None: one per CPU, at most 8
     services: ServiceMap = NO_SERVICES          # the operator's names for endpoints
 
 
@@ -35,7 +34,7 @@ class OutputOptions:
     ndjson: bool = False
     color: bool = False                         # resolved: --color, NO_COLOR, TERM, a tty
     resolve: bool = False                       # service names for port numbers
-    columns: Optional[int] = None               # COLUMNS: a width forced by the user
+    columns: int | None = None               # COLUMNS: a width forced by the user
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class AgentOptions:
     node: str = "localhost"                     # this node's name in edges and metrics
     listen: tuple[str, int] = ("0.0.0.0", 9810)
     expose_cmdlines: bool = False
-    db: Optional[str] = None                    # the SQLite history; None: memory only
+    db: str | None = None                    # the SQLite history; None: memory only
     retention: float = 30 * DAY
     max_series: int = 5000                      # edge series in /metrics before folding
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import pwd
 from collections import defaultdict
 from functools import lru_cache
-from typing import Optional
 
 from .model import Container, Namespace, Pod, Process, Snapshot, Socket, netns_key
 
@@ -68,7 +67,7 @@ def assign_owners(namespaces: dict[str, Namespace], processes: dict[int, Process
 
 
 @lru_cache(maxsize=4096)
-def user_name(uid: Optional[int]) -> Optional[str]:
+def user_name(uid: int | None) -> str | None:
     """The name of a uid in the passwd of the system nsnet runs on (inside a container: the
     container's), or None. The numeric uid is the truth; a name is a convenience."""
     if uid is None:
@@ -110,11 +109,11 @@ def _pods_by_uid(uids: set[str], snap: Snapshot) -> list[Pod]:
     return sorted((snap.pods[u] for u in uids), key=pod_order)
 
 
-def process_container(p: Process, snap: Snapshot) -> Optional[Container]:
+def process_container(p: Process, snap: Snapshot) -> Container | None:
     return snap.containers.get(p.container_id) if p.container_id else None
 
 
-def process_pod(p: Process, snap: Snapshot) -> Optional[Pod]:
+def process_pod(p: Process, snap: Snapshot) -> Pod | None:
     return snap.pods.get(p.pod_uid) if p.pod_uid else None
 
 
@@ -155,7 +154,7 @@ def socket_containers(sock: Socket, snap: Snapshot) -> list[Container]:
     return [snap.containers[i] for i in sorted(ids)]
 
 
-def socket_service(sock: Socket, snap: Snapshot) -> Optional[str]:
+def socket_service(sock: Socket, snap: Snapshot) -> str | None:
     """The operator's name for the service side: the peer of an outbound connection, our
     own endpoint otherwise."""
     if not snap.services or sock.proto not in ("tcp", "udp"):

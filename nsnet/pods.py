@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable, Optional
 
 from .kubelet import KubeletLogs
 from .model import Container, Pod, Process
@@ -18,8 +18,8 @@ def command_name(process: Process) -> str:
     return os.path.basename(process.cmdline[0]) if process.cmdline else process.comm
 
 
-def assemble(processes: dict[int, Process], logs: Optional[KubeletLogs],
-             sandbox_commands: Iterable[str], host_key: Optional[str]
+def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
+             sandbox_commands: Iterable[str], host_key: str | None
              ) -> tuple[dict[str, Container], dict[str, Pod], dict[str, list[str]]]:
     """Group processes into containers and pods and mark sandbox holders (process.sandbox).
 
@@ -71,6 +71,13 @@ def assemble(processes: dict[int, Process], logs: Optional[KubeletLogs],
         container.pids.sort()
         container.sandbox = all(processes[p].sandbox for p in container.pids)
 
+    return containers, pods, _finish_pods(pods, processes, host_key)
+
+
+def _finish_pods(pods: dict[str, Pod], processes: dict[int, Process],
+                 host_key: str | None) -> dict[str, list[str]]:
+    """Each pod's namespaces, owners and hostNetwork flag; returns the pod uids by the
+    namespace they own (never the host's)."""
     pods_of_netns: dict[str, list[str]] = defaultdict(list)
     for pod in pods.values():
         pod.pids.sort()
@@ -84,4 +91,4 @@ def assemble(processes: dict[int, Process], logs: Optional[KubeletLogs],
         for key in pod.netns_keys:
             if key != host_key:
                 pods_of_netns[key].append(pod.uid)
-    return containers, pods, {k: sorted(v) for k, v in pods_of_netns.items()}
+    return {k: sorted(v) for k, v in pods_of_netns.items()}

@@ -13,7 +13,6 @@ snapshot, for the boot time of the procfs being read.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from .errors import NotProcfs, translate
 
@@ -74,7 +73,7 @@ def read_at(dirfd: int, name: str) -> bytes:
         os.close(fd)
 
 
-def open_dir(path: str, dir_fd: Optional[int] = None) -> int:
+def open_dir(path: str, dir_fd: int | None = None) -> int:
     try:
         return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
@@ -171,10 +170,10 @@ def read_text(path: str) -> bytes:
         raise translate(exc) from exc
 
 
-def boot_time(proc: str) -> Optional[float]:
+def boot_time(proc: str) -> float | None:
     """When the machine whose procfs this is booted (epoch seconds), through psutil, which
     reads it from that procfs' stat; None when it cannot."""
-    import psutil   # off the hot path: once per snapshot
+    import psutil  # off the hot path: once per snapshot
 
     saved = psutil.PROCFS_PATH
     psutil.PROCFS_PATH = proc

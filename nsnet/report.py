@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket as _socket
 from functools import lru_cache
-from typing import Optional
+from typing import Any
 
 from .sanitize import SafeText, join_cmdline, printable
 from .table import Column, heading, render_table
@@ -22,7 +22,7 @@ STATE_STYLE = {"LISTEN": "green", "ESTABLISHED": "cyan", "TIME_WAIT": "dim",
 
 
 @lru_cache(maxsize=4096)
-def _service(port: int, proto: str) -> Optional[str]:
+def _service(port: int, proto: str) -> str | None:
     try:
         return _socket.getservbyport(port, proto)
     except (OSError, OverflowError):
@@ -30,12 +30,12 @@ def _service(port: int, proto: str) -> Optional[str]:
 
 
 class Renderer:
-    def __init__(self, width: Optional[int], color: bool, resolve: bool = False):
+    def __init__(self, width: int | None, color: bool, resolve: bool = False):
         self.width = width
         self.color = color
         self.resolve = resolve
 
-    def ep(self, addr: Optional[str], port: Optional[int], proto: str = "tcp") -> str:
+    def ep(self, addr: str | None, port: int | None, proto: str = "tcp") -> str:
         if addr is None:
             return ""
         if port is not None and self.resolve and proto in ("tcp", "udp"):
@@ -44,7 +44,7 @@ class Renderer:
                 return _named(addr, name)
         return endpoint(addr, port)
 
-    def table(self, columns: list[Column], rows: list, **kw) -> str:
+    def table(self, columns: list[Column], rows: list, **kw: Any) -> str:
         return render_table(columns, rows, width=self.width, color=self.color, **kw)
 
     def head(self, text: str) -> str:
@@ -60,7 +60,7 @@ def _pids(pids: list[int], limit: int = 6) -> str:
     return shown + (f",+{len(pids) - limit}" if len(pids) > limit else "")
 
 
-def _ns(inode: Optional[int], key: str = "") -> str:
+def _ns(inode: int | None, key: str = "") -> str:
     return str(inode) if inode is not None else key
 
 
@@ -88,7 +88,7 @@ def _pods(refs: list[dict], limit: int = 2) -> str:
     return SafeText(shown + (f",+{len(refs) - limit}" if len(refs) > limit else ""))
 
 
-def _container(c: Optional[dict]) -> str:
+def _container(c: dict | None) -> str:
     if not c:
         return ""
     return printable(c["name"]) if c.get("name") else c["id"][:12]
@@ -249,7 +249,7 @@ def render_by_user(doc: dict, r: Renderer) -> str:
     for u in doc["users"]:
         name = f" ({printable(u['name'])})" if u["name"] else ""
         owns = ",".join(str(n) if n is not None else k
-                        for n, k in zip(u["namespaces"], u["namespace_keys"])) or "none"
+                        for n, k in zip(u["namespaces"], u["namespace_keys"], strict=True)) or "none"
         pods = f"  pods {_pods(u['pods'], limit=4)}" if u.get("pods") else ""
         out.append(r.head(SafeText(f"uid {u['uid']}{name}  owns netns {printable(owns)}  "
                                    f"processes {len(u['processes'])}  sockets {u['sockets']}"

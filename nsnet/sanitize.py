@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["SafeText", "printable", "join_cmdline"]
 
@@ -146,9 +146,9 @@ def join_cmdline(argv: Iterable[str]) -> SafeText:
     and ``[]`` prints an empty string. This is not shell syntax; do not paste it into
     a shell.
     """
-    parts = []
+    parts: list[str] = []
     for arg in argv:
-        safe = printable(arg)
+        safe: str = printable(arg)
         if _needs_quotes(safe):
             safe = '"' + safe.replace('"', '\\"') + '"'
         parts.append(safe)

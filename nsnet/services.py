@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from typing import Optional
 
 from .errors import ServiceConfigError
 from .model import NO_SERVICES, Network, Rule, ServiceMap
@@ -29,10 +28,10 @@ __all__ = ["NO_SERVICES", "ServiceConfigError", "ServiceMap", "load_services", "
            "parse_services"]
 
 
-def parse_match(text: str) -> tuple[Network, Optional[int]]:
+def parse_match(text: str) -> tuple[Network, int | None]:
     """'10.0.0.5:3306', '10.0.0.0/24', '10.0.0.0/24:53', '[fd00::5]:3306', 'fd00::/64'."""
     text = text.strip()
-    port: Optional[int] = None
+    port: int | None = None
     if text.startswith("["):
         addr, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
@@ -91,7 +90,7 @@ def parse_services(text: str, origin: str = "services file") -> ServiceMap:
     return ServiceMap(rules)
 
 
-def load_services(path: Optional[str]) -> ServiceMap:
+def load_services(path: str | None) -> ServiceMap:
     if not path:
         return NO_SERVICES
     try:

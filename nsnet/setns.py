@@ -15,7 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import _stdlib_guard
 

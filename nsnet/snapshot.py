@@ -17,9 +17,9 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Callable, Optional
 
 from . import classify, kubelet, pods, sources, walk
 from .caps import own_capabilities, privilege_notes
@@ -29,6 +29,7 @@ from .ownership import HolderJoin, assign_owners
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
 
 Pace = Callable[[], None]
+DEFAULTS = SnapshotOptions()
 
 
 def default_threads() -> int:
@@ -44,7 +45,7 @@ class Snapshotter:
         self.options = options
         self.keep = keep
         self.proc = options.proc.rstrip("/") or "/"
-        self._chosen: Optional[tuple[sources.Choice, sources.Source]] = None
+        self._chosen: tuple[sources.Choice, sources.Source] | None = None
 
     def _source(self) -> tuple[sources.Choice, sources.Source]:
         """Chosen at the first snapshot (the privileges do not change while we run); an
@@ -54,7 +55,7 @@ class Snapshotter:
             self._chosen = (choice, sources.create(choice, keep=self.keep))
         return self._chosen
 
-    def take(self, pace: Optional[Pace] = None) -> Snapshot:
+    def take(self, pace: Pace | None = None) -> Snapshot:
         """One snapshot. pace() is called every few processes of the walk; it may sleep to
         spread the walk over time (the agent's CPU budget)."""
         started = time.perf_counter()
@@ -78,7 +79,7 @@ class Snapshotter:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     @property
-    def source(self) -> Optional[sources.Source]:
+    def source(self) -> sources.Source | None:
         """The source chosen at the first snapshot (None before it)."""
         return self._chosen[1] if self._chosen is not None else None
 
@@ -93,8 +94,8 @@ class Snapshotter:
         self.close()
 
     def _take(self, choice: sources.Choice, source: sources.Source,
-              pool: Optional[ThreadPoolExecutor], started: float,
-              pace: Optional[Pace]) -> Snapshot:
+              pool: ThreadPoolExecutor | None, started: float,
+              pace: Pace | None) -> Snapshot:
         options = self.options
         stats = Stats(source=choice.source, source_reason=choice.reason)
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
@@ -102,10 +103,15 @@ class Snapshotter:
         joined = Joined(found)
         sockets = source.collect(ctx, found, joined.add)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
+        booted = boot_time(self.proc)
+        if booted is not None:
+            for process in found.processes.values():
+                process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
         logs = kubelet.load_kubelet_logs(options.host_root) \
             if options.host_root is not None else None
-        return assemble(found, sockets, stats, joined, options, logs=logs,
-                        booted=boot_time(self.proc), started=started)
+        snap = assemble(found, sockets, stats, joined, options, logs=logs)
+        stats.elapsed_seconds = round(time.perf_counter() - started, 6)
+        return snap
 
 
 class Joined:
@@ -127,8 +133,7 @@ class Joined:
 
 
 def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined: Joined,
-             options: SnapshotOptions, *, logs: Optional[kubelet.KubeletLogs] = None,
-             booted: Optional[float] = None, started: Optional[float] = None) -> Snapshot:
+             options: SnapshotOptions, *, logs: kubelet.KubeletLogs | None = None) -> Snapshot:
     """The stages after the sources: the rest of the join, pods and owners, the counts and
     the privilege notes. Pure but for our own capabilities: a test gives it a Discovery and
     sockets built in memory (snapshot_from)."""
@@ -136,9 +141,6 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     stats.socket_fds_not_in_tables = joined.join.not_listed()
     for sock in sockets:
         stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
-    if booted is not None:
-        for process in found.processes.values():
-            process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
     if logs is not None:
         stats.kubelet_errors.extend(logs.errors)
     containers, pod_map, pods_of_netns = pods.assemble(
@@ -150,16 +152,14 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     stats.sockets = len(sockets)
     stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
     stats.privileges.extend(privilege_notes(stats, own_capabilities()))
-    if started is not None:
-        stats.elapsed_seconds = round(time.perf_counter() - started, 6)
     return Snapshot(found.proc, found.namespaces, found.processes, sockets, stats,
                     found.host_key, pod_map, containers, pods_of_netns, options.services)
 
 
 def snapshot_from(found: walk.Discovery, sockets: list[Socket],
-                  options: SnapshotOptions = SnapshotOptions(), *,
-                  logs: Optional[kubelet.KubeletLogs] = None,
-                  stats: Optional[Stats] = None) -> Snapshot:
+                  options: SnapshotOptions = DEFAULTS, *,
+                  logs: kubelet.KubeletLogs | None = None,
+                  stats: Stats | None = None) -> Snapshot:
     """A snapshot of what a walk and a source would have found (a fixed scanner's input):
     the same join, classification, pods and owners as take_snapshot, on data given in
     memory. Each socket needs its netns/netns_key; holders come from found.holders."""
@@ -172,8 +172,8 @@ def snapshot_from(found: walk.Discovery, sockets: list[Socket],
     return assemble(found, sockets, stats or Stats(), joined, options, logs=logs)
 
 
-def take_snapshot(options: SnapshotOptions = SnapshotOptions(), *,
-                  pace: Optional[Pace] = None) -> Snapshot:
+def take_snapshot(options: SnapshotOptions = DEFAULTS, *,
+                  pace: Pace | None = None) -> Snapshot:
     """One snapshot of the machine, keeping nothing afterwards."""
     with Snapshotter(options) as snapshotter:
         return snapshotter.take(pace)

@@ -25,7 +25,6 @@ import errno as _errno
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .model import Socket
 from .netparse import DGRAM_STATES, TCP_STATES, UNIX_TYPES
@@ -41,6 +40,8 @@ INET_DIAG_REQ_PROTOCOL = 3      # u32 protocol, for protocols that do not fit sd
 UNIX_DIAG_NAME = 0
 UDIAG_SHOW_NAME = 0x01
 NLA_TYPE_MASK = 0x3FFF          # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+_DIAG_TYPES = frozenset({SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK})   # an inet_diag_msg reply
+Buffer = bytes | bytearray | memoryview
 
 TCPF = {name: 1 << number for number, name in TCP_STATES.items()}
 TCPF_BOUND_INACTIVE = TCPF["BOUND_INACTIVE"]
@@ -152,7 +153,7 @@ def unix_name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _control(buf, off: int, length: int, mtype: int, res: ParsedDump) -> None:
+def _control(buf: Buffer, off: int, length: int, mtype: int, res: ParsedDump) -> None:
     """NLMSG_DONE / NLMSG_ERROR of our own request: the dump is over."""
     res.done = True
     if length >= _NLMSGHDR.size + _ERRNO.size:
@@ -166,7 +167,7 @@ def _control(buf, off: int, length: int, mtype: int, res: ParsedDump) -> None:
         res.error = _errno.EBADMSG
 
 
-def parse_into(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) -> None:
+def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
     """Decode the netlink messages in buf[:end] (one recv) into res.
 
     proto is what the request asked for (tcp, udp, raw, unix): inet_diag_msg does not say.
@@ -180,14 +181,14 @@ def parse_into(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) -
         _parse_inet(buf, end, proto, seq, res)
 
 
-def _other(buf, off: int, length: int, mtype: int, mseq: int, seq: Optional[int],
+def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int | None,
            res: ParsedDump) -> bool:
     """A message that is not one of our sockets; True when it ends our dump."""
     if seq is not None and mseq != seq:
         res.stale += 1
-        if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+        if mtype in (NLMSG_DONE, NLMSG_ERROR):
             res.stale_done = True
-    elif mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+    elif mtype in (NLMSG_DONE, NLMSG_ERROR):
         _control(buf, off, length, mtype, res)
         return True
     elif mtype != NLMSG_NOOP:
@@ -195,7 +196,7 @@ def _other(buf, off: int, length: int, mtype: int, mseq: int, seq: Optional[int]
     return False
 
 
-def _parse_inet(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) -> None:
+def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     raw = proto == "raw"        # /proc prints 0 as a raw socket's remote "port"
     append = res.sockets.append
@@ -204,6 +205,7 @@ def _parse_inet(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) 
     ntohs = socket.ntohs
     c4, c6 = _addr4_cache, _addr6_cache
     AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+    diag_types = _DIAG_TYPES
     off = 0
     while off + 16 <= end:
         # one unpack for header and inet_diag_msg when the bytes are there (the common case);
@@ -216,8 +218,7 @@ def _parse_inet(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) 
         if length < 16 or off + length > end:
             res.malformed += 1
             return
-        if (mtype == SOCK_DIAG_BY_FAMILY or mtype == TCPDIAG_GETSOCK) and \
-                (seq is None or mseq == seq):
+        if mtype in diag_types and (seq is None or mseq == seq):
             if flags & NLM_F_DUMP_INTR:
                 res.interrupted = True
             state = states.get(st) if length >= INET_MSG_LEN else None
@@ -240,7 +241,7 @@ def _parse_inet(buf, end: int, proto: str, seq: Optional[int], res: ParsedDump) 
         res.malformed += 1      # bytes too few for a header: a cut datagram
 
 
-def _parse_unix(buf, end: int, seq: Optional[int], res: ParsedDump) -> None:
+def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump) -> None:
     append = res.sockets.append
     unpack_hdr = _NLMSGHDR.unpack_from
     unpack_unix = _UNIX_MSG.unpack_from
@@ -283,7 +284,7 @@ def _parse_unix(buf, end: int, seq: Optional[int], res: ParsedDump) -> None:
         res.malformed += 1
 
 
-def parse_dump(data: bytes, proto: str, seq: Optional[int] = None) -> ParsedDump:
+def parse_dump(data: bytes, proto: str, seq: int | None = None) -> ParsedDump:
     """Decode captured reply bytes (one recv, or several concatenated) of one dump."""
     res = ParsedDump()
     view = memoryview(data)

@@ -31,9 +31,9 @@ import gc
 import operator
 import os
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence, TextIO
+from typing import Any, Literal, TextIO
 
 from .sanitize import SafeText, printable
 
@@ -50,7 +50,7 @@ STYLES: dict[str, int] = {
     "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36,
 }
 
-StyleFn = Callable[[Any], Optional[str]]
+StyleFn = Callable[[Any], str | None]
 
 
 @dataclass
@@ -68,8 +68,8 @@ class Column:
     align: Literal["left", "right"] = "left"
     min_width: int = 1
     shrink: bool = False
-    priority: Optional[int] = None
-    style: Optional[StyleFn] = None
+    priority: int | None = None
+    style: StyleFn | None = None
 
     def __post_init__(self) -> None:
         if self.align not in ("left", "right"):
@@ -128,7 +128,7 @@ def _sgr(style: str) -> str:
     return ";".join(codes)
 
 
-def paint(text: str, style: Optional[str], color: bool) -> str:
+def paint(text: str, style: str | None, color: bool) -> str:
     """Wrap ``text`` in the SGR codes of ``style`` ("bold", "dim red"...) when ``color``."""
     if not color or not style or not text:
         return text
@@ -136,13 +136,13 @@ def paint(text: str, style: Optional[str], color: bool) -> str:
     return f"\x1b[{codes}m{text}\x1b[0m" if codes else text
 
 
-def heading(text: str, color: bool, *, width: Optional[int] = None) -> str:
+def heading(text: str, color: bool, *, width: int | None = None) -> str:
     """A section heading: the sanitised text, then a line of ``=`` as long as it.
 
     The underline keeps sections visible in piped (colourless) output; with colour the
     text is bold as well. No trailing newline. ``width`` (a terminal's) truncates.
     """
-    safe = printable(text)
+    safe: str = printable(text)
     if width is not None:
         safe = truncate(safe, max(width, 1))
     return paint(safe, "bold", color) + "\n" + "=" * display_width(safe)
@@ -188,7 +188,7 @@ def _shrink(natural: list[int], mins: list[int], shrinkable: list[int], budget: 
 def _fit(columns: Sequence[Column], natural: list[int], width: int,
          sep_width: int) -> tuple[list[int], list[int]]:
     """(visible column indices, widths) for a terminal ``width`` cells wide."""
-    mins = [min(max(c.min_width, 1), n) for c, n in zip(columns, natural)]
+    mins = [min(max(c.min_width, 1), n) for c, n in zip(columns, natural, strict=True)]
     visible = list(range(len(columns)))
     while True:
         fixed = sum(natural[i] for i in visible if not columns[i].shrink)
@@ -205,7 +205,7 @@ def _fit(columns: Sequence[Column], natural: list[int], width: int,
 
 # A line is built as segments so that clipping and colour never cut into each other:
 # (text, display width, style or None, is_padding).
-_Segment = tuple[str, int, Optional[str], bool]
+_Segment = tuple[str, int, str | None, bool]
 
 
 def _clip(segments: list[_Segment], width: int) -> list[_Segment]:
@@ -258,7 +258,7 @@ def _cell_text(value: object) -> SafeText:
     return printable(value if isinstance(value, str) else str(value))
 
 
-def _combine(*styles: Optional[str]) -> Optional[str]:
+def _combine(*styles: str | None) -> str | None:
     return " ".join(s for s in styles if s) or None
 
 
@@ -266,9 +266,9 @@ def render_table(
     columns: Sequence[Column],
     rows: Iterable[Any],
     *,
-    width: Optional[int],
+    width: int | None,
     color: bool,
-    row_style: Optional[StyleFn] = None,
+    row_style: StyleFn | None = None,
     sep: str = "  ",
     header: bool = True,
 ) -> str:
@@ -292,14 +292,15 @@ def render_table(
             gc.enable()
 
 
-def _render(cols: list[Column], rows: list[Any], width: Optional[int], color: bool,
-            row_style: Optional[StyleFn], sep: str, header: bool) -> str:
-    if not cols:
-        return ""
+_Body = list[tuple[list[SafeText], list[int], "list[str | None] | None"]]
+
+
+def _measure(cols: list[Column], rows: list[Any], titles: Sequence[str], color: bool,
+             row_style: StyleFn | None, header: bool) -> tuple[_Body, list[int]]:
+    """Every cell's text, width and style, and each column's natural width."""
     getters = [_getter(c, rows[0] if rows else None) for c in cols]
-    titles = [printable(c.title) for c in cols]
     natural = [display_width(t) for t in titles] if header else [0] * len(cols)
-    body: list[tuple[list[SafeText], list[int], Optional[list[Optional[str]]]]] = []
+    body: _Body = []
     styled = color and (row_style is not None or any(c.style for c in cols))
     for row in rows:
         cells = [_cell_text(g(row)) for g in getters]
@@ -312,23 +313,27 @@ def _render(cols: list[Column], rows: list[Any], width: Optional[int], color: bo
             rstyle = row_style(row) if row_style else None
             styles = [_combine(rstyle, c.style(row) if c.style else None) for c in cols]
         body.append((cells, cell_widths, styles))
+    return body, natural
 
-    sep_width = display_width(sep)
-    if width is None:
-        visible, widths = list(range(len(cols))), natural
-    else:
-        width = max(width, 1)
-        visible, widths = _fit(cols, natural, width, sep_width)
-    total = sum(widths[i] for i in visible) + sep_width * (len(visible) - 1)
-    clip_width = width if width is not None and total > width else None
-    right = [c.align == "right" for c in cols]
 
-    def line(cells: Sequence[str], cell_widths: Sequence[int],
-             styles: Optional[Sequence[Optional[str]]]) -> str:
-        if clip_width is None:
-            return fast_line(cells, cell_widths, styles)
+@dataclass
+class _Layout:
+    """Which columns show, how wide, and how a row of cells becomes one line."""
+    visible: list[int]
+    widths: list[int]
+    right: list[bool]
+    sep: str
+    color: bool
+    clip_width: int | None      # the terminal width, when some line must still be cut
+
+    def line(self, cells: Sequence[str], cell_widths: Sequence[int],
+             styles: Sequence[str | None] | None) -> str:
+        if self.clip_width is None:
+            return self.fast_line(cells, cell_widths, styles)
+        sep, widths, right = self.sep, self.widths, self.right
+        sep_width = display_width(sep)
         segments: list[_Segment] = []
-        for n, i in enumerate(visible):
+        for n, i in enumerate(self.visible):
             if n:
                 segments.append((sep, sep_width, None, True))
             text, w = cells[i], cell_widths[i]
@@ -340,12 +345,14 @@ def _render(cols: list[Column], rows: list[Any], width: Optional[int], color: bo
             # An empty cell counts as padding, so an empty last column leaves no blanks.
             cell = (text, w, styles[i] if styles else None, not text)
             segments.extend((pad, cell) if right[i] else (cell, pad))
-        return _emit(_clip(_rstrip(segments), clip_width), color)
+        return _emit(_clip(_rstrip(segments), self.clip_width), self.color)
 
-    def fast_line(cells: Sequence[str], cell_widths: Sequence[int],
-                  styles: Optional[Sequence[Optional[str]]]) -> str:
+    def fast_line(self, cells: Sequence[str], cell_widths: Sequence[int],
+                  styles: Sequence[str | None] | None) -> str:
         # The same layout as the segment path, without a tuple per piece: this runs
         # once per socket when nothing needs clipping, the usual case.
+        visible, widths, right, sep, color = (self.visible, self.widths, self.right,
+                                              self.sep, self.color)
         last = -1
         for n, i in enumerate(visible):
             if cells[i]:
@@ -370,10 +377,27 @@ def _render(cols: list[Column], rows: list[Any], width: Optional[int], color: bo
                     parts.append(" " * (cw - w))
         return "".join(parts)
 
+
+def _render(cols: list[Column], rows: list[Any], width: int | None, color: bool,
+            row_style: StyleFn | None, sep: str, header: bool) -> str:
+    if not cols:
+        return ""
+    titles = [printable(c.title) for c in cols]
+    body, natural = _measure(cols, rows, titles, color, row_style, header)
+    sep_width = display_width(sep)
+    if width is None:
+        visible, widths = list(range(len(cols))), natural
+    else:
+        width = max(width, 1)
+        visible, widths = _fit(cols, natural, width, sep_width)
+    total = sum(widths[i] for i in visible) + sep_width * (len(visible) - 1)
+    layout = _Layout(visible, widths, [c.align == "right" for c in cols], sep, color,
+                     width if width is not None and total > width else None)
     out = []
     if header:
-        out.append(line(titles, [display_width(t) for t in titles],
-                        ["bold"] * len(cols) if color else None))
+        out.append(layout.line(titles, [display_width(t) for t in titles],
+                               ["bold"] * len(cols) if color else None))
+    line = layout.line
     for cells, cell_widths, styles in body:
         out.append(line(cells, cell_widths, styles))
     return "\n".join(out)
@@ -381,7 +405,7 @@ def _render(cols: list[Column], rows: list[Any], width: Optional[int], color: bo
 
 # ---------------------------------------------------------------------------- terminal
 
-def _fileno(stream: Any) -> Optional[int]:
+def _fileno(stream: Any) -> int | None:
     try:
         return stream.fileno()
     except (AttributeError, OSError, ValueError):  # no fd, or closed, or io.StringIO
@@ -393,7 +417,7 @@ def _isatty(stream: Any) -> bool:
     return fd is not None and os.isatty(fd)
 
 
-def forced_columns(value: Optional[str]) -> Optional[int]:
+def forced_columns(value: str | None) -> int | None:
     """A width the user forces (the COLUMNS variable, which the CLI reads): a positive
     integer, else None -- garbage is ignored, never fatal."""
     if value and value.isascii() and value.isdigit() and int(value) > 0:  # isdigit() alone accepts "²"
@@ -401,7 +425,7 @@ def forced_columns(value: Optional[str]) -> Optional[int]:
     return None
 
 
-def terminal_width(stream: TextIO, forced: Optional[int] = None) -> Optional[int]:
+def terminal_width(stream: TextIO, forced: int | None = None) -> int | None:
     """Columns of the terminal ``stream`` writes to, or None when it is not a terminal.
 
     ``forced`` (from ``COLUMNS``: users set it to force a width) wins. Otherwise the size of
@@ -420,8 +444,8 @@ def terminal_width(stream: TextIO, forced: Optional[int] = None) -> Optional[int
     return columns if columns > 0 else 80
 
 
-def use_color(stream: TextIO, mode: str = "auto", *, no_color: Optional[str] = None,
-              term: Optional[str] = None) -> bool:
+def use_color(stream: TextIO, mode: str = "auto", *, no_color: str | None = None,
+              term: str | None = None) -> bool:
     """Whether to colour output written to ``stream``.
 
     ``never``: no. ``always``: yes, even with NO_COLOR set or when piped, because an

@@ -8,14 +8,24 @@ to is not decided here: nsnet.ownership says it, for every view, edge and metric
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Optional
 
 from . import SCHEMA
 from .model import Container, Namespace, Pod, Process, Snapshot, Socket
-from .ownership import (namespace_pods, peer_pods, pod_order, process_container, process_pod,
-                        resolve_user, socket_containers, socket_pods, socket_service,
-                        socket_users, user_name)
+from .ownership import (
+    namespace_pods,
+    peer_pods,
+    pod_order,
+    process_container,
+    process_pod,
+    resolve_user,
+    socket_containers,
+    socket_pods,
+    socket_service,
+    socket_users,
+    user_name,
+)
 
 __all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
            "endpoint", "normalize_state", "resolve_pod", "resolve_user", "sockets_view"]
@@ -29,7 +39,7 @@ def normalize_state(text: str) -> str:
     return STATE_ALIASES.get(state, state)
 
 
-def endpoint(addr: str, port: Optional[int]) -> str:
+def endpoint(addr: str, port: int | None) -> str:
     if port is None:
         return addr
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
@@ -89,10 +99,10 @@ def stats_doc(snap: Snapshot) -> dict:
 class SocketFilter:
     protos: frozenset[str] = frozenset()
     listening: bool = False
-    state: Optional[str] = None
-    port: Optional[int] = None
-    pid: Optional[int] = None
-    netns: Optional[int] = None
+    state: str | None = None
+    port: int | None = None
+    pid: int | None = None
+    netns: int | None = None
 
     def __call__(self, s: Socket) -> bool:
         if self.protos and s.proto not in self.protos:
@@ -105,9 +115,7 @@ class SocketFilter:
             return False
         if self.pid is not None and self.pid not in s.pids:
             return False
-        if self.netns is not None and s.netns != self.netns:
-            return False
-        return True
+        return self.netns is None or s.netns == self.netns
 
 
 def _ns_order(ns: Namespace) -> tuple:
@@ -124,13 +132,13 @@ def _socket_order(s: Socket) -> tuple:
             s.local_addr, s.local_port or 0, s.remote_addr, s.remote_port or 0, s.inode)
 
 
-def filtered_sockets(snap: Snapshot, keep: Optional[SocketFilter] = None) -> list[Socket]:
+def filtered_sockets(snap: Snapshot, keep: SocketFilter | None = None) -> list[Socket]:
     chosen = [s for s in snap.sockets if keep is None or keep(s)]
     chosen.sort(key=_socket_order)
     return chosen
 
 
-def sockets_view(snap: Snapshot, keep: Optional[SocketFilter] = None) -> dict:
+def sockets_view(snap: Snapshot, keep: SocketFilter | None = None) -> dict:
     chosen = filtered_sockets(snap, keep)
     pids = sorted({p for s in chosen for p in s.pids})
     return {"schema": SCHEMA, "view": "sockets",
@@ -162,6 +170,7 @@ def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
     """Connections grouped by peer: outbound by the peer's ip:port, inbound by our service
     port and the client's ip (never its ephemeral port)."""
     groups: dict[tuple, dict] = {}
+    key: tuple[str, str, str, int | None, str | None, int | None]
     for s in socks:
         if s.proto == "unix" or s.direction not in ("inbound", "outbound"):
             continue
@@ -193,7 +202,7 @@ def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
     out = []
     for g in groups.values():
         for k in ("peer_netns", "netns", "pids", "users", "peer_users"):
-            g[k] = sorted((v for v in g[k] if v is not None))
+            g[k] = sorted(v for v in g[k] if v is not None)
         for k in ("pods", "peer_pods"):
             g[k] = [pod_ref(p) for p in sorted((snap.pods[u] for u in g[k]), key=pod_order)]
         g["states"] = dict(sorted(g["states"].items()))
@@ -210,7 +219,7 @@ def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
     return {proto: dict(sorted(c.items())) for proto, c in sorted(counts.items())}
 
 
-def by_namespace_view(snap: Snapshot, only_netns: Optional[int] = None) -> dict:
+def by_namespace_view(snap: Snapshot, only_netns: int | None = None) -> dict:
     per_ns: dict[str, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
         per_ns[s.netns_key].append(s)
@@ -233,7 +242,7 @@ def by_namespace_view(snap: Snapshot, only_netns: Optional[int] = None) -> dict:
             "stats": stats_doc(snap)}
 
 
-def by_user_view(snap: Snapshot, only_uid: Optional[int] = None) -> dict:
+def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
     socks_of: dict[int, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
         for uid in socket_users(s, snap):
@@ -267,7 +276,7 @@ def by_user_view(snap: Snapshot, only_uid: Optional[int] = None) -> dict:
     return {"schema": SCHEMA, "view": "by-user", "users": docs, "stats": stats_doc(snap)}
 
 
-def resolve_pod(text: str, snap: Snapshot) -> Optional[Pod]:
+def resolve_pod(text: str, snap: Snapshot) -> Pod | None:
     """A --pod argument: NAMESPACE/NAME, or the pod's uid."""
     if text in snap.pods:
         return snap.pods[text]
@@ -278,7 +287,7 @@ def resolve_pod(text: str, snap: Snapshot) -> Optional[Pod]:
     return None
 
 
-def by_pod_view(snap: Snapshot, only: Optional[Pod] = None) -> dict:
+def by_pod_view(snap: Snapshot, only: Pod | None = None) -> dict:
     """Per pod: containers, namespace(s), owners, listeners and dependencies. A pod's sockets
     are those of its own namespace plus those its processes hold elsewhere (hostNetwork)."""
     socks_of: dict[str, list[Socket]] = defaultdict(list)

@@ -10,16 +10,33 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
 
 from . import cgroup, mountinfo
 from .errors import AccessDenied, ProcError, ProcessGone
-from .model import (ContainerIdentity, Namespace, Process, Stats, is_stand_in, key_inode,
-                    netns_key, procnet_key)
-from .procfs import (PF_KTHREAD, list_pids, listdir_at, ns_inode, open_dir, procnet_id,
-                     read_at, read_text, socket_fds)
+from .model import (
+    ContainerIdentity,
+    Namespace,
+    Process,
+    Stats,
+    is_stand_in,
+    key_inode,
+    netns_key,
+    procnet_key,
+)
+from .procfs import (
+    PF_KTHREAD,
+    list_pids,
+    listdir_at,
+    ns_inode,
+    open_dir,
+    procnet_id,
+    read_at,
+    read_text,
+    socket_fds,
+)
 from .procparse import parse_cmdline, parse_stat, parse_status_euid
 
 # The walk calls this every PACE_EVERY processes (the agent's CPU budget may sleep there).
@@ -43,7 +60,7 @@ class Discovery:
         default_factory=lambda: defaultdict(list))
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     pins: dict[int, list[Pin]] = field(default_factory=dict)   # netns inode -> its pins
-    host_key: Optional[str] = None
+    host_key: str | None = None
 
     def namespace(self, key: str) -> Namespace:
         """The namespace of that key, made on first use (a source may find one the walk did
@@ -68,8 +85,8 @@ class _Walk:
     mount_ns_reader: dict[int, int] = field(default_factory=dict)   # mnt ns inode -> a pid in it
 
 
-def discover(proc: str, stats: Stats, *, pace: Optional[Callable[[], None]] = None,
-             met: Optional[Callable[[str, int], None]] = None) -> Discovery:
+def discover(proc: str, stats: Stats, *, pace: Callable[[], None] | None = None,
+             met: Callable[[str, int], None] | None = None) -> Discovery:
     """Walk every process of `proc`. met(key, pid) is called when the walk meets the first
     member of a namespace whose inode it could read (a table source may start reading that
     namespace at once, overlapping the rest of the walk); pace() every PACE_EVERY processes."""
@@ -104,7 +121,7 @@ def discover(proc: str, stats: Stats, *, pace: Optional[Callable[[], None]] = No
     return found
 
 
-def namespace_key(dirfd: int, stats: Stats) -> tuple[str, Optional[int]]:
+def namespace_key(dirfd: int, stats: Stats) -> tuple[str, int | None]:
     """The key and inode of a task's namespace; without ptrace rights over it, the stand-in
     key and no inode (counted in processes_ns_denied)."""
     try:
@@ -116,7 +133,7 @@ def namespace_key(dirfd: int, stats: Stats) -> tuple[str, Optional[int]]:
 
 
 @lru_cache(maxsize=16384)
-def _identity(cgroup_text: bytes) -> Optional[ContainerIdentity]:
+def _identity(cgroup_text: bytes) -> ContainerIdentity | None:
     # The processes of a container share one cgroup text: parse each text once.
     return cgroup.identity_from_cgroup(cgroup_text.decode("utf-8", "surrogateescape"))
 
@@ -191,7 +208,7 @@ def _walk_threads(dirfd: int, pid: int, key: str, walk: _Walk, stats: Stats) -> 
             stats.threads_elsewhere += 1
 
 
-def _host_key(proc: str, stand_ins: dict[str, str]) -> Optional[str]:
+def _host_key(proc: str, stand_ins: dict[str, str]) -> str | None:
     # pid 1 is not always inspectable (on some VMs it holds capabilities we lack);
     # kthreadd (pid 2), like every kernel thread, always lives in the initial namespace.
     fallback = None
@@ -222,7 +239,7 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[Pin]]:
     pins: dict[int, list[Pin]] = defaultdict(list)
     seen: set[tuple[str, int]] = set()   # a path may pin different namespaces in two mount ns
     try:
-        own_mnt: Optional[int] = os.stat("/proc/self/ns/mnt").st_ino
+        own_mnt: int | None = os.stat("/proc/self/ns/mnt").st_ino
     except OSError:
         own_mnt = None
     readers = ["/proc/self"] + [f"{proc}/{pid}" for mnt, pid in walk.mount_ns_reader.items()

@@ -7,11 +7,16 @@ port. Pure: a snapshot in, edge observations out.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING
 
 from ..model import Snapshot, Socket
 from ..ownership import namespace_where, socket_users, socket_where
+from .events import Closed
+
+if TYPE_CHECKING:   # the store imports this module for EdgeKey
+    from .store import EdgeRow
 
 # A connection in these states is evidence of a dependency: alive, being set up, or just closed
 # (TIME_WAIT: a short-lived connection that ended since the last sample).
@@ -70,7 +75,7 @@ class EdgeBook:
         self.retention = retention
         self.edges: dict[EdgeKey, EdgeState] = {}
 
-    def load(self, rows) -> None:
+    def load(self, rows: Iterable[EdgeRow]) -> None:
         for r in rows:
             key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port)
             self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent)
@@ -79,9 +84,7 @@ class EdgeBook:
         for state in self.edges.values():
             state.current = 0
         for key, count in observed.items():
-            state = self.edges.get(key)
-            if state is None:
-                state = self.edges[key] = EdgeState(ts, ts)
+            state = self.edges.get(key) or self.edges.setdefault(key, EdgeState(ts, ts))
             state.last_seen = max(state.last_seen, ts)
             state.samples += 1
             state.max_concurrent = max(state.max_concurrent, count)
@@ -129,11 +132,11 @@ class Memory:
                 self.owners_of_netns[ns.inode] = tuple(ns.owners)
             self.where_of_netns[ns.inode] = namespace_where(ns, snap)
 
-    def recall(self, key: Tuple) -> Optional[tuple[tuple[int, ...], str]]:
+    def recall(self, key: Tuple) -> tuple[tuple[int, ...], str] | None:
         return self.current.get(key) or self.previous.get(key)
 
 
-def closed_edges(closed, memory: Memory) -> Counter[EdgeKey]:
+def closed_edges(closed: Iterable[Closed], memory: Memory) -> Counter[EdgeKey]:
     """Edges of connections the kernel reported closed (events.Closed). The kernel's destroy
     message carries no uid and no inode, so the user comes from what a sample saw of the same
     4-tuple, else from the owners of the namespace (a pod's tenant); in the host's namespace,

@@ -18,8 +18,9 @@ import errno
 import selectors
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import cast
 
 from .. import sockdiag
 from ..errors import EnterError, SubscribeError
@@ -91,7 +92,7 @@ class DestroyWatcher:
         with self._lock:
             return set(self._socks)
 
-    def watch(self, path: str, inode: int) -> Optional[str]:
+    def watch(self, path: str, inode: int) -> str | None:
         """Subscribe inside the namespace at path (main thread only). Returns why not."""
         try:
             sock = run_in_namespace(path, inode, lambda: _subscribe(self._opener))
@@ -133,7 +134,7 @@ class DestroyWatcher:
             except (OSError, ValueError):   # a socket closed under us: select again
                 continue
             for key, _ in ready:
-                self._read(key.fileobj, key.data)
+                self._read(cast(socket.socket, key.fileobj), key.data)
 
     def _read(self, sock: socket.socket, inode: int) -> None:
         while True:

@@ -4,7 +4,7 @@ JSON-ready dicts out."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from .. import SCHEMA
 from ..model import ServiceMap
@@ -38,7 +38,7 @@ def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap) ->
 
 
 def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceMap,
-              since: Optional[float], source: str) -> dict:
+              since: float | None, source: str) -> dict:
     edges = [edge_doc(node, key, state, services) for node, key, state in rows]
     edges.sort(key=lambda e: (e["uid"] is None, e["uid"] or 0, e["where"], e["direction"],
                               e["peer_addr"], e["port"], e["node"]))

@@ -8,7 +8,7 @@ and `nsnet_edge_series_dropped` says how many were folded. Ephemeral ports are n
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric

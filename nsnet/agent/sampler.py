@@ -9,8 +9,9 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
 from ..model import Snapshot
@@ -27,7 +28,7 @@ class Scanner(Protocol):
     """What takes the snapshots: a Snapshotter on a real node, a fixed one in tests (as
     Weave Scope's procspy has a fixed scanner)."""
 
-    def take(self, pace: Optional[Pace] = None) -> Snapshot: ...
+    def take(self, pace: Pace | None = None) -> Snapshot: ...
 
     def close(self) -> None: ...
 
@@ -51,7 +52,7 @@ class Pacer:
     `within` seconds (a sample that cannot fit its budget in the interval is counted instead),
     and stops pacing once `hurry` is set (SIGTERM: finish the sample now)."""
 
-    def __init__(self, max_cpu: float, within: float, hurry: Optional[threading.Event] = None):
+    def __init__(self, max_cpu: float, within: float, hurry: threading.Event | None = None):
         self.max_cpu = max_cpu
         self.cpu0, self.wall0 = time.process_time(), time.monotonic()
         self.until = self.wall0 + within
@@ -79,9 +80,9 @@ class Sampler:
     (default: one when options.events and the privileges allow)."""
 
     def __init__(self, options: SamplingOptions, say_once: Say,
-                 hurry: Optional[threading.Event] = None, *,
-                 scanner: Optional[Scanner] = None,
-                 watcher: Optional[DestroyWatcher] = None):
+                 hurry: threading.Event | None = None, *,
+                 scanner: Scanner | None = None,
+                 watcher: DestroyWatcher | None = None):
         self.options = options
         self.hurry = hurry
         self.say_once = say_once
@@ -125,7 +126,7 @@ class Sampler:
             self.watcher.close()
 
 
-def _destroy_watcher(options: SamplingOptions, say_once: Say) -> Optional[DestroyWatcher]:
+def _destroy_watcher(options: SamplingOptions, say_once: Say) -> DestroyWatcher | None:
     if not options.events:
         return None
     missing = lacking(own_capabilities(), CAP_NET_ADMIN, CAP_SYS_ADMIN)
@@ -143,7 +144,7 @@ def _watch_namespaces(watcher: DestroyWatcher, snap: Snapshot, proc: str, say_on
     watcher.forget(live)
     watched = watcher.watched()
     failures = 0
-    last: Optional[str] = None
+    last: str | None = None
     for ns in snap.namespaces.values():
         if ns.inode is None or ns.inode in watched or not ns.pids:
             continue   # pinned-only namespaces have no process to close a connection

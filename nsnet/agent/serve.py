@@ -14,10 +14,11 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -53,7 +54,7 @@ def without_cmdlines(doc: Any) -> Any:
     return doc
 
 
-def open_store(options: AgentOptions, err: TextIO) -> tuple[Optional[Store], str]:
+def open_store(options: AgentOptions, err: TextIO) -> tuple[Store | None, str]:
     """The history, or None: an unusable database is said once and the agent runs on in
     memory, rather than exiting into a crash loop that would hide the reason in restarts."""
     if not options.db:
@@ -71,8 +72,8 @@ class Agent:
     copy; the loop changes shared state only under the same lock."""
 
     def __init__(self, options: AgentOptions, err: TextIO, *,
-                 store: Optional[Store] = None, history: str = "memory only (no --db)",
-                 scanner: Optional[Scanner] = None, watcher: Optional[DestroyWatcher] = None):
+                 store: Store | None = None, history: str = "memory only (no --db)",
+                 scanner: Scanner | None = None, watcher: DestroyWatcher | None = None):
         self.options = options
         self.err = err
         self.services = options.sampling.snapshot.services
@@ -83,9 +84,9 @@ class Agent:
         self.metrics = AgentMetrics(options.node, self.edge_rows, self.services,
                                     options.max_series)
         # shared with the HTTP threads, under self.lock
-        self._snapshot: Optional[Snapshot] = None
+        self._snapshot: Snapshot | None = None
         self._samples = 0
-        self._last_error: Optional[str] = None
+        self._last_error: str | None = None
         self._last_sample_end = time.monotonic()
         self._history = history
         self._said: set[str] = set()
@@ -93,7 +94,7 @@ class Agent:
             self.book.load(store.edges(since=time.time() - options.retention,
                                        node=options.node))
         self._scanner, self._watcher = scanner, watcher
-        self._sampler: Optional[Sampler] = None
+        self._sampler: Sampler | None = None
 
     @property
     def sampler(self) -> Sampler:
@@ -109,7 +110,7 @@ class Agent:
         with self.lock:
             return [(k, replace(s)) for k, s in self.book.edges.items()]
 
-    def latest(self) -> Optional[Snapshot]:
+    def latest(self) -> Snapshot | None:
         with self.lock:
             return self._snapshot
 
@@ -126,14 +127,14 @@ class Agent:
             since = time.monotonic() - self._last_sample_end
         return since < 3 * self.options.sampling.interval + 120
 
-    def document(self, view: str) -> Optional[dict]:
+    def document(self, view: str) -> dict | None:
         snap = self.latest()
         if snap is None:
             return None
         doc = VIEWS[view](snap)
         return doc if self.options.expose_cmdlines else without_cmdlines(doc)
 
-    def dependencies(self, since: Optional[float], uid: Optional[int]) -> dict:
+    def dependencies(self, since: float | None, uid: int | None) -> dict:
         node = self.options.node
         rows = [(node, k, s) for k, s in self.edge_rows()
                 if s.last_seen >= (since or 0.0) and (uid is None or k.uid == uid)]
@@ -196,7 +197,7 @@ class Agent:
             metrics.events_dropped.set(dropped)
             metrics.namespaces_watched.set(watched)
 
-    def _record(self, snap: Optional[Snapshot], error: Optional[str]) -> None:
+    def _record(self, snap: Snapshot | None, error: str | None) -> None:
         with self.lock:
             if snap is not None:
                 self._snapshot = snap
@@ -205,91 +206,94 @@ class Agent:
             self._last_sample_end = time.monotonic()
 
 
-def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "nsnet"
+_PATHS = ["/healthz", "/readyz", "/metrics", "/api/v1/dependencies?since=24h&user=U",
+          "/api/v1/snapshot?view=" + "|".join(VIEWS)]
 
-        def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 (the base's name)
-            pass   # probes every few seconds would drown the agent's own messages
 
-        def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+class _Handler(BaseHTTPRequestHandler):
+    """One request; `agent` is set on the subclass http_server() makes for its Agent."""
 
-        def _send(self, status: HTTPStatus, body: dict) -> None:
-            self._send_bytes(status, (json.dumps(body, ensure_ascii=True) + "\n").encode(),
-                             "application/json")
+    server_version = "nsnet"
+    agent: Agent
 
-        def do_GET(self) -> None:   # noqa: N802 (http.server's naming)
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            route = ROUTES.get(url.path)
-            if route is None:
-                self._send(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": [
-                    "/healthz", "/readyz", "/metrics", "/api/v1/dependencies?since=24h&user=U",
-                    "/api/v1/snapshot?view=" + "|".join(VIEWS)]})
-            else:
-                route(self, query)
+    def log_message(self, format: str, *args: Any) -> None:
+        pass   # probes every few seconds would drown the agent's own messages
 
-        def healthz(self, query: dict[str, list[str]]) -> None:
-            ok = agent.alive()
-            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
-                       {"status": "ok" if ok else "sampler stalled"})
+    def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def readyz(self, query: dict[str, list[str]]) -> None:
-            status = agent.status()
-            self._send(HTTPStatus.OK if status["ready"] else HTTPStatus.SERVICE_UNAVAILABLE,
-                       {"status": "ready" if status["ready"] else "no sample yet",
-                        "samples": status["samples"], "last_error": status["last_error"],
-                        "history": status["history"]})
+    def _send(self, status: HTTPStatus, body: dict) -> None:
+        self._send_bytes(status, (json.dumps(body, ensure_ascii=True) + "\n").encode(),
+                         "application/json")
 
-        def metrics(self, query: dict[str, list[str]]) -> None:
-            self._send_bytes(HTTPStatus.OK, generate_latest(agent.metrics.registry),
-                             CONTENT_TYPE_LATEST)
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        route = _ROUTES.get(url.path)
+        if route is None:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": _PATHS})
+        else:
+            route(self, parse_qs(url.query))
 
-        def snapshot(self, query: dict[str, list[str]]) -> None:
-            view = query.get("view", ["sockets"])[0]
-            if view not in VIEWS:
-                self._send(HTTPStatus.BAD_REQUEST,
-                           {"error": f"unknown view; one of {', '.join(VIEWS)}"})
-                return
-            doc = agent.document(view)
-            if doc is None:
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no sample yet"})
-            else:
-                self._send(HTTPStatus.OK, doc)
+    def healthz(self, query: dict[str, list[str]]) -> None:
+        ok = self.agent.alive()
+        self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                   {"status": "ok" if ok else "sampler stalled"})
 
-        def dependencies(self, query: dict[str, list[str]]) -> None:
-            try:
-                since = parse_since(query["since"][0]) if "since" in query else None
-                uid = resolve_user(query["user"][0]) if "user" in query else None
-            except ValueError as exc:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                return
-            self._send(HTTPStatus.OK, agent.dependencies(since, uid))
+    def readyz(self, query: dict[str, list[str]]) -> None:
+        status = self.agent.status()
+        self._send(HTTPStatus.OK if status["ready"] else HTTPStatus.SERVICE_UNAVAILABLE,
+                   {"status": "ready" if status["ready"] else "no sample yet",
+                    "samples": status["samples"], "last_error": status["last_error"],
+                    "history": status["history"]})
 
-    ROUTES: dict[str, Callable[[Handler, dict[str, list[str]]], None]] = {
-        "/healthz": Handler.healthz, "/readyz": Handler.readyz, "/metrics": Handler.metrics,
-        "/api/v1/snapshot": Handler.snapshot, "/api/v1/dependencies": Handler.dependencies,
-    }
-    return Handler
+    def metrics(self, query: dict[str, list[str]]) -> None:
+        self._send_bytes(HTTPStatus.OK, generate_latest(self.agent.metrics.registry),
+                         CONTENT_TYPE_LATEST)
+
+    def snapshot(self, query: dict[str, list[str]]) -> None:
+        view = query.get("view", ["sockets"])[0]
+        if view not in VIEWS:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": f"unknown view; one of {', '.join(VIEWS)}"})
+            return
+        doc = self.agent.document(view)
+        if doc is None:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no sample yet"})
+        else:
+            self._send(HTTPStatus.OK, doc)
+
+    def dependencies(self, query: dict[str, list[str]]) -> None:
+        try:
+            since = parse_since(query["since"][0]) if "since" in query else None
+            uid = resolve_user(query["user"][0]) if "user" in query else None
+        except ValueError as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        self._send(HTTPStatus.OK, self.agent.dependencies(since, uid))
+
+
+_ROUTES: dict[str, Callable[[_Handler, dict[str, list[str]]], None]] = {
+    "/healthz": _Handler.healthz, "/readyz": _Handler.readyz, "/metrics": _Handler.metrics,
+    "/api/v1/snapshot": _Handler.snapshot, "/api/v1/dependencies": _Handler.dependencies,
+}
 
 
 def http_server(agent: Agent) -> ThreadingHTTPServer:
     """The agent's HTTP side, bound to options.listen, not yet serving."""
     host, port = agent.options.listen
     try:
-        server = ThreadingHTTPServer((host, port), _handler(agent))
+        handler = type("Handler", (_Handler,), {"agent": agent})
+        server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
         raise NsnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     server.daemon_threads = True
     return server
 
 
-def serve(options: AgentOptions, err: TextIO, *, scanner: Optional[Scanner] = None) -> int:
+def serve(options: AgentOptions, err: TextIO, *, scanner: Scanner | None = None) -> int:
     """Run the agent until SIGTERM (finish the current sample, commit it, exit 0)."""
     store, history = open_store(options, err)
     agent = Agent(options, err, store=store, history=history, scanner=scanner)

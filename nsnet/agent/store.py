@@ -11,7 +11,6 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import StoreError
 from ..options import AgentOptions
@@ -134,9 +133,10 @@ class Store:
                  SELECT node, uid, "where", direction, proto, peer_addr, port FROM edges
                  ORDER BY last_seen LIMIT ?)""", (excess,))
 
-    def edges(self, since: Optional[float] = None, uid: Optional[int] = None,
-              node: Optional[str] = None) -> list[EdgeRow]:
-        where, args = ["1"], []
+    def edges(self, since: float | None = None, uid: int | None = None,
+              node: str | None = None) -> list[EdgeRow]:
+        where: list[str] = ["1"]
+        args: list[object] = []
         if since is not None:
             where.append("last_seen >= ?")
             args.append(since)
@@ -154,7 +154,7 @@ class Store:
         except sqlite3.Error as exc:
             raise _error(self.path, "read", exc) from exc
 
-    def samples(self, since: Optional[float] = None) -> list[SampleRecord]:
+    def samples(self, since: float | None = None) -> list[SampleRecord]:
         try:
             rows = self.db.execute(
                 "SELECT ts, duration, cpu, namespaces, sockets, over_budget FROM samples "
@@ -164,11 +164,11 @@ class Store:
         return [SampleRecord(ts, d, c, n, s, bool(o)) for ts, d, c, n, s, o in rows]
 
 
-def parse_since(text: str, now: Optional[float] = None) -> float:
+def parse_since(text: str, now: float | None = None) -> float:
     """'7d', '24h', '90m', '30s' (or a bare number of seconds) back from now."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     text = text.strip().lower()
-    scale = units.get(text[-1:], None)
+    scale = units.get(text[-1:])
     number = text[:-1] if scale else text
     try:
         value = float(number)

@@ -6,7 +6,7 @@ by a blank line. Ctrl-C ends it (exit 0).
 from __future__ import annotations
 
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 from ..options import WatchOptions
 from ..report import Renderer, render_deps
@@ -23,7 +23,7 @@ class Watch:
     """The live view's state: the edges seen since it started, and one frame per sample."""
 
     def __init__(self, options: WatchOptions, out: TextIO, err: TextIO, *,
-                 scanner: Optional[Scanner] = None):
+                 scanner: Scanner | None = None):
         self.options = options
         self.out, self.err = out, err
         self.book = EdgeBook(retention=float("inf"))

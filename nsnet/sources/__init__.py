@@ -19,10 +19,8 @@ Every source implements base.Source; the snapshot (nsnet.snapshot) never asks wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
-from ..caps import (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE, has_capability,
-                    own_capabilities)
+from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE, has_capability, own_capabilities
 from ..errors import SourceUnavailable
 from ..options import SOURCES
 from .base import ReadContext, Source, TableRead
@@ -38,10 +36,10 @@ __all__ = ["SOURCES", "Choice", "ReadContext", "Source", "SourceUnavailable", "T
 class Choice:
     source: str          # proc | netlink | pidfd
     reason: str
-    unheld_via: Optional[str] = None   # pidfd only: netlink | proc
+    unheld_via: str | None = None   # pidfd only: netlink | proc
 
 
-def choose(requested: str, caps: Optional[int] = None) -> Choice:
+def choose(requested: str, caps: int | None = None) -> Choice:
     """The source to use; SourceUnavailable when an explicit one cannot work at all."""
     if requested not in SOURCES:
         raise SourceUnavailable(f"unknown source {requested!r}; one of {', '.join(SOURCES)}")

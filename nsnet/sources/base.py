@@ -11,9 +11,10 @@ while the reader threads still read the others). A source may keep things across
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Protocol, Union
 
 from ..model import Namespace, Socket, Stats
 from ..walk import Discovery, Pin
@@ -25,9 +26,9 @@ MAX_SOURCE_ERRORS = 3   # stats.source_errors keeps the first few
 @dataclass
 class TableRead:
     """One namespace's sockets as one read gave them (None: it could not be read)."""
-    sockets: Optional[list[Socket]]
+    sockets: list[Socket] | None
     malformed: int = 0
-    via: Optional[str] = None        # "pid 123", "task 5 of pid 4", "setns /run/netns/x"
+    via: str | None = None        # "pid 123", "task 5 of pid 4", "setns /run/netns/x"
     retries: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -40,7 +41,7 @@ class ReadContext:
     """What one snapshot gives its source: where to read, its stats, its reader threads."""
     proc: str
     stats: Stats
-    pool: Optional[ThreadPoolExecutor]
+    pool: ThreadPoolExecutor | None
     enter_pinned: bool
     # reads started when the walk met a namespace: key -> (the task read through, its read)
     early: dict[str, tuple[str, Pending]] = field(default_factory=dict)
@@ -107,7 +108,7 @@ class TableSource:
 
     def read_namespaces(self, ctx: ReadContext, found: Discovery,
                         namespaces: dict[str, Namespace],
-                        on_batch: Optional[Batch] = None) -> list[Socket]:
+                        on_batch: Batch | None = None) -> list[Socket]:
         """Each of `namespaces` once, from a member task or its pin, in key order; each
         namespace's sockets go to on_batch as soon as they are in."""
         pending: dict[str, tuple[list[str], Pending]] = {}
@@ -157,7 +158,7 @@ class TableSource:
         return read
 
 
-def _accept(ctx: ReadContext, ns: Namespace, read: Optional[TableRead]) -> list[Socket]:
+def _accept(ctx: ReadContext, ns: Namespace, read: TableRead | None) -> list[Socket]:
     """File a read under its namespace (or say why there is none)."""
     stats = ctx.stats
     if read is None or read.sockets is None:

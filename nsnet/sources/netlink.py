@@ -20,15 +20,24 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from functools import partial
 
 from ..errors import EnterError
 from ..model import Namespace, Socket, key_inode
 from ..setns import run_in_namespace
-from ..sockdiag import (ALL, ANY_STATE, NETLINK_SOCK_DIAG, PROTOS, ParsedDump,
-                        build_inet_request, build_tcp_legacy_request, build_unix_request,
-                        parse_into)
+from ..sockdiag import (
+    ALL,
+    ANY_STATE,
+    NETLINK_SOCK_DIAG,
+    PROTOS,
+    ParsedDump,
+    build_inet_request,
+    build_tcp_legacy_request,
+    build_unix_request,
+    parse_into,
+)
 from ..walk import Pin
 from . import proc as proc_source
 from .base import Pending, ReadContext, TableRead, TableSource
@@ -47,7 +56,7 @@ class NetlinkSource(TableSource):
 
     name = "netlink"
 
-    def __init__(self, cache: Optional[DiagSockets] = None, *, tcp_states: int = ALL,
+    def __init__(self, cache: DiagSockets | None = None, *, tcp_states: int = ALL,
                  protos: tuple[str, ...] = PROTOS):
         self.cache = cache
         self.tcp_states = tcp_states
@@ -81,7 +90,7 @@ class NetlinkSource(TableSource):
             self.cache.close()
 
     def _diag_socket(self, ctx: ReadContext, path: str, inode: int
-                     ) -> tuple[Optional[socket.socket], Optional[str]]:
+                     ) -> tuple[socket.socket | None, str | None]:
         """The namespace's sock_diag socket: the kept one, or one made inside it now (main
         thread). Returns (socket, None) or (None, why not)."""
         if self.cache is not None:
@@ -116,6 +125,16 @@ class DiagResult:
     sockets: list[Socket] = field(default_factory=list)
     malformed: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def take(self, label: str, parsed: ParsedDump) -> int:
+        """One dump's sockets and troubles; returns the errno the kernel answered (0)."""
+        self.sockets.extend(parsed.sockets)
+        self.malformed += parsed.malformed
+        if parsed.interrupted:
+            self.errors.append(f"{label}: the kernel flagged the dump as interrupted")
+        if parsed.error:
+            self.errors.append(_describe(label, parsed.error))
+        return parsed.error
 
 
 
@@ -188,12 +207,12 @@ def _describe(label: str, code: int) -> str:
 
 # False once the kernel refused TCPDIAG_GETSOCK (kernels that dropped it answer
 # EINVAL/ENOENT/EOPNOTSUPP): from then on one inet_diag_req_v2 per family.
-_legacy_tcp: Optional[bool] = None
+_legacy_tcp: bool | None = None
 _NO_LEGACY = (_errno.EINVAL, _errno.ENOENT, _errno.EOPNOTSUPP)
 
 
 def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
-                   protos: Iterable[str] = PROTOS, legacy_tcp: Optional[bool] = None
+                   protos: Iterable[str] = PROTOS, legacy_tcp: bool | None = None
                    ) -> DiagResult:
     """Every socket of the namespace `sock` was created in, as netparse would list them.
 
@@ -204,51 +223,49 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     established hash (shared by every namespace unless tcp_child_ehash_entries is set), so
     one request instead of two saves one full walk, ~40% of an empty namespace's cost here.
     """
-    global _legacy_tcp
     protos = set(protos)
     result = DiagResult()
-    sockets = result.sockets
-
-    def take(label: str, parsed: ParsedDump) -> int:
-        sockets.extend(parsed.sockets)
-        result.malformed += parsed.malformed
-        if parsed.interrupted:
-            result.errors.append(f"{label}: the kernel flagged the dump as interrupted")
-        if parsed.error:
-            result.errors.append(_describe(label, parsed.error))
-        return parsed.error
-
     if "tcp" in protos and tcp_states:
-        per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
-        if not per_family:
-            seq = _next_seq()
-            parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq), seq, "tcp")
-            if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
-                _legacy_tcp, per_family = False, True
-            else:
-                take("tcp", parsed)
-        if per_family:
-            for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
-                seq = _next_seq()
-                take(label, run_dump(sock, build_inet_request(
-                    family, socket.IPPROTO_TCP, tcp_states, seq=seq), seq, "tcp"))
+        _dump_tcp(sock, result, tcp_states, legacy_tcp)
     if "udp" in protos:
         for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
-            seq = _next_seq()
-            take(label, run_dump(sock, build_inet_request(
-                family, socket.IPPROTO_UDP, ANY_STATE, seq=seq), seq, "udp"))
+            _ask(sock, result, label, "udp",
+                 partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE))
     if "raw" in protos:
         for family, label in ((socket.AF_INET, "raw"), (socket.AF_INET6, "raw6")):
-            seq = _next_seq()
-            parsed = run_dump(sock, build_inet_request(
-                family, socket.IPPROTO_RAW, ANY_STATE, seq=seq,
-                raw_protocol=socket.IPPROTO_RAW), seq, "raw")
-            if take(label, parsed) == _errno.ENOENT and family == socket.AF_INET:
+            error = _ask(sock, result, label, "raw",
+                         partial(build_inet_request, family, socket.IPPROTO_RAW, ANY_STATE,
+                                 raw_protocol=socket.IPPROTO_RAW))
+            if error == _errno.ENOENT and family == socket.AF_INET:
                 break           # raw_diag serves both families: no need to ask again
     if "unix" in protos:
-        seq = _next_seq()
-        take("unix", run_dump(sock, build_unix_request(ANY_STATE, seq=seq), seq, "unix"))
+        _ask(sock, result, "unix", "unix", partial(build_unix_request, ANY_STATE))
     return result
+
+
+def _ask(sock: socket.socket, result: DiagResult, label: str, proto: str,
+         build: Callable[..., bytes]) -> int:
+    """One dump request (build(seq=...) makes it), its replies taken into result; the errno
+    the kernel answered."""
+    seq = _next_seq()
+    return result.take(label, run_dump(sock, build(seq=seq), seq, proto))
+
+
+def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
+              legacy_tcp: bool | None) -> None:
+    global _legacy_tcp
+    per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
+    if not per_family:
+        seq = _next_seq()
+        parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq), seq, "tcp")
+        if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
+            _legacy_tcp, per_family = False, True
+        else:
+            result.take("tcp", parsed)
+    if per_family:
+        for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
+            _ask(sock, result, label, "tcp",
+                 partial(build_inet_request, family, socket.IPPROTO_TCP, tcp_states))
 
 
 class DiagSockets:
@@ -264,7 +281,7 @@ class DiagSockets:
         self._socks: dict[int, socket.socket] = {}
         self.created = 0     # sockets opened (setns calls), for tests and metrics
 
-    def get(self, inode: int) -> Optional[socket.socket]:
+    def get(self, inode: int) -> socket.socket | None:
         return self._socks.get(inode)
 
     def put(self, inode: int, sock: socket.socket) -> None:

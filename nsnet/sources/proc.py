@@ -14,7 +14,6 @@ before reading.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from ..errors import EnterError, ProcError
 from ..model import Namespace, Stats
@@ -62,7 +61,7 @@ def read_via_task(proc: str, key: str, task: str) -> TableRead:
     return _parse(tables, f"task {tid} of pid {pid}" if tid else f"pid {pid}")
 
 
-def _open_tables(path: str, expected_key: str) -> Optional[dict[str, int]]:
+def _open_tables(path: str, expected_key: str) -> dict[str, int] | None:
     """A task's net files, if it is (still) in the expected namespace before and after they
     are opened; None otherwise."""
     dirfd = open_dir(path)

@@ -33,7 +33,7 @@ from typing import Iterator, Optional
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / "deploy" / "Dockerfile.dockerignore"
-PROJECT_FILES = ("pyproject.toml", "README.md")
+PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE")
 PROJECT_DIRS = ("nsnet",)
 
 HOST_PYTHON = Path("/usr/bin/python3.11")
