@@ -11,8 +11,8 @@ agent as the DaemonSet does (`nsnet serve --source auto --db FILE`, destroy even
 an unlimited CPU budget so that samples follow each other, and reads from the agent itself:
 CPU per sample (its `nsnet_sample_cpu_seconds` histogram), wall per sample, and its resident
 memory (VmRSS after the samples, VmHWM the peak) from /proc/<pid>/status. The reference in the
-same run is one in-process `take_snapshot(source="auto")` (CPU and wall), so the ratio says
-what the agent adds to a snapshot (edges, events, history).
+same run is an in-process `take_snapshot(SnapshotOptions(source="auto"))` (CPU and wall, median
+of 3), so the ratio says what the agent adds to a snapshot (edges, events, history).
 Run as root. Prints a table (or --json).
 """
 from __future__ import annotations
@@ -95,12 +95,14 @@ def run_agent(samples: int, db: str) -> dict:
 
 
 def reference_snapshot(repeat: int) -> dict:
+    from nsnet.options import SnapshotOptions
     from nsnet.snapshot import take_snapshot
 
+    options = SnapshotOptions(proc="/proc", source="auto")
     walls, cpus = [], []
     for _ in range(repeat):
         w0, c0 = time.perf_counter(), time.process_time()
-        take_snapshot("/proc", source="auto")
+        take_snapshot(options)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     walls.sort()

@@ -3,11 +3,14 @@
 
     python3 bench/bench_snapshot.py [--namespaces 100 --procs-per-ns 5 --conns-per-proc 10]
                                     [--repeat 3] [--keep-node] [--json] [--profile]
+                                    [--sources proc,auto] [--baseline CHECKOUT]
 
 Builds a busy synthetic node with bench/synthnode.py (unless one is up in --dir), then measures in
 the same run, each --repeat times, interleaved, median reported:
 
-  nsnet        from nsnet.snapshot import take_snapshot; take_snapshot("/proc")   (in-process)
+  nsnet        take_snapshot(SnapshotOptions(proc="/proc", source=S)), in-process, for each
+               --sources S (from nsnet.options import SnapshotOptions;
+                            from nsnet.snapshot import take_snapshot)
   nsnet CLI    python -m nsnet sockets --json > /dev/null                        (end to end)
   ss loop      ONE bash loop: for p in PIDS; do nsenter -t $p -n ss -tuanp; done > /dev/null
                (one pid per network namespace; the pids are integers this script collected)
@@ -16,6 +19,17 @@ the same run, each --repeat times, interleaved, median reported:
 
 and prints the ratios `ss loop / nsnet` (target >= 10x) and `nsnet / bare` (target <= 1.3x) with
 the node's size. The node is torn down at the end unless --keep-node. Run as root.
+
+--baseline CHECKOUT compares this tree with another checkout of nsnet (e.g. a clone at an older
+commit) in the same run, on the same node and the same warm caches. Every repeat, for every
+source, one snapshot of each tree is timed, each in a fresh `python` (sys.executable) started in
+/ without PYTHONPATH, with the tree first on sys.path; it imports nsnet (untimed: nsnet, its
+snapshot module, the options and psutil), picks the API the tree has (SnapshotOptions if
+nsnet.options imports, else take_snapshot(proc, source=...)), times one snapshot and prints the
+seconds, nsnet.__file__ and any nsnet module loaded from outside that tree (the script stops if
+there is one: an editable install of the other tree would leak in). The two trees alternate
+which goes first. Reported: both medians per source and `current / baseline` (< 1: this tree is faster),
+with the commit of each tree.
 """
 from __future__ import annotations
 
@@ -184,19 +198,24 @@ def default_threads() -> int:   # replaced by nsnet's own when it imports
 
 
 def load_nsnet():
+    """snapshot(source) -> Snapshot, from this tree's nsnet, in-process; or None and why not."""
     sys.path.insert(0, REPO)
     global default_threads
     try:
+        from nsnet.options import SnapshotOptions
         from nsnet.snapshot import default_threads, take_snapshot
     except Exception as e:  # noqa: BLE001 - the references are still worth measuring
         return None, f"{type(e).__name__}: {e}"
-    return take_snapshot, ""
+
+    def snapshot(source: str = "proc"):
+        return take_snapshot(SnapshotOptions(proc="/proc", source=source))
+    return snapshot, ""
 
 
-def profile_snapshot(take_snapshot, top: int = 25) -> dict[str, str]:
+def profile_snapshot(snapshot, top: int = 25) -> dict[str, str]:
     prof = cProfile.Profile()
     prof.enable()
-    take_snapshot("/proc")
+    snapshot("proc")
     prof.disable()
     out = {}
     for key in ("cumulative", "tottime"):
@@ -204,6 +223,97 @@ def profile_snapshot(take_snapshot, top: int = 25) -> dict[str, str]:
         pstats.Stats(prof, stream=s).strip_dirs().sort_stats(key).print_stats(top)
         out[key] = s.getvalue()
     return out
+
+
+# ------------------------------------------------------------------------------ --baseline
+# One timed snapshot in a fresh interpreter: python -c SNAPSHOT_CHILD CHECKOUT SOURCE COUNT, cwd /.
+# Nothing of it is timed but take_snapshot() itself; it prints one JSON line.
+SNAPSHOT_CHILD = r"""
+import json, os, sys, time
+checkout, source, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.path[:] = [checkout] + [p for p in sys.path if p not in ("", ".")]
+mine = os.path.join(os.path.realpath(checkout), "nsnet") + os.sep
+
+
+def foreign(origin):
+    return bool(origin) and not os.path.realpath(origin).startswith(mine)
+
+
+# An editable install (pip install -e) of another tree adds a finder to sys.meta_path that maps
+# nsnet.<child> to that tree even when this nsnet comes from the checkout: drop every finder
+# that would find an nsnet elsewhere.
+for finder in list(sys.meta_path):
+    try:
+        spec = finder.find_spec("nsnet", None)
+    except Exception:
+        continue
+    if spec is not None and foreign(spec.origin):
+        sys.meta_path.remove(finder)
+import nsnet
+import nsnet.snapshot
+try:
+    from nsnet.options import SnapshotOptions
+except ModuleNotFoundError as e:
+    if e.name != "nsnet.options":
+        raise
+    api = "old"
+    def take():
+        return nsnet.snapshot.take_snapshot("/proc", source=source)
+else:
+    api = "new"
+    options = SnapshotOptions(proc="/proc", source=source)
+    def take():
+        return nsnet.snapshot.take_snapshot(options)
+try:
+    import psutil  # noqa: F401 - both trees import it lazily at their first snapshot
+except ImportError:
+    pass
+elapsed, info = [], {}
+for _ in range(count):
+    t0 = time.perf_counter()
+    snap = take()
+    elapsed.append(time.perf_counter() - t0)
+    info = {"namespaces": len(snap.namespaces), "processes": len(snap.processes),
+            "sockets": len(snap.sockets), "source": getattr(snap.stats, "source", None)}
+    del snap
+others = sorted(f"{name}: {m.__file__}" for name, m in list(sys.modules.items())
+                if (name == "nsnet" or name.startswith("nsnet.")) and foreign(getattr(m, "__file__", None)))
+print(json.dumps({"nsnet_file": nsnet.__file__, "api": api, "elapsed_s": elapsed,
+                  "foreign_modules": others, **info}))
+"""
+
+
+def snapshot_in_subprocess(checkout: str, source: str, count: int = 1) -> dict:
+    """Time `count` snapshots of `checkout`'s nsnet in a fresh interpreter; check that the
+    nsnet it imported is that checkout's. Returns the child's JSON, or {"error": ...}."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", SNAPSHOT_CHILD, checkout, source, str(count)],
+                       cwd="/", env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no stderr"])[-1]
+        return {"error": f"exit {r.returncode}: {last[-300:]}"}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    want = os.path.join(os.path.realpath(checkout), "nsnet") + os.sep
+    if not os.path.realpath(out["nsnet_file"]).startswith(want) or out["foreign_modules"]:
+        raise SystemExit(f"bench: the snapshot of {checkout} imported {out['nsnet_file']} "
+                         f"{out['foreign_modules']}, not only that tree's nsnet: the comparison "
+                         f"would be meaningless")
+    return out
+
+
+def git_state(path: str) -> dict:
+    """The commit of a git checkout (None if `path` is not the top of one), and whether its
+    nsnet/ has uncommitted changes."""
+    def git(*args):
+        r = subprocess.run(["git", "-c", "safe.directory=*", "-C", path, *args],
+                           capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    top = git("rev-parse", "--show-toplevel")
+    if not top or os.path.realpath(top) != os.path.realpath(path):
+        return {"commit": None, "nsnet_dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "nsnet")
+    return {"commit": git("rev-parse", "HEAD"),
+            "nsnet_dirty": None if status is None else bool(status)}
 
 
 # ------------------------------------------------------------------------------ the run
@@ -237,15 +347,30 @@ def main() -> int:
     ap.add_argument("--bare-python", action="store_true",
                     help="use the Python bare reader even when a C compiler is present")
     ap.add_argument("--skip-ss", action="store_true", help="skip the (slow) ss loop reference")
+    ap.add_argument("--baseline", metavar="CHECKOUT",
+                    help="another checkout of nsnet (e.g. a clone at an older commit): time both "
+                         "trees' snapshots for each --sources, each in a fresh python, "
+                         "interleaved, and report current / baseline")
     ap.add_argument("--dir", default=synthnode.DEFAULT_DIR, help="the node's state directory")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_snapshot.py: run as root (it builds namespaces and reads every process's fds)")
     if a.repeat < 1:
         sys.exit("--repeat must be >= 1")
+    baseline = None
+    if a.baseline:
+        baseline = os.path.abspath(a.baseline)
+        if not os.path.isfile(os.path.join(baseline, "nsnet", "__init__.py")):
+            sys.exit(f"--baseline {a.baseline}: no nsnet/__init__.py there (not an nsnet checkout)")
+        for path in (REPO, baseline):     # before the node is built: both trees must import
+            out = snapshot_in_subprocess(path, "proc", count=0)
+            if "error" in out:
+                sys.exit(f"--baseline: {sys.executable} cannot import the nsnet of {path} "
+                         f"({out['error']}); run this script with an interpreter that has "
+                         f"nsnet's dependencies, e.g. {os.path.join(REPO, '.venv', 'bin', 'python')}")
     log = (lambda *m: print(*m, file=sys.stderr)) if a.json else print
 
-    take_snapshot, nsnet_err = load_nsnet()
+    snapshot, nsnet_err = load_nsnet()
     nsenter, ss = (None, None) if a.skip_ss else (find_util_linux_nsenter(), shutil.which("ss"))
     if not a.skip_ss and not ss:
         sys.exit("bench: `ss` (iproute2) not found")
@@ -263,7 +388,7 @@ def main() -> int:
         bare.run()      # warm-up, untimed: every method then sees the same warm dentry caches
         ns_pids = namespace_pids()
         pids = sorted(ns_pids.values())
-        threads = default_threads() if take_snapshot else 1
+        threads = default_threads() if snapshot else 1
         srcs = [x for x in a.sources.split(",") if x]
         res: dict[str, list] = {"nsnet": [], "nsnet_cli": [], "ss_loop": [], "bare": [],
                                 "bare_threads": []}
@@ -271,25 +396,31 @@ def main() -> int:
             if src != "proc":
                 res[f"nsnet_{src}"] = []
         bare_runs, snap_info, errors = [], {}, []
+        # --baseline: side -> {"runs_s": {source: [...]}, "snapshot": {source: {...}}, ...}
+        trees = {}
+        if baseline:
+            trees = {side: {"path": path, **git_state(path), "api": None, "nsnet_file": None,
+                            "runs_s": {src: [] for src in srcs}, "snapshot": {}}
+                     for side, path in (("current", REPO), ("baseline", baseline))}
         for r in range(a.repeat):
             b = bare.run()
             bare_runs.append(b)
             res["bare"].append(b["elapsed"])
             if threads > 1 and bare.exe:
                 res["bare_threads"].append(bare.run(threads)["elapsed"])
-            if take_snapshot:
+            if snapshot:
                 for src in srcs:
                     if src == "proc":
                         continue
                     t0 = time.perf_counter()
-                    snap = take_snapshot("/proc", source=src)
+                    snap = snapshot(src)
                     res[f"nsnet_{src}"].append(time.perf_counter() - t0)
                     snap_info[src] = {"sockets": len(snap.sockets), "source": snap.stats.source,
                                       "by_source": dict(snap.stats.sockets_by_source),
                                       "unattributed": sum(1 for x in snap.sockets if not x.pids)}
                     del snap
                 t0 = time.perf_counter()
-                snap = take_snapshot("/proc")
+                snap = snapshot("proc")
                 res["nsnet"].append(time.perf_counter() - t0)
                 snap_info.update({"namespaces": len(snap.namespaces),
                                   "processes": len(snap.processes), "sockets": len(snap.sockets)})
@@ -298,13 +429,29 @@ def main() -> int:
                 res["nsnet_cli"].append(dt)
                 if err:
                     errors.append(f"nsnet CLI: {err}")
+            for i, src in enumerate(srcs if trees else ()):
+                # both trees, each in a fresh interpreter; which goes first alternates
+                order = ("current", "baseline") if (r + i) % 2 == 0 else ("baseline", "current")
+                for side in order:
+                    t = trees[side]
+                    out = snapshot_in_subprocess(t["path"], src)
+                    if "error" in out:
+                        t["runs_s"][src].append(None)
+                        errors.append(f"{side} ({t['path']}) --source {src}: {out['error']}")
+                        continue
+                    t["runs_s"][src].append(out["elapsed_s"][0])
+                    t["api"], t["nsnet_file"] = out["api"], out["nsnet_file"]
+                    t["snapshot"][src] = {k: out[k] for k in
+                                          ("namespaces", "processes", "sockets", "source")}
             if not a.skip_ss and r < (a.ss_repeat if a.ss_repeat is not None else a.repeat):
                 dt, nerr = run_ss_loop(pids, nsenter, ss)
                 res["ss_loop"].append(dt)
                 if nerr:
                     errors.append(f"ss loop: {nerr} stderr lines in run {r + 1}")
+            vs = [f"{side} {src} {fmt(t['runs_s'][src][-1])}" for src in srcs
+                  for side, t in trees.items() if t["runs_s"][src]]
             log(f"  run {r + 1}/{a.repeat}: " + ", ".join(
-                f"{k} {v[-1]:.3f}s" for k, v in res.items() if v))
+                [f"{k} {v[-1]:.3f}s" for k, v in res.items() if v] + vs))
         med = {k: median(v) for k, v in res.items()}
         b = bare_runs[-1]
         size = {"namespaces": b["namespaces"], "processes": b["pids"], "fds": b["fds"],
@@ -324,6 +471,12 @@ def main() -> int:
                 t = med[f"nsnet_{src}"]
                 ratios[f"bare_over_{src}"] = med["bare"] / t if med["bare"] else None
                 ratios[f"ss_loop_over_{src}"] = med["ss_loop"] / t if med["ss_loop"] else None
+        for t in trees.values():
+            t["median_s"] = {src: median(v) for src, v in t["runs_s"].items()}
+        if trees:
+            for src in srcs:
+                cur, base = trees["current"]["median_s"][src], trees["baseline"]["median_s"][src]
+                ratios[f"current_over_baseline_{src}"] = cur / base if cur and base else None
         doc = {
             "node": {"params": state["params"], "reused": reused, "size": size,
                      "bare_phases_s": {"fd_walk": b["fd_walk"], "net_read": b["net_read"]}},
@@ -333,8 +486,11 @@ def main() -> int:
             "bare_impl": bare.note, "nsenter": nsenter, "python": sys.executable,
             "errors": errors, "loadavg": open("/proc/loadavg").read().split()[:3],
         }
-        if a.profile and take_snapshot:
-            doc["profile"] = profile_snapshot(take_snapshot)
+        if trees:   # each measured in a fresh python, see --baseline
+            doc["current_subprocess"] = trees["current"]
+            doc["baseline"] = trees["baseline"]
+        if a.profile and snapshot:
+            doc["profile"] = profile_snapshot(snapshot)
         if a.json_out:
             with open(a.json_out, "w") as f:
                 json.dump(doc, f, indent=1)
@@ -363,7 +519,7 @@ def print_table(doc: dict) -> None:
     ph = doc["node"]["bare_phases_s"]
     print(f"bare phases: fd links + ns stats {ph['fd_walk']:.3f} s, net tables {ph['net_read']:.3f} s")
     rows = [
-        (f"nsnet: take_snapshot('/proc'), in-process, {doc['nsnet_threads']} reader threads",
+        (f"nsnet: take_snapshot(SnapshotOptions()), in-process, {doc['nsnet_threads']} reader threads",
          m["nsnet"]),
         ("nsnet CLI: python -m nsnet sockets --json >/dev/null", m["nsnet_cli"]),
         (f"ss loop: nsenter -t PID -n ss -tuanp, {s['ns_pids_for_ss_loop']} namespaces", m["ss_loop"]),
@@ -397,6 +553,8 @@ def print_table(doc: dict) -> None:
                   + (f", {ss_ratio:.1f}x faster than the ss loop" if ss_ratio else ""))
     if r["nsnet_cli_over_bare"]:
         print(f"nsnet CLI / bare: {r['nsnet_cli_over_bare']:.2f}x  (includes interpreter start-up and JSON)")
+    if "baseline" in doc:
+        print_baseline(doc)
     if doc["nsnet_error"]:
         print(f"nsnet unavailable: {doc['nsnet_error']}")
     for e in doc["errors"]:
@@ -405,6 +563,26 @@ def print_table(doc: dict) -> None:
         for k in ("cumulative", "tottime"):
             print(f"\n--- nsnet snapshot profile, top 25 by {k} ---")
             print(doc["profile"][k])
+
+
+def print_baseline(doc: dict) -> None:
+    cur, base = doc["current_subprocess"], doc["baseline"]
+
+    def tree(t):
+        commit = t["commit"][:12] if t["commit"] else "not a git checkout"
+        dirty = " + uncommitted nsnet/ changes" if t["nsnet_dirty"] else ""
+        return f"{t['path']} @ {commit}{dirty}, {t['api'] or '?'} API"
+    print(f"\nbefore/after: each snapshot in a fresh python, import untimed, the trees interleaved; "
+          f"median of {doc['repeat']}")
+    print(f"  current : {tree(cur)}")
+    print(f"  baseline: {tree(base)}")
+    print(f"  {'source':<8}  {'current':>9}  {'baseline':>9}  current / baseline")
+    for src, c in cur["median_s"].items():
+        ratio = doc["ratios"].get(f"current_over_baseline_{src}")
+        socks = [t["snapshot"].get(src, {}).get("sockets") for t in (cur, base)]
+        print(f"  {src:<8}  {fmt(c):>9}  {fmt(base['median_s'].get(src)):>9}  "
+              + ("—" if ratio is None else f"{ratio:.2f}x")
+              + ("" if socks[0] == socks[1] else f"  (sockets seen: {socks[0]} vs {socks[1]})"))
 
 
 if __name__ == "__main__":
