@@ -1,0 +1,371 @@
+"""The agent's loop, its HTTP side, its history and the live view, driven in-process by a
+fixed scanner (support/memnode.py) instead of /proc: no root, no sockets but the agent's
+own HTTP port on 127.0.0.1."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from memnode import HOST_INODE, FixedScanner, MemNode
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nsnet.agent import serve as serve_module
+from nsnet.agent.edges import EdgeKey
+from nsnet.agent.serve import VIEWS, Agent, http_server
+from nsnet.agent.store import Store
+from nsnet.agent.watch import Watch
+from nsnet.errors import NsnetError
+from nsnet.model import Snapshot
+from nsnet.options import AgentOptions, OutputOptions, SamplingOptions, WatchOptions
+from nsnet.ownership import user_name
+
+A, B = 4026532300, 4026532400
+SECRET_ARGV = ["/srv/api", "--db-password=hunter2"]
+POD, APP = "0f8d2a51-7c3e-4b7a-9a55-2f1c1e0b9d11", "a0" * 32
+OUT_8080 = EdgeKey(10002, f"netns:{B}", "outbound", "tcp", "10.1.0.1", 8080)
+IN_8080 = EdgeKey(10001, f"netns:{A}", "inbound", "tcp", "10.1.0.2", 8080)
+OUT_9090 = EdgeKey(10002, f"netns:{B}", "outbound", "tcp", "10.1.0.1", 9090)
+IN_9090 = EdgeKey(10001, f"netns:{A}", "inbound", "tcp", "10.1.0.2", 9090)
+
+
+def tenants(port: int = 8080, connections: int = 1, *, host_time_wait: bool = False,
+            pod: bool = False, warning: str | None = None) -> Snapshot:
+    """Tenant 10001's server in A (a secret on its command line) listening on `port`, with
+    `connections` accepted from tenant 10002's client in B. host_time_wait: also an unheld
+    TIME_WAIT in the host's namespace (an edge of an unknown user); pod: the server is pod
+    shop/api's; warning: a line the snapshot's stats carry (as a kubelet error)."""
+    node = MemNode()
+    if warning:
+        node.stats.kubelet_errors.append(warning)
+    node.process(1, uid=0, cmdline=["/sbin/init"])
+    if pod:
+        node.kubelet(POD, "shop", "api", {"api": APP})
+        node.process(200, uid=10001, netns=A, cmdline=SECRET_ARGV, container=APP, pod=POD)
+    else:
+        node.process(200, uid=10001, netns=A, cmdline=SECRET_ARGV)
+    node.process(300, uid=10002, netns=B, cmdline=["/bin/client", "--token=s3cret"])
+    node.socket("tcp", "LISTEN", f"0.0.0.0:{port}", netns=A, holders=[200])
+    for n in range(connections):
+        node.connection(f"10.1.0.2:{40000 + n}", f"10.1.0.1:{port}", client_netns=B,
+                        server_netns=A, client_holders=[300], server_holders=[200])
+    if host_time_wait:
+        node.socket("tcp", "TIME_WAIT", "192.168.1.5:51000", "10.0.0.5:3306")
+    return node.build()
+
+
+def test_the_tenant_uids_have_no_name_here():
+    """The expectations below show uids 10001 and 10002 as numbers (no passwd entry)."""
+    assert user_name(10001) is None and user_name(10002) is None
+
+
+def options(**kw) -> AgentOptions:
+    return AgentOptions(sampling=SamplingOptions(events=False, interval=15.0), node="n1",
+                        listen=("127.0.0.1", 0), **kw)
+
+
+def metric(agent: Agent, name: str, **labels: str) -> float | None:
+    text = generate_latest(agent.metrics.registry).decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def test_steps_record_samples_and_accumulate_edges():
+    first, second = tenants(8080, 1), tenants(9090, 2)
+    scanner = FixedScanner([first, second])
+    agent = Agent(options(), io.StringIO(), scanner=scanner)
+    status = agent.status()
+    assert (status["samples"], status["ready"], status["last_error"]) == (0, False, None)
+    assert agent.latest() is None and agent.document("sockets") is None
+
+    wait = agent.step()
+    assert 0 < wait <= 15.0
+    assert agent.status()["samples"] == 1 and agent.status()["ready"]
+    assert agent.latest() is first
+    assert {k: s.current for k, s in agent.edge_rows()} == {OUT_8080: 1, IN_8080: 1}
+
+    agent.step()
+    rows = dict(agent.edge_rows())
+    assert agent.status()["samples"] == 2 and agent.latest() is second
+    # 8080's edges stay, not seen any more; 9090's come with their two connections
+    assert {k: (s.current, s.samples, s.max_concurrent) for k, s in rows.items()} == {
+        OUT_8080: (0, 1, 1), IN_8080: (0, 1, 1), OUT_9090: (2, 1, 2), IN_9090: (2, 1, 2)}
+    assert rows[OUT_8080].last_seen <= rows[OUT_9090].first_seen
+    assert scanner.takes == 2 and scanner.paces_callable()
+    assert metric(agent, "nsnet_samples_total") == 2
+    assert metric(agent, "nsnet_sockets") == len(second.sockets)
+    assert metric(agent, "nsnet_edge_connections", peer="10.1.0.1", port="9090") == 2
+    agent.close()
+    assert scanner.closed
+
+
+def test_edge_rows_are_copies():
+    agent = Agent(options(), io.StringIO(), scanner=FixedScanner([tenants()]))
+    agent.step()
+    [(key, state), *_] = agent.edge_rows()
+    state.samples = 999
+    assert dict(agent.edge_rows())[key].samples == 1
+
+
+def test_a_failing_sample_is_counted_and_the_agent_goes_on():
+    err = io.StringIO()
+    first, third = tenants(8080), tenants(9090)
+    scanner = FixedScanner([first, NsnetError("/proc went away \x1b[2J"), third])
+    agent = Agent(options(), err, scanner=scanner)
+    agent.step()
+    assert agent.step() == 15.0                        # failed: wait one interval
+    status = agent.status()
+    assert status["samples"] == 1 and status["ready"]
+    assert status["last_error"] == "/proc went away \x1b[2J"
+    assert agent.latest() is first                     # the last good snapshot stays
+    assert metric(agent, "nsnet_sample_failures_total") == 1
+    assert "nsnet: sample failed: /proc went away \\x1b[2J" in err.getvalue()
+    assert "\x1b" not in err.getvalue()
+    agent.step()
+    status = agent.status()
+    assert status["samples"] == 2 and status["last_error"] is None
+    assert metric(agent, "nsnet_sample_failures_total") == 1
+    assert metric(agent, "nsnet_samples_total") == 2
+    assert OUT_9090 in dict(agent.edge_rows())
+
+
+def test_snapshot_warnings_are_said_once():
+    err = io.StringIO()
+    line = "cannot read /host/var/log/pods: permission denied \x1b]0;x\x07"
+    agent = Agent(options(), err, scanner=FixedScanner([tenants(warning=line)] * 3))
+    for _ in range(3):
+        agent.step()
+    said = err.getvalue()
+    assert said.count("nsnet: warning: cannot read /host/var/log/pods") == 1
+    assert "\x1b" not in said and "\\x1b]0;x\\x07" in said
+
+
+def test_alive_until_no_sample_ended_for_three_intervals_and_two_minutes(monkeypatch):
+    agent = Agent(options(), io.StringIO(), scanner=FixedScanner([tenants()]))
+    agent.step()
+    assert agent.alive()
+    now = time.monotonic()
+    monkeypatch.setattr(serve_module.time, "monotonic", lambda: now + 3 * 15.0 + 119)
+    assert agent.alive()
+    monkeypatch.setattr(serve_module.time, "monotonic", lambda: now + 3 * 15.0 + 121)
+    assert not agent.alive()
+
+
+def cmdlines(doc) -> list:
+    """Every "cmdline" value anywhere in a document."""
+    if isinstance(doc, dict):
+        return [v for k, v in doc.items() if k == "cmdline"] + \
+            [c for v in doc.values() for c in cmdlines(v)]
+    if isinstance(doc, list):
+        return [c for v in doc for c in cmdlines(v)]
+    return []
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_documents_blank_command_lines_unless_exposed(view):
+    snap = tenants(pod=True)
+    blank = Agent(options(), io.StringIO(), scanner=FixedScanner([snap]))
+    exposed = Agent(options(expose_cmdlines=True), io.StringIO(), scanner=FixedScanner([snap]))
+    blank.step()
+    exposed.step()
+    shown = cmdlines(exposed.document(view))
+    assert SECRET_ARGV in shown
+    hidden = cmdlines(blank.document(view))
+    assert len(hidden) == len(shown) and all(c == [] for c in hidden)
+    assert "hunter2" not in json.dumps(blank.document(view))
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+@pytest.fixture
+def served():
+    """An agent (fixed scanner: two samples) serving on 127.0.0.1:<free port>."""
+    scanner = FixedScanner([tenants(8080, 2, host_time_wait=True), tenants(9090, 1)])
+    agent = Agent(options(), io.StringIO(), scanner=scanner)
+    server = http_server(agent)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield agent, f"http://{host}:{port}"
+    server.shutdown()
+    server.server_close()
+    agent.close()
+
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with NO_PROXY.open(url, timeout=10) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    status, ctype, body = get(url)
+    assert ctype == "application/json"
+    return status, json.loads(body)
+
+
+def test_health_and_readiness(served):
+    agent, base = served
+    assert get_json(base + "/healthz") == (200, {"status": "ok"})
+    status, body = get_json(base + "/readyz")
+    assert status == 503 and body["status"] == "no sample yet" and body["samples"] == 0
+    assert get_json(base + "/api/v1/snapshot")[0] == 503
+    agent.step()
+    status, body = get_json(base + "/readyz")
+    assert status == 200 and body == {"status": "ready", "samples": 1, "last_error": None,
+                                      "history": "memory only (no --db)"}
+
+
+def test_metrics_endpoint_is_parseable(served):
+    agent, base = served
+    agent.step()
+    status, ctype, body = get(base + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert samples[("nsnet_samples_total", ())] == 1
+    edges = {dict(labels)["peer"] + ":" + dict(labels)["port"] + "/" + dict(labels)["uid"]: v
+             for (name, labels), v in samples.items() if name == "nsnet_edge_connections"}
+    assert edges == {"10.1.0.1:8080/10002": 2, "10.1.0.2:8080/10001": 2,
+                     "10.0.0.5:3306/-1": 1}
+
+
+def test_snapshot_api_views_and_errors(served):
+    agent, base = served
+    agent.step()
+    status, doc = get_json(base + "/api/v1/snapshot")
+    assert status == 200 and doc["view"] == "sockets"
+    assert len(doc["sockets"]) == len(agent.latest().sockets)
+    status, doc = get_json(base + "/api/v1/snapshot?view=by-namespace")
+    assert status == 200 and doc["view"] == "by-namespace"
+    assert [n["inode"] for n in doc["namespaces"]] == [HOST_INODE, A, B]
+    procs = [p for n in doc["namespaces"] for p in n["processes"]]
+    assert [p["comm"] for p in procs] == ["init", "api", "client"]
+    assert all(p["cmdline"] == [] for p in procs)          # blanked: not --expose-cmdlines
+    status, body = get_json(base + "/api/v1/snapshot?view=by-user")
+    assert status == 200 and [u["uid"] for u in body["users"]] == [0, 10001, 10002]
+    status, body = get_json(base + "/api/v1/snapshot?view=nope")
+    assert status == 400 and "unknown view" in body["error"]
+    status, body = get_json(base + "/nope")
+    assert status == 404 and "/metrics" in body["paths"]
+
+
+def test_dependencies_api(served):
+    agent, base = served
+    agent.step()
+    agent.step()
+    status, doc = get_json(base + "/api/v1/dependencies")
+    assert status == 200 and doc["view"] == "dependencies" and doc["source"] == "agent"
+    got = [(e["uid"], e["direction"], e["peer_addr"], e["port"], e["samples"])
+           for e in doc["edges"]]
+    assert got == [(10001, "inbound", "10.1.0.2", 8080, 1),
+                   (10001, "inbound", "10.1.0.2", 9090, 1),
+                   (10002, "outbound", "10.1.0.1", 8080, 1),
+                   (10002, "outbound", "10.1.0.1", 9090, 1),
+                   (None, "outbound", "10.0.0.5", 3306, 1)]
+    status, doc = get_json(base + "/api/v1/dependencies?user=10002&since=1h")
+    assert [(e["uid"], e["port"]) for e in doc["edges"]] == [(10002, 8080), (10002, 9090)]
+    assert all(e["node"] == "n1" and e["where"] == f"netns:{B}" for e in doc["edges"])
+    status, doc = get_json(base + "/api/v1/dependencies?user=root")
+    assert status == 200 and doc["edges"] == []
+    assert get_json(base + "/api/v1/dependencies?user=no-such-user-nsnet")[0] == 400
+    assert get_json(base + "/api/v1/dependencies?since=yesterday")[0] == 400
+
+
+# ----------------------------------------------------------------------------- history
+
+def test_a_new_agent_reloads_the_edges_from_its_store(tmp_path):
+    db = str(tmp_path / "history.db")
+    first = Agent(options(db=db), io.StringIO(), store=Store(db),
+                  scanner=FixedScanner([tenants(8080, 3), tenants(8080, 1)]))
+    first.step()
+    first.step()
+    before = dict(first.edge_rows())
+    first.close()
+    assert before[OUT_8080].samples == 2 and before[OUT_8080].max_concurrent == 3
+
+    again = Agent(options(db=db), io.StringIO(), store=Store(db),
+                  scanner=FixedScanner([tenants(8080, 1)]))
+    loaded = dict(again.edge_rows())          # before any sample of its own
+    assert set(loaded) == {OUT_8080, IN_8080}
+    for key, state in loaded.items():
+        was = before[key]
+        assert (state.first_seen, state.last_seen, state.samples, state.max_concurrent) \
+            == (was.first_seen, was.last_seen, was.samples, was.max_concurrent)
+        assert state.current == 0
+    again.step()
+    assert dict(again.edge_rows())[OUT_8080].samples == 3
+    again.close()
+    [row] = [r for r in Store(db).edges(uid=10002)]
+    assert (row.node, row.samples, row.max_concurrent) == ("n1", 3, 3)
+
+    elsewhere = AgentOptions(sampling=SamplingOptions(events=False), node="other-node",
+                             db=db)
+    other = Agent(elsewhere, io.StringIO(), store=Store(db), scanner=FixedScanner([]))
+    assert other.edge_rows() == []            # another node's edges are not ours
+    other.close()
+
+
+# -------------------------------------------------------------------------- live view
+
+def watch_options() -> WatchOptions:
+    return WatchOptions(sampling=SamplingOptions(events=False, interval=2.0, max_cpu=0.5),
+                        node="n1", output=OutputOptions(columns=200))
+
+
+def edge_lines(frame: str) -> list[str]:
+    """The table rows of a frame (after the header, a blank line and the titles)."""
+    return [line for line in frame.splitlines()[3:] if line.strip()]
+
+
+def test_watch_frame_shows_the_edges_and_the_header_counts():
+    first, second = tenants(8080, 2), tenants(9090, 1)
+    out, err = io.StringIO(), io.StringIO()
+    view = Watch(watch_options(), out, err, scanner=FixedScanner([first, second]))
+    frame = view.frame(view.sampler.sample())
+    head = frame.splitlines()[0]
+    assert head.startswith("nsnet watch")
+    assert (f"  {first.stats.namespaces} namespaces  {first.stats.sockets} sockets  "
+            "2 edges") in head
+    assert "closed since last" not in head               # no destroy events here
+    lines = edge_lines(frame)
+    assert len(lines) == 2                               # one row per edge
+    assert any(re.search(r"10001 .*inbound .*port 8080 from 10\.1\.0\.2", x) for x in lines)
+    assert any(re.search(r"10002 .*outbound .*10\.1\.0\.1:8080 +2 +1 ", x) for x in lines)
+
+    wait = view.step()                                   # the second sample, drawn
+    assert 0 <= wait <= 2.0
+    drawn = out.getvalue()
+    assert not drawn.startswith("\x1b")                  # not a terminal: no clearing
+    assert "4 edges" in drawn.splitlines()[0]            # every edge since it started
+    assert "10.1.0.1:9090" in drawn and err.getvalue() == ""
+    view.close()
+
+
+@pytest.mark.xfail(strict=True, reason="nsnet bug: render_deps prints the user of an edge "
+                   "whose uid is unknown (-1, JSON null) as the Python text 'None' "
+                   "(printable(e['user'] or str(e['uid']))); nsnet graph shows '?'")
+def test_watch_shows_an_unknown_user_without_python_none():
+    view = Watch(watch_options(), io.StringIO(), io.StringIO(),
+                 scanner=FixedScanner([tenants(8080, 1, host_time_wait=True)]))
+    frame = view.frame(view.sampler.sample())
+    [line] = [x for x in edge_lines(frame) if "10.0.0.5:3306" in x]
+    assert line.split()[0] != "None"

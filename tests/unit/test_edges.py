@@ -1,0 +1,282 @@
+"""Dependency edges (nsnet.agent.edges), the closed-connection memory, the sampler's merge of
+destroy events, and the history documents (nsnet.agent.history), from in-memory snapshots."""
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+import pytest
+from memnode import HOST_INODE, FixedScanner, FixedWatcher, MemNode, closed
+
+from nsnet.agent.edges import EdgeBook, EdgeKey, Memory, closed_edges, observe
+from nsnet.agent.history import by_user_history, deps_view, split_where
+from nsnet.agent.sampler import Sampler
+from nsnet.agent.store import EdgeRow
+from nsnet.model import NO_SERVICES, Rule, ServiceMap
+from nsnet.options import SamplingOptions
+from nsnet.ownership import user_name
+
+A, B = 4026532300, 4026532400
+WA, WB = f"netns:{A}", f"netns:{B}"
+POD_B = "5a3c9e77-1b2d-4f60-8e0a-3d4c5b6a7980"
+
+
+def busy_node() -> MemNode:
+    """A: tenant 10001's server on 8080 with three accepted connections from 10.1.0.2.
+    B: tenant 10002's client, the other ends of those three, one that ended (TIME_WAIT,
+    unheld), one in CLOSE (no edge), a connected UDP socket to 8.8.8.8:53, a UDP server and
+    a unix listener (no edges). Host: an unheld TIME_WAIT to 10.0.0.5:3306 and a connection
+    to 10.0.0.5:5432 held by processes of users 1000 and 1001."""
+    node = MemNode()
+    node.process(200, uid=10001, netns=A)
+    node.process(300, uid=10002, netns=B)
+    node.process(400, uid=1000)
+    node.process(401, uid=1001)
+    node.socket("tcp", "LISTEN", "0.0.0.0:8080", netns=A, holders=[200])
+    for port in (40001, 40002, 40003):
+        node.connection(f"10.1.0.2:{port}", "10.1.0.1:8080", client_netns=B, server_netns=A,
+                        client_holders=[300], server_holders=[200])
+    node.socket("tcp", "TIME_WAIT", "10.1.0.2:40004", "10.1.0.1:8080", netns=B)
+    node.socket("tcp", "CLOSE", "10.1.0.2:40005", "10.1.0.1:8080", netns=B, holders=[300])
+    node.socket("udp", "ESTABLISHED", "10.1.0.2:38000", "8.8.8.8:53", netns=B, holders=[300])
+    node.socket("udp", "UNCONN", "0.0.0.0:5353", netns=B, holders=[300])
+    node.socket("unix", "LISTEN", "/run/b.sock", netns=B, holders=[300])
+    node.socket("tcp", "TIME_WAIT", "192.168.1.5:51000", "10.0.0.5:3306")
+    node.socket("tcp", "ESTABLISHED", "192.168.1.5:52000", "10.0.0.5:5432",
+                holders=[400, 401])
+    return node
+
+
+def test_observe_counts_concurrent_connections_per_edge():
+    seen = observe(busy_node().build())
+    assert seen == Counter({
+        EdgeKey(10002, WB, "outbound", "tcp", "10.1.0.1", 8080): 4,   # 3 + the TIME_WAIT
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): 3,
+        EdgeKey(10002, WB, "outbound", "udp", "8.8.8.8", 53): 1,
+        EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306): 1,  # host mini: unknown
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
+        EdgeKey(1001, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
+    })
+
+
+def test_observe_never_keys_by_an_ephemeral_port():
+    node = MemNode()
+    node.process(200, uid=10001, netns=A)
+    node.process(300, uid=10002, netns=B)
+    node.socket("tcp", "LISTEN", "0.0.0.0:8080", netns=A, holders=[200])
+    ephemeral = range(30000, 30050)
+    for port in ephemeral:
+        node.connection(f"10.1.0.2:{port}", "10.1.0.1:8080", client_netns=B, server_netns=A,
+                        client_holders=[300], server_holders=[200])
+    seen = observe(node.build())
+    # fifty connections, two edges (one per side), no key carries a client port
+    assert sorted(seen.values()) == [50, 50]
+    assert {k.port for k in seen} == {8080}
+    assert not {k.port for k in seen} & set(ephemeral)
+
+
+# --------------------------------------------------------------------------- EdgeBook
+
+K1 = EdgeKey(10002, WB, "outbound", "tcp", "10.1.0.1", 8080)
+K2 = EdgeKey(10002, WB, "outbound", "udp", "8.8.8.8", 53)
+K3 = EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080)
+
+
+def test_edge_book_first_last_samples_max_and_current():
+    book = EdgeBook(retention=1000.0)
+    book.update(Counter({K1: 2, K2: 1}), 100.0)
+    book.update(Counter({K1: 3}), 200.0)
+    book.update(Counter({K1: 1, K3: 5}), 300.0)
+    s1, s2, s3 = book.edges[K1], book.edges[K2], book.edges[K3]
+    assert (s1.first_seen, s1.last_seen, s1.samples, s1.max_concurrent, s1.current) == \
+        (100.0, 300.0, 3, 3, 1)
+    assert (s2.first_seen, s2.last_seen, s2.samples, s2.max_concurrent, s2.current) == \
+        (100.0, 100.0, 1, 1, 0)                      # not seen since: current back to 0
+    assert (s3.first_seen, s3.samples, s3.max_concurrent, s3.current) == (300.0, 1, 5, 5)
+    assert [k for k, _ in book.since(150.0)] == sorted([K1, K3])
+    assert [k for k, _ in book.since(0.0)] == sorted([K1, K2, K3])
+
+
+def test_edge_book_drops_edges_past_the_retention():
+    book = EdgeBook(retention=150.0)
+    book.update(Counter({K1: 1, K2: 1}), 100.0)
+    book.update(Counter({K1: 1}), 200.0)
+    book.update(Counter(), 300.0)          # horizon 150: K2 (last 100) goes, K1 (200) stays
+    assert set(book.edges) == {K1}
+    assert book.edges[K1].current == 0
+    book.update(Counter(), 351.0)          # horizon 201: K1 goes too
+    assert book.edges == {}
+
+
+def test_edge_book_loads_history_rows():
+    book = EdgeBook(retention=1000.0)
+    book.load([EdgeRow("n1", 10002, WB, "outbound", "tcp", "10.1.0.1", 8080,
+                       50.0, 90.0, 7, 4)])
+    state = book.edges[K1]
+    assert (state.first_seen, state.last_seen, state.samples, state.max_concurrent,
+            state.current) == (50.0, 90.0, 7, 4, 0)
+    book.update(Counter({K1: 2}), 100.0)
+    assert (state.first_seen, state.samples, state.max_concurrent, state.current) == \
+        (50.0, 8, 4, 2)
+
+
+# ------------------------------------------------------------------ closed connections
+
+def remembering_node(*, with_connection: bool = True) -> MemNode:
+    """A: tenant 10001's server on 8080. B: pod POD_B (shop/client) whose namespace has two
+    users, 10002 (pid 300) and 10003 (pid 301); 300 holds 10.1.0.2:40010 -> 10.1.0.1:8080
+    (with_connection). Host: a connection of user 1000 to 10.0.0.5:5432."""
+    node = MemNode()
+    node.kubelet(POD_B, "shop", "client", {"app": "d0" * 32})
+    node.process(200, uid=10001, netns=A)
+    node.process(299, uid=65535, netns=B, cmdline=["/pause"], container="c0" * 32, pod=POD_B)
+    node.process(300, uid=10002, netns=B, container="d0" * 32, pod=POD_B)
+    node.process(301, uid=10003, netns=B, container="d0" * 32, pod=POD_B)
+    node.process(400, uid=1000)
+    node.socket("tcp", "LISTEN", "0.0.0.0:8080", netns=A, holders=[200])
+    if with_connection:
+        node.connection("10.1.0.2:40010", "10.1.0.1:8080", client_netns=B, server_netns=A,
+                        client_holders=[300], server_holders=[200])
+        node.socket("tcp", "ESTABLISHED", "192.168.1.5:52000", "10.0.0.5:5432",
+                    holders=[400])
+    return node
+
+
+def test_closed_connection_is_attributed_from_an_earlier_sample():
+    memory = Memory()
+    memory.learn(remembering_node().build())
+    got = closed_edges([
+        closed(B, "10.1.0.2:40010", "10.1.0.1:8080"),         # seen: held by 300 (10002)
+        closed(A, "10.1.0.1:8080", "10.1.0.2:40010"),         # its server end: inbound
+        closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432"),
+    ], memory)
+    assert got == Counter({
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): 1,
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
+    })
+
+
+def test_unseen_closed_connection_goes_to_the_namespace_owners_else_unknown():
+    memory = Memory()
+    memory.learn(remembering_node().build())
+    got = closed_edges([
+        closed(B, "10.1.0.2:40099", "10.1.0.1:8080"),          # never sampled
+        closed(HOST_INODE, "192.168.1.5:51000", "10.0.0.5:3306"),
+        closed(4026539999, "10.9.0.1:41000", "10.0.0.5:3306"),  # a namespace already gone
+        closed(B, "10.1.0.2:8081", "0.0.0.0:0"),                # a listener closing: no edge
+    ], memory)
+    assert got == Counter({
+        # both users of B, not the sandbox
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
+        EdgeKey(10003, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
+        EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306): 1,
+        EdgeKey(-1, "netns:4026539999", "outbound", "tcp", "10.0.0.5", 3306): 1,
+    })
+
+
+def test_memory_keeps_two_samples():
+    event = closed(B, "10.1.0.2:40010", "10.1.0.1:8080")
+    memory = Memory()
+    memory.learn(remembering_node().build())
+    memory.learn(remembering_node(with_connection=False).build())
+    # seen one sample ago: still 10002's alone
+    assert {k.uid for k in closed_edges([event], memory)} == {10002}
+    memory.learn(remembering_node(with_connection=False).build())
+    # forgotten: the namespace's owners
+    assert {k.uid for k in closed_edges([event], memory)} == {10002, 10003}
+
+
+def test_sampler_adds_closed_connections_once_and_subscribes_each_namespace():
+    first = remembering_node().build()
+    second = remembering_node(with_connection=False)
+    # 40010 closed; a new connection to the same service is open
+    second.connection("10.1.0.2:40011", "10.1.0.1:8080", client_netns=B, server_netns=A,
+                      client_holders=[300], server_holders=[200])
+    watcher = FixedWatcher([[], [closed(B, "10.1.0.2:40010", "10.1.0.1:8080"),
+                                 closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")]])
+    scanner = FixedScanner([first, second.build()])
+    said: list[str] = []
+    sampler = Sampler(SamplingOptions(events=False), said.append, scanner=scanner,
+                      watcher=watcher)
+    one = sampler.sample()
+    assert one.closed == 0 and one.observed == observe(first)
+    assert watcher.subscribed == {A: "/memnode/proc/200/ns/net",
+                                  B: "/memnode/proc/299/ns/net",
+                                  HOST_INODE: "/memnode/proc/400/ns/net"}
+    two = sampler.sample()
+    assert two.closed == 2
+    assert two.observed == Counter({
+        # seen open (40011): its concurrent count, not one more for the closed 40010
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): 1,
+        # closed since the last sample, seen then as user 1000's
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
+    })
+    assert scanner.takes == 2 and scanner.paces_callable()
+    sampler.close()
+    assert scanner.closed and watcher.closed
+    assert said == []
+
+
+# ---------------------------------------------------------------------------- history
+
+def test_split_where():
+    assert split_where("pod:shop/cart") == {"pod_namespace": "shop", "pod": "cart",
+                                            "pod_uid": None, "netns": None}
+    assert split_where(f"pod:{POD_B}") == {"pod_namespace": None, "pod": None,
+                                           "pod_uid": POD_B, "netns": None}
+    assert split_where("host")["netns"] == "host"
+    assert split_where(WA) == {"pod_namespace": None, "pod": None, "pod_uid": None,
+                               "netns": WA}
+
+
+def test_deps_view_and_by_user_history():
+    # the tenants' uids have no passwd entry here: shown as numbers, with no user name
+    assert user_name(10001) is None and user_name(10002) is None
+    services = ServiceMap([Rule("api", ipaddress.ip_network("10.1.0.1/32"), 8080),
+                           Rule("clients", ipaddress.ip_network("10.1.0.2/32"), None)])
+    book = EdgeBook(retention=1000.0)
+    unknown = EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306)
+    root = EdgeKey(0, "host", "outbound", "tcp", "10.0.0.5", 3306)
+    book.update(Counter({K1: 2, K3: 2, unknown: 1, root: 1}), 100.0)
+    doc = deps_view([("n1", k, s) for k, s in book.since(0.0)], services, None, "agent")
+    assert doc["view"] == "dependencies" and doc["source"] == "agent"
+    # by uid, the unknown user last
+    assert [(e["uid"], e["user"]) for e in doc["edges"]] == [
+        (0, "root"), (10001, None), (10002, None), (None, None)]
+    by_uid = {e["uid"]: e for e in doc["edges"]}
+    assert by_uid[10002]["service"] == "api"       # outbound: the peer's name
+    assert by_uid[10001]["service"] is None        # inbound: not the client's name
+    assert by_uid[10002]["netns"] == WB and by_uid[10002]["node"] == "n1"
+    assert (by_uid[10002]["max_concurrent"], by_uid[10002]["samples"]) == (2, 1)
+    users = by_user_history(doc)["users"]
+    assert [u["uid"] for u in users] == [0, 10001, 10002, None]
+    assert [len(u["connects_to"]) for u in users] == [1, 0, 1, 1]
+    assert [len(u["connected_from"]) for u in users] == [0, 1, 0, 0]
+    assert deps_view([], NO_SERVICES, 5.0, "db")["edges"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="nsnet bug: closed_edges decides inbound from the "
+                   "listeners of the PREVIOUS sample (Memory.listening; the sampler learns the "
+                   "current one only afterwards), so a connection accepted and closed in the "
+                   "first interval of a new listener (a new pod's readiness probes) becomes an "
+                   "outbound edge keyed by the client's ephemeral port")
+def test_closed_connection_to_a_listener_new_since_the_last_sample_is_inbound():
+    def pod_node(listening: bool) -> MemNode:
+        node = MemNode()
+        node.process(100, uid=65535, netns=A, cmdline=["/pause"])
+        node.process(200, uid=10001, netns=A)
+        if listening:
+            node.socket("tcp", "LISTEN", "0.0.0.0:8080", netns=A, holders=[200])
+        return node
+
+    # the kubelet's probe from the node's address: accepted and closed between the samples
+    probe = closed(A, "10.1.0.1:8080", "10.1.0.254:51234")
+    sampler = Sampler(SamplingOptions(events=False), lambda line: None,
+                      scanner=FixedScanner([pod_node(False).build(), pod_node(True).build()]),
+                      watcher=FixedWatcher([[], [probe]]))
+    sampler.sample()
+    second = sampler.sample()
+    assert EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080) in second.observed
+    assert all(k.port != 51234 for k in second.observed)
