@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pwd
 from collections import defaultdict
+from collections.abc import Iterable
 from functools import lru_cache
 
 from .model import Container, Namespace, Pod, Process, Snapshot, Socket, netns_key
@@ -109,6 +110,16 @@ def _pods_by_uid(uids: set[str], snap: Snapshot) -> list[Pod]:
     return sorted((snap.pods[u] for u in uids), key=pod_order)
 
 
+def _pods_of(netns_pods: Iterable[str], pids: Iterable[int], snap: Snapshot) -> list[Pod]:
+    """The pods whose own namespace is the socket's, and the pods of the given holders."""
+    uids = set(netns_pods)
+    for pid in pids:
+        uid = snap.processes[pid].pod_uid
+        if uid is not None:
+            uids.add(uid)
+    return _pods_by_uid(uids, snap)
+
+
 def process_container(p: Process, snap: Snapshot) -> Container | None:
     return snap.containers.get(p.container_id) if p.container_id else None
 
@@ -128,25 +139,16 @@ def socket_pods(sock: Socket, snap: Snapshot) -> list[Pod]:
     lives in (which covers sockets no process holds, such as TIME_WAIT)."""
     if not snap.pods:
         return []
-    uids = set(snap.pods_of_netns.get(sock.netns_key, ()))
-    for pid in sock.pids:
-        uid = snap.processes[pid].pod_uid
-        if uid is not None:
-            uids.add(uid)
-    return _pods_by_uid(uids, snap)
+    return _pods_of(snap.pods_of_netns.get(sock.netns_key, ()), sock.pids, snap)
 
 
 def peer_pods(sock: Socket, snap: Snapshot) -> list[Pod]:
     """Pods on the other end of a connection inside this node."""
     if not snap.pods:
         return []
-    uids = set(snap.pods_of_netns.get(netns_key(sock.peer_netns), ())) \
-        if sock.peer_netns is not None else set()
-    for pid in sock.peer_pids:
-        uid = snap.processes[pid].pod_uid
-        if uid is not None:
-            uids.add(uid)
-    return _pods_by_uid(uids, snap)
+    own = snap.pods_of_netns.get(netns_key(sock.peer_netns), ()) \
+        if sock.peer_netns is not None else ()
+    return _pods_of(own, sock.peer_pids, snap)
 
 
 def socket_containers(sock: Socket, snap: Snapshot) -> list[Container]:

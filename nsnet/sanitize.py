@@ -5,7 +5,7 @@ process, so they may carry escape sequences that clear the screen, set the windo
 title, hide text behind ``\\r`` or reorder it with bidi overrides. We never print
 them raw; instead every dangerous character becomes a visible escape.
 
-Escaping convention (what a user sees, and what ``tests/test_sanitize.py`` decodes back):
+Escaping convention (what a user sees, and what ``tests/unit/test_sanitize.py`` decodes back):
 
 =====================  =============================================  ==================
 input                  meaning                                        shown as
@@ -29,7 +29,7 @@ point; a byte >= 0x80 only appears this way when it was not valid UTF-8), while
 ``\\uNNNN`` stands for a *code point* that was decoded fine but must not reach the
 terminal. That keeps U+0085 (valid UTF-8 ``c2 85``) apart from the raw byte ``0x85``.
 Because the backslash itself is escaped, the output is unambiguous: two different
-inputs never print the same (``tests/test_sanitize.py`` decodes every output back).
+inputs never print the same (``tests/unit/test_sanitize.py`` decodes every output back).
 Everything else, including printable non-ASCII (``é``, ``中``, emoji), combining marks,
 private-use characters and unusual spaces, is kept as is.
 """

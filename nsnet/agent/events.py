@@ -8,7 +8,7 @@ all of them. Subscribing needs CAP_NET_ADMIN (a multicast group of sock_diag) an
 namespaces CAP_SYS_ADMIN; without them the agent falls back to sampling and says so once.
 
 The message carries the namespace (the subscribing socket's) and the 4-tuple, but no uid and
-no inode (the kernel zeroes them in destroy messages; tests/test_events.py shows it). So a
+no inode (the kernel zeroes them in destroy messages; tests/kernel/test_events.py shows it). So a
 connection is attributed through what earlier samples remembered of the same 4-tuple, else to
 the owners of its namespace (edges.closed_edges).
 """

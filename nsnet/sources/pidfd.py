@@ -27,7 +27,7 @@ then makes no fcntl call (init_sockobject sets its own timeout to 0 instead; its
 syscall is a validating getsockname). Never `socket.socket(fileno=fd)` or the bare
 `_socket.socket(fileno=fd)`: once socket.setdefaulttimeout() has been called anywhere in the
 process, they run fcntl(F_SETFL, O_NONBLOCK) on the shared description, turning the target's
-blocking socket non-blocking (checked on 3.11, 3.12, 3.13; tests/test_borrow.py proves ours
+blocking socket non-blocking (checked on 3.11, 3.12, 3.13; tests/kernel/test_pidfd.py proves ours
 does not). The handle's family (AF_UNIX) only sizes its address buffer (110 bytes, enough for
 every family described here); addresses are decoded by their own sa_family.
 pidfd_getfd sets FD_CLOEXEC on our descriptor only (a per-fd flag, not the shared one), but it
@@ -43,7 +43,7 @@ boot) looked up in a cache that SIOCGSKNS + fstat fills the first time a cookie 
 ioctl opens an nsfs file (~4 us, as much as everything else together), so it runs once per
 namespace instead of once per socket. Without the cookie (older kernels), once per socket.
 
-Differences from /proc/<pid>/net/*, documented and tested (tests/test_borrow.py):
+Differences from /proc/<pid>/net/*, documented and tested (tests/kernel/test_pidfd.py):
   - uid: fstat(2) of the socket inode. The kernel keeps sk_uid equal to the socket inode's
     owner (sock_init_data; sock_graft on accept; sockfs_setattr on fchown), which is the
     tables' uid column. Unix sockets get None: their table has no uid column.

@@ -1,7 +1,7 @@
 """The agent image (deploy/Dockerfile), built offline on a private dockerd and run.
 
 Root only (a daemon of our own); mandatory when CI=true. The image is built once per module
-from a base made of the host's python3.11 (tests/agent_image.py says why and how).
+from a base made of the host's python3.11 (tests/support/agent_image.py says why and how).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """nsnet inside a container shaped like deploy/'s DaemonSet sees what nsnet on the host sees.
 
-The agent image is deploy/Dockerfile built offline (tests/agent_image.py) on the private
-daemon of the pod scenario (tests/kubepods.py). The container gets exactly the DaemonSet's
+The agent image is deploy/Dockerfile built offline (tests/support/agent_image.py) on the private
+daemon of the pod scenario (tests/support/kubepods.py). The container gets exactly the DaemonSet's
 privileges: host pid namespace, host /proc read-only at /host/proc, the kubelet log trees
 read-only under /host, read-only root, uid 0 with every capability dropped but SYS_PTRACE and
 DAC_READ_SEARCH, no-new-privileges, and no network (the agent needs none to read /proc).

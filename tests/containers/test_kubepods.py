@@ -1,4 +1,4 @@
-"""nsnet against real containers laid out like kubelet pods (tests/kubepods.py).
+"""nsnet against real containers laid out like kubelet pods (tests/support/kubepods.py).
 
 Every expectation comes from the setup (container ids, pids, uids, ports, cgroup paths we
 chose), never from nsnet. nsnet runs as a separate process, as users run it:

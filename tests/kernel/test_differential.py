@@ -5,13 +5,13 @@ thread, or pinned only by a bind mount), the multiset of TCP/UDP sockets (proto,
 addr:port, remote addr:port, state) and each socket's holders {pid: fds} that
 `nsenter ... ss -tuanp` shows inside that namespace must equal what nsnet reports for it.
 nsnet runs as a user runs it (`python -m nsnet sockets --json` from the repository root), on a
-real node built by tests/realnode.py (forked shared listeners, cross-namespace connections,
+real node built by tests/support/realnode.py (forked shared listeners, cross-namespace connections,
 IPv6 and IPv4-mapped addresses, a thread in another namespace, a namespace pinned only by a
 bind mount whose listener a host-namespace process holds, TIME_WAIT) plus whatever else lives
 on this machine while the test runs.
 
 The machine changes while we look, so ss runs BEFORE and AFTER nsnet's snapshot and the
-comparison (tests/ss_oracle.compare) only asks what churn cannot excuse: nsnet reports nothing
+comparison (tests/support/ss_oracle.compare) only asks what churn cannot excuse: nsnet reports nothing
 ss never saw, misses nothing ss saw both times, and names the holders ss saw both times.
 The node's own namespaces (A, B, C) are static by construction: compared strictly, once.
 In the host's and anyone else's namespaces, a socket or holder pid that only nsnet saw is

@@ -1,4 +1,4 @@
-"""nsnet against a real node: real namespaces, processes, uids and sockets (tests/realnode.py).
+"""nsnet against a real node: real namespaces, processes, uids and sockets (tests/support/realnode.py).
 
 nsnet runs exactly as a user runs it (`python -m nsnet VIEW --json`, a subprocess), and its
 documents are compared with ground truth that the fixture processes reported about their own

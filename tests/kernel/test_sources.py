@@ -1,6 +1,6 @@
 """Every snapshot source yields the same sockets, states, addresses and pids.
 
-Run on the real node of tests/realnode.py: listeners shared by forked pids, loopback and
+Run on the real node of tests/support/realnode.py: listeners shared by forked pids, loopback and
 cross-namespace TCP and UDP, IPv6 with an IPv4-mapped accepted socket, unix sockets with a
 path and an abstract name, a TIME_WAIT nobody holds, a socket of B held by a process of A,
 and a socket of C (pinned only by a bind mount) held from the host namespace.

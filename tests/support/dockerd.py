@@ -10,7 +10,7 @@ network. The same rootfs directory serves runc bundles (a real directory: runc r
 rootfs reached through a symlink). `/pause` is compiled with `gcc -static` so that the sandbox
 holder's argv[0] is `/pause`, as the CRI's is.
 
-The private daemon itself is tests/agent_image.py's `private_dockerd`.
+The private daemon itself is tests/support/agent_image.py's `private_dockerd`.
 SIGTERM becomes SystemExit while `sigterm_as_exit()` is active, so `timeout`/CI kills tear
 down too.
 """

@@ -63,7 +63,7 @@ WORK_PREFIX = "nsnt-k-"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 UID_PAUSE = 65535
-# Tenants' uids: away from the 10001+ range of tests/realnode.py and the perf bench's
+# Tenants' uids: away from the 10001+ range of tests/support/realnode.py and the perf bench's
 # synthetic nodes, which may run on the same machine (nsnet's per-user view would merge them).
 UID_WEB, UID_CLIENT, UID_DB, UID_SIDECAR, UID_EXPORTER, UID_PLAIN = \
     31101, 31202, 31303, 31304, 31404, 31505

@@ -6,7 +6,7 @@
 Everything is real: `ip netns add`, a veth pair, `unshare --net=FILE` for a namespace pinned only
 by a bind mount, processes started with `nsenter --net=PATH setpriv --reuid U ...` (argv lists,
 util-linux binaries found by version, since the `nsenter` PyPI package installs a console script
-of the same name), and sockets created by those processes (tests/sockproc.py).
+of the same name), and sockets created by those processes (tests/support/sockproc.py).
 
 The truth never comes from /proc/net: each process reports its own sockets (fd, fstat inode,
 getsockname/getpeername), and the builder borrows every reported fd with pidfd_getfd to ask the
@@ -979,7 +979,7 @@ class RealNode:
             raise BuildError("owners not as planned")
 
 
-if __name__ == "__main__":      # python tests/realnode.py: build, print the truth, tear down
+if __name__ == "__main__":      # python tests/support/realnode.py: build, print the truth, tear down
     with RealNode.build() as n:
         n.make_time_wait()
         t = n.truth

@@ -1,4 +1,4 @@
-"""A fixture process for tests/realnode.py: it creates real sockets and reports them itself.
+"""A fixture process for tests/support/realnode.py: it creates real sockets and reports them itself.
 
 It runs inside a test namespace (started by `nsenter --net=PATH setpriv ... python sockproc.py`)
 and reports, as JSON lines on the file descriptor given by --report-fd, what it holds: for every

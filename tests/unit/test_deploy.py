@@ -3,7 +3,7 @@ checked offline (no cluster, no root): YAML, yamllint, kubernetes-validate --str
 supported Kubernetes versions, kustomize's loading rules, and every security requirement
 of the node agent (issue 3 section 2), including a guard against any weakening field.
 
-`python3 tests/test_deploy.py --render` rewrites deploy/nsnet.yaml from deploy/base.
+`python3 tests/unit/test_deploy.py --render` rewrites deploy/nsnet.yaml from deploy/base.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ STATE_PATH = "/var/lib/nsnet"
 USER_PRIORITY_MAX = 1_000_000_000     # the API server rejects user classes above this
 RENDER_HEADER = (
     "# nsnet node agent, all in one: kubectl apply -f deploy/nsnet.yaml\n"
-    "# Generated from deploy/base (python3 tests/test_deploy.py --render): edit those files.\n"
+    "# Generated from deploy/base (python3 tests/unit/test_deploy.py --render): edit those files.\n"
 )
 
 
@@ -343,7 +343,7 @@ def test_kustomize_transformations_are_no_ops():
 
 def test_rendered_all_in_one_is_in_sync():
     assert RENDERED.read_text() == render(), (
-        "deploy/nsnet.yaml is stale: run python3 tests/test_deploy.py --render")
+        "deploy/nsnet.yaml is stale: run python3 tests/unit/test_deploy.py --render")
     assert load(RENDERED) == base_resources()
 
 
@@ -706,4 +706,4 @@ if __name__ == "__main__":
         RENDERED.write_text(render())
         print(f"wrote {RENDERED}")
     else:
-        sys.exit("usage: python3 tests/test_deploy.py --render")
+        sys.exit("usage: python3 tests/unit/test_deploy.py --render")

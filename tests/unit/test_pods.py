@@ -1,7 +1,7 @@
 """pods.assemble: the pure step from walked processes + the kubelet's log tree to pods,
 containers and sandbox holders. Inputs are the parsers' real outputs (cgroup text as the
 kernel prints it, a log tree laid out as the kubelet does); the end-to-end proof against a
-real container runtime is tests/test_kubepods.py."""
+real container runtime is tests/containers/test_kubepods.py."""
 from __future__ import annotations
 
 import os
