@@ -268,17 +268,18 @@ try:
     import psutil  # noqa: F401 - both trees import it lazily at their first snapshot
 except ImportError:
     pass
-elapsed, info = [], {}
+elapsed, cpu, info = [], [], {}
 for _ in range(count):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     snap = take()
     elapsed.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)   # every thread of this process: the reader threads too
     info = {"namespaces": len(snap.namespaces), "processes": len(snap.processes),
             "sockets": len(snap.sockets), "source": getattr(snap.stats, "source", None)}
     del snap
 others = sorted(f"{name}: {m.__file__}" for name, m in list(sys.modules.items())
                 if (name == "nsnet" or name.startswith("nsnet.")) and foreign(getattr(m, "__file__", None)))
-print(json.dumps({"nsnet_file": nsnet.__file__, "api": api, "elapsed_s": elapsed,
+print(json.dumps({"nsnet_file": nsnet.__file__, "api": api, "elapsed_s": elapsed, "cpu_s": cpu,
                   "foreign_modules": others, **info}))
 """
 
@@ -400,7 +401,8 @@ def main() -> int:
         trees = {}
         if baseline:
             trees = {side: {"path": path, **git_state(path), "api": None, "nsnet_file": None,
-                            "runs_s": {src: [] for src in srcs}, "snapshot": {}}
+                            "runs_s": {src: [] for src in srcs},
+                            "cpu_runs_s": {src: [] for src in srcs}, "snapshot": {}}
                      for side, path in (("current", REPO), ("baseline", baseline))}
         for r in range(a.repeat):
             b = bare.run()
@@ -437,9 +439,11 @@ def main() -> int:
                     out = snapshot_in_subprocess(t["path"], src)
                     if "error" in out:
                         t["runs_s"][src].append(None)
+                        t["cpu_runs_s"][src].append(None)
                         errors.append(f"{side} ({t['path']}) --source {src}: {out['error']}")
                         continue
                     t["runs_s"][src].append(out["elapsed_s"][0])
+                    t["cpu_runs_s"][src].append(out["cpu_s"][0])
                     t["api"], t["nsnet_file"] = out["api"], out["nsnet_file"]
                     t["snapshot"][src] = {k: out[k] for k in
                                           ("namespaces", "processes", "sockets", "source")}
@@ -473,10 +477,14 @@ def main() -> int:
                 ratios[f"ss_loop_over_{src}"] = med["ss_loop"] / t if med["ss_loop"] else None
         for t in trees.values():
             t["median_s"] = {src: median(v) for src, v in t["runs_s"].items()}
+            t["cpu_median_s"] = {src: median(v) for src, v in t["cpu_runs_s"].items()}
         if trees:
             for src in srcs:
                 cur, base = trees["current"]["median_s"][src], trees["baseline"]["median_s"][src]
                 ratios[f"current_over_baseline_{src}"] = cur / base if cur and base else None
+                cur, base = (trees["current"]["cpu_median_s"][src],
+                             trees["baseline"]["cpu_median_s"][src])
+                ratios[f"current_over_baseline_cpu_{src}"] = cur / base if cur and base else None
         doc = {
             "node": {"params": state["params"], "reused": reused, "size": size,
                      "bare_phases_s": {"fd_walk": b["fd_walk"], "net_read": b["net_read"]}},
@@ -572,16 +580,21 @@ def print_baseline(doc: dict) -> None:
         commit = t["commit"][:12] if t["commit"] else "not a git checkout"
         dirty = " + uncommitted nsnet/ changes" if t["nsnet_dirty"] else ""
         return f"{t['path']} @ {commit}{dirty}, {t['api'] or '?'} API"
-    print(f"\nbefore/after: each snapshot in a fresh python, import untimed, the trees interleaved; "
+    print(f"\nbefore/after: each snapshot in a fresh python, import untimed, the trees interleaved "
+          f"(wall, and CPU of all its threads); "
           f"median of {doc['repeat']}")
     print(f"  current : {tree(cur)}")
     print(f"  baseline: {tree(base)}")
-    print(f"  {'source':<8}  {'current':>9}  {'baseline':>9}  current / baseline")
+    print(f"  {'source':<8}  {'current':>9}  {'baseline':>9}  {'ratio':>6}   "
+          f"{'CPU cur.':>9}  {'CPU base':>9}  {'ratio':>6}")
     for src, c in cur["median_s"].items():
         ratio = doc["ratios"].get(f"current_over_baseline_{src}")
+        cpu_ratio = doc["ratios"].get(f"current_over_baseline_cpu_{src}")
         socks = [t["snapshot"].get(src, {}).get("sockets") for t in (cur, base)]
         print(f"  {src:<8}  {fmt(c):>9}  {fmt(base['median_s'].get(src)):>9}  "
-              + ("—" if ratio is None else f"{ratio:.2f}x")
+              + ("     —" if ratio is None else f"{ratio:5.3f}x") + "   "
+              + f"{fmt(cur['cpu_median_s'].get(src)):>9}  {fmt(base['cpu_median_s'].get(src)):>9}  "
+              + ("     —" if cpu_ratio is None else f"{cpu_ratio:5.3f}x")
               + ("" if socks[0] == socks[1] else f"  (sockets seen: {socks[0]} vs {socks[1]})"))
 
 
