@@ -19,7 +19,6 @@ from .ownership import (
     pod_order,
     process_container,
     process_pod,
-    resolve_user,
     socket_containers,
     socket_pods,
     socket_service,
@@ -28,7 +27,7 @@ from .ownership import (
 )
 
 __all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
-           "endpoint", "normalize_state", "resolve_pod", "resolve_user", "sockets_view"]
+           "endpoint", "normalize_state", "resolve_pod", "sockets_view"]
 
 STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "CLOSE",
                  "LISTENING": "LISTEN", "UNCONNECTED": "UNCONN"}

@@ -65,7 +65,7 @@ class NetlinkSource(TableSource):
     def read_via_task(self, ctx: ReadContext, key: str, task: str) -> Pending:
         inode = key_inode(key)
         if inode is None:   # a stand-in key: no ns/net to enter, only its /proc tables
-            return proc_source.ProcSource().read_via_task(ctx, key, task)
+            return ctx.run(proc_source.read_via_task, ctx.proc, key, task)
         sock, _ = self._diag_socket(ctx, f"{ctx.proc}/{task}/ns/net", inode)
         if sock is None:
             return TableRead(None, retries=1)
