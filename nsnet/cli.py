@@ -19,7 +19,7 @@ from typing import TextIO
 from . import __version__, report, views
 from .errors import NsnetError, UsageError
 from .graph import FORMATS
-from .model import ServiceMap
+from .model import Namespace, ServiceMap, Snapshot
 from .netparse import TCP_STATES
 from .options import (
     SOURCES,
@@ -141,6 +141,9 @@ def _history_options(p: argparse.ArgumentParser, env: Mapping[str, str], since_h
                    help="read the agent's history instead of taking a snapshot "
                         "(default: $NSNET_DB)")
     p.add_argument("--user", metavar="NAME|UID", help="only this user")
+    p.add_argument("--confirmed", action="store_true",
+                   help="only edges whose user is known, not guessed (no namespace-owners "
+                        "guess)")
 
 
 def _sampling_options(p: argparse.ArgumentParser, defaults: SamplingOptions) -> None:
@@ -181,7 +184,9 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
                        help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
     socks.add_argument("--port", type=_port, metavar="N", help="local or remote port N")
     socks.add_argument("--pid", type=_positive, metavar="N", help="sockets held by pid N")
-    socks.add_argument("--netns", type=_positive, metavar="INODE", help="sockets of this namespace")
+    socks.add_argument("--netns", metavar="NAME|INODE",
+                       help="sockets of this namespace (its name as shown: host, pod:NS/NAME, "
+                            "netns:PIN; or its inode)")
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -197,7 +202,8 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         return made
 
     command("by-namespace", "every namespace: processes, listeners, connections").add_argument(
-        "--netns", type=_positive, metavar="INODE", help="only this namespace")
+        "--netns", metavar="NAME|INODE",
+        help="only this namespace (its name as shown: host, pod:NS/NAME, netns:PIN; or its inode)")
     _history_options(command("by-user", "the dependency view: who talks to whom"), env,
                      "from the agent's history (--db) instead of a live snapshot: edges seen "
                      "in the last AGE (30m, 24h, 7d)")
@@ -310,6 +316,16 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO,
     return _snapshot_command(args, out, err, env, only_uid)
 
 
+def _only_netns(text: str | None, snap: Snapshot) -> Namespace | None:
+    if text is None:
+        return None
+    ns = views.resolve_netns(text, snap)
+    if ns is None:
+        raise UsageError(f"no network namespace {text!r} on this node (give a name as "
+                         "'nsnet by-namespace' shows it, or an inode)")
+    return ns
+
+
 def _warn(err: TextIO, lines: list[str]) -> None:
     for line in lines:
         err.write(f"nsnet: warning: {printable(line)}\n")
@@ -321,23 +337,8 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
 
     output = output_options(args, out, env)
     snap = take_snapshot(snapshot_options(args))
+    doc = _snapshot_doc(args, snap, only_uid)   # a bad --netns/--pod: one error line, no more
     _warn(err, snap.stats.warnings())
-    if args.command == "sockets":
-        protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
-        keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid, args.netns)
-        doc = views.sockets_view(snap, keep)
-    elif args.command == "by-namespace":
-        doc = views.by_namespace_view(snap, args.netns)
-    elif args.command == "by-pod":
-        only_pod = None
-        if args.pod is not None:
-            only_pod = views.resolve_pod(args.pod, snap)
-            if only_pod is None:
-                raise UsageError(f"no pod {args.pod!r} on this node (give NAMESPACE/NAME or "
-                                 "the pod's uid; see 'nsnet by-pod')")
-        doc = views.by_pod_view(snap, only_pod)
-    else:
-        doc = views.by_user_view(snap, only_uid)
     if output.ndjson:
         _emit_ndjson(doc, out)
     elif output.json:
@@ -351,18 +352,42 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
     return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR
 
 
+def _snapshot_doc(args: argparse.Namespace, snap: Snapshot, only_uid: int | None) -> dict:
+    if args.command == "sockets":
+        protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
+        only_ns = _only_netns(args.netns, snap)
+        keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid,
+                                  only_ns.key if only_ns is not None else None)
+        doc = views.sockets_view(snap, keep)
+    elif args.command == "by-namespace":
+        doc = views.by_namespace_view(snap, _only_netns(args.netns, snap))
+    elif args.command == "by-pod":
+        only_pod = None
+        if args.pod is not None:
+            only_pod = views.resolve_pod(args.pod, snap)
+            if only_pod is None:
+                raise UsageError(f"no pod {args.pod!r} on this node (give NAMESPACE/NAME, the "
+                                 "pod's uid or a prefix only it has; see 'nsnet by-pod')")
+        doc = views.by_pod_view(snap, only_pod)
+    else:
+        doc = views.by_user_view(snap, only_uid)
+    return doc
+
+
 def _edges_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapping[str, str],
                    since: float | None, only_uid: int | None) -> int:
     from .services import load_services
 
     if args.db:
-        doc = _history(args.db, since, only_uid, load_services(args.services))
+        doc = _history(args.db, since, only_uid, load_services(args.services), args.confirmed)
     else:
-        doc = _live_edges(snapshot_options(args), node_name(None, env), only_uid, err)
+        doc = _live_edges(snapshot_options(args), node_name(None, env), only_uid, err,
+                          args.confirmed)
     return _print_edges(args, output_options(args, out, env), doc, out)
 
 
-def _history(db: str, since: float | None, uid: int | None, services: ServiceMap) -> dict:
+def _history(db: str, since: float | None, uid: int | None, services: ServiceMap,
+             confirmed: bool) -> dict:
     from .agent.history import deps_view, rows_from_store
     from .agent.store import Store
 
@@ -371,20 +396,21 @@ def _history(db: str, since: float | None, uid: int | None, services: ServiceMap
         rows = rows_from_store(store.edges(since=since, uid=uid))
     finally:
         store.close()
-    return deps_view(rows, services, since, f"history {db}")
+    return deps_view(rows, services, since, f"history {db}", live=False, confirmed=confirmed)
 
 
-def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO) -> dict:
-    from .agent.edges import EdgeState, observe
+def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO,
+                confirmed: bool) -> dict:
+    from .agent.edges import observe, state_of
     from .agent.history import deps_view
     from .snapshot import take_snapshot
 
     snap = take_snapshot(options)
     _warn(err, snap.stats.warnings())
     now = round(time.time(), 3)
-    rows = [(node, key, EdgeState(now, now, 1, count, count))
-            for key, count in observe(snap).items() if uid is None or key.uid == uid]
-    return deps_view(rows, options.services, None, "snapshot")
+    rows = [(node, key, state_of(seen, now))
+            for key, seen in observe(snap).items() if uid is None or key.uid == uid]
+    return deps_view(rows, options.services, None, "snapshot", confirmed=confirmed)
 
 
 def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out: TextIO) -> int:

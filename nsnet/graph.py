@@ -7,10 +7,12 @@ import re
 from collections.abc import Iterable
 
 FORMATS = ("dot", "mermaid")
+LEGEND = ("tcp x23: the most connections open at once; dashed, ?: the user is a guess (the "
+          "owners of a namespace with several)")
 
 
 def _who(edge: dict) -> str:
-    user = edge["user"] or (str(edge["uid"]) if edge["uid"] is not None else "?")
+    user = edge["user"] or (str(edge["uid"]) if edge["uid"] is not None else "unknown")
     if edge["pod"]:
         return f"{user} @ {edge['pod_namespace']}/{edge['pod']}"
     if edge["pod_uid"]:
@@ -31,10 +33,18 @@ def _pairs(edges: Iterable[dict]) -> dict[tuple[str, str], dict]:
         if e["direction"] != "outbound":
             continue   # an inbound edge is the other side of someone's outbound one
         key = (_who(e), _service(e))
-        p = pairs.setdefault(key, {"max_concurrent": 0, "samples": 0, "proto": e["proto"]})
+        p = pairs.setdefault(key, {"max_concurrent": 0, "samples": 0, "proto": e["proto"],
+                                   "guess": True})
         p["max_concurrent"] = max(p["max_concurrent"], e["max_concurrent"])
         p["samples"] += e["samples"]
+        p["guess"] = p["guess"] and bool(e.get("guess"))   # one edge known for sure: known
     return pairs
+
+
+def _edge_label(p: dict) -> str:
+    """'tcp x23': the protocol and the most connections open at once; '?' when the user is
+    only a guess (the edge is also dashed)."""
+    return f"{p['proto']} x{p['max_concurrent']}" + (" ?" if p["guess"] else "")
 
 
 def _label_text(text: str) -> str:
@@ -56,8 +66,10 @@ def to_dot(edges: Iterable[dict]) -> str:
     for svc in sorted({s for _, s in pairs}):
         lines.append(f"  {quote(svc)} [shape=cylinder];")
     for (who, svc), p in sorted(pairs.items()):
-        lines.append(f"  {quote(who)} -> {quote(svc)} "
-                     f"[label={quote(p['proto'] + ' x' + str(p['max_concurrent']))}];")
+        style = ", style=dashed" if p["guess"] else ""
+        lines.append(f"  {quote(who)} -> {quote(svc)} [label={quote(_edge_label(p))}{style}];")
+    if any(p["guess"] for p in pairs.values()):
+        lines.append(f"  legend [shape=note, label={quote(LEGEND)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -81,8 +93,10 @@ def to_mermaid(edges: Iterable[dict]) -> str:
     for svc in sorted({s for _, s in pairs}):
         lines.append(f'  {node(svc, True)}[("{label(svc)}")]')
     for (who, svc), p in sorted(pairs.items()):
-        lines.append(f'  {ids[who]} -->|"{label(p["proto"] + " x" + str(p["max_concurrent"]))}"| '
-                     f'{ids[svc]}')
+        arrow = "-.->" if p["guess"] else "-->"
+        lines.append(f'  {ids[who]} {arrow}|"{label(_edge_label(p))}"| {ids[svc]}')
+    if any(p["guess"] for p in pairs.values()):
+        lines.append(f'  legend["{label(LEGEND)}"]')
     return "\n".join(lines) + "\n"
 
 

@@ -107,6 +107,31 @@ class ServiceMap:
 NO_SERVICES = ServiceMap([])
 
 
+# ------------------------------------------------------------- evidence and connection states
+
+# How a socket's users and pods are known (nsnet.ownership.attribute), strongest first.
+HOLDER = "holder"                      # a pid holds it
+REMEMBERED = "remembered"              # the agent saw its 4-tuple held in an earlier sample
+LISTENER = "listener"                  # unheld, accepted from a listener: the listener's
+TABLE_UID = "table-uid"                # the table's uid column (a real one: the socket has an inode)
+NAMESPACE_OWNER = "namespace-owner"    # unheld, outbound, in a namespace with one owner
+NAMESPACE_OWNERS = "namespace-owners"  # unheld, in a namespace with several owners: a guess
+EVIDENCE = (HOLDER, REMEMBERED, LISTENER, TABLE_UID, NAMESPACE_OWNER, NAMESPACE_OWNERS)
+GUESSES = frozenset({NAMESPACE_OWNERS})
+STRENGTH = {kind: n for n, kind in enumerate(EVIDENCE)}   # lower: stronger
+
+# A connection in these states is open (being set up, up, or closed by the peer only: the
+# local application still holds it); in these, it was closed recently (the kernel keeps the
+# socket for the end of the handshake, TIME_WAIT for 60 s). CLOSE is neither: a socket that
+# never connected, or a connect that failed.
+OPEN_STATES = frozenset({"ESTABLISHED", "SYN_SENT", "SYN_RECV", "NEW_SYN_RECV", "CLOSE_WAIT"})
+CLOSED_STATES = frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "TIME_WAIT"})
+
+
+def is_guess(evidence: str | None) -> bool:
+    return evidence in GUESSES
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -131,6 +156,10 @@ class Socket:
     peer_netns: int | None = None
     peer_pids: list[int] = field(default_factory=list)
     source: str = "proc"             # proc | netlink | pidfd: where this socket was read
+    # who it belongs to, and how that is known (ownership.attribute; EVIDENCE)
+    users: tuple[int, ...] = ()
+    pod_uids: tuple[str, ...] = ()
+    attribution: str | None = None
 
 
 @dataclass(slots=True)
@@ -169,6 +198,7 @@ class Process:
 class Namespace:
     key: str                        # "net:[<inode>]" or "procnet:<pde inode>" when unreadable
     inode: int | None
+    name: str = ""                  # host, pod <ns>/<name>, a pin's name, or netns:<inode>
     host: bool = False
     pinned: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)

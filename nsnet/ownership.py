@@ -7,15 +7,27 @@ decides ownership itself.
   namespaces (a socket made in one namespace can be held by a process of another).
 * Owners of a namespace: the effective uids of the processes whose ns/net it is, excluding
   sandbox holders (pods.assemble marks them); threads visiting it do not count.
-* Users of a socket: its holders' effective uids. With no holder, the uid column of its table
-  -- except TIME_WAIT/NEW_SYN_RECV mini-sockets, whose uid column the kernel always prints as
-  0: those go to the owners of their namespace, and to nobody in the host's namespace, where
-  every system user and hostNetwork pod lives.
-* Pods of a socket: its holders' pods, and the pod whose own namespace it lives in (so an
-  unheld TIME_WAIT of a pod is still that pod's).
+* Users and pods of a socket, and how they are known (attribute(); model.EVIDENCE), the first
+  rule that applies:
+    holder            its holders' effective uids, and their pods;
+    table-uid         no holder can be read (no privilege) but the socket has an inode: the
+                      table's uid column is then the socket's owner (sk_uid);
+    listener          unheld and accepted from a listener of its namespace (TIME_WAIT,
+                      FIN_WAIT1/2, CLOSING, LAST_ACK, CLOSE_WAIT orphans, un-accepted
+                      connections, SYN_RECV): the users and pods of that listener (same local
+                      port, its address or a wildcard). The uid column of such sockets is the
+                      kernel's placeholder 0, never used;
+    namespace-owner   unheld otherwise (an outbound TIME_WAIT), in a namespace with one owner;
+    namespace-owners  the same with several owners: a guess, marked as one everywhere;
+  and nobody in the host's namespace, where every system user and hostNetwork pod lives. The
+  agent adds `remembered` (a 4-tuple an earlier sample saw held: agent/edges.py). Every
+  socket also belongs to the pod whose own namespace it lives in.
 * Service: the operator's name (--services) for the service end: the peer of an outbound
   connection, our own endpoint otherwise.
-* Place (`where`): the pod, else the namespace, else the host -- what an edge is keyed by.
+* Names and places: a namespace is named `host`, `pod:<ns>/<name>` (the pod whose own
+  namespace it is), `netns:<pin name>` (ip netns, CNI, docker), else `netns:<inode>`; a
+  socket's place (`where`, what an edge is keyed by) is its first pod, else its namespace's
+  name.
 """
 from __future__ import annotations
 
@@ -24,9 +36,20 @@ from collections import defaultdict
 from collections.abc import Iterable
 from functools import lru_cache
 
-from .model import Container, Namespace, Pod, Process, Snapshot, Socket, netns_key
-
-NO_UID_STATES = ("TIME_WAIT", "NEW_SYN_RECV")   # mini-sockets: the kernel prints uid 0
+from .model import (
+    HOLDER,
+    LISTENER,
+    NAMESPACE_OWNER,
+    NAMESPACE_OWNERS,
+    TABLE_UID,
+    Container,
+    Namespace,
+    Pod,
+    Process,
+    Snapshot,
+    Socket,
+    netns_key,
+)
 
 
 class HolderJoin:
@@ -91,15 +114,91 @@ def resolve_user(text: str) -> int:
 
 
 def socket_users(sock: Socket, snap: Snapshot) -> list[int]:
-    """The uids a socket is attributed to (see the module's rules)."""
-    if sock.pids:
-        return sorted({snap.processes[p].uid for p in sock.pids})
-    if sock.inode == 0 and sock.state in NO_UID_STATES:
-        # a pod's namespace has its tenant as owner; the host's has every system user and
-        # every hostNetwork pod's: there the user is unknown rather than everybody
+    """The uids a socket is attributed to (attribute() has set them; see the module's rules)."""
+    return list(sock.users)
+
+
+def _listens_on(listener: Socket, addr: str) -> bool:
+    """Whether a connection to local address `addr` was accepted by this listener: the same
+    address, or a wildcard (IPv4 0.0.0.0; a dual-stack [::] takes IPv4 too, shown unmapped)."""
+    bound = listener.local_addr
+    return bound == addr or bound == "::" or (bound == "0.0.0.0" and ":" not in addr)
+
+
+class _Attribution:
+    """attribute()'s state: the listeners by (namespace, port), and shared tuples (most
+    sockets of a node have one of a few user sets)."""
+
+    def __init__(self, snap: Snapshot):
+        self.snap = snap
+        self.listeners: dict[tuple[str, int | None], list[Socket]] = defaultdict(list)
+        self.unix_listeners: dict[tuple[str, str], list[Socket]] = defaultdict(list)
+        self.tuples: dict[tuple, tuple] = {}
+        for sock in snap.sockets:
+            if sock.state == "LISTEN":
+                if sock.proto == "tcp":
+                    self.listeners[(sock.netns_key, sock.local_port)].append(sock)
+                elif sock.proto == "unix" and sock.local_addr:
+                    self.unix_listeners[(sock.netns_key, sock.local_addr)].append(sock)
+
+    def shared(self, values: Iterable) -> tuple:
+        t = tuple(sorted(set(values)))
+        return self.tuples.setdefault(t, t)
+
+    def own_pods(self, sock: Socket) -> tuple[str, ...]:
+        return self.shared(self.snap.pods_of_netns.get(sock.netns_key, ()))
+
+    def holders(self, sock: Socket) -> None:
+        processes = self.snap.processes
+        sock.users = self.shared(processes[p].uid for p in sock.pids)
+        pods = set(self.snap.pods_of_netns.get(sock.netns_key, ()))
+        pods.update(u for u in (processes[p].pod_uid for p in sock.pids) if u is not None)
+        sock.pod_uids = self.shared(pods)
+        sock.attribution = HOLDER
+
+    def accepted_from(self, sock: Socket) -> list[Socket]:
+        """The listeners an unheld inbound socket may have been accepted from."""
+        if sock.proto == "unix":
+            return self.unix_listeners.get((sock.netns_key, sock.local_addr), [])
+        return [lst for lst in self.listeners.get((sock.netns_key, sock.local_port), ())
+                if _listens_on(lst, sock.local_addr)]
+
+    def unheld(self, sock: Socket) -> None:
+        snap = self.snap
+        own = self.own_pods(sock)
+        if sock.inode and sock.uid is not None:
+            # held by processes we may not read: the socket's own uid is in the table
+            sock.users, sock.pod_uids, sock.attribution = (sock.uid,), own, TABLE_UID
+            return
+        inbound = sock.direction == "inbound" or (
+            sock.proto == "unix" and sock.state == "ESTABLISHED" and sock.local_addr != "")
+        listeners = [lst for lst in self.accepted_from(sock) if lst.users] if inbound else []
+        if listeners:
+            sock.users = self.shared(u for lst in listeners for u in lst.users)
+            sock.pod_uids = self.shared([*own, *(p for lst in listeners for p in lst.pod_uids)])
+            sock.attribution = LISTENER
+            return
+        sock.pod_uids = own
         ns = snap.namespaces.get(sock.netns_key)
-        return list(ns.owners) if ns and not ns.host else []
-    return [] if sock.uid is None else [sock.uid]
+        if sock.proto == "unix" or ns is None or ns.host or not ns.owners:
+            return   # nobody to say: the host's namespace has every system user
+        sock.users = self.shared(ns.owners)
+        sock.attribution = NAMESPACE_OWNER if len(ns.owners) == 1 else NAMESPACE_OWNERS
+
+
+def attribute(snap: Snapshot) -> None:
+    """Set every socket's users, pods and the evidence for them (the module's rules)."""
+    work = _Attribution(snap)
+    unheld = []
+    for sock in snap.sockets:
+        if sock.pids:
+            work.holders(sock)
+        else:
+            unheld.append(sock)
+    # listeners first: an unheld accepted socket takes what its listener has
+    unheld.sort(key=lambda s: s.state != "LISTEN")
+    for sock in unheld:
+        work.unheld(sock)
 
 
 def pod_order(pod: Pod) -> tuple[bool, str, str, str]:
@@ -135,11 +234,8 @@ def namespace_pods(ns: Namespace, snap: Snapshot) -> list[Pod]:
 
 
 def socket_pods(sock: Socket, snap: Snapshot) -> list[Pod]:
-    """The pods a socket belongs to: its holders' pods, and the pod whose own namespace it
-    lives in (which covers sockets no process holds, such as TIME_WAIT)."""
-    if not snap.pods:
-        return []
-    return _pods_of(snap.pods_of_netns.get(sock.netns_key, ()), sock.pids, snap)
+    """The pods a socket is attributed to (attribute(); see the module's rules)."""
+    return _pods_by_uid(set(sock.pod_uids), snap) if sock.pod_uids else []
 
 
 def peer_pods(sock: Socket, snap: Snapshot) -> list[Pod]:
@@ -171,22 +267,51 @@ def pod_where(pod: Pod) -> str:
     return f"pod:{pod.namespace}/{pod.name}" if pod.namespace and pod.name else f"pod:{pod.uid}"
 
 
-def namespace_where(ns: Namespace, snap: Snapshot) -> str:
-    """A namespace's place: the pod whose own namespace it is, else the host, else itself."""
+def namespace_name(ns: Namespace, snap: Snapshot, pins_taken: dict[str, int]) -> str:
+    """host, pod:<ns>/<name>, netns:<pin name> when no other namespace's pin has that name,
+    else netns:<inode> (a stand-in key when even that is unknown)."""
+    if ns.host:
+        return "host"
     pods = snap.pods_of_netns.get(ns.key)
     if pods:
         return pod_where(snap.pods[pods[0]])
-    if ns.host:
-        return "host"
+    for path in ns.pinned:
+        base = path.rstrip("/").rpartition("/")[2]
+        if base and pins_taken.get(base) == 1:
+            return f"netns:{base}"
     return f"netns:{ns.inode}" if ns.inode is not None else ns.key
 
 
+def name_namespaces(snap: Snapshot) -> None:
+    """Give every namespace its name (unique in the snapshot: a pin name two namespaces
+    share names neither)."""
+    taken: dict[str, int] = defaultdict(int)
+    for ns in snap.namespaces.values():
+        for base in {p.rstrip("/").rpartition("/")[2] for p in ns.pinned}:
+            taken[base] += 1
+    for ns in snap.namespaces.values():
+        ns.name = namespace_name(ns, snap, taken)
+
+
+def netns_name(inode: int | None, snap: Snapshot) -> str | None:
+    """The name of the namespace of that inode in this snapshot (None: not known here)."""
+    if inode is None:
+        return None
+    ns = snap.namespaces.get(netns_key(inode))
+    return ns.name if ns is not None else f"netns:{inode}"
+
+
+def namespace_where(ns: Namespace, snap: Snapshot) -> str:
+    """A namespace's place: its name (the pod whose own namespace it is, the host, a pin)."""
+    return ns.name or namespace_name(ns, snap, {})
+
+
 def socket_where(sock: Socket, snap: Snapshot) -> str:
-    """A socket's place: its first pod, else its namespace (the host, or netns:<inode>)."""
+    """A socket's place: its first pod, else its namespace's name."""
     pods = socket_pods(sock, snap)
     if pods:
         return pod_where(pods[0])
     ns = snap.namespaces.get(sock.netns_key)
-    if ns is not None and ns.host:
-        return "host"
+    if ns is not None:
+        return namespace_where(ns, snap)
     return f"netns:{sock.netns}" if sock.netns is not None else sock.netns_key

@@ -94,6 +94,34 @@ def _container(c: dict | None) -> str:
     return printable(c["name"]) if c.get("name") else c["id"][:12]
 
 
+GUESS_MARK = "?"
+GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
+                "owners; each is shown")
+
+
+def _users(users: list[int], guessed: bool | list[int] = False) -> str:
+    """uids, each marked ? when it is a guess (all of them, or those listed)."""
+    return ",".join(str(u) + (GUESS_MARK if guessed is True or (guessed and u in guessed)
+                              else "") for u in users)
+
+
+def _peer(s: dict) -> str:
+    """local, external, or the name of the namespace at the other end (node:<inode> when it
+    has none in this document)."""
+    if s["peer"] == "node":
+        return printable(s.get("peer_netns_name") or f"node:{s['peer_netns'] or '?'}")
+    return s["peer"] or ""
+
+
+def _names(names: list[str | None]) -> str:
+    return printable(",".join(n for n in names if n))
+
+
+def _legend(out: list[str], guessed: bool) -> None:
+    if guessed:
+        out.append(GUESS_LEGEND)
+
+
 def _with_service(endpoint_text: str, doc: dict) -> str:
     """'10.0.0.5:3306 (shared-db)': the operator's name from --services, when it has one."""
     name = doc.get("service")
@@ -103,7 +131,8 @@ def _with_service(endpoint_text: str, doc: dict) -> str:
 def render_sockets(doc: dict, r: Renderer) -> str:
     procs = {p["pid"]: p for p in doc["processes"]}
     cols = [
-        Column("NETNS", lambda s: _ns(s["netns"], s["netns_key"]), align="right"),
+        Column("NETNS", lambda s: printable(s.get("netns_name") or _ns(s["netns"], s["netns_key"])),
+               shrink=True, min_width=10),
         Column("PROTO", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
         Column("STATE", "state", style=lambda s: STATE_STYLE.get(s["state"])),
         Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
@@ -112,9 +141,8 @@ def render_sockets(doc: dict, r: Renderer) -> str:
                else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), shrink=True,
                min_width=ADDR_WIDTH),
         Column("DIR", lambda s: s["direction"] or "", priority=2),
-        Column("PEER", lambda s: (s["peer"] or "") + (f":{s['peer_netns']}" if s["peer_netns"] else ""),
-               priority=3),
-        Column("USERS", lambda s: ",".join(str(u) for u in s["users"])),
+        Column("PEER", _peer, shrink=True, min_width=8, priority=3),
+        Column("USERS", lambda s: _users(s["users"], s["guess"])),
         Column("PIDS", lambda s: _pids(s["pids"])),
         *([Column("POD", lambda s: _pods(s["pods"]), shrink=True, min_width=12, priority=2)]
           if any(s["pods"] for s in doc["sockets"]) else []),
@@ -122,13 +150,19 @@ def render_sockets(doc: dict, r: Renderer) -> str:
     ]
     out = [r.table(cols, doc["sockets"], row_style=lambda s: None if s["pids"] else "dim")]
     stats = doc["stats"]
-    out.append(f"{len(doc['sockets'])} sockets shown, of {stats['sockets']} in "
+    states = [s["connection"] for s in doc["sockets"]]
+    out.append(f"{len(doc['sockets'])} sockets shown ({states.count('open')} open connections, "
+               f"{states.count('closed')} closed recently), of {stats['sockets']} in "
                f"{stats['namespaces']} namespaces")
+    _legend(out, any(s["guess"] for s in doc["sockets"]))
     return "\n".join(out)
 
 
 def _ns_title(ns: dict) -> str:
-    parts = [f"netns {_ns(ns['inode'], ns['key'])}"]
+    name = ns.get("name") or _ns(ns["inode"], ns["key"])
+    parts = [f"netns {printable(name)}"]
+    if ns["inode"] is not None and name != f"netns:{ns['inode']}":
+        parts.append(f"inode {ns['inode']}")
     if ns["host"]:
         parts.append("(host)")
     parts.append("found by " + ", ".join(ns["found_by"]))
@@ -152,13 +186,21 @@ def _connection_cols(r: Renderer) -> list[Column]:
             min_width=12),
         Column("PEER", lambda g: "" if g["direction"] == "outbound" else g["peer_addr"],
                shrink=True, min_width=8),
-        Column("COUNT", "count", align="right"),
+        Column("OPEN", "count", align="right"),
+        Column("CLOSED", "closed", align="right"),
         Column("STATES", lambda g: ",".join(f"{k}:{v}" for k, v in g["states"].items()),
                shrink=True, min_width=8),
-        Column("SCOPE", lambda g: (g["peer"] or "") + (
-            ":" + ",".join(str(n) for n in g["peer_netns"]) if g["peer_netns"] else "")),
+        Column("PEER NETNS", _scope, shrink=True, min_width=8),
+        Column("USERS", lambda g: _users(g["users"], g["guessed_users"])),
         Column("PIDS", lambda g: _pids(g["pids"])),
     ]
+
+
+def _scope(g: dict) -> str:
+    """Where the other end is: local, external, or the peer namespaces' names."""
+    if g["peer"] == "node" and g.get("peer_names"):
+        return _names(g["peer_names"])
+    return g["peer"] or ""
 
 
 def render_by_namespace(doc: dict, r: Renderer) -> str:
@@ -194,6 +236,7 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
             ], listening))
         if ns["connections"]:
             out.append(r.table(_connection_cols(r), ns["connections"]))
+            _legend(out, any(g["guessed_users"] for g in ns["connections"]))
         counts = "; ".join(f"{proto}: " + ", ".join(f"{st} {n}" for st, n in states.items())
                            for proto, states in ns["counts"].items())
         out.append(f"  {ns['sockets']} sockets" + (f" ({counts})" if counts else ""))
@@ -205,15 +248,25 @@ def _group_columns(netns_title: str, groups: list[dict]) -> list[Column]:
     """What the by-user and by-pod tables show of a connection group after its endpoint."""
     pods = any(g["pods"] or g["peer_pods"] for g in groups)
     return [
-        Column("COUNT", "count", align="right"),
-        Column("SCOPE", lambda g: g["peer"] or ""),
+        Column("OPEN", "count", align="right"),
+        Column("CLOSED", "closed", align="right"),
+        Column("PEER NETNS", _scope, shrink=True, min_width=8),
         Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
         *([Column("PEER PODS", lambda g: _pods(g["peer_pods"]), shrink=True, min_width=10),
            Column("PODS", lambda g: _pods(g["pods"]), shrink=True, min_width=10, priority=2)]
           if pods else []),
-        Column(netns_title, lambda g: ",".join(str(n) for n in g["netns"])),
+        Column(netns_title, lambda g: _names(g.get("netns_names") or
+                                             [str(n) for n in g["netns"]]),
+               shrink=True, min_width=8),
+        Column("KNOWN BY", _known_by, shrink=True, min_width=6, priority=2),
         Column("PIDS", lambda g: _pids(g["pids"])),
     ]
+
+
+def _known_by(g: dict) -> str:
+    """How the group's users are known (model.EVIDENCE), a guess marked."""
+    return ",".join(kind + (GUESS_MARK if kind == "namespace-owners" else "")
+                    for kind in g["attribution"])
 
 
 def _dependency_tables(doc: dict, r: Renderer) -> list[str]:
@@ -241,6 +294,7 @@ def _dependency_tables(doc: dict, r: Renderer) -> list[str]:
                 r.ep(g["local_addr"], g["local_port"], g["proto"]), g), shrink=True, min_width=12),
             *_group_columns("NETNS", doc["connected_from"]),
         ], doc["connected_from"]))
+    _legend(out, any(g["guessed_users"] for g in doc["connects_to"] + doc["connected_from"]))
     return out
 
 
@@ -292,29 +346,48 @@ def _when(ts: float) -> str:
     return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(ts))
 
 
-def _edge_columns(r: Renderer) -> list[Column]:
+def _edge_columns(r: Renderer, live: bool = True) -> list[Column]:
     return [
         Column("DIR", "direction"),
         Column("PROTO", "proto"),
         Column("SERVICE", lambda e: _with_service(r.ep(e["peer_addr"], e["port"], e["proto"]), e)
                if e["direction"] == "outbound" else f"port {e['port']} from {e['peer_addr']}",
                shrink=True, min_width=14),
+        *([Column("OPEN", lambda e: e["open"], align="right"),
+           Column("CLOSED", lambda e: e["closed_recently"], align="right")]
+          if live else []),
         Column("MAX", "max_concurrent", align="right"),
         Column("SAMPLES", "samples", align="right"),
+        Column("KNOWN BY", lambda e: (e["evidence"] or "unknown")
+               + (GUESS_MARK if e["guess"] else ""), priority=2),
         Column("FIRST SEEN", lambda e: _when(e["first_seen"]), priority=2),
         Column("LAST SEEN", lambda e: _when(e["last_seen"]), priority=1),
         Column("NODE", lambda e: printable(e["node"]), priority=3),
     ]
 
 
+def edge_user(e: dict) -> str:
+    """The user of an edge: its name, else its uid, else `unknown` (nothing attributes the
+    connection: the host's namespace, where many users live); a guess marked."""
+    if e["uid"] is None:
+        return "unknown"
+    return printable(e["user"] or str(e["uid"])) + (GUESS_MARK if e["guess"] else "")
+
+
+def _live(doc: dict) -> bool:
+    return not str(doc.get("source", "")).startswith("history")
+
+
 def render_deps(doc: dict, r: Renderer) -> str:
     """Edges by who: a user in a pod or namespace, then what it talks to."""
-    cols = [Column("USER", lambda e: printable(e["user"] or str(e["uid"]))),
+    cols = [Column("USER", edge_user),
             Column("WHERE", lambda e: printable(e["where"]), shrink=True, min_width=10),
-            *_edge_columns(r)]
+            *_edge_columns(r, _live(doc))]
     if not doc["edges"]:
         return "no dependency edges" + (" in that period" if doc["since"] else "")
-    return r.table(cols, doc["edges"])
+    out = [r.table(cols, doc["edges"])]
+    _legend(out, any(e["guess"] for e in doc["edges"]))
+    return "\n".join(out)
 
 
 def render_by_user_history(doc: dict) -> str:
@@ -326,6 +399,6 @@ def render_by_user_history(doc: dict) -> str:
         for side in ("connects_to", "connected_from"):
             if u[side]:
                 out.append(r.table([Column("WHERE", lambda e: printable(e["where"])),
-                                    *_edge_columns(r)], u[side]))
+                                    *_edge_columns(r, _live(doc))], u[side]))
         out.append("")
     return "\n".join(out).rstrip("\n") or "no dependency edges in that period"

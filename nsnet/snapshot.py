@@ -5,8 +5,9 @@
              while the walk goes on, in reader threads
 3. join      sockets to every holder pid, and direction/peer, namespace by namespace as the
              reads come in (ownership.HolderJoin, classify.Classifier)
-4. pods      containers and pods from cgroups and the kubelet's log tree, sandboxes, owners
-             (pods.py, ownership.assign_owners)
+4. pods      containers and pods from cgroups and the kubelet's log tree, sandboxes, owners,
+             names, and each socket's users and pods with the evidence for them (pods.py,
+             ownership.assign_owners, ownership.name_namespaces, ownership.attribute)
 5. notes     what the privileges hid, one line each (caps.py)
 
 A Snapshotter keeps what a source can keep between snapshots (the agent's sock_diag sockets);
@@ -25,7 +26,7 @@ from . import classify, kubelet, pods, sources, walk
 from .caps import own_capabilities, privilege_notes
 from .model import Snapshot, Socket, Stats
 from .options import SnapshotOptions
-from .ownership import HolderJoin, assign_owners
+from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
 
 Pace = Callable[[], None]
@@ -152,8 +153,11 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     stats.sockets = len(sockets)
     stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
     stats.privileges.extend(privilege_notes(stats, own_capabilities()))
-    return Snapshot(found.proc, found.namespaces, found.processes, sockets, stats,
+    snap = Snapshot(found.proc, found.namespaces, found.processes, sockets, stats,
                     found.host_key, pod_map, containers, pods_of_netns, options.services)
+    name_namespaces(snap)
+    attribute(snap)
+    return snap
 
 
 def snapshot_from(found: walk.Discovery, sockets: list[Socket],

@@ -12,9 +12,22 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from . import SCHEMA
-from .model import Container, Namespace, Pod, Process, Snapshot, Socket
+from .model import (
+    CLOSED_STATES,
+    OPEN_STATES,
+    STRENGTH,
+    Container,
+    Namespace,
+    Pod,
+    Process,
+    Snapshot,
+    Socket,
+    is_guess,
+    key_inode,
+)
 from .ownership import (
     namespace_pods,
+    netns_name,
     peer_pods,
     pod_order,
     process_container,
@@ -27,7 +40,8 @@ from .ownership import (
 )
 
 __all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
-           "endpoint", "normalize_state", "resolve_pod", "sockets_view"]
+           "connection_state", "endpoint", "normalize_state", "resolve_netns", "resolve_pod",
+           "sockets_view"]
 
 STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "CLOSE",
                  "LISTENING": "LISTEN", "UNCONNECTED": "UNCONN"}
@@ -65,8 +79,19 @@ def process_doc(p: Process, snap: Snapshot) -> dict:
             "pod": None if pod is None else {**pod_ref(pod), "qos": pod.qos}}
 
 
+def connection_state(s: Socket) -> str | None:
+    """open (a live connection), closed (closed recently: the kernel still keeps its end), or
+    None (not a connection: listening, unconnected, unix)."""
+    if s.proto == "unix" or s.direction not in ("inbound", "outbound"):
+        return None
+    if s.state in OPEN_STATES:
+        return "open"
+    return "closed" if s.state in CLOSED_STATES else None
+
+
 def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
-    return {"inode": ns.inode, "key": ns.key, "host": ns.host, "pinned": list(ns.pinned),
+    return {"inode": ns.inode, "key": ns.key, "name": ns.name, "host": ns.host,
+            "pinned": list(ns.pinned),
             "found_by": ns.found_by, "pids": list(ns.pids),
             "threads": [{"pid": p, "tid": t} for p, t in ns.threads],
             "owners": list(ns.owners),
@@ -76,12 +101,17 @@ def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
 
 
 def socket_doc(s: Socket, snap: Snapshot) -> dict:
-    return {"netns": s.netns, "netns_key": s.netns_key, "proto": s.proto, "family": s.family,
-            "state": s.state, "local_addr": s.local_addr, "local_port": s.local_port,
+    ns = snap.namespaces.get(s.netns_key)
+    return {"netns": s.netns, "netns_key": s.netns_key, "netns_name": ns.name if ns else None,
+            "proto": s.proto, "family": s.family,
+            "state": s.state, "connection": connection_state(s),
+            "local_addr": s.local_addr, "local_port": s.local_port,
             "remote_addr": s.remote_addr, "remote_port": s.remote_port, "inode": s.inode,
-            "uid": s.uid, "users": socket_users(s, snap), "pids": list(s.pids),
+            "uid": s.uid, "users": socket_users(s, snap), "attribution": s.attribution,
+            "guess": is_guess(s.attribution), "pids": list(s.pids),
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
-            "peer": s.peer, "peer_netns": s.peer_netns, "peer_pids": list(s.peer_pids),
+            "peer": s.peer, "peer_netns": s.peer_netns,
+            "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
             "unix_type": s.unix_type, "source": s.source,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
             "containers": [container_ref(c) for c in socket_containers(s, snap)],
@@ -101,7 +131,7 @@ class SocketFilter:
     state: str | None = None
     port: int | None = None
     pid: int | None = None
-    netns: int | None = None
+    netns: str | None = None          # a namespace key (resolve_netns)
 
     def __call__(self, s: Socket) -> bool:
         if self.protos and s.proto not in self.protos:
@@ -114,7 +144,7 @@ class SocketFilter:
             return False
         if self.pid is not None and self.pid not in s.pids:
             return False
-        return self.netns is None or s.netns == self.netns
+        return self.netns is None or s.netns_key == self.netns
 
 
 def _ns_order(ns: Namespace) -> tuple:
@@ -160,55 +190,74 @@ def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
 def listener_doc(s: Socket, snap: Snapshot) -> dict:
     return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
             "state": s.state, "inode": s.inode, "netns": s.netns, "pids": list(s.pids),
-            "users": socket_users(s, snap), "processes": _holder_docs(s.pids, snap),
+            "users": socket_users(s, snap), "attribution": s.attribution,
+            "processes": _holder_docs(s.pids, snap),
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
+            "service": socket_service(s, snap)}
+
+
+def _group_key(s: Socket) -> tuple[str, str, str, int | None, str | None, int | None]:
+    if s.direction == "outbound":
+        return ("outbound", s.proto, s.remote_addr, s.remote_port, None, None)
+    return ("inbound", s.proto, s.remote_addr, None, s.local_addr, s.local_port)
+
+
+def _new_group(key: tuple, s: Socket, snap: Snapshot) -> dict:
+    return {"direction": key[0], "proto": s.proto, "peer_addr": s.remote_addr,
+            "peer_port": key[3], "local_addr": key[4], "local_port": key[5],
+            "peer": s.peer, "peer_netns": set(), "count": 0, "closed": 0, "states": Counter(),
+            "netns": set(), "pids": set(), "users": set(), "confirmed_users": set(),
+            "attribution": set(), "peer_users": set(), "pods": set(), "peer_pods": set(),
             "service": socket_service(s, snap)}
 
 
 def _connection_groups(socks: Iterable[Socket], snap: Snapshot) -> list[dict]:
     """Connections grouped by peer: outbound by the peer's ip:port, inbound by our service
-    port and the client's ip (never its ephemeral port)."""
+    port and the client's ip (never its ephemeral port). `count` is the open connections,
+    `closed` those closed recently (TIME_WAIT and the other closing states); `guessed_users`
+    the users known only by a guess (model.GUESSES)."""
     groups: dict[tuple, dict] = {}
-    key: tuple[str, str, str, int | None, str | None, int | None]
     for s in socks:
+        state = connection_state(s)
         if s.proto == "unix" or s.direction not in ("inbound", "outbound"):
             continue
-        if s.direction == "outbound":
-            key = ("outbound", s.proto, s.remote_addr, s.remote_port, None, None)
-        else:
-            key = ("inbound", s.proto, s.remote_addr, None, s.local_addr, s.local_port)
+        key = _group_key(s)
         g = groups.get(key)
         if g is None:
-            g = groups[key] = {
-                "direction": key[0], "proto": s.proto, "peer_addr": s.remote_addr,
-                "peer_port": key[3], "local_addr": key[4], "local_port": key[5],
-                "peer": s.peer, "peer_netns": set(), "count": 0, "states": Counter(),
-                "netns": set(), "pids": set(), "users": set(), "peer_users": set(),
-                "pods": set(), "peer_pods": set(), "service": socket_service(s, snap)}
-        g["count"] += 1
+            g = groups[key] = _new_group(key, s, snap)
+        g["count" if state == "open" else "closed"] += state is not None
         g["states"][s.state] += 1
         g["netns"].add(s.netns)
         g["pids"].update(s.pids)
-        g["users"].update(socket_users(s, snap))
+        g["users"].update(s.users)
+        if s.attribution is not None:
+            g["attribution"].add(s.attribution)
+            if not is_guess(s.attribution):
+                g["confirmed_users"].update(s.users)
         if s.peer_netns is not None:
             g["peer_netns"].add(s.peer_netns)
         if s.peer == "node":
             g["peer"] = "node"
         g["peer_users"].update(snap.processes[p].uid for p in s.peer_pids)
         if snap.pods:
-            g["pods"].update(p.uid for p in socket_pods(s, snap))
+            g["pods"].update(s.pod_uids)
             g["peer_pods"].update(p.uid for p in peer_pods(s, snap))
-    out = []
-    for g in groups.values():
-        for k in ("peer_netns", "netns", "pids", "users", "peer_users"):
-            g[k] = sorted(v for v in g[k] if v is not None)
-        for k in ("pods", "peer_pods"):
-            g[k] = [pod_ref(p) for p in sorted((snap.pods[u] for u in g[k]), key=pod_order)]
-        g["states"] = dict(sorted(g["states"].items()))
-        out.append(g)
-    out.sort(key=lambda g: (g["direction"], -g["count"], g["peer_addr"], g["peer_port"] or 0,
-                            g["local_port"] or 0))
-    return out
+    return sorted((_finish_group(g, snap) for g in groups.values()),
+                  key=lambda g: (g["direction"], -g["count"], -g["closed"], g["peer_addr"],
+                                 g["peer_port"] or 0, g["local_port"] or 0))
+
+
+def _finish_group(g: dict, snap: Snapshot) -> dict:
+    for k in ("peer_netns", "netns", "pids", "users", "peer_users"):
+        g[k] = sorted(v for v in g[k] if v is not None)
+    g["guessed_users"] = sorted(set(g["users"]) - g.pop("confirmed_users"))
+    g["attribution"] = sorted(g["attribution"], key=STRENGTH.__getitem__)
+    g["peer_names"] = [netns_name(n, snap) for n in g["peer_netns"]]
+    g["netns_names"] = [netns_name(n, snap) for n in g["netns"]]
+    for k in ("pods", "peer_pods"):
+        g[k] = [pod_ref(p) for p in sorted((snap.pods[u] for u in g[k]), key=pod_order)]
+    g["states"] = dict(sorted(g["states"].items()))
+    return g
 
 
 def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
@@ -218,13 +267,13 @@ def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
     return {proto: dict(sorted(c.items())) for proto, c in sorted(counts.items())}
 
 
-def by_namespace_view(snap: Snapshot, only_netns: int | None = None) -> dict:
+def by_namespace_view(snap: Snapshot, only: Namespace | None = None) -> dict:
     per_ns: dict[str, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
         per_ns[s.netns_key].append(s)
     docs = []
     for ns in sorted_namespaces(snap):
-        if only_netns is not None and ns.inode != only_netns:
+        if only is not None and ns is not only:
             continue
         socks = sorted(per_ns.get(ns.key, []), key=_socket_order)
         doc = namespace_doc(ns, snap)
@@ -244,7 +293,7 @@ def by_namespace_view(snap: Snapshot, only_netns: int | None = None) -> dict:
 def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
     socks_of: dict[int, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
-        for uid in socket_users(s, snap):
+        for uid in s.users:
             socks_of[uid].append(s)
     procs_of: dict[int, list[int]] = defaultdict(list)
     for p in snap.processes.values():
@@ -264,6 +313,7 @@ def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
             "uid": uid, "name": user_name(uid),
             "namespaces": [ns.inode for ns in owned.get(uid, [])],
             "namespace_keys": [ns.key for ns in owned.get(uid, [])],
+            "namespace_names": [ns.name for ns in owned.get(uid, [])],
             "processes": sorted(procs_of.get(uid, [])),
             "pods": [pod_ref(pod) for pod in sorted(snap.pods.values(), key=pod_order)
                      if uid in pod.owners],
@@ -276,13 +326,31 @@ def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
 
 
 def resolve_pod(text: str, snap: Snapshot) -> Pod | None:
-    """A --pod argument: NAMESPACE/NAME, or the pod's uid."""
+    """A --pod argument as the views show pods: NAMESPACE/NAME (also pod:NAMESPACE/NAME), the
+    pod's uid, or a prefix of the uid that only one pod has."""
+    text = text.removeprefix("pod:")
     if text in snap.pods:
         return snap.pods[text]
-    namespace, _, name = text.partition("/")
-    for pod in snap.pods.values():
-        if pod.namespace == namespace and pod.name == name:
-            return pod
+    namespace, sep, name = text.partition("/")
+    if sep:
+        for pod in snap.pods.values():
+            if pod.namespace == namespace and pod.name == name:
+                return pod
+        return None
+    matches = [pod for uid, pod in snap.pods.items() if uid.startswith(text)] if text else []
+    return matches[0] if len(matches) == 1 else None
+
+
+def resolve_netns(text: str, snap: Snapshot) -> Namespace | None:
+    """A --netns argument as the views show namespaces: its name (host, pod:NS/NAME,
+    netns:PIN or netns:INODE), the name without its kind (PIN, NS/NAME), or the inode."""
+    for ns in snap.namespaces.values():
+        if text in (ns.name, ns.key) or ns.name.partition(":")[2] == text:
+            return ns
+    if text.isdigit():
+        for ns in snap.namespaces.values():
+            if ns.inode == int(text) or key_inode(ns.key) == int(text):
+                return ns
     return None
 
 
@@ -291,8 +359,8 @@ def by_pod_view(snap: Snapshot, only: Pod | None = None) -> dict:
     are those of its own namespace plus those its processes hold elsewhere (hostNetwork)."""
     socks_of: dict[str, list[Socket]] = defaultdict(list)
     for s in snap.sockets:
-        for pod in socket_pods(s, snap):
-            socks_of[pod.uid].append(s)
+        for uid in s.pod_uids:
+            socks_of[uid].append(s)
     docs = []
     for pod in sorted(snap.pods.values(), key=pod_order):
         if only is not None and pod is not only:

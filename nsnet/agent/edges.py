@@ -1,37 +1,83 @@
-"""Dependency edges: who (user, pod or namespace) talks to which service endpoint.
+"""Dependency edges: who (user, pod or namespace) talks to which service endpoint, how many
+connections are open, how many opened and closed, and how the user is known.
 
 An edge is keyed so that its number stays bounded on a busy node: outbound connections by the
 peer's ip:port, inbound ones by our listening port and the client's ip -- never by an ephemeral
-port. Pure: a snapshot in, edge observations out.
+port. Pure: snapshots and destroy events in, edge observations out.
+
+Counts mean connections: `open` are sockets in an open state now (model.OPEN_STATES), `closed`
+those closed recently (TIME_WAIT and the other closing states) -- evidence that the edge was
+used, never counted as open. Across samples (Memory), a 4-tuple open now that no earlier
+sample saw is a connection opened; one that ended (a destroy event, or, without events, a
+4-tuple newly in a closing state) a connection closed: the counters behind rate() in PromQL.
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..model import Snapshot, Socket
-from ..ownership import namespace_where, socket_users, socket_where
+from ..model import (
+    CLOSED_STATES,
+    GUESSES,
+    LISTENER,
+    NAMESPACE_OWNER,
+    NAMESPACE_OWNERS,
+    OPEN_STATES,
+    REMEMBERED,
+    STRENGTH,
+    Snapshot,
+    Socket,
+)
+from ..ownership import namespace_where, socket_where
 from .events import Closed
 
 if TYPE_CHECKING:   # the store imports this module for EdgeKey
     from .store import EdgeRow
 
-# A connection in these states is evidence of a dependency: alive, being set up, or just closed
-# (TIME_WAIT: a short-lived connection that ended since the last sample).
-EDGE_STATES = frozenset({"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
-                         "TIME_WAIT", "CLOSE_WAIT", "LAST_ACK", "CLOSING"})
+# A TCP socket in these states is evidence of a dependency: alive, being set up, or just
+# closed (TIME_WAIT: a short-lived connection that ended since the last sample).
+EDGE_STATES = OPEN_STATES | CLOSED_STATES
+UNKNOWN_UID = -1
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class EdgeKey:
     uid: int                 # the user on our side (-1: unknown)
-    where: str               # "pod:<ns>/<name>", "pod:<uid>", "netns:<inode>" or "host"
+    where: str               # "pod:<ns>/<name>", "pod:<uid>", "netns:<name>" or "host"
     direction: str           # outbound | inbound
     proto: str               # tcp | udp
     peer_addr: str           # outbound: the service's ip; inbound: the client's ip
     port: int                # outbound: the service's port; inbound: our listening port
+
+
+def stronger(a: str | None, b: str | None) -> str | None:
+    """The stronger of two kinds of evidence (model.EVIDENCE; None: no user known)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if STRENGTH[a] <= STRENGTH[b] else b
+
+
+@dataclass(slots=True)
+class Seen:
+    """What one sample saw of an edge."""
+    open: int = 0            # connections open now
+    closed: int = 0          # connections closed recently (still in a closing state)
+    opened: int = 0          # connections opened since the previous sample (Memory)
+    ended: int = 0           # connections that ended since the previous sample
+    evidence: str | None = None   # the strongest evidence for the edge's user
+
+    def add(self, other: Seen) -> None:
+        self.open += other.open
+        self.closed += other.closed
+        self.opened += other.opened
+        self.ended += other.ended
+        self.evidence = stronger(self.evidence, other.evidence)
+
+
+Observed = dict[EdgeKey, Seen]
 
 
 def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
@@ -44,27 +90,48 @@ def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
         return []
     port = sock.remote_port if sock.direction == "outbound" else sock.local_port
     where = socket_where(sock, snap)
-    users = socket_users(sock, snap) or [-1]
     return [EdgeKey(uid, where, sock.direction, sock.proto, sock.remote_addr, port)
-            for uid in users]
+            for uid in (sock.users or (UNKNOWN_UID,))]
 
 
-def observe(snap: Snapshot) -> Counter[EdgeKey]:
-    """Every edge seen in a snapshot, with how many connections it had at once."""
-    seen: Counter[EdgeKey] = Counter()
+def observe(snap: Snapshot) -> Observed:
+    """Every edge seen in a snapshot: its open and recently closed connections, and the
+    strongest evidence for its user."""
+    seen: Observed = {}
     for sock in snap.sockets:
         for key in edge_keys(sock, snap):
-            seen[key] += 1
+            edge = seen.get(key)
+            if edge is None:
+                edge = seen[key] = Seen()
+            if sock.state in CLOSED_STATES:
+                edge.closed += 1
+            else:
+                edge.open += 1
+            edge.evidence = stronger(edge.evidence, sock.attribution)
     return seen
 
 
-@dataclass(slots=True, order=False)
+@dataclass(slots=True)
 class EdgeState:
     first_seen: float
     last_seen: float
     samples: int = 0
-    max_concurrent: int = 0
-    current: int = 0          # connections in the latest sample (0: not seen in it)
+    max_concurrent: int = 0   # most connections open at once
+    current: int = 0          # connections open in the latest sample (0: not seen in it)
+    closed: int = 0           # connections closed recently, in the latest sample
+    evidence: str | None = None   # the strongest evidence seen for the edge's user
+    opened_total: int = 0     # connections seen opening since this agent started
+    closed_total: int = 0     # connections seen ending since this agent started
+
+    @property
+    def guess(self) -> bool:
+        return self.evidence in GUESSES
+
+
+def state_of(seen: Seen, ts: float) -> EdgeState:
+    """An edge as one sample saw it (a live `nsnet deps`)."""
+    return EdgeState(ts, ts, 1, max(seen.open, int(bool(seen.closed or seen.ended))),
+                     seen.open, seen.closed, seen.evidence, seen.opened, seen.ended)
 
 
 class EdgeBook:
@@ -78,51 +145,89 @@ class EdgeBook:
     def load(self, rows: Iterable[EdgeRow]) -> None:
         for r in rows:
             key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port)
-            self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent)
+            self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
+                                        evidence=r.evidence)
 
-    def update(self, observed: Counter[EdgeKey], ts: float) -> None:
+    def update(self, observed: Observed, ts: float) -> None:
         for state in self.edges.values():
-            state.current = 0
-        for key, count in observed.items():
+            state.current = state.closed = 0
+        for key, seen in observed.items():
             state = self.edges.get(key) or self.edges.setdefault(key, EdgeState(ts, ts))
             state.last_seen = max(state.last_seen, ts)
             state.samples += 1
-            state.max_concurrent = max(state.max_concurrent, count)
-            state.current = count
+            # a connection seen only closed (TIME_WAIT, a destroy event) was open once
+            state.max_concurrent = max(state.max_concurrent, seen.open,
+                                       int(bool(seen.closed or seen.ended)))
+            state.current, state.closed = seen.open, seen.closed
+            state.evidence = stronger(state.evidence, seen.evidence)
+            state.opened_total += seen.opened
+            state.closed_total += seen.ended
         horizon = ts - self.retention
         for key in [k for k, s in self.edges.items() if s.last_seen < horizon]:
             del self.edges[key]
 
     def since(self, ts: float) -> list[tuple[EdgeKey, EdgeState]]:
-        return sorted((k, s) for k, s in self.edges.items() if s.last_seen >= ts)
+        return sorted(((k, s) for k, s in self.edges.items() if s.last_seen >= ts),
+                      key=lambda kv: kv[0])
 
 
 Tuple = tuple[int, str, int, str, int]   # netns inode, local addr, port, remote addr, port
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Who held a connection when a sample saw it, and where."""
+    users: tuple[int, ...]
+    pod_uids: tuple[str, ...]
+    where: str
+
+
+@dataclass
+class _SampleTuples:
+    held: dict[Tuple, Held] = field(default_factory=dict)    # held TCP connections
+    open: set[Tuple] = field(default_factory=set)            # TCP 4-tuples in an open state
+    closing: set[Tuple] = field(default_factory=set)         # ... in a closing state
+
+
+def _tuple(sock: Socket) -> Tuple | None:
+    if sock.proto != "tcp" or sock.netns is None:
+        return None
+    return (sock.netns, sock.local_addr, sock.local_port or 0, sock.remote_addr,
+            sock.remote_port or 0)
+
+
 class Memory:
-    """Who held each TCP connection in the last two samples, by namespace and 4-tuple: a
-    connection seen again only when it closes keeps the user and place it was seen with."""
+    """What the last two samples saw of each TCP connection, by namespace and 4-tuple: who
+    held it (a connection seen again unheld -- TIME_WAIT -- or only when it closes keeps the
+    user and place it was seen with: `remembered`), and which were open or closing (the
+    opened/closed counters). learn() takes each sample in turn."""
 
     def __init__(self) -> None:
-        self.previous: dict[Tuple, tuple[tuple[int, ...], str]] = {}
-        self.current: dict[Tuple, tuple[tuple[int, ...], str]] = {}
-        self.listening: set[tuple[int, int]] = set()     # (netns inode, port)
+        self.samples = 0                 # learned so far: the first has nothing before it
+        self.previous = _SampleTuples()
+        self.current = _SampleTuples()
+        # (netns inode, port) -> who listens there, in the latest sample
+        self.listening: dict[tuple[int, int], Held] = {}
         self.where_of_netns: dict[int, str] = {}
         self.owners_of_netns: dict[int, tuple[int, ...]] = {}   # not the host's: ambiguous
 
     def learn(self, snap: Snapshot) -> None:
-        self.previous, self.current = self.current, {}
-        self.listening = set()
+        self.samples += 1
+        self.previous, self.current = self.current, _SampleTuples()
+        self.listening = {}
         for sock in snap.sockets:
-            if sock.proto != "tcp" or sock.netns is None:
+            key = _tuple(sock)
+            if key is None:
                 continue
             if sock.state == "LISTEN":
-                self.listening.add((sock.netns, sock.local_port or 0))
-            elif sock.pids:
-                self.current[(sock.netns, sock.local_addr, sock.local_port or 0,
-                              sock.remote_addr, sock.remote_port or 0)] = (
-                    tuple(socket_users(sock, snap)), socket_where(sock, snap))
+                self.listening[(key[0], key[2])] = Held(sock.users, sock.pod_uids,
+                                                        socket_where(sock, snap))
+            elif sock.state in OPEN_STATES:
+                self.current.open.add(key)
+            elif sock.state in CLOSED_STATES:
+                self.current.closing.add(key)
+            if sock.pids and sock.state != "LISTEN":
+                self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap))
         self.where_of_netns = {}
         self.owners_of_netns = {}
         for ns in snap.namespaces.values():
@@ -132,30 +237,90 @@ class Memory:
                 self.owners_of_netns[ns.inode] = tuple(ns.owners)
             self.where_of_netns[ns.inode] = namespace_where(ns, snap)
 
-    def recall(self, key: Tuple) -> tuple[tuple[int, ...], str] | None:
-        return self.current.get(key) or self.previous.get(key)
+    def recall(self, key: Tuple) -> Held | None:
+        return self.current.held.get(key) or self.previous.held.get(key)
+
+    def remember(self, snap: Snapshot) -> None:
+        """Give an unheld connection of this snapshot the holder an earlier sample saw with
+        the same 4-tuple (before learn(snap): `current` is then the previous sample)."""
+        for sock in snap.sockets:
+            if sock.pids or sock.state == "LISTEN" or \
+                    STRENGTH.get(sock.attribution or "", len(STRENGTH)) <= STRENGTH[REMEMBERED]:
+                continue
+            key = _tuple(sock)
+            held = self.recall(key) if key is not None else None
+            if held is not None and held.users:
+                sock.users, sock.attribution = held.users, REMEMBERED
+                sock.pod_uids = tuple(sorted(set(sock.pod_uids) | set(held.pod_uids)))
 
 
-def closed_edges(closed: Iterable[Closed], memory: Memory) -> Counter[EdgeKey]:
-    """Edges of connections the kernel reported closed (events.Closed). The kernel's destroy
-    message carries no uid and no inode, so the user comes from what a sample saw of the same
-    4-tuple, else from the owners of the namespace (a pod's tenant); in the host's namespace,
-    where many users live, an unseen connection's user stays unknown (-1)."""
-    seen: Counter[EdgeKey] = Counter()
+def transitions(snap: Snapshot, memory: Memory, with_events: bool) -> Observed:
+    """Connections opened (open now, unseen by the previous sample) and, without destroy
+    events, closed (newly in a closing state) since the previous sample, by edge. Call after
+    memory.learn(snap). The first sample has nothing before it: what it finds open was not
+    seen opening."""
+    seen: Observed = {}
+    if memory.samples < 2:
+        return seen
+    before, now = memory.previous, memory.current
+    for sock in snap.sockets:
+        key = _tuple(sock)
+        if key is None:
+            continue
+        opened = key in now.open and key not in before.open and key not in before.closing
+        ended = not with_events and key in now.closing and key not in before.closing
+        if opened or ended:
+            for edge in edge_keys(sock, snap):
+                s = seen.setdefault(edge, Seen())
+                s.opened += opened
+                s.ended += ended
+    return seen
+
+
+def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
+    """Edges of connections the kernel reported closed (events.Closed), after memory.learn()
+    of the sample that drained them. The kernel's destroy message carries no uid and no
+    inode, so the user is what a sample saw of the same 4-tuple (remembered), else the
+    listener's when it was accepted on a port that is listening (listener: by the port only --
+    the event has no socket to look at), else the owners of its namespace (one: namespace-owner;
+    several: a guess); in the host's namespace an unseen connection's user stays unknown
+    (-1). A connection no sample saw open was also opened since the previous sample."""
+    seen: Observed = {}
     for event in closed:
         s = event.sock
         if not s.remote_port or not s.local_port:
             continue   # a listener or a never-connected socket closing: no edge
         key = (event.netns, s.local_addr, s.local_port, s.remote_addr, s.remote_port)
-        known = memory.recall(key)
-        if known is not None:
-            users, where = known
+        listener = memory.listening.get((event.netns, s.local_port))
+        inbound = listener is not None
+        held = memory.recall(key)
+        evidence: str | None
+        if held is not None:
+            users, where, evidence = held.users, held.where, REMEMBERED
+        elif listener is not None and listener.users:
+            users, where, evidence = listener.users, listener.where, LISTENER
         else:
             users = memory.owners_of_netns.get(event.netns, ())
             where = memory.where_of_netns.get(event.netns, f"netns:{event.netns}")
-        inbound = (event.netns, s.local_port) in memory.listening
+            evidence = NAMESPACE_OWNER if len(users) == 1 else NAMESPACE_OWNERS
+        if not users:
+            evidence = None
+        was_open = key in memory.previous.open or key in memory.current.open
         port = s.local_port if inbound else s.remote_port
-        for uid in users or (-1,):
-            seen[EdgeKey(uid, where, "inbound" if inbound else "outbound", "tcp",
-                         s.remote_addr, port)] += 1
+        for uid in users or (UNKNOWN_UID,):
+            edge = seen.setdefault(EdgeKey(uid, where, "inbound" if inbound else "outbound",
+                                           "tcp", s.remote_addr, port), Seen())
+            edge.ended += 1
+            edge.opened += not was_open
+            edge.evidence = stronger(edge.evidence, evidence)
     return seen
+
+
+def merge(into: Observed, more: Observed) -> Observed:
+    for key, seen in more.items():
+        edge = into.get(key)
+        if edge is None:
+            into[key] = seen
+        else:
+            edge.add(seen)
+    return into

@@ -23,7 +23,10 @@ def split_where(where: str) -> dict:
     return {"pod_namespace": None, "pod": None, "pod_uid": None, "netns": where}
 
 
-def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap) -> dict:
+def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap,
+             live: bool = True) -> dict:
+    """One edge. live: the state has a latest sample (the agent, watch, a snapshot), so
+    `open` and `closed_recently` say what it saw; from the history they are null."""
     service_addr = key.peer_addr if key.direction == "outbound" else None
     return {"node": node, "uid": key.uid if key.uid >= 0 else None,
             "user": user_name(key.uid) if key.uid >= 0 else None,
@@ -34,21 +37,30 @@ def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap) ->
             # not part of the key)
             "service": services.name(service_addr, key.port) if service_addr else None,
             "first_seen": state.first_seen, "last_seen": state.last_seen,
-            "samples": state.samples, "max_concurrent": state.max_concurrent}
+            "samples": state.samples, "max_concurrent": state.max_concurrent,
+            "open": state.current if live else None,
+            "closed_recently": state.closed if live else None,
+            "opened": state.opened_total, "closed": state.closed_total,
+            "evidence": state.evidence, "guess": state.guess}
 
 
 def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceMap,
-              since: float | None, source: str) -> dict:
-    edges = [edge_doc(node, key, state, services) for node, key, state in rows]
+              since: float | None, source: str, *, live: bool = True,
+              confirmed: bool = False) -> dict:
+    """The edges as a document. confirmed: only edges whose user is known by evidence that is
+    not a guess (and known at all)."""
+    edges = [edge_doc(node, key, state, services, live) for node, key, state in rows
+             if not confirmed or (state.evidence is not None and not state.guess)]
     edges.sort(key=lambda e: (e["uid"] is None, e["uid"] or 0, e["where"], e["direction"],
                               e["peer_addr"], e["port"], e["node"]))
     return {"schema": SCHEMA, "view": "dependencies", "since": since, "source": source,
-            "edges": edges}
+            "confirmed_only": confirmed, "edges": edges}
 
 
 def rows_from_store(store_rows: Iterable[EdgeRow]) -> list[tuple[str, EdgeKey, EdgeState]]:
     return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port),
-             EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent))
+             EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
+                       evidence=r.evidence, opened_total=r.opened, closed_total=r.closed))
             for r in store_rows]
 
 

@@ -9,9 +9,10 @@ and `nsnet_edge_series_dropped` says how many were folded. Ephemeral ports are n
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..model import ServiceMap, Snapshot
@@ -25,7 +26,62 @@ EdgeRows = Callable[[], list[tuple[EdgeKey, EdgeState]]]
 
 OVERFLOW = "__overflow__"
 EDGE_LABELS = ("node", "uid", "user", "pod", "namespace", "netns", "direction", "proto",
-               "peer", "port", "service")
+               "peer", "port", "service", "evidence")
+# evidence: how the edge's user is known (model.EVIDENCE; namespace-owners is a guess),
+# "unknown" when no user is (an edge of the host's namespace nothing attributes)
+
+
+@dataclass
+class _Families:
+    """The edge metric families of one scrape, filled edge by edge."""
+    open: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "nsnet_edge_connections", "Connections of the edge open in the latest sample",
+        labels=EDGE_LABELS))
+    closed: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "nsnet_edge_recently_closed_connections",
+        "Connections of the edge closed recently (TIME_WAIT and other closing states) in the "
+        "latest sample", labels=EDGE_LABELS))
+    max_conc: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "nsnet_edge_max_concurrent_connections",
+        "Most connections of the edge open at once since first seen", labels=EDGE_LABELS))
+    last_seen: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "nsnet_edge_last_seen_timestamp_seconds", "When the edge was last seen",
+        labels=EDGE_LABELS))
+    samples: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "nsnet_edge_samples", "Samples in which the edge was seen", labels=EDGE_LABELS))
+    opened: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
+        "nsnet_edge_connections_opened", "Connections of the edge seen opening since the agent "
+        "started", labels=EDGE_LABELS))
+    ended: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
+        "nsnet_edge_connections_closed", "Connections of the edge seen closing since the agent "
+        "started", labels=EDGE_LABELS))
+
+    def add(self, labels: tuple[str, ...], state: EdgeState) -> None:
+        self.open.add_metric(labels, state.current)
+        self.closed.add_metric(labels, state.closed)
+        self.max_conc.add_metric(labels, state.max_concurrent)
+        self.last_seen.add_metric(labels, state.last_seen)
+        self.samples.add_metric(labels, state.samples)
+        self.opened.add_metric(labels, state.opened_total)
+        self.ended.add_metric(labels, state.closed_total)
+
+    def all(self) -> tuple[Metric, ...]:
+        return (self.open, self.closed, self.max_conc, self.last_seen, self.samples,
+                self.opened, self.ended)
+
+
+def _fold(into: EdgeState | None, state: EdgeState) -> EdgeState:
+    """Edges summed into one overflow series."""
+    if into is None:
+        return replace(state, evidence=None)
+    into.current += state.current
+    into.closed += state.closed
+    into.max_concurrent = max(into.max_concurrent, state.max_concurrent)
+    into.last_seen = max(into.last_seen, state.last_seen)
+    into.samples += state.samples
+    into.opened_total += state.opened_total
+    into.closed_total += state.closed_total
+    return into
 
 
 class EdgeCollector(Collector):
@@ -37,54 +93,37 @@ class EdgeCollector(Collector):
         self.services = services
         self.max_series = max_series
 
-    def _labels(self, key: EdgeKey) -> tuple[str, ...]:
+    def _user(self, key: EdgeKey) -> tuple[str, str]:
+        return str(key.uid), (user_name(key.uid) or "" if key.uid >= 0 else "")
+
+    def _labels(self, key: EdgeKey, state: EdgeState) -> tuple[str, ...]:
         where = split_where(key.where)
         service = self.services.name(key.peer_addr, key.port) \
             if key.direction == "outbound" else None
-        return (self.node, str(key.uid), user_name(key.uid) or "" if key.uid >= 0 else "",
+        return (self.node, *self._user(key),
                 where["pod"] or where["pod_uid"] or "", where["pod_namespace"] or "",
                 where["netns"] or "", key.direction, key.proto, key.peer_addr, str(key.port),
-                service or "")
+                service or "", state.evidence or "unknown")
 
     def collect(self) -> Iterator[Metric]:
-        connections = GaugeMetricFamily(
-            "nsnet_edge_connections", "Connections of the edge in the latest sample",
-            labels=EDGE_LABELS)
-        max_conc = GaugeMetricFamily(
-            "nsnet_edge_max_concurrent_connections",
-            "Most connections of the edge seen at once since first seen", labels=EDGE_LABELS)
-        last_seen = GaugeMetricFamily(
-            "nsnet_edge_last_seen_timestamp_seconds", "When the edge was last seen",
-            labels=EDGE_LABELS)
-        samples = GaugeMetricFamily(
-            "nsnet_edge_samples", "Samples in which the edge was seen", labels=EDGE_LABELS)
+        families = _Families()
         dropped = GaugeMetricFamily(
             "nsnet_edge_series_dropped",
             f"Edges folded into peer=\"{OVERFLOW}\" series by the cardinality cap")
         edges = sorted(self.rows(), key=lambda kv: -kv[1].last_seen)
         kept, rest = edges[:self.max_series], edges[self.max_series:]
         for key, state in kept:
-            labels = self._labels(key)
-            connections.add_metric(labels, state.current)
-            max_conc.add_metric(labels, state.max_concurrent)
-            last_seen.add_metric(labels, state.last_seen)
-            samples.add_metric(labels, state.samples)
-        folded: dict[tuple[str, ...], list[float]] = {}
+            labels: tuple[str, ...] = self._labels(key, state)
+            families.add(labels, state)
+        folded: dict[tuple[str, ...], EdgeState] = {}
         for key, state in rest:
-            labels = (self.node, str(key.uid), user_name(key.uid) or "" if key.uid >= 0 else "",
-                      "", "", "", key.direction, "", OVERFLOW, "", "")
-            acc = folded.setdefault(labels, [0, 0, 0, 0])
-            acc[0] += state.current
-            acc[1] = max(acc[1], state.max_concurrent)
-            acc[2] = max(acc[2], state.last_seen)
-            acc[3] += state.samples
-        for labels, (cur, mx, seen, n) in folded.items():
-            connections.add_metric(labels, cur)
-            max_conc.add_metric(labels, mx)
-            last_seen.add_metric(labels, seen)
-            samples.add_metric(labels, n)
+            folded_labels = (self.node, *self._user(key), "", "", "", key.direction, "",
+                             OVERFLOW, "", "", "mixed")
+            folded[folded_labels] = _fold(folded.get(folded_labels), state)
+        for labels, state in folded.items():
+            families.add(labels, state)
         dropped.add_metric([], len(rest))
-        yield from (connections, max_conc, last_seen, samples, dropped)
+        yield from (*families.all(), dropped)
 
 
 class AgentMetrics:

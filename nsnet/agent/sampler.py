@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,7 +17,6 @@ from ..model import Snapshot
 from ..options import SamplingOptions
 from ..snapshot import Pace, Snapshotter
 from . import edges
-from .edges import EdgeKey
 from .events import DestroyWatcher
 
 Say = Callable[[str], None]
@@ -36,7 +34,7 @@ class Scanner(Protocol):
 @dataclass(slots=True)
 class Sample:
     snap: Snapshot
-    observed: Counter[EdgeKey]   # edges with their concurrent connections (closed ones: 1)
+    observed: edges.Observed     # edges: open and closed connections, evidence
     closed: int                  # destroy events received since the last sample
     ts: float
     wall: float
@@ -98,14 +96,14 @@ class Sampler:
         snap = self.scanner.take(pacer)
         for line in snap.stats.warnings():
             self.say_once(line)
+        # an unheld connection (TIME_WAIT) an earlier sample saw held keeps its holder's user
+        self.memory.remember(snap)
         observed = edges.observe(snap)
         closed = self.watcher.drain() if self.watcher is not None else []
-        # a connection that closed since the last sample is an edge even if no sample saw it
-        # (counted once: it was not necessarily concurrent with the others)
-        for key in edges.closed_edges(closed, self.memory):
-            if key not in observed:
-                observed[key] = 1
         self.memory.learn(snap)
+        edges.merge(observed, edges.transitions(snap, self.memory, self.watcher is not None))
+        # a connection that closed since the last sample is an edge even if no sample saw it
+        edges.merge(observed, edges.closed_edges(closed, self.memory))
         if self.watcher is not None:
             _watch_namespaces(self.watcher, snap, snap.proc, self.say_once)
         wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0

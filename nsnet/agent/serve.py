@@ -134,12 +134,13 @@ class Agent:
         doc = VIEWS[view](snap)
         return doc if self.options.expose_cmdlines else without_cmdlines(doc)
 
-    def dependencies(self, since: float | None, uid: int | None) -> dict:
+    def dependencies(self, since: float | None, uid: int | None,
+                     confirmed: bool = False) -> dict:
         node = self.options.node
         rows = [(node, k, s) for k, s in self.edge_rows()
                 if s.last_seen >= (since or 0.0) and (uid is None or k.uid == uid)]
         rows.sort(key=lambda row: row[1])
-        return deps_view(rows, self.services, since, "agent")
+        return deps_view(rows, self.services, since, "agent", confirmed=confirmed)
 
     # ------------------------------------------------------------------- the loop
     def say_once(self, line: str) -> None:
@@ -206,7 +207,8 @@ class Agent:
             self._last_sample_end = time.monotonic()
 
 
-_PATHS = ["/healthz", "/readyz", "/metrics", "/api/v1/dependencies?since=24h&user=U",
+_PATHS = ["/healthz", "/readyz", "/metrics",
+          "/api/v1/dependencies?since=24h&user=U&confirmed=1",
           "/api/v1/snapshot?view=" + "|".join(VIEWS)]
 
 
@@ -272,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
-        self._send(HTTPStatus.OK, self.agent.dependencies(since, uid))
+        confirmed = query.get("confirmed", ["0"])[0] not in ("", "0", "false", "no")
+        self._send(HTTPStatus.OK, self.agent.dependencies(since, uid, confirmed))
 
 
 _ROUTES: dict[str, Callable[[_Handler, dict[str, list[str]]], None]] = {

@@ -3,20 +3,25 @@
 WAL journal with synchronous=FULL and one transaction per sample: a `kill -9` (or a power cut)
 loses at most the sample being written, never one that was committed. Bounded: edges not seen
 for `retention` seconds are deleted, and at most `max_edges` are kept (the stalest go first).
+
+Schema 2 adds to each edge the strongest evidence seen for its user (model.EVIDENCE) and the
+connections seen opening and closing; a schema-1 history is upgraded in place when the agent
+opens it (its edges' evidence stays unknown: NULL), and read as it is by the read-only commands.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import StoreError
+from ..model import EVIDENCE
 from ..options import AgentOptions
-from .edges import EdgeKey
+from .edges import Observed
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+_UPGRADABLE = {"1"}
 DEFAULT_RETENTION = AgentOptions().retention
 DEFAULT_MAX_EDGES = 200_000
 
@@ -27,6 +32,7 @@ CREATE TABLE IF NOT EXISTS edges (
     direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
+    evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
 CREATE TABLE IF NOT EXISTS samples (
@@ -36,15 +42,32 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_by_ts ON samples (ts);
 """
 
-_UPSERT = """
+_UPGRADE_1 = """
+ALTER TABLE edges ADD COLUMN evidence TEXT;
+ALTER TABLE edges ADD COLUMN opened INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE edges ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
+"""
+
+
+def _rank(column: str) -> str:
+    """SQL: the strength of an evidence column (lower: stronger; NULL: weakest)."""
+    cases = " ".join(f"WHEN '{kind}' THEN {n}" for n, kind in enumerate(EVIDENCE))
+    return f"(CASE {column} {cases} ELSE {len(EVIDENCE)} END)"
+
+
+_UPSERT = f"""
 INSERT INTO edges (node, uid, "where", direction, proto, peer_addr, port,
-                   first_seen, last_seen, samples, max_concurrent)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
+                   first_seen, last_seen, samples, max_concurrent, evidence, opened, closed)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)
 ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen),
     last_seen = max(last_seen, excluded.last_seen),
     samples = samples + 1,
-    max_concurrent = max(max_concurrent, excluded.max_concurrent)
+    max_concurrent = max(max_concurrent, excluded.max_concurrent),
+    evidence = CASE WHEN {_rank("excluded.evidence")} < {_rank("edges.evidence")}
+                    THEN excluded.evidence ELSE edges.evidence END,
+    opened = opened + excluded.opened,
+    closed = closed + excluded.closed
 """
 
 
@@ -75,6 +98,9 @@ class EdgeRow:
     last_seen: float
     samples: int
     max_concurrent: int
+    evidence: str | None = None     # the strongest seen (None: unknown, or a schema-1 row)
+    opened: int = 0                 # connections seen opening
+    closed: int = 0                 # connections seen ending
 
 
 class Store:
@@ -98,20 +124,29 @@ class Store:
                                 (SCHEMA_VERSION,))
                 self.db.commit()
             found = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            self.schema = found[0] if found is not None else None
+            if not readonly and self.schema in _UPGRADABLE:
+                with self.db:
+                    self.db.executescript("BEGIN;" + _UPGRADE_1
+                                          + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
+                                            "WHERE key = 'schema'; COMMIT;")
+                self.schema = SCHEMA_VERSION
         except sqlite3.Error as exc:
             raise _error(path, "open", exc) from exc
-        if found is None or found[0] != SCHEMA_VERSION:
-            raise StoreError(f"history database {path}: schema {found and found[0]!r}, "
+        if self.schema != SCHEMA_VERSION and not (readonly and self.schema in _UPGRADABLE):
+            raise StoreError(f"history database {path}: schema {self.schema!r}, "
                              f"this nsnet writes {SCHEMA_VERSION!r}")
 
     def close(self) -> None:
         self.db.close()
 
-    def record(self, node: str, observed: Counter[EdgeKey], sample: SampleRecord) -> None:
+    def record(self, node: str, observed: Observed, sample: SampleRecord) -> None:
         """One sample, one transaction."""
         ts = sample.ts
-        rows = [(node, k.uid, k.where, k.direction, k.proto, k.peer_addr, k.port, ts, ts, n)
-                for k, n in observed.items()]
+        rows = [(node, k.uid, k.where, k.direction, k.proto, k.peer_addr, k.port, ts, ts,
+                 max(seen.open, int(bool(seen.closed or seen.ended))), seen.evidence,
+                 seen.opened, seen.ended)
+                for k, seen in observed.items()]
         try:
             with self.db:
                 self.db.executemany(_UPSERT, rows)
@@ -146,9 +181,10 @@ class Store:
         if node is not None:
             where.append("node = ?")
             args.append(node)
+        added = "evidence, opened, closed" if self.schema == SCHEMA_VERSION else "NULL, 0, 0"
         sql = (f'SELECT node, uid, "where", direction, proto, peer_addr, port, first_seen, '
-               f'last_seen, samples, max_concurrent FROM edges WHERE {" AND ".join(where)} '
-               f'ORDER BY uid, "where", direction, peer_addr, port')
+               f'last_seen, samples, max_concurrent, {added} FROM edges '
+               f'WHERE {" AND ".join(where)} ORDER BY uid, "where", direction, peer_addr, port')
         try:
             return [EdgeRow(*row) for row in self.db.execute(sql, args)]
         except sqlite3.Error as exc:

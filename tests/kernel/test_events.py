@@ -13,7 +13,7 @@ import pytest
 
 from conftest import require_root
 from nsnet.agent import events
-from nsnet.agent.edges import EdgeKey, Memory, closed_edges
+from nsnet.agent.edges import EdgeKey, Held, Memory, closed_edges
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_UID, CLIENT_UID = 10124, 10123
@@ -117,9 +117,10 @@ def test_the_kernel_reports_closed_connections(pair):
         EdgeKey(CLIENT_UID, f"netns:{inode}", "outbound", "tcp", SERVER_IP, port)}
     # a connection a sample saw keeps the user it was seen with, even in another namespace
     seen = (inode, CLIENT_IP, socks[0].local_port, SERVER_IP, port)
-    memory.current = {seen: ((4242,), "pod:shop/cart")}
-    assert EdgeKey(4242, "pod:shop/cart", "outbound", "tcp", SERVER_IP, port) in \
-        closed_edges(closed, memory)
+    memory.current.held = {seen: Held((4242,), (), "pod:shop/cart")}
+    edge = closed_edges(closed, memory)[
+        EdgeKey(4242, "pod:shop/cart", "outbound", "tcp", SERVER_IP, port)]
+    assert (edge.ended, edge.evidence) == (1, "remembered")
 
 
 def test_subscribing_without_cap_net_admin_says_why(pair):
@@ -156,13 +157,20 @@ def test_agent_records_connections_shorter_than_its_interval(pair, tmp_path):
         deadline = time.monotonic() + 60
         while True:
             status, deps = get(http, "/api/v1/dependencies?since=1h")
-            mine = [e for e in deps["edges"] if e["where"] == f"netns:{inode}"
+            # the namespace is named by its pin (ip netns add)
+            mine = [e for e in deps["edges"] if e["where"] == f"netns:{a}"
                     and e["direction"] == "outbound" and e["port"] == port]
-            if mine:
+            if mine and mine[0]["closed"] >= 5:
                 break
             assert time.monotonic() < deadline, deps
             time.sleep(0.3)
         assert [(e["uid"], e["peer_addr"]) for e in mine] == [(CLIENT_UID, SERVER_IP)]
+        # five connections, none seen open by a sample: opened and closed between samples,
+        # credited to the namespace's one owner (no sample saw them held)
+        (edge,) = mine
+        assert (edge["opened"], edge["closed"], edge["open"], edge["max_concurrent"]) == \
+            (5, 5, 0, 1)
+        assert (edge["evidence"], edge["guess"]) == ("namespace-owner", False)
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=120) as resp:
             text = resp.read().decode()
         received = [float(line.split()[-1]) for line in text.splitlines()

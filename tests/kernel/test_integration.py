@@ -380,11 +380,15 @@ def expected_groups(t: Truth, socks: list[SockTruth]) -> dict[tuple, dict]:
             key = ("outbound", s.proto, s.remote_addr, s.remote_port, None, None)
         else:
             key = ("inbound", s.proto, s.remote_addr, None, s.local_addr, s.local_port)
-        g = groups.setdefault(key, {"count": 0, "states": Counter(), "netns": set(),
+        g = groups.setdefault(key, {"count": 0, "closed": 0, "states": Counter(), "netns": set(),
                                     "pids": set(), "users": set(), "peer_users": set(),
                                     "peer_netns": set(), "peer": set(), "skip": set()})
         g["skip"].update(GROUP_FIELDS_OF[f] for f in CHECKED_SEPARATELY.get(s.name, ()))
-        g["count"] += 1
+        # open connections, and those closed recently apart (TIME_WAIT ...); nothing else here
+        if s.state in ("FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "TIME_WAIT"):
+            g["closed"] += 1
+        elif s.state != "CLOSE":
+            g["count"] += 1
         g["states"][s.state] += 1
         g["netns"].add(s.netns)
         g["pids"].update(s.pids)
@@ -395,7 +399,8 @@ def expected_groups(t: Truth, socks: list[SockTruth]) -> dict[tuple, dict]:
         g["peer"].add(s.peer)
     out = {}
     for key, g in groups.items():
-        out[key] = {"count": g["count"], "states": dict(sorted(g["states"].items())),
+        out[key] = {"count": g["count"], "closed": g["closed"],
+                    "states": dict(sorted(g["states"].items())),
                     "netns": sorted(g["netns"]), "pids": sorted(g["pids"]),
                     "users": sorted(g["users"]), "peer_users": sorted(g["peer_users"]),
                     "peer_netns": sorted(g["peer_netns"]),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-from collections import Counter
 
 import pytest
+
+from memnode import observed
 
 from conftest import require_root
 from nsnet.agent.edges import EdgeKey
@@ -27,7 +28,7 @@ def test_full_disk_is_a_clear_error(tmp_path):
         store = Store(str(mnt / "h.db"))
         with pytest.raises(StoreError) as err:
             for batch in range(1000):
-                keys = Counter({EdgeKey(u, "host", "outbound", "tcp", f"10.3.{batch % 250}.{u}",
+                keys = observed({EdgeKey(u, "host", "outbound", "tcp", f"10.3.{batch % 250}.{u}",
                                         443): 1 for u in range(200)})
                 store.record("n", keys, sample(float(batch)))
         assert "cannot write" in str(err.value) and "full" in str(err.value)
@@ -45,7 +46,7 @@ def test_read_only_filesystem_is_a_clear_error(tmp_path):
         Store(str(mnt / "h.db")).close()          # made while writable...
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         with pytest.raises(StoreError) as err:    # ...then the filesystem turns read-only
-            Store(str(mnt / "h.db")).record("n", Counter({DB_EDGE: 1}), sample(1.0))
+            Store(str(mnt / "h.db")).record("n", observed({DB_EDGE: 1}), sample(1.0))
         message = str(err.value)
         assert message.startswith(f"history database {mnt}/h.db: cannot ")
         assert "\n" not in message

@@ -280,3 +280,11 @@ def closed(netns: int, local: str, remote: str, state: str = "CLOSE") -> Closed:
     family = "inet6" if ":" in laddr else "inet"
     return Closed(netns, Socket("tcp", family, state, laddr, lport, raddr, rport, 0, None,
                                 netns=netns, netns_key=netns_key(netns), source="netlink"))
+
+
+def observed(counts: dict, evidence: str | None = "holder", **more: int) -> dict:
+    """Edge observations as a sample makes them (agent.edges.Observed): {EdgeKey: open
+    connections}, each with the same evidence; `more` sets closed/opened/ended on all."""
+    from nsnet.agent.edges import Seen
+
+    return {key: Seen(open=n, evidence=evidence, **more) for key, n in counts.items()}

@@ -3,12 +3,10 @@ destroy events, and the history documents (nsnet.agent.history), from in-memory 
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 
-import pytest
-from memnode import HOST_INODE, FixedScanner, FixedWatcher, MemNode, closed
+from memnode import HOST_INODE, FixedScanner, FixedWatcher, MemNode, closed, observed
 
-from nsnet.agent.edges import EdgeBook, EdgeKey, Memory, closed_edges, observe
+from nsnet.agent.edges import EdgeBook, EdgeKey, Memory, Seen, closed_edges, observe
 from nsnet.agent.history import by_user_history, deps_view, split_where
 from nsnet.agent.sampler import Sampler
 from nsnet.agent.store import EdgeRow
@@ -47,16 +45,18 @@ def busy_node() -> MemNode:
     return node
 
 
-def test_observe_counts_concurrent_connections_per_edge():
+def test_observe_counts_open_and_closed_connections_per_edge():
     seen = observe(busy_node().build())
-    assert seen == Counter({
-        EdgeKey(10002, WB, "outbound", "tcp", "10.1.0.1", 8080): 4,   # 3 + the TIME_WAIT
-        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): 3,
-        EdgeKey(10002, WB, "outbound", "udp", "8.8.8.8", 53): 1,
-        EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306): 1,  # host mini: unknown
-        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
-        EdgeKey(1001, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
-    })
+    assert seen == {
+        # three open, the TIME_WAIT closed recently (B's one owner's)
+        EdgeKey(10002, WB, "outbound", "tcp", "10.1.0.1", 8080): Seen(3, 1, evidence="holder"),
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): Seen(3, evidence="holder"),
+        EdgeKey(10002, WB, "outbound", "udp", "8.8.8.8", 53): Seen(1, evidence="holder"),
+        # an unheld TIME_WAIT in the host's namespace: the user stays unknown
+        EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306): Seen(0, 1, evidence=None),
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): Seen(1, evidence="holder"),
+        EdgeKey(1001, "host", "outbound", "tcp", "10.0.0.5", 5432): Seen(1, evidence="holder"),
+    }
 
 
 def test_observe_never_keys_by_an_ephemeral_port():
@@ -70,7 +70,7 @@ def test_observe_never_keys_by_an_ephemeral_port():
                         client_holders=[300], server_holders=[200])
     seen = observe(node.build())
     # fifty connections, two edges (one per side), no key carries a client port
-    assert sorted(seen.values()) == [50, 50]
+    assert sorted(s.open for s in seen.values()) == [50, 50]
     assert {k.port for k in seen} == {8080}
     assert not {k.port for k in seen} & set(ephemeral)
 
@@ -84,9 +84,9 @@ K3 = EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080)
 
 def test_edge_book_first_last_samples_max_and_current():
     book = EdgeBook(retention=1000.0)
-    book.update(Counter({K1: 2, K2: 1}), 100.0)
-    book.update(Counter({K1: 3}), 200.0)
-    book.update(Counter({K1: 1, K3: 5}), 300.0)
+    book.update(observed({K1: 2, K2: 1}), 100.0)
+    book.update(observed({K1: 3}), 200.0)
+    book.update(observed({K1: 1, K3: 5}), 300.0)
     s1, s2, s3 = book.edges[K1], book.edges[K2], book.edges[K3]
     assert (s1.first_seen, s1.last_seen, s1.samples, s1.max_concurrent, s1.current) == \
         (100.0, 300.0, 3, 3, 1)
@@ -99,25 +99,39 @@ def test_edge_book_first_last_samples_max_and_current():
 
 def test_edge_book_drops_edges_past_the_retention():
     book = EdgeBook(retention=150.0)
-    book.update(Counter({K1: 1, K2: 1}), 100.0)
-    book.update(Counter({K1: 1}), 200.0)
-    book.update(Counter(), 300.0)          # horizon 150: K2 (last 100) goes, K1 (200) stays
+    book.update(observed({K1: 1, K2: 1}), 100.0)
+    book.update(observed({K1: 1}), 200.0)
+    book.update({}, 300.0)                 # horizon 150: K2 (last 100) goes, K1 (200) stays
     assert set(book.edges) == {K1}
     assert book.edges[K1].current == 0
-    book.update(Counter(), 351.0)          # horizon 201: K1 goes too
+    book.update({}, 351.0)                 # horizon 201: K1 goes too
     assert book.edges == {}
 
 
 def test_edge_book_loads_history_rows():
     book = EdgeBook(retention=1000.0)
     book.load([EdgeRow("n1", 10002, WB, "outbound", "tcp", "10.1.0.1", 8080,
-                       50.0, 90.0, 7, 4)])
+                       50.0, 90.0, 7, 4, "namespace-owners", 3, 2)])
     state = book.edges[K1]
     assert (state.first_seen, state.last_seen, state.samples, state.max_concurrent,
-            state.current) == (50.0, 90.0, 7, 4, 0)
-    book.update(Counter({K1: 2}), 100.0)
+            state.current, state.evidence, state.guess) == (50.0, 90.0, 7, 4, 0,
+                                                            "namespace-owners", True)
+    # the agent's counters start with the agent: rate() in PromQL handles the reset
+    assert (state.opened_total, state.closed_total) == (0, 0)
+    book.update(observed({K1: 2}, opened=1), 100.0)
     assert (state.first_seen, state.samples, state.max_concurrent, state.current) == \
         (50.0, 8, 4, 2)
+    # the stronger evidence wins, and is no guess any more
+    assert (state.evidence, state.guess, state.opened_total) == ("holder", False, 1)
+
+
+def test_edge_book_counts_closed_apart_from_open():
+    book = EdgeBook(retention=1000.0)
+    book.update(observed({K1: 0}, closed=9), 100.0)      # nine TIME_WAITs, nothing open
+    state = book.edges[K1]
+    assert (state.current, state.closed, state.max_concurrent) == (0, 9, 1)
+    book.update(observed({K1: 2}, closed=0), 110.0)
+    assert (state.current, state.closed, state.max_concurrent) == (2, 0, 2)
 
 
 # ------------------------------------------------------------------ closed connections
@@ -150,11 +164,15 @@ def test_closed_connection_is_attributed_from_an_earlier_sample():
         closed(A, "10.1.0.1:8080", "10.1.0.2:40010"),         # its server end: inbound
         closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432"),
     ], memory)
-    assert got == Counter({
-        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
-        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): 1,
-        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
-    })
+    # all three were open when sampled: closed now, not opened again; their users remembered
+    assert got == {
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080):
+            Seen(ended=1, evidence="remembered"),
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080):
+            Seen(ended=1, evidence="remembered"),
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432):
+            Seen(ended=1, evidence="remembered"),
+    }
 
 
 def test_unseen_closed_connection_goes_to_the_namespace_owners_else_unknown():
@@ -166,13 +184,16 @@ def test_unseen_closed_connection_goes_to_the_namespace_owners_else_unknown():
         closed(4026539999, "10.9.0.1:41000", "10.0.0.5:3306"),  # a namespace already gone
         closed(B, "10.1.0.2:8081", "0.0.0.0:0"),                # a listener closing: no edge
     ], memory)
-    assert got == Counter({
-        # both users of B, not the sandbox
-        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
-        EdgeKey(10003, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
-        EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306): 1,
-        EdgeKey(-1, "netns:4026539999", "outbound", "tcp", "10.0.0.5", 3306): 1,
-    })
+    # never seen open: opened and closed since the last sample
+    guess = Seen(opened=1, ended=1, evidence="namespace-owners")
+    unknown = Seen(opened=1, ended=1, evidence=None)
+    assert got == {
+        # both users of B, not the sandbox: a guess
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): guess,
+        EdgeKey(10003, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): guess,
+        EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306): unknown,
+        EdgeKey(-1, "netns:4026539999", "outbound", "tcp", "10.0.0.5", 3306): unknown,
+    }
 
 
 def test_memory_keeps_two_samples():
@@ -206,13 +227,16 @@ def test_sampler_adds_closed_connections_once_and_subscribes_each_namespace():
                                   HOST_INODE: "/memnode/proc/400/ns/net"}
     two = sampler.sample()
     assert two.closed == 2
-    assert two.observed == Counter({
-        # seen open (40011): its concurrent count, not one more for the closed 40010
-        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080): 1,
-        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080): 1,
+    assert two.observed == {
+        # 40011 open (and new: opened); 40010 closed (its event), seen held before
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080):
+            Seen(1, opened=1, ended=1, evidence="holder"),
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080):
+            Seen(1, opened=1, evidence="holder"),
         # closed since the last sample, seen then as user 1000's
-        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): 1,
-    })
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432):
+            Seen(ended=1, evidence="remembered"),
+    }
     assert scanner.takes == 2 and scanner.paces_callable()
     sampler.close()
     assert scanner.closed and watcher.closed
@@ -239,7 +263,7 @@ def test_deps_view_and_by_user_history():
     book = EdgeBook(retention=1000.0)
     unknown = EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306)
     root = EdgeKey(0, "host", "outbound", "tcp", "10.0.0.5", 3306)
-    book.update(Counter({K1: 2, K3: 2, unknown: 1, root: 1}), 100.0)
+    book.update(observed({K1: 2, K3: 2, unknown: 1, root: 1}), 100.0)
     doc = deps_view([("n1", k, s) for k, s in book.since(0.0)], services, None, "agent")
     assert doc["view"] == "dependencies" and doc["source"] == "agent"
     # by uid, the unknown user last
@@ -250,6 +274,11 @@ def test_deps_view_and_by_user_history():
     assert by_uid[10001]["service"] is None        # inbound: not the client's name
     assert by_uid[10002]["netns"] == WB and by_uid[10002]["node"] == "n1"
     assert (by_uid[10002]["max_concurrent"], by_uid[10002]["samples"]) == (2, 1)
+    assert (by_uid[10002]["open"], by_uid[10002]["closed_recently"]) == (2, 0)
+    assert (by_uid[10002]["evidence"], by_uid[10002]["guess"]) == ("holder", False)
+    history = deps_view([("n1", k, s) for k, s in book.since(0.0)], services, None,
+                        "history h.db", live=False)
+    assert {e["open"] for e in history["edges"]} == {None}   # the history knows no "now"
     users = by_user_history(doc)["users"]
     assert [u["uid"] for u in users] == [0, 10001, 10002, None]
     assert [len(u["connects_to"]) for u in users] == [1, 0, 1, 1]
@@ -257,11 +286,6 @@ def test_deps_view_and_by_user_history():
     assert deps_view([], NO_SERVICES, 5.0, "db")["edges"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="nsnet bug: closed_edges decides inbound from the "
-                   "listeners of the PREVIOUS sample (Memory.listening; the sampler learns the "
-                   "current one only afterwards), so a connection accepted and closed in the "
-                   "first interval of a new listener (a new pod's readiness probes) becomes an "
-                   "outbound edge keyed by the client's ephemeral port")
 def test_closed_connection_to_a_listener_new_since_the_last_sample_is_inbound():
     def pod_node(listening: bool) -> MemNode:
         node = MemNode()
@@ -278,5 +302,6 @@ def test_closed_connection_to_a_listener_new_since_the_last_sample_is_inbound():
                       watcher=FixedWatcher([[], [probe]]))
     sampler.sample()
     second = sampler.sample()
-    assert EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080) in second.observed
+    edge = second.observed[EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080)]
+    assert edge == Seen(opened=1, ended=1, evidence="listener")
     assert all(k.port != 51234 for k in second.observed)

@@ -23,8 +23,10 @@ from nsnet.options import AgentOptions, SamplingOptions
 from nsnet.ownership import user_name
 
 POD = "0f8d2a51-7c3e-4b7a-9a55-2f1c1e0b9d11"
-EDGE_FAMILIES = ("nsnet_edge_connections", "nsnet_edge_max_concurrent_connections",
-                 "nsnet_edge_last_seen_timestamp_seconds", "nsnet_edge_samples")
+EDGE_FAMILIES = ("nsnet_edge_connections", "nsnet_edge_recently_closed_connections",
+                 "nsnet_edge_max_concurrent_connections",
+                 "nsnet_edge_last_seen_timestamp_seconds", "nsnet_edge_samples",
+                 "nsnet_edge_connections_opened_total", "nsnet_edge_connections_closed_total")
 
 
 def scrape(registry) -> dict[str, dict[tuple, float]]:
@@ -68,7 +70,8 @@ def quick_parse(text: str) -> dict[str, dict[tuple, float]]:
 
 def labels(**kw: str) -> tuple:
     base = {"node": "n1", "uid": "", "user": "", "pod": "", "namespace": "", "netns": "",
-            "direction": "", "proto": "", "peer": "", "port": "", "service": ""}
+            "direction": "", "proto": "", "peer": "", "port": "", "service": "",
+            "evidence": "unknown"}
     base.update(kw)
     return tuple(sorted(base.items()))
 
@@ -80,25 +83,35 @@ def test_edge_series_and_labels():
                            Rule("clients", ipaddress.ip_network("10.1.0.0/16"), None)])
     rows = [
         (EdgeKey(10002, "pod:shop/cart", "outbound", "tcp", "10.1.0.1", 8080),
-         EdgeState(100.0, 400.0, samples=4, max_concurrent=6, current=2)),
+         EdgeState(100.0, 400.0, samples=4, max_concurrent=6, current=2, closed=5,
+                   evidence="holder", opened_total=30, closed_total=28)),
         (EdgeKey(0, f"pod:{POD}", "outbound", "udp", "8.8.8.8", 53),
-         EdgeState(100.0, 300.0, samples=2, max_concurrent=1, current=0)),
+         EdgeState(100.0, 300.0, samples=2, max_concurrent=1, current=0,
+                   evidence="namespace-owners")),
         (EdgeKey(-1, "host", "outbound", "tcp", "10.0.0.5", 3306),
          EdgeState(200.0, 200.0, samples=1, max_concurrent=1, current=1)),
         (EdgeKey(10001, "netns:4026532300", "inbound", "tcp", "10.1.0.2", 8080),
-         EdgeState(100.0, 400.0, samples=4, max_concurrent=3, current=3)),
+         EdgeState(100.0, 400.0, samples=4, max_concurrent=3, current=3,
+                   evidence="listener")),
     ]
     got = scrape(AgentMetrics("n1", lambda: rows, services, 100).registry)
     cart = labels(uid="10002", pod="cart", namespace="shop", direction="outbound",
-                  proto="tcp", peer="10.1.0.1", port="8080", service="api")
+                  proto="tcp", peer="10.1.0.1", port="8080", service="api", evidence="holder")
+    # a guess says so in its label
     static = labels(uid="0", user="root", pod=POD, direction="outbound", proto="udp",
-                    peer="8.8.8.8", port="53")
+                    peer="8.8.8.8", port="53", evidence="namespace-owners")
     unknown = labels(uid="-1", netns="host", direction="outbound", proto="tcp",
                      peer="10.0.0.5", port="3306")
     # inbound: our port; no service name from the client's address
     inbound = labels(uid="10001", netns="netns:4026532300", direction="inbound", proto="tcp",
-                     peer="10.1.0.2", port="8080")
+                     peer="10.1.0.2", port="8080", evidence="listener")
     assert got["nsnet_edge_connections"] == {cart: 2, static: 0, unknown: 1, inbound: 3}
+    assert got["nsnet_edge_recently_closed_connections"] == \
+        {cart: 5, static: 0, unknown: 0, inbound: 0}
+    assert got["nsnet_edge_connections_opened_total"] == \
+        {cart: 30, static: 0, unknown: 0, inbound: 0}
+    assert got["nsnet_edge_connections_closed_total"] == \
+        {cart: 28, static: 0, unknown: 0, inbound: 0}
     assert got["nsnet_edge_max_concurrent_connections"] == \
         {cart: 6, static: 1, unknown: 1, inbound: 3}
     assert got["nsnet_edge_last_seen_timestamp_seconds"] == \
@@ -119,8 +132,8 @@ def test_cardinality_cap_folds_the_stalest_per_user_and_direction():
     got = scrape(AgentMetrics("n1", lambda: rows, NO_SERVICES, 2).registry)
     kept = {labels(uid=u, netns="netns:4026532300", direction="outbound", proto="tcp",
                    peer="10.1.0.9", port=p) for u, p in (("10002", "1004"), ("-1", "1005"))}
-    folded_out = labels(uid="10002", direction="outbound", peer=OVERFLOW)
-    folded_in = labels(uid="10001", direction="inbound", peer=OVERFLOW)
+    folded_out = labels(uid="10002", direction="outbound", peer=OVERFLOW, evidence="mixed")
+    folded_in = labels(uid="10001", direction="inbound", peer=OVERFLOW, evidence="mixed")
     for family in EDGE_FAMILIES:
         assert set(got[family]) == kept | {folded_out, folded_in}, family
     # summed: current and samples; the most of max_concurrent and last_seen
@@ -204,10 +217,10 @@ def consistent_window(text: str, allowed: list[dict], *, official: bool) -> int:
     if official:
         assert got == parse(text)
     series = [got.get(f, {}) for f in EDGE_FAMILIES]
-    # every edge has its four series, with identical label sets
+    # every edge has all its series, with identical label sets
     assert all(set(s) == set(series[0]) for s in series), "families disagree"
     assert got["nsnet_edge_series_dropped"] == {(): 0}
-    connections, max_conc, _, samples = series
+    connections, _, max_conc, _, samples, _, _ = series
     assert all(samples[k] >= 1 and max_conc[k] >= connections[k] for k in connections)
     # the book of exactly one sample: the edges it saw, with its counts
     current = {key_of(k): v for k, v in connections.items() if v > 0}
@@ -220,7 +233,7 @@ def test_scrapes_racing_the_sampler_are_always_consistent(fast_switching, writer
     """A writer thread changes the agent's edge book (by Agent.step with a cycling fixed
     scanner, or by updating the book under agent.lock back to back, which keeps it inside
     the update almost all the time) while this thread scrapes. Every scrape must show the
-    book of exactly one sample: the four edge series with the same label sets, and the
+    book of exactly one sample: the edge series with the same label sets, and the
     edges with connections > 0 exactly those of one window, with its counts."""
     built = [window_snapshot(i) for i in range(WINDOWS)]
     scanner = FixedScanner([snap for snap, _ in built], cycle=True)

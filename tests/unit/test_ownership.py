@@ -13,7 +13,6 @@ from memnode import HOST_INODE, MemNode
 from nsnet.model import Namespace, Rule, ServiceMap
 from nsnet.options import SnapshotOptions
 from nsnet.ownership import (
-    NO_UID_STATES,
     namespace_where,
     peer_pods,
     pod_where,
@@ -27,6 +26,7 @@ from nsnet.ownership import (
 )
 
 A, B = 4026532300, 4026532400
+NO_UID_STATES = ("TIME_WAIT", "NEW_SYN_RECV")   # the kernel prints uid 0 and inode 0 for these
 POD_A, POD_B, POD_H = ("0f8d2a51-7c3e-4b7a-9a55-2f1c1e0b9d11",
                        "5a3c9e77-1b2d-4f60-8e0a-3d4c5b6a7980",
                        "9e1f0c4d-2b3a-4c5d-8e7f-a0b1c2d3e4f5")
@@ -221,10 +221,12 @@ def test_host_network_pod_sockets_are_attributed_by_holder_cgroups():
     assert socket_where(s["exporter"], snap) == "pod:kube-system/node-exporter"
     # the host's namespace belongs to no pod: other host sockets stay the host's
     assert f"net:[{HOST_INODE}]" not in snap.pods_of_netns
-    for name in ("sshd", "host_time_wait"):
-        assert socket_pods(s[name], snap) == []
-        assert socket_where(s[name], snap) == "host"
-    assert socket_users(s["host_time_wait"], snap) == []
+    assert socket_pods(s["sshd"], snap) == [] and socket_where(s["sshd"], snap) == "host"
+    # a TIME_WAIT accepted by the hostNetwork pod's listener is that pod's, by its listener
+    tw = s["host_time_wait"]
+    assert (tw.users, tw.attribution) == ((65534,), "listener")
+    assert [p.uid for p in socket_pods(tw, snap)] == [POD_H]
+    assert socket_where(tw, snap) == "pod:kube-system/node-exporter"
 
 
 def test_peer_pods_are_the_pods_on_the_other_end():
@@ -254,7 +256,7 @@ def test_namespace_where_is_its_pod_else_host_else_the_namespace():
     assert namespace_where(ns[f"net:[{A}]"], snap) == "pod:shop/cart"
     assert namespace_where(ns[f"net:[{B}]"], snap) == f"pod:{POD_B}"
     assert namespace_where(ns[f"net:[{HOST_INODE}]"], snap) == "host"
-    assert namespace_where(ns["net:[4026532999]"], snap) == "netns:4026532999"
+    assert namespace_where(ns["net:[4026532999]"], snap) == "netns:lonely"   # its pin's name
     assert namespace_where(Namespace("procnet:4242", None), snap) == "procnet:4242"
     assert pod_where(snap.pods[POD_A]) == "pod:shop/cart"
 

@@ -5,10 +5,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from memnode import observed
 
 from nsnet.agent.edges import EdgeKey
 from nsnet.agent.store import SampleRecord, Store, StoreError, parse_since
@@ -26,9 +27,9 @@ def sample(ts: float, **kw) -> SampleRecord:
 
 def test_edges_accumulate_across_samples(tmp_path):
     store = Store(str(tmp_path / "h.db"))
-    store.record("node-a", Counter({DB_EDGE: 3, INBOUND: 1}), sample(1000.0))
-    store.record("node-a", Counter({DB_EDGE: 1, REDIS: 2}), sample(1015.0))
-    store.record("node-a", Counter({DB_EDGE: 5}), sample(1030.0))
+    store.record("node-a", observed({DB_EDGE: 3, INBOUND: 1}), sample(1000.0))
+    store.record("node-a", observed({DB_EDGE: 1, REDIS: 2}), sample(1015.0))
+    store.record("node-a", observed({DB_EDGE: 5}), sample(1030.0))
     rows = {(r.uid, r.where, r.peer_addr, r.port): r for r in store.edges()}
     db = rows[(10001, "pod:shop/cart", "10.0.0.5", 3306)]
     assert (db.first_seen, db.last_seen, db.samples, db.max_concurrent) == (1000.0, 1030.0, 3, 5)
@@ -42,11 +43,12 @@ def test_edges_accumulate_across_samples(tmp_path):
 
 def test_retention_and_size_bound(tmp_path):
     store = Store(str(tmp_path / "h.db"), retention=100.0, max_edges=2)
-    store.record("n", Counter({INBOUND: 1}), sample(1000.0))
-    store.record("n", Counter({DB_EDGE: 1}), sample(1050.0))
-    store.record("n", Counter({REDIS: 1}), sample(1120.0))   # INBOUND is now 120 s old
+    store.record("n", observed({INBOUND: 1}), sample(1000.0))
+    store.record("n", observed({DB_EDGE: 1}), sample(1050.0))
+    store.record("n", observed({REDIS: 1}), sample(1120.0))   # INBOUND is now 120 s old
     assert {r.port for r in store.edges()} == {3306, 6379}
-    many = Counter({EdgeKey(1, "host", "outbound", "tcp", f"10.1.0.{i}", 80): 1 for i in range(5)})
+    many = observed({EdgeKey(1, "host", "outbound", "tcp", f"10.1.0.{i}", 80): 1
+                     for i in range(5)})
     store.record("n", many, sample(1130.0))
     assert len(store.edges()) == 2          # the bound keeps the freshest
     assert [s.ts for s in store.samples()] == [1050.0, 1120.0, 1130.0]
@@ -54,7 +56,7 @@ def test_retention_and_size_bound(tmp_path):
 
 def test_reopen_and_readonly(tmp_path):
     path = str(tmp_path / "h.db")
-    Store(path).record("n", Counter({DB_EDGE: 1}), sample(5.0))
+    Store(path).record("n", observed({DB_EDGE: 1}), sample(5.0))
     ro = Store(path, readonly=True)
     assert [r.port for r in ro.edges()] == [3306]
     with pytest.raises(StoreError, match="no such file"):
@@ -63,14 +65,13 @@ def test_reopen_and_readonly(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from collections import Counter
-    from nsnet.agent.edges import EdgeKey
+    from nsnet.agent.edges import EdgeKey, Seen
     from nsnet.agent.store import SampleRecord, Store
     store = Store(sys.argv[1])
     i = 0
     while True:
         key = EdgeKey(i % 7, "host", "outbound", "tcp", f"10.2.{i // 250}.{i % 250}", 443)
-        store.record("n", Counter({key: 1}), SampleRecord(float(i), 0.1, 0.1, 1, 1, False))
+        store.record("n", {key: Seen(open=1)}, SampleRecord(float(i), 0.1, 0.1, 1, 1, False))
         print(i, flush=True)      # committed: the parent may kill us any time after this
         i += 1
 """)
@@ -89,11 +90,12 @@ def test_nothing_committed_is_lost_to_kill_9(tmp_path):
     child.wait()
     rest = child.stdout.read().split()
     committed = int(rest[-1]) if rest else committed
+    assert committed >= 40, "the writer never got going (it must commit 40 samples first)"
     store = Store(path)       # a restart: opens, recovers the WAL, goes on writing
     ts = [s.ts for s in store.samples()]
     assert len(ts) >= committed + 1 and ts[:committed + 1] == [float(i) for i in range(committed + 1)]
     assert len(store.edges()) == len(ts)
-    store.record("n", Counter({DB_EDGE: 1}), sample(10_000.0))
+    store.record("n", observed({DB_EDGE: 1}), sample(10_000.0))
     assert store.samples()[-1].ts == 10_000.0
 
 
@@ -130,8 +132,8 @@ def test_history_commands_read_the_store(tmp_path):
     path = str(tmp_path / "h.db")
     store = Store(path)
     now = time.time()
-    store.record("node-a", Counter({DB_EDGE: 2, INBOUND: 1}), sample(now - 3 * 86400))
-    store.record("node-a", Counter({REDIS: 1}), sample(now - 600))
+    store.record("node-a", observed({DB_EDGE: 2, INBOUND: 1}), sample(now - 3 * 86400))
+    store.record("node-a", observed({REDIS: 1}), sample(now - 600))
     store.close()
     svc = tmp_path / "svc.toml"
     svc.write_text('[[service]]\nname = "shared-db"\nmatch = ["10.0.0.5:3306"]\n')
@@ -172,3 +174,62 @@ def test_history_command_errors_are_one_line(argv, words):
         assert word in run.stderr
 
 
+
+
+def test_evidence_keeps_the_strongest_and_counters_add_up(tmp_path):
+    store = Store(str(tmp_path / "h.db"))
+    store.record("n", observed({DB_EDGE: 1}, evidence="namespace-owners", opened=1), sample(1.0))
+    store.record("n", observed({DB_EDGE: 2}, evidence="holder", opened=1, ended=1), sample(2.0))
+    store.record("n", observed({DB_EDGE: 0}, evidence="listener", ended=2), sample(3.0))
+    store.record("n", observed({REDIS: 0}, evidence=None, closed=3), sample(4.0))
+    rows = {r.port: r for r in store.edges()}
+    db = rows[3306]
+    assert (db.evidence, db.opened, db.closed, db.max_concurrent) == ("holder", 2, 3, 2)
+    # seen only closed (three TIME_WAITs): one connection was open, none known to be now
+    assert (rows[6379].evidence, rows[6379].max_concurrent) == (None, 1)
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE edges (
+    node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
+    direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
+    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
+CREATE TABLE samples (
+    ts REAL NOT NULL, node TEXT NOT NULL, duration REAL NOT NULL, cpu REAL NOT NULL,
+    namespaces INTEGER NOT NULL, sockets INTEGER NOT NULL, edges INTEGER NOT NULL,
+    over_budget INTEGER NOT NULL);
+INSERT INTO meta VALUES ('schema', '1');
+INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', 'outbound', 'tcp', '10.0.0.5', 3306,
+                          10.0, 20.0, 3, 4);
+"""
+
+
+def test_a_schema_1_history_is_read_as_it_is_and_upgraded_by_the_agent(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+    (old,) = Store(path, readonly=True).edges()     # nsnet deps --db on an older agent's file
+    assert (old.max_concurrent, old.evidence, old.opened, old.closed) == (4, None, 0, 0)
+    store = Store(path)                             # the agent: upgraded in place
+    assert store.schema == "2"
+    store.record("n", observed({DB_EDGE: 1}, evidence="holder", opened=1), sample(30.0))
+    (row,) = store.edges()
+    assert (row.samples, row.max_concurrent, row.evidence, row.opened) == (4, 4, "holder", 1)
+    store.close()
+    assert Store(path, readonly=True).schema == "2"
+
+
+def test_an_unknown_schema_is_refused(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "future.db")
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1.replace("'schema', '1'", "'schema', '9'"))
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match="schema '9', this nsnet writes '2'"):
+            Store(path, readonly=readonly)

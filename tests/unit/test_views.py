@@ -64,13 +64,15 @@ def user_doc(doc: dict, uid: int) -> dict:
 def test_by_user_groups_outbound_connections_by_peer_endpoint(snap):
     u = user_doc(by_user_view(snap), 10002)
     assert u["namespaces"] == [B] and u["processes"] == [300]
-    got = [(g["proto"], g["peer_addr"], g["peer_port"], g["count"], g["states"], g["peer"])
-           for g in u["connects_to"]]
+    got = [(g["proto"], g["peer_addr"], g["peer_port"], g["count"], g["closed"], g["states"],
+            g["peer"], g["attribution"], g["guessed_users"]) for g in u["connects_to"]]
     assert got == [
-        # the TIME_WAIT has no holder: B's owner (10002) is its user
-        ("tcp", "10.1.0.1", 8080, 4, {"ESTABLISHED": 3, "TIME_WAIT": 1}, "node"),
-        ("tcp", "10.1.0.1", 9090, 1, {"ESTABLISHED": 1}, "node"),
-        ("udp", "8.8.8.8", 53, 1, {"ESTABLISHED": 1}, "external"),
+        # three open, one closed: the TIME_WAIT has no holder, and B's only owner (10002)
+        # is its user -- not a guess, but said: namespace-owner
+        ("tcp", "10.1.0.1", 8080, 3, 1, {"ESTABLISHED": 3, "TIME_WAIT": 1}, "node",
+         ["holder", "namespace-owner"], []),
+        ("tcp", "10.1.0.1", 9090, 1, 0, {"ESTABLISHED": 1}, "node", ["holder"], []),
+        ("udp", "8.8.8.8", 53, 1, 0, {"ESTABLISHED": 1}, "external", ["holder"], []),
     ]
     first = u["connects_to"][0]
     assert first["pids"] == [300] and first["netns"] == [B]
@@ -111,7 +113,7 @@ def test_by_user_only_one_uid_even_an_unknown_one(snap):
 def test_by_namespace_lists_listeners_with_every_holder(snap):
     doc = by_namespace_view(snap)
     assert [n["inode"] for n in doc["namespaces"]] == [HOST_INODE, A, B]   # host first
-    [a] = by_namespace_view(snap, only_netns=A)["namespaces"]
+    [a] = by_namespace_view(snap, snap.namespaces[f"net:[{A}]"])["namespaces"]
     assert a["owners"] == [10001] and a["found_by"] == ["processes"]
     assert [p["pid"] for p in a["processes"]] == [100, 200, 201, 202]
     assert [p["sandbox"] for p in a["processes"]] == [True, False, False, False]
@@ -121,12 +123,12 @@ def test_by_namespace_lists_listeners_with_every_holder(snap):
     assert [(s["addr"], s["pids"]) for s in a["unix_listening"]] == [("/run/api.sock", [200])]
     assert a["counts"] == {"tcp": {"ESTABLISHED": 4, "LISTEN": 2}, "unix": {"LISTEN": 1}}
     assert a["sockets"] == 7
-    [b] = by_namespace_view(snap, only_netns=B)["namespaces"]
+    [b] = by_namespace_view(snap, snap.namespaces[f"net:[{B}]"])["namespaces"]
     assert b["counts"] == {"tcp": {"ESTABLISHED": 4, "TIME_WAIT": 1},
                            "udp": {"ESTABLISHED": 1}}
-    # outbound before inbound, most connections first
-    assert [(g["direction"], g["count"]) for g in b["connections"]] == [
-        ("outbound", 4), ("outbound", 1), ("outbound", 1)]
+    # outbound before inbound, most open connections first; closed ones apart
+    assert [(g["direction"], g["count"], g["closed"]) for g in b["connections"]] == [
+        ("outbound", 3, 1), ("outbound", 1, 0), ("outbound", 1, 0)]
 
 
 # ---------------------------------------------------------------------- sockets view
@@ -153,8 +155,8 @@ def test_sockets_view_counts_and_stats(snap):
     (SocketFilter(state=normalize_state("estab")), 4 + 4 + 1),
     (SocketFilter(port=8080), 1 + 4 + 3),          # local or remote port
     (SocketFilter(pid=201), 2 + 2),                # two listeners, two accepted
-    (SocketFilter(netns=B), 6),
-    (SocketFilter(netns=B, protos=frozenset({"tcp"}), state="ESTABLISHED"), 4),
+    (SocketFilter(netns=f"net:[{B}]"), 6),
+    (SocketFilter(netns=f"net:[{B}]", protos=frozenset({"tcp"}), state="ESTABLISHED"), 4),
 ])
 def test_socket_filters(snap, keep, expected):
     doc = sockets_view(snap, keep)
@@ -198,10 +200,12 @@ def test_by_pod_sandbox_container_first_and_owners():
     assert pod["containers"][0]["users"] == [65535]
     assert pod["owners"] == [10001, 10011] and pod["netns"] == [A]
     assert pod["pids"] == [100, 200, 210] and not pod["host_network"]
-    # its sockets: the listener, the accepted connection, and the unheld TIME_WAIT
+    # its sockets: the listener, the accepted connection, and the unheld TIME_WAIT (the
+    # listener's: accepted on 8080), one open connection and one closed
     assert pod["sockets"] == 3
-    assert [(g["local_port"], g["count"], [p["uid"] for p in g["peer_pods"]])
-            for g in pod["connected_from"]] == [(8080, 2, [OTHER])]
+    assert [(g["local_port"], g["count"], g["closed"], g["users"], g["attribution"],
+             [p["uid"] for p in g["peer_pods"]]) for g in pod["connected_from"]] == [
+        (8080, 1, 1, [10001], ["holder", "listener"], [OTHER])]
 
 
 def test_by_pod_names_from_the_kubelet_and_one_pod_only():
