@@ -326,6 +326,14 @@ def _only_netns(text: str | None, snap: Snapshot) -> Namespace | None:
     return ns
 
 
+def _why_empty(ns: Namespace | None) -> list[str]:
+    """A selected namespace whose tables could not be read shows nothing: say why."""
+    if ns is None or ns.tables_read:
+        return []
+    return [f"{ns.name}: no sockets shown: its tables were not read ("
+            + (ns.note or ns.error or "no task of it could be read") + ")"]
+
+
 def _warn(err: TextIO, lines: list[str]) -> None:
     for line in lines:
         err.write(f"nsnet: warning: {printable(line)}\n")
@@ -339,6 +347,8 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
     snap = take_snapshot(snapshot_options(args))
     doc = _snapshot_doc(args, snap, only_uid)   # a bad --netns/--pod: one error line, no more
     _warn(err, snap.stats.warnings())
+    if getattr(args, "netns", None) is not None:
+        _warn(err, _why_empty(_only_netns(args.netns, snap)))
     if output.ndjson:
         _emit_ndjson(doc, out)
     elif output.json:

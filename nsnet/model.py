@@ -208,6 +208,7 @@ class Namespace:
     tables_read: bool = False
     error: str | None = None     # why the tables could not be read
     held_sockets: bool = False      # a held socket lives here (pidfd source: SIOCGSKNS)
+    note: str | None = None         # what this entry is, when it is not simply a namespace
 
     @property
     def found_by(self) -> list[str]:
@@ -267,6 +268,8 @@ class Stats:
     namespaces_unread: int = 0
     namespace_read_retries: int = 0
     pinned_unreadable: int = 0       # bind-mount pinned namespaces we could not enter
+    namespaces_matched_by_setns: int = 0   # stand-in groups found inside a pin (no ptrace)
+    namespaces_unmatched: int = 0    # pins and stand-in groups that could not be matched
     sockets: int = 0
     sockets_without_pid: int = 0
     socket_fds_not_in_tables: int = 0   # fd points at a socket no table of ours listed

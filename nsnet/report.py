@@ -207,6 +207,8 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
     out = []
     for ns in doc["namespaces"]:
         out.append(r.head(_ns_title(ns)))
+        if ns.get("note"):
+            out.append(f"  {printable(ns['note'])}")
         if ns["error"]:
             out.append(f"  tables not read: {printable(ns['error'])}")
         if ns["processes"]:
@@ -302,8 +304,10 @@ def render_by_user(doc: dict, r: Renderer) -> str:
     out = []
     for u in doc["users"]:
         name = f" ({printable(u['name'])})" if u["name"] else ""
-        owns = ",".join(str(n) if n is not None else k
-                        for n, k in zip(u["namespaces"], u["namespace_keys"], strict=True)) or "none"
+        owns = ",".join(u.get("namespace_names") or
+                        [str(n) if n is not None else k
+                         for n, k in zip(u["namespaces"], u["namespace_keys"], strict=True)]) \
+            or "none"
         pods = f"  pods {_pods(u['pods'], limit=4)}" if u.get("pods") else ""
         out.append(r.head(SafeText(f"uid {u['uid']}{name}  owns netns {printable(owns)}  "
                                    f"processes {len(u['processes'])}  sockets {u['sockets']}"

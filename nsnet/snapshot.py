@@ -100,7 +100,8 @@ class Snapshotter:
         options = self.options
         stats = Stats(source=choice.source, source_reason=choice.reason)
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
-        found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx))
+        found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx),
+                              enter=options.enter_pinned)
         joined = Joined(found)
         sockets = source.collect(ctx, found, joined.add)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
@@ -153,6 +154,7 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     stats.sockets = len(sockets)
     stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
     stats.privileges.extend(privilege_notes(stats, own_capabilities()))
+    walk.explain_unmatched(found.namespaces, stats)
     snap = Snapshot(found.proc, found.namespaces, found.processes, sockets, stats,
                     found.host_key, pod_map, containers, pods_of_netns, options.services)
     name_namespaces(snap)

@@ -97,7 +97,8 @@ def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
             "owners": list(ns.owners),
             "owner_names": {str(u): user_name(u) for u in ns.owners},
             "pods": [pod_ref(pod) for pod in namespace_pods(ns, snap)],
-            "read_via": ns.read_via, "tables_read": ns.tables_read, "error": ns.error}
+            "read_via": ns.read_via, "tables_read": ns.tables_read, "error": ns.error,
+            "note": ns.note}
 
 
 def socket_doc(s: Socket, snap: Snapshot) -> dict:

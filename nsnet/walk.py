@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import cgroup, mountinfo
-from .errors import AccessDenied, ProcError, ProcessGone
+from .errors import AccessDenied, EnterError, ProcError, ProcessGone
 from .model import (
     ContainerIdentity,
     Namespace,
@@ -38,6 +38,7 @@ from .procfs import (
     socket_fds,
 )
 from .procparse import parse_cmdline, parse_stat, parse_status_euid
+from .setns import OWN_PROC, run_in_namespace
 
 # The walk calls this every PACE_EVERY processes (the agent's CPU budget may sleep there).
 PACE_EVERY = 32
@@ -86,10 +87,12 @@ class _Walk:
 
 
 def discover(proc: str, stats: Stats, *, pace: Callable[[], None] | None = None,
-             met: Callable[[str, int], None] | None = None) -> Discovery:
+             met: Callable[[str, int], None] | None = None, enter: bool = True) -> Discovery:
     """Walk every process of `proc`. met(key, pid) is called when the walk meets the first
     member of a namespace whose inode it could read (a table source may start reading that
-    namespace at once, overlapping the rest of the walk); pace() every PACE_EVERY processes."""
+    namespace at once, overlapping the rest of the walk); pace() every PACE_EVERY processes.
+    enter: processes grouped by their stand-in identity (no CAP_SYS_PTRACE) may be matched
+    to a pinned namespace by entering the pin (setns, CAP_SYS_ADMIN)."""
     walk = _Walk(Discovery(proc))
     processes = walk.found.processes
     for index, pid in enumerate(list_pids(proc)):
@@ -108,11 +111,13 @@ def discover(proc: str, stats: Stats, *, pace: Callable[[], None] | None = None,
             met(process.netns_key, pid)
     stand_ins = _merge_procnet_groups(proc, walk)
     found = walk.found
+    found.pins = _find_pins(proc, walk, stats)
+    if enter and any(is_stand_in(k) for k in walk.members):
+        stand_ins.update(_match_pins(walk, found.pins, stats))
     for key, pids in walk.members.items():
         found.namespace(key).pids = sorted(pids)
     for key, visitors in walk.threads.items():
         found.namespace(key).threads = sorted(visitors)
-    found.pins = _find_pins(proc, walk, stats)
     for inode, pins in found.pins.items():
         found.namespace(netns_key(inode)).pinned = sorted({pin.shown for pin in pins})
     found.host_key = _host_key(proc, stand_ins)
@@ -285,15 +290,69 @@ def _merge_procnet_groups(proc: str, walk: _Walk) -> dict[str, str]:
                 continue
             finally:
                 os.close(dirfd)
-    processes = walk.found.processes
     for stand_in in stand_ins:
         target = real.get(stand_in)
-        if target is None:
-            continue
-        moved = walk.members.pop(stand_in)
-        walk.members[target].extend(moved)
-        inode = key_inode(target)
-        for pid in moved:
-            processes[pid].netns_key = target
-            processes[pid].netns = inode
+        if target is not None:
+            _move_members(walk, stand_in, target)
     return real
+
+
+def _move_members(walk: _Walk, stand_in: str, target: str) -> None:
+    """The processes grouped under a stand-in key live in the namespace `target`."""
+    moved = walk.members.pop(stand_in)
+    walk.members[target].extend(moved)
+    inode = key_inode(target)
+    for pid in moved:
+        walk.found.processes[pid].netns_key = target
+        walk.found.processes[pid].netns = inode
+
+
+def _own_procnet_id() -> int:
+    return os.stat(f"{OWN_PROC}/thread-self/net/dev").st_ino
+
+
+def _match_pins(walk: _Walk, pins: dict[int, list[Pin]], stats: Stats) -> dict[str, str]:
+    """Without CAP_SYS_PTRACE, processes are grouped by a stand-in identity (their
+    /proc/<pid>/net entries' inode) and pinned namespaces are known by their nsfs inode: the
+    two cannot be compared. Entering a pin (setns: CAP_SYS_ADMIN) shows its stand-in identity
+    from inside; a group with that identity lives there. Returns stand-in -> real key."""
+    real: dict[str, str] = {}
+    for inode, where in pins.items():
+        key = netns_key(inode)
+        if key in walk.members:
+            continue
+        for pin in where:
+            try:
+                stand_in = procnet_key(run_in_namespace(pin.opener, inode, _own_procnet_id))
+            except EnterError:
+                continue   # no CAP_SYS_ADMIN, or a pin we cannot open: it stays unmatched
+            if stand_in in walk.members:
+                _move_members(walk, stand_in, key)
+                real[stand_in] = key
+                stats.namespaces_matched_by_setns += 1
+            break
+    return real
+
+
+def explain_unmatched(namespaces: dict[str, Namespace], stats: Stats) -> None:
+    """Say what entries are when pins and process groups could not be matched (no
+    CAP_SYS_PTRACE to read a process's namespace inode, no CAP_SYS_ADMIN to enter a pin): a
+    pin that could not be read is not an empty namespace, and a group is not a namespace
+    whose identity is known. Call once the tables were read."""
+    groups = [ns for ns in namespaces.values() if is_stand_in(ns.key)]
+    for ns in groups:
+        ns.note = ("processes whose namespace inode needs CAP_SYS_PTRACE (grouped by their "
+                   "/proc/<pid>/net identity)")
+    pins = [ns for ns in namespaces.values()
+            if ns.pinned and not ns.pids and not ns.threads and not ns.tables_read]
+    if not groups or not pins:
+        return
+    for ns in pins:
+        ns.note = (f"pinned at {', '.join(ns.pinned)}, not readable without CAP_SYS_ADMIN; "
+                   "it may be the namespace of one of the process groups whose namespace "
+                   "inode needs CAP_SYS_PTRACE")
+    stats.namespaces_unmatched = len(groups) + len(pins)
+    stats.privileges.append(
+        f"{len(pins)} pinned namespace(s) and {len(groups)} process group(s) could not be "
+        "matched (needs CAP_SYS_PTRACE, or CAP_SYS_ADMIN to enter the pins): each is shown as "
+        "what it is, the pins unread, not as empty namespaces")

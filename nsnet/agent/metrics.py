@@ -94,7 +94,11 @@ class EdgeCollector(Collector):
         self.max_series = max_series
 
     def _user(self, key: EdgeKey) -> tuple[str, str]:
-        return str(key.uid), (user_name(key.uid) or "" if key.uid >= 0 else "")
+        """uid and user labels. A uid without a passwd entry (every tenant inside the agent's
+        image) is its own user label: `sum by (user)` must not merge the tenants."""
+        if key.uid < 0:
+            return str(key.uid), ""
+        return str(key.uid), user_name(key.uid) or str(key.uid)
 
     def _labels(self, key: EdgeKey, state: EdgeState) -> tuple[str, ...]:
         where = split_where(key.where)

@@ -52,3 +52,30 @@ def test_hostile_names_stay_labels(fmt):
     else:   # entities for what would end a Mermaid label or start markup
         assert 'u0("10001 @ evil#34;]; x -#62; y; \\x1b[2J\\x0a#35;#60;b#62;#38;/x")' in text
 
+
+
+def guessed_edges() -> list[dict]:
+    rows = [
+        # the sidecar is only guessed to use the database: dashed, marked
+        ("n1", EdgeKey(10011, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306),
+         EdgeState(1.0, 9.0, 3, 1, evidence="namespace-owners")),
+        # the app: guessed on one node, held on another -- known, drawn solid
+        ("n1", EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306),
+         EdgeState(1.0, 9.0, 3, 1, evidence="namespace-owners")),
+        ("n2", EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306),
+         EdgeState(1.0, 9.0, 3, 2, evidence="holder")),
+    ]
+    return deps_view(rows, SERVICES, None, "test")["edges"]
+
+
+def test_a_guessed_edge_is_dashed_and_explained():
+    dot = render(guessed_edges(), "dot")
+    assert '"10011 @ shop/cart" -> "shared-db (10.0.0.5:3306)" [label="tcp x1 ?", ' \
+           'style=dashed];' in dot
+    assert '"10001 @ shop/cart" -> "shared-db (10.0.0.5:3306)" [label="tcp x2"];' in dot
+    assert "legend [shape=note" in dot and "the user is a guess" in dot
+    mermaid = render(guessed_edges(), "mermaid")
+    assert '-.->|"tcp x1 ?"|' in mermaid and mermaid.count("-.->") == 1
+    assert 'legend["' in mermaid
+    # nothing guessed: no legend
+    assert "legend" not in render(edges(), "dot") and "legend" not in render(edges(), "mermaid")

@@ -73,11 +73,14 @@ def labels(**kw: str) -> tuple:
             "direction": "", "proto": "", "peer": "", "port": "", "service": "",
             "evidence": "unknown"}
     base.update(kw)
+    if "user" not in kw and base["uid"] not in ("", "-1"):
+        base["user"] = base["uid"]   # no passwd entry: the uid is the user label
     return tuple(sorted(base.items()))
 
 
 def test_edge_series_and_labels():
-    # the tenants' uids have no passwd entry here: shown as numbers, with no user name
+    # the tenants' uids have no passwd entry here: their user label is the uid (so that
+    # `sum by (user)` keeps the tenants apart)
     assert user_name(10001) is None and user_name(10002) is None
     services = ServiceMap([Rule("api", ipaddress.ip_network("10.1.0.1/32"), 8080),
                            Rule("clients", ipaddress.ip_network("10.1.0.0/16"), None)])

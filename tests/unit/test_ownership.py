@@ -367,3 +367,119 @@ def test_dual_stack_listener_makes_ipv4_connections_inbound():
     node.build()
     assert accepted.direction == "inbound"
     assert other.direction == "outbound"     # no listener on 9091
+
+
+# ------------------------------------------------------------- evidence (attribution)
+
+SVC = 4026532500
+
+
+def shared_services() -> tuple[MemNode, dict]:
+    """A services namespace shared by a web server (uid 33, two workers holding :80 on any
+    address), a redis (uid 999, :6379 on 10.5.0.1 only) and an admin listener of root on
+    :6379 of 127.0.0.1; and unheld sockets the kernel leaves behind them."""
+    node = MemNode()
+    node.netns(SVC)
+    web = [node.process(p, uid=33, netns=SVC) for p in (500, 501)]
+    redis = node.process(600, uid=999, netns=SVC)
+    admin = node.process(700, uid=0, netns=SVC)
+    s = {
+        "web": node.socket("tcp", "LISTEN", "0.0.0.0:80", netns=SVC, holders=web),
+        "redis": node.socket("tcp", "LISTEN", "10.5.0.1:6379", netns=SVC, holders=[redis]),
+        "admin": node.socket("tcp", "LISTEN", "127.0.0.1:6379", netns=SVC, holders=[admin]),
+    }
+    # the kernel's uid column of these is its placeholder 0, their inode 0
+    for name, state in (("tw", "TIME_WAIT"), ("fw2", "FIN_WAIT2"), ("unacc", "ESTABLISHED"),
+                        ("syn", "NEW_SYN_RECV"), ("closing", "LAST_ACK")):
+        s[name] = node.socket("tcp", state, "10.5.0.1:80", f"10.6.0.9:{40000 + len(s)}",
+                              netns=SVC, inode=0, uid=0)
+    s["redis_tw"] = node.socket("tcp", "TIME_WAIT", "10.5.0.1:6379", "10.6.0.9:41000",
+                                netns=SVC)
+    s["admin_tw"] = node.socket("tcp", "TIME_WAIT", "127.0.0.1:6379", "127.0.0.1:41001",
+                                netns=SVC)
+    # an outbound TIME_WAIT of the shared namespace: four owners, so a guess
+    s["out_tw"] = node.socket("tcp", "TIME_WAIT", "10.5.0.1:43000", "10.0.0.5:5432",
+                              netns=SVC)
+    return node, s
+
+
+def test_an_unheld_inbound_socket_is_its_listeners():
+    node, s = shared_services()
+    snap = node.build()
+    for name in ("tw", "fw2", "unacc", "syn", "closing"):
+        sock = s[name]
+        assert sock.direction == "inbound", name
+        assert (sock.users, sock.attribution) == ((33,), "listener"), name   # never root's 0
+    # the listener by address: redis on 10.5.0.1, the admin on 127.0.0.1, both on :6379
+    assert (s["redis_tw"].users, s["redis_tw"].attribution) == ((999,), "listener")
+    assert (s["admin_tw"].users, s["admin_tw"].attribution) == ((0,), "listener")
+    assert s["out_tw"].direction == "outbound"
+    assert (s["out_tw"].users, s["out_tw"].attribution) == ((0, 33, 999), "namespace-owners")
+    assert snap.namespaces[f"net:[{SVC}]"].owners == [0, 33, 999]
+
+
+def test_a_dual_stack_listener_takes_ipv4_connections_and_its_pods():
+    node = MemNode()
+    node.kubelet(POD_A, "shop", "cart", {"app": APP_A})
+    node.process(100, uid=65535, netns=A, cmdline=["/pause"], container=SANDBOX_A, pod=POD_A)
+    app = node.process(200, uid=10001, netns=A, container=APP_A, pod=POD_A)
+    node.socket("tcp", "LISTEN", "[::]:8080", netns=A, holders=[app])
+    tw = node.socket("tcp", "TIME_WAIT", "10.1.0.1:8080", "10.1.0.2:40000", netns=A)
+    node.build()
+    assert (tw.users, tw.attribution, tw.pod_uids) == ((10001,), "listener", (POD_A,))
+
+
+def test_one_owner_is_no_guess_and_the_host_has_none():
+    node = MemNode()
+    node.process(100, uid=65535, netns=A, cmdline=["/pause"])
+    node.process(200, uid=10001, netns=A)
+    node.process(1, uid=0)
+    node.process(400, uid=1000)
+    mine = node.socket("tcp", "TIME_WAIT", "10.1.0.1:40000", "10.0.0.5:5432", netns=A)
+    host = node.socket("tcp", "TIME_WAIT", "192.168.1.5:40000", "10.0.0.5:5432")
+    node.build()
+    assert (mine.users, mine.attribution) == ((10001,), "namespace-owner")
+    assert (host.users, host.attribution) == ((), None)
+
+
+def test_a_socket_whose_holder_cannot_be_read_is_its_table_uid():
+    node = MemNode()
+    node.process(200, uid=10001, netns=A, fds_readable=False)
+    node.process(201, uid=10002, netns=A)
+    conn = node.socket("tcp", "ESTABLISHED", "10.1.0.1:40000", "10.0.0.5:5432", netns=A,
+                       uid=10001)       # held by 200, whose fds we may not list
+    node.build()
+    assert (conn.inode != 0, conn.users, conn.attribution) == (True, (10001,), "table-uid")
+
+
+def test_the_unaccepted_end_of_a_unix_connection_is_its_listeners():
+    node = MemNode()
+    server = node.process(200, uid=10001, netns=A)
+    node.process(201, uid=10002, netns=A)
+    node.socket("unix", "LISTEN", "/run/app.sock", netns=A, holders=[server])
+    unacc = node.socket("unix", "ESTABLISHED", "/run/app.sock", netns=A, inode=0)
+    orphan = node.socket("unix", "ESTABLISHED", "", netns=A, inode=0)
+    node.build()
+    assert (unacc.users, unacc.attribution) == ((10001,), "listener")
+    assert (orphan.users, orphan.attribution) == ((), None)   # unix: no namespace guess
+
+
+def test_the_agent_remembers_who_held_a_connection():
+    from nsnet.agent.edges import Memory
+
+    def pod(held: bool) -> MemNode:
+        node = MemNode()
+        node.process(200, uid=10001, netns=A)
+        node.process(210, uid=10011, netns=A)            # a sidecar: two owners
+        node.socket("tcp", "ESTABLISHED" if held else "TIME_WAIT", "10.1.0.1:40000",
+                    "10.0.0.5:5432", netns=A, holders=[200] if held else [],
+                    inode=None if held else 0)
+        return node
+
+    memory = Memory()
+    memory.learn(pod(True).build())
+    later = pod(False).build()
+    [tw] = later.sockets
+    assert (tw.users, tw.attribution) == ((10001, 10011), "namespace-owners")
+    memory.remember(later)
+    assert (tw.users, tw.attribution) == ((10001,), "remembered")
