@@ -39,6 +39,11 @@ def assert_one_line_error(run: subprocess.CompletedProcess, code: int, *words: s
     (["sockets", "--port", "70000"], 2, ["70000"]),
     (["sockets", "--pid", "-3"], 2, []),
     (["by-user", "--user", "no-such-user-xyz"], 2, ["no-such-user-xyz"]),
+    (["deps", "--user", "no-such-user-xyz"], 2, ["no-such-user-xyz"]),
+    # an unknown namespace or pod, in every command that takes one: before any warning
+    (["sockets", "--netns", "netns:no-such-pin"], 2, ["netns:no-such-pin", "by-namespace"]),
+    (["by-namespace", "--netns", "123"], 2, ["'123'"]),
+    (["by-pod", "--pod", "shop/no-such-pod"], 2, ["shop/no-such-pod"]),
     (["sockets", "--proc", "/tmp"], 1, ["/tmp", "procfs"]),
     (["by-namespace", "--proc", "/does/not/exist"], 1, ["/does/not/exist"]),
 ])

@@ -284,6 +284,16 @@ def test_the_agent_remembers_holders_and_counts_what_opens_and_closes_between_sa
         # a connection to postgres held by the app of pod A, seen held by sample 1 ...
         node.run("a", Conn("a_late", "a", "keep", SVC_A, 5432))
         agent.step()
+        # /metrics: the web server's edge from pod A has one connection open, and the
+        # FIN_WAIT2 orphan (and, while it lasts, the TIME_WAIT) closed recently
+        web = edge_metrics(agent, peer=POD_A_IP, port="8080")
+        key = (str(WEB), "inbound", "holder")
+        assert web["nsnet_edge_connections"][key] == 1
+        closed = web["nsnet_edge_recently_closed_connections"][key]
+        if time.monotonic() - node.conn["a_tw"].made < 50:
+            assert closed == 2
+        else:   # the TIME_WAIT may have expired (it lives 60 s)
+            assert closed in (1, 2)
         # ... then closed by the app first: its TIME_WAIT has no holder, and pod A two
         # owners -- but the agent saw who held it
         node.run("a", Conn("a_late", "a", "close", SVC_A, 5432))
