@@ -134,6 +134,7 @@ class _Attribution:
         self.listeners: dict[tuple[str, int | None], list[Socket]] = defaultdict(list)
         self.unix_listeners: dict[tuple[str, str], list[Socket]] = defaultdict(list)
         self.tuples: dict[tuple, tuple] = {}
+        self.by_holders: dict[tuple[object, str], tuple[tuple, tuple]] = {}
         for sock in snap.sockets:
             if sock.state == "LISTEN":
                 if sock.proto == "tcp":
@@ -149,11 +150,18 @@ class _Attribution:
         return self.shared(self.snap.pods_of_netns.get(sock.netns_key, ()))
 
     def holders(self, sock: Socket) -> None:
-        processes = self.snap.processes
-        sock.users = self.shared(processes[p].uid for p in sock.pids)
-        pods = set(self.snap.pods_of_netns.get(sock.netns_key, ()))
-        pods.update(u for u in (processes[p].pod_uid for p in sock.pids) if u is not None)
-        sock.pod_uids = self.shared(pods)
+        # Per socket of the node: the answer depends only on the holders and the namespace,
+        # which most sockets share with others (a worker's connections), so it is cached.
+        pids = sock.pids
+        key = (pids[0] if len(pids) == 1 else tuple(pids), sock.netns_key)
+        known = self.by_holders.get(key)
+        if known is None:
+            processes = self.snap.processes
+            users = self.shared(processes[p].uid for p in pids)
+            pods = set(self.snap.pods_of_netns.get(sock.netns_key, ()))
+            pods.update(u for u in (processes[p].pod_uid for p in pids) if u is not None)
+            known = self.by_holders[key] = (users, self.shared(pods))
+        sock.users, sock.pod_uids = known
         sock.attribution = HOLDER
 
     def accepted_from(self, sock: Socket) -> list[Socket]:
