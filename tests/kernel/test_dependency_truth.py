@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -361,7 +362,9 @@ def test_without_ptrace_nor_sys_admin_pins_and_groups_are_shown_as_what_they_are
     svc_group = [g for g in groups if WEB in g["owners"]]
     assert len(svc_group) == 1 and "needs CAP_SYS_PTRACE" in svc_group[0]["note"]
     said = [line for line in run.stderr.splitlines() if "could not be matched" in line]
-    assert len(said) == 1 and said[0].startswith("nsnet: warning: 3 pinned namespace(s) and ")
+    # once (other test nodes on the machine may add their pins to the count)
+    assert len(said) == 1 and re.match(r"nsnet: warning: \d+ pinned namespace\(s\) and \d+ "
+                                       r"process group\(s\) could not be matched", said[0])
     # a namespace selected by what is shown, which shows nothing, says why
     run = nsnet_without("-sys_ptrace,-sys_admin", "sockets", "--netns", node.netns["svc"])
     assert run.returncode == 0 and "0 sockets shown" in run.stdout
