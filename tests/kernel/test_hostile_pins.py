@@ -56,7 +56,10 @@ def hostile_pin(request):
         if line.strip() != "ready":
             pytest.fail(f"the attack could not be set up: {tenant.stderr.read() if tenant.stderr else ''}")
         mountinfo = Path(f"/proc/{tenant.pid}/mountinfo").read_text()
-        [pin] = [ln for ln in mountinfo.splitlines() if " nsfs " in ln and "net:[" in ln]
+        # only our pin: the host may hold others (ip netns, container runtimes), and the
+        # tenant's mount namespace is a copy of the host's
+        [pin] = [ln for ln in mountinfo.splitlines()
+                 if " nsfs " in ln and "net:[" in ln and ln.split()[4].startswith(f"{d}/")]
         inode = int(pin.split()[3][5:-1])
         yield request.param, tenant.pid, inode, f"{d}/a/x"
     finally:
