@@ -5,6 +5,8 @@ what *this* process may do.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .model import Stats
 
 CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 12, 19, 21
@@ -38,25 +40,43 @@ def _missing(caps: int, *needed: int) -> str:
     names = [NAMES[cap] for cap in needed]
     missing = lacking(caps, *needed)
     if not missing:
-        return (f"denied even with {' and '.join(names)} (such processes hold capabilities "
-                "nsnet lacks, or a security module forbids it)")
+        return (f"denied even with {' and '.join(names)} (it holds capabilities nsnet lacks, "
+                "or a security module forbids it)")
     held = [name for name in names if name not in missing]
     return "needs " + " and ".join(missing) + (f" ({' and '.join(held)} held)" if held else "")
 
 
-def privilege_notes(stats: Stats, caps: int) -> list[str]:
-    """One line per thing a snapshot could not see for lack of privilege."""
+def named(processes: Sequence[tuple[int, str]], limit: int = 3) -> str:
+    """'pid 1 (init), pid 7 (sshd), +3 more': the processes a note is about, by name."""
+    shown = ", ".join(f"pid {pid} ({comm})" for pid, comm in processes[:limit])
+    return shown + (f", +{len(processes) - limit} more" if len(processes) > limit else "")
+
+
+def _who(count: int, total: int, processes: Sequence[tuple[int, str]]) -> str:
+    """'pid 1 (init)' for one process, else '12 of 40 processes: pid 1 (init), ...'."""
+    if count == 1 and len(processes) == 1:
+        return named(processes)
+    return f"{count} of {total} processes" + (f" ({named(processes)})" if processes else "")
+
+
+def privilege_notes(stats: Stats, caps: int,
+                    fd_denied: Sequence[tuple[int, str]] | None = None,
+                    ns_unknown: Sequence[tuple[int, str]] | None = None) -> list[str]:
+    """One line per thing a snapshot could not see for lack of privilege, naming the
+    processes concerned: fd_denied, those whose fds could not be read; ns_unknown, those
+    whose namespace inode is still unknown at the end (a pin entered with setns may have
+    told it), as (pid, comm). Without the lists, the counts of ``stats``."""
     notes = []
     total = stats.processes
-    if stats.processes_fd_denied:
+    fd_count = stats.processes_fd_denied if fd_denied is None else len(fd_denied)
+    if fd_count:
+        notes.append(f"no pid attribution for {_who(fd_count, total, fd_denied or ())}: fds "
+                     + _missing(caps, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH))
+    ns_count = stats.processes_ns_denied if ns_unknown is None else len(ns_unknown)
+    if ns_count:
         notes.append(
-            f"pid attribution unavailable for {stats.processes_fd_denied} of {total} processes: "
-            + _missing(caps, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH))
-    if stats.processes_ns_denied:
-        notes.append(
-            f"namespace inode unreadable for {stats.processes_ns_denied} of {total} processes "
-            "(grouped by their /proc/<pid>/net identity instead): "
-            + _missing(caps, CAP_SYS_PTRACE))
+            f"netns inode unreadable for {_who(ns_count, total, ns_unknown or ())} "
+            "(grouped by /proc/<pid>/net instead): " + _missing(caps, CAP_SYS_PTRACE))
     if stats.pinned_unreadable:
         notes.append(
             f"{stats.pinned_unreadable} namespace(s) pinned only by a bind mount not read: "

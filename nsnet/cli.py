@@ -105,10 +105,28 @@ def _fraction(text: str) -> float:
 
 # ------------------------------------------------------------------------------ parser
 
+def _output_kind(text: str) -> str:
+    if text in ("wide", "json", "ndjson"):
+        return text
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or not all(n.replace("-", "").replace("_", "").isalnum() for n in names):
+        raise argparse.ArgumentTypeError(f"not wide, json, ndjson or COL,COL: {text!r}")
+    return ",".join(n.upper().replace("_", "-") for n in names)
+
+
 def _common(env: Mapping[str, str]) -> _Parser:
     """The options every command takes."""
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
+    common.add_argument("-o", "--output", type=_output_kind, metavar="wide|json|ndjson|COL,..",
+                        help="wide: nothing cut or hidden on a terminal; json: as --json; "
+                             "ndjson: one JSON object per line; COL,COL: these columns "
+                             "(sockets, deps, watch; the list is below)")
+    common.add_argument("--columns", type=_output_kind, metavar="COL,COL",
+                        help="these columns, in this order (as -o COL,COL)")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no warnings about what could not be seen (the exit status and "
+                             "--json's stats still say it)")
     common.add_argument("--proc", default=env.get("NSNET_PROC", SNAPSHOT.proc), metavar="PATH",
                         help="procfs to read (default: $NSNET_PROC or /proc; e.g. /host/proc in a container)")
     common.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -189,17 +207,49 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
                             "netns:PIN; or its inode)")
 
 
+COMMANDS = ("summary", "by-namespace", "by-user", "deps", "graph", "by-pod", "serve", "watch",
+            "sockets")
+WORDS = """words (the same in every table):
+  SERVICE     the server's end, ADDRESS:PORT (Connects to: theirs; Connected from: ours)
+  CLIENT      the address a connection to one of our services comes from
+  OTHER END   same netns | the other namespace's name (host, pod:NS/NAME, netns:PIN) |
+              off node (no namespace of this node has that address)
+  OPEN/CLOSED connections open now / closed recently (TIME_WAIT, FIN_WAIT...)
+  USERS       a user's name, else its uid; ? marks a guess (no process holds the socket)
+  KNOWN BY    holder, table-uid, listener, namespace-owner, namespace-owners? (a guess)"""
+
+
+def _epilog(columns: Sequence[str] = ()) -> str:
+    from .palette import legend_lines
+
+    parts = [WORDS, "colours (on a terminal; NO_COLOR or --color never turn them off):",
+             *legend_lines()]
+    if columns:
+        parts.append("columns for -o / --columns: " + ",".join(columns))
+    return "\n".join(parts)
+
+
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    from .report import EDGE_COLUMN_NAMES, SOCKET_COLUMN_NAMES
+
     common = _common(env)
     parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
-                     "its sockets, and the pids and users behind them.")
+                     "its sockets, and the pids and users behind them. Without a command: "
+                     "one line per namespace (nsnet summary).",
+                     epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    columns = {"sockets": SOCKET_COLUMN_NAMES, "deps": EDGE_COLUMN_NAMES,
+               "watch": EDGE_COLUMN_NAMES}
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        made: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help_text)
+        made: argparse.ArgumentParser = sub.add_parser(
+            name, parents=[common], help=help_text, epilog=_epilog(columns.get(name, ())),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
         return made
+
+    command("summary", "the node at a glance: one line per namespace (the default)")
 
     command("by-namespace", "every namespace: processes, listeners, connections").add_argument(
         "--netns", metavar="NAME|INODE",
@@ -234,12 +284,44 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
                            services=load_services(args.services))
 
 
+def _fields(args: argparse.Namespace) -> tuple[str, ...]:
+    """The columns chosen with -o COL,COL or --columns, checked against the command's."""
+    from .report import EDGE_COLUMN_NAMES, SOCKET_COLUMN_NAMES
+    from .table import unknown_columns
+
+    chosen = args.columns or (args.output if args.output not in (None, "wide", "json",
+                                                                  "ndjson") else None)
+    if chosen is None:
+        return ()
+    known = {"sockets": SOCKET_COLUMN_NAMES, "deps": EDGE_COLUMN_NAMES,
+             "watch": EDGE_COLUMN_NAMES}.get(args.command)
+    if known is None:
+        raise UsageError(f"nsnet {args.command} draws several tables: -o takes wide, json or "
+                         "ndjson here (a column choice is for sockets, deps and watch)")
+    names = tuple(chosen.split(","))
+    unknown = unknown_columns(names, known)
+    if unknown:
+        raise UsageError(f"unknown column {unknown[0]!r} for nsnet {args.command}; "
+                         f"one of {','.join(known)}")
+    return names
+
+
 def output_options(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> OutputOptions:
     # NO_COLOR beats even --color always here (the README's promise)
     color = use_color(out, args.color, no_color=env.get("NO_COLOR"), term=env.get("TERM")) \
         and not env.get("NO_COLOR")
-    return OutputOptions(json=args.json, ndjson=getattr(args, "ndjson", False), color=color,
-                         resolve=args.resolve, columns=forced_columns(env.get("COLUMNS")))
+    return OutputOptions(json=args.json or args.output == "json",
+                         ndjson=getattr(args, "ndjson", False) or args.output == "ndjson",
+                         color=color, resolve=args.resolve,
+                         columns=forced_columns(env.get("COLUMNS")),
+                         wide=args.output == "wide", fields=_fields(args), quiet=args.quiet)
+
+
+def renderer(output: OutputOptions, out: TextIO, doc: dict | None = None) -> report.Renderer:
+    """How a table is drawn on ``out``: -o wide and pipes get every cell whole."""
+    width = None if output.wide else terminal_width(out, output.columns)
+    return report.Renderer(width, output.color, output.resolve, columns=output.fields or None,
+                           user_names=(doc or {}).get("user_names"))
 
 
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
@@ -266,12 +348,24 @@ def _emit_json(doc: dict, out: TextIO) -> None:
     out.write("\n")
 
 
+# one object per line for each list of a view, in this order; the rest of the document last
+NDJSON_LISTS = (("namespaces", "namespace"), ("sockets", "socket"), ("users", "user"),
+                ("pods", "pod"), ("edges", "edge"))
+
+
 def _emit_ndjson(doc: dict, out: TextIO) -> None:
-    for ns in doc["namespaces"]:
-        out.write(json.dumps({"schema": doc["schema"], "type": "namespace", **ns}) + "\n")
-    for sock in doc["sockets"]:
-        out.write(json.dumps({"schema": doc["schema"], "type": "socket", **sock}) + "\n")
-    out.write(json.dumps({"schema": doc["schema"], "type": "stats", "stats": doc["stats"]}) + "\n")
+    schema = doc["schema"]
+    for key, kind in NDJSON_LISTS:
+        for item in doc.get(key, ()):
+            out.write(json.dumps({"schema": schema, "type": kind, **item}, ensure_ascii=True)
+                      + "\n")
+    rest = {k: v for k, v in doc.items() if k not in dict(NDJSON_LISTS) and k != "schema"}
+    if "stats" in rest and len(rest) == 1 + ("view" in rest):
+        out.write(json.dumps({"schema": schema, "type": "stats", "stats": doc["stats"]},
+                             ensure_ascii=True) + "\n")
+    else:
+        out.write(json.dumps({"schema": schema, "type": "document", **rest},
+                             ensure_ascii=True) + "\n")
 
 
 def _only_uid(args: argparse.Namespace) -> int | None:
@@ -334,9 +428,14 @@ def _why_empty(ns: Namespace | None) -> list[str]:
             + (ns.note or ns.error or "no task of it could be read") + ")"]
 
 
-def _warn(err: TextIO, lines: list[str]) -> None:
+def _warn(err: TextIO, lines: list[str], output: OutputOptions | None = None) -> None:
+    """One line each; on a terminal fitted to its width (the whole text is in --json's
+    stats.privileges); nothing with -q."""
+    if output is not None and output.quiet:
+        return
+    width = terminal_width(err, output.columns if output else None)
     for line in lines:
-        err.write(f"nsnet: warning: {printable(line)}\n")
+        err.write(report.fit_line(f"nsnet: warning: {line}", width) + "\n")
 
 
 def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
@@ -346,18 +445,18 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
     output = output_options(args, out, env)
     snap = take_snapshot(snapshot_options(args))
     doc = _snapshot_doc(args, snap, only_uid)   # a bad --netns/--pod: one error line, no more
-    _warn(err, snap.stats.warnings())
+    _warn(err, snap.stats.warnings(), output)
     if getattr(args, "netns", None) is not None:
-        _warn(err, _why_empty(_only_netns(args.netns, snap)))
+        _warn(err, _why_empty(_only_netns(args.netns, snap)), output)
     if output.ndjson:
         _emit_ndjson(doc, out)
     elif output.json:
         _emit_json(doc, out)
     else:
-        r = report.Renderer(terminal_width(out, output.columns), output.color, output.resolve)
         render = {"sockets": report.render_sockets, "by-namespace": report.render_by_namespace,
-                  "by-user": report.render_by_user, "by-pod": report.render_by_pod}[args.command]
-        text = render(doc, r)
+                  "by-user": report.render_by_user, "by-pod": report.render_by_pod,
+                  "summary": report.render_summary}[args.command]
+        text = render(doc, renderer(output, out, doc))
         out.write(text + ("\n" if text else ""))
     return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR
 
@@ -371,6 +470,8 @@ def _snapshot_doc(args: argparse.Namespace, snap: Snapshot, only_uid: int | None
         doc = views.sockets_view(snap, keep)
     elif args.command == "by-namespace":
         doc = views.by_namespace_view(snap, _only_netns(args.netns, snap))
+    elif args.command == "summary":
+        doc = views.summary_view(snap)
     elif args.command == "by-pod":
         only_pod = None
         if args.pod is not None:
@@ -388,12 +489,13 @@ def _edges_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapp
                    since: float | None, only_uid: int | None) -> int:
     from .services import load_services
 
+    output = output_options(args, out, env)
     if args.db:
         doc = _history(args.db, since, only_uid, load_services(args.services), args.confirmed)
     else:
         doc = _live_edges(snapshot_options(args), node_name(None, env), only_uid, err,
-                          args.confirmed)
-    return _print_edges(args, output_options(args, out, env), doc, out)
+                          args.confirmed, output)
+    return _print_edges(args, output, doc, out)
 
 
 def _history(db: str, since: float | None, uid: int | None, services: ServiceMap,
@@ -410,13 +512,13 @@ def _history(db: str, since: float | None, uid: int | None, services: ServiceMap
 
 
 def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO,
-                confirmed: bool) -> dict:
+                confirmed: bool, output: OutputOptions) -> dict:
     from .agent.edges import observe, state_of
     from .agent.history import deps_view
     from .snapshot import take_snapshot
 
     snap = take_snapshot(options)
-    _warn(err, snap.stats.warnings())
+    _warn(err, snap.stats.warnings(), output)
     now = round(time.time(), 3)
     rows = [(node, key, state_of(seen, now))
             for key, seen in observe(snap).items() if uid is None or key.uid == uid]
@@ -427,25 +529,27 @@ def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out
     from .agent.history import by_user_history
     from .graph import render as render_graph
 
-    if args.command == "graph":
-        out.write(render_graph(doc["edges"], args.format))
-    elif args.command == "by-user":
+    if args.command == "by-user":
         doc = by_user_history(doc)
-        if output.json:
-            _emit_json(doc, out)
-        else:
-            out.write(report.render_by_user_history(doc) + "\n")
+    if output.ndjson:
+        _emit_ndjson(doc, out)
     elif output.json:
         _emit_json(doc, out)
+    elif args.command == "graph":
+        out.write(render_graph(doc["edges"], args.format))
     else:
-        r = report.Renderer(terminal_width(out, output.columns), output.color, output.resolve)
-        text = report.render_deps(doc, r)
+        render = report.render_by_user_history if args.command == "by-user" \
+            else report.render_deps
+        text = render(doc, renderer(output, out, doc))
         out.write(text + ("\n" if text else ""))
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not any(a in COMMANDS for a in argv) and not {"-h", "--help", "--version"} & set(argv):
+        argv = ["summary", *argv]   # `nsnet` alone: the node at a glance, not an error
     try:
         args = build_parser().parse_args(argv)
         return run(args, out, err)

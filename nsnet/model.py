@@ -9,6 +9,7 @@ shows for /proc/<pid>/ns/net, or "procnet:<n>" when the inode could not be read.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------- namespace keys
@@ -291,6 +292,7 @@ class Stats:
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
 
     def warnings(self) -> list[str]:
+        """One line each: what this snapshot could not see, and why."""
         return list(self.privileges) + list(self.kubelet_errors) + (
             [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
 
@@ -309,3 +311,10 @@ class Snapshot:
     pods_of_netns: dict[str, list[str]] = field(default_factory=dict)
     # the operator's names for endpoints (SnapshotOptions.services), given when it is taken
     services: ServiceMap = NO_SERVICES
+
+
+def condition_of(warning: str) -> str:
+    """What a warning is about, without its counts and the processes it names: the agent
+    says a condition once, not again each time a count in it changes."""
+    head = warning.split(" for ", 1)[0] if " for " in warning else warning.split(": ", 1)[0]
+    return re.sub(r"\d+", "#", head)

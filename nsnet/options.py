@@ -35,6 +35,9 @@ class OutputOptions:
     color: bool = False                         # resolved: --color, NO_COLOR, TERM, a tty
     resolve: bool = False                       # service names for port numbers
     columns: int | None = None               # COLUMNS: a width forced by the user
+    wide: bool = False                          # -o wide: nothing cut, nothing hidden
+    fields: tuple[str, ...] = ()                # -o COL,COL / --columns: the columns chosen
+    quiet: bool = False                         # -q: no warnings
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,54 @@
 """Human output: the JSON views rendered as tables for a terminal or a pipe.
 
+One vocabulary in every table (the README's "Reading the tables" says it once):
+
+* SERVICE     the server's end of a connection, ADDRESS:PORT: what a client connects to. On
+              "Connects to" rows it is the other end; on "Connected from" rows it is ours.
+* CLIENT      the address a connection to one of our services comes from.
+* OTHER END   where the other end lives: ``same netns``, the name of another namespace of
+              this node (``host``, ``pod:NS/NAME``, ``netns:PIN``), or ``off node`` (no
+              namespace of this node has that address).
+* USERS       a user's name, else its uid, the same in every table and heading; ``?`` marks
+              a user nsnet inferred (no process holds the socket).
+* OPEN / CLOSED  connections open now / closed recently (TIME_WAIT and the other closing
+              states the kernel still keeps).
+
 Row order (documented in the README): namespaces host first, then by inode; sockets by
 namespace, protocol, listeners first, then local and remote endpoint; users by uid;
-connection groups by direction, then most connections first.
+connection groups most open connections first.
+
+What is never cut on a terminal (nsnet.table): endpoints, ports, states, names. Lists of pids
+and users become "first +count" when the table does not fit; command lines are cut last;
+columns that do not fit even then are hidden and the output says which (``-o wide`` shows
+everything).
 """
 from __future__ import annotations
 
 import socket as _socket
+import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from .palette import GUESS_STYLE, UNHELD_STYLE, address_style, state_style
 from .sanitize import SafeText, join_cmdline, printable
-from .table import Column, heading, render_table
+from .table import (
+    Column,
+    display_width,
+    heading,
+    paint,
+    render_table,
+    select_columns,
+    truncate,
+    wrap_text,
+)
 from .views import endpoint
 
-# Addresses are what the table is for: they keep "255.255.255.255:65535" whole, and the command
-# column shrinks -- or, on a narrow terminal, goes first (lowest priority is hidden first).
-ADDR_WIDTH = 21
-STATE_STYLE = {"LISTEN": "green", "ESTABLISHED": "cyan", "TIME_WAIT": "dim",
-               "CLOSE_WAIT": "yellow", "SYN_SENT": "yellow", "UNCONN": "blue"}
+GUESS_MARK = "?"
+GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
+                "owners; each is shown")
+DIRECTION = {"inbound": "in", "outbound": "out", "listening": "listen"}
+OTHER_END = {"local": "same netns", "external": "off node"}
 
 
 @lru_cache(maxsize=4096)
@@ -30,50 +60,120 @@ def _service(port: int, proto: str) -> str | None:
 
 
 class Renderer:
-    def __init__(self, width: int | None, color: bool, resolve: bool = False):
+    """How one command's output is drawn: the terminal's width (None: a pipe or ``-o wide``,
+    nothing cut), colour, port names, the columns chosen with ``-o``; and what it had to
+    leave out, said once at the end (:meth:`notes`)."""
+
+    def __init__(self, width: int | None, color: bool, resolve: bool = False, *,
+                 columns: Sequence[str] | None = None,
+                 user_names: dict[str, str | None] | None = None):
         self.width = width
         self.color = color
         self.resolve = resolve
+        self.columns = list(columns) if columns else None
+        self.user_names = user_names or {}
+        self.hidden: list[str] = []
 
+    # ------------------------------------------------------------------ cells
     def ep(self, addr: str | None, port: int | None, proto: str = "tcp") -> str:
         if addr is None:
             return ""
         if port is not None and self.resolve and proto in ("tcp", "udp"):
             name = _service(port, proto)
             if name:
-                return _named(addr, name)
+                return f"[{addr}]:{name}" if ":" in addr else f"{addr}:{name}"
         return endpoint(addr, port)
 
+    def user(self, uid: int | None) -> str:
+        """A user as every table shows it: its name, else its uid."""
+        if uid is None:
+            return "unknown"
+        return printable(self.user_names.get(str(uid)) or str(uid))
+
+    def users(self, uids: Sequence[int], guessed: bool | Sequence[int] = False) -> str:
+        """Users, each marked ? when it is a guess (all of them, or those listed)."""
+        return SafeText(",".join(
+            self.user(u) + (GUESS_MARK if guessed is True or (guessed and u in guessed) else "")
+            for u in uids))
+
+    def users_short(self, uids: Sequence[int], guessed: bool | Sequence[int] = False) -> str:
+        return _first_more(self.users(uids[:1], guessed), len(uids))
+
+    # ------------------------------------------------------------------ blocks
     def table(self, columns: list[Column], rows: list, **kw: Any) -> str:
-        return render_table(columns, rows, width=self.width, color=self.color, **kw)
+        if self.columns:
+            columns = select_columns(columns, self.columns)
+        return render_table(columns, rows, width=self.width, color=self.color,
+                            on_hidden=self._hidden, **kw)
+
+    def _hidden(self, titles: list[str]) -> None:
+        self.hidden.extend(t for t in titles if t not in self.hidden)
 
     def head(self, text: str) -> str:
-        return heading(text, self.color, width=self.width)
+        """A section heading; on a terminal a long one continues on the next lines, whole."""
+        if self.width is None or display_width(printable(text)) <= self.width:
+            return heading(text, self.color)
+        lines = wrap_text(printable(text), self.width)
+        return "\n".join(paint(line, "bold", self.color) for line in lines) + "\n" + \
+            "=" * self.width
+
+    def title(self, text: str) -> str:
+        """A table's title: the blank line before it is the caller's."""
+        return paint(text, "bold", self.color)
+
+    def facts(self, pairs: Sequence[tuple[str, str]], indent: str = "  ") -> list[str]:
+        """'label value' pairs on as few lines as the width allows, none cut."""
+        items = [f"{label} {value}" for label, value in pairs if value]
+        if self.width is None:
+            return [indent + "   ".join(items)] if items else []
+        lines: list[str] = []
+        line = ""
+        for item in items:
+            if line and display_width(line + "   " + item) <= self.width - len(indent):
+                line += "   " + item
+                continue
+            if line:
+                lines.append(indent + line)
+            pieces = wrap_text(item, max(self.width - len(indent), 8))
+            lines.extend(indent + p for p in pieces[:-1])
+            line = pieces[-1]
+        if line:
+            lines.append(indent + line)
+        return lines
+
+    def notes(self) -> list[str]:
+        """What the terminal had no room for: said once, after everything."""
+        if not self.hidden:
+            return []
+        return [f"(not shown at {self.width} columns: {', '.join(self.hidden)}; "
+                "-o wide shows every column)"]
 
 
-def _named(addr: str, name: str) -> str:
-    return f"[{addr}]:{name}" if ":" in addr else f"{addr}:{name}"
+def _first_more(first: str, count: int) -> str:
+    return SafeText(first + (f" +{count - 1}" if count > 1 else ""))
 
 
-def _pids(pids: list[int], limit: int = 6) -> str:
-    shown = ",".join(str(p) for p in pids[:limit])
-    return shown + (f",+{len(pids) - limit}" if len(pids) > limit else "")
+def _pids(pids: Sequence[int]) -> str:
+    return ",".join(str(p) for p in pids)
+
+
+def _pids_short(pids: Sequence[int]) -> str:
+    return _first_more(str(pids[0]), len(pids)) if pids else ""
 
 
 def _ns(inode: int | None, key: str = "") -> str:
     return str(inode) if inode is not None else key
 
 
+def _command(p: dict) -> str:
+    return join_cmdline(p["cmdline"]) if p["cmdline"] else printable(f"[{p['comm']}]")
+
+
 def _holders(doc: dict, procs: dict[int, dict]) -> str:
-    names = []
-    for pid in doc["pids"][:3]:
-        p = procs.get(pid)
-        if p is not None:
-            names.append(f"{pid}:" + (join_cmdline(p["cmdline"]) if p["cmdline"]
-                                       else printable(f"[{p['comm']}]")))
-    more = len(doc["pids"]) - len(names)
+    """'pid:command' of every holder (a pipe gets them all; a terminal cuts the cell)."""
+    names = [f"{pid}:" + _command(procs[pid]) for pid in doc["pids"] if pid in procs]
     # every piece is a pid or already escaped: mark the whole as safe, or it is escaped twice
-    return SafeText(" ".join(names) + (f" (+{more})" if more > 0 else ""))
+    return SafeText(" ".join(names))
 
 
 def pod_name(ref: dict) -> str:
@@ -83,9 +183,12 @@ def pod_name(ref: dict) -> str:
     return printable(f"pod:{ref['uid']}")
 
 
-def _pods(refs: list[dict], limit: int = 2) -> str:
-    shown = ",".join(pod_name(p) for p in refs[:limit])
-    return SafeText(shown + (f",+{len(refs) - limit}" if len(refs) > limit else ""))
+def _pods(refs: list[dict]) -> str:
+    return SafeText(",".join(pod_name(p) for p in refs))
+
+
+def _pods_short(refs: list[dict]) -> str:
+    return _first_more(pod_name(refs[0]), len(refs)) if refs else ""
 
 
 def _container(c: dict | None) -> str:
@@ -94,32 +197,28 @@ def _container(c: dict | None) -> str:
     return printable(c["name"]) if c.get("name") else c["id"][:12]
 
 
-GUESS_MARK = "?"
-GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
-                "owners; each is shown")
+def _proto(s: dict) -> str:
+    return s["proto"] + ("6" if s.get("family") == "inet6" else "")
 
 
-def _users(users: list[int], guessed: bool | list[int] = False) -> str:
-    """uids, each marked ? when it is a guess (all of them, or those listed)."""
-    return ",".join(str(u) + (GUESS_MARK if guessed is True or (guessed and u in guessed)
-                              else "") for u in users)
-
-
-def _peer(s: dict) -> str:
-    """local, external, or the name of the namespace at the other end (node:<inode> when it
-    has none in this document)."""
-    if s["peer"] == "node":
-        return printable(s.get("peer_netns_name") or f"node:{s['peer_netns'] or '?'}")
-    return s["peer"] or ""
-
-
-def _names(names: list[str | None]) -> str:
+def _names(names: Sequence[str | None]) -> str:
     return printable(",".join(n for n in names if n))
 
 
-def _legend(out: list[str], guessed: bool) -> None:
-    if guessed:
-        out.append(GUESS_LEGEND)
+def other_end(peer: str | None, names: Sequence[str | None]) -> str:
+    """same netns, the other namespace's name, or off node (see the module docstring)."""
+    if peer == "node":
+        return _names(names) or "this node, netns unknown"
+    return OTHER_END.get(peer or "", peer or "")
+
+
+def _socket_other_end(s: dict) -> str:
+    name = s.get("peer_netns_name") or (f"netns:{s['peer_netns']}" if s["peer_netns"] else None)
+    return other_end(s["peer"], [name])
+
+
+def _group_other_end(g: dict) -> str:
+    return other_end(g["peer"], g.get("peer_names") or [])
 
 
 def _with_service(endpoint_text: str, doc: dict) -> str:
@@ -128,141 +227,49 @@ def _with_service(endpoint_text: str, doc: dict) -> str:
     return f"{endpoint_text} ({printable(name)})" if name else endpoint_text
 
 
-def render_sockets(doc: dict, r: Renderer) -> str:
-    procs = {p["pid"]: p for p in doc["processes"]}
-    cols = [
-        Column("NETNS", lambda s: printable(s.get("netns_name") or _ns(s["netns"], s["netns_key"])),
-               shrink=True, min_width=10),
-        Column("PROTO", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
-        Column("STATE", "state", style=lambda s: STATE_STYLE.get(s["state"])),
-        Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
-               else r.ep(s["local_addr"], s["local_port"], s["proto"]), shrink=True, min_width=ADDR_WIDTH),
-        Column("REMOTE", lambda s: "" if s["proto"] == "unix"
-               else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), shrink=True,
-               min_width=ADDR_WIDTH),
-        Column("DIR", lambda s: s["direction"] or "", priority=2),
-        Column("PEER", _peer, shrink=True, min_width=8, priority=3),
-        Column("USERS", lambda s: _users(s["users"], s["guess"])),
-        Column("PIDS", lambda s: _pids(s["pids"])),
-        *([Column("POD", lambda s: _pods(s["pods"]), shrink=True, min_width=12, priority=2)]
-          if any(s["pods"] for s in doc["sockets"]) else []),
-        Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=16, priority=1),
-    ]
-    out = [r.table(cols, doc["sockets"], row_style=lambda s: None if s["pids"] else "dim")]
-    stats = doc["stats"]
-    states = [s["connection"] for s in doc["sockets"]]
-    out.append(f"{len(doc['sockets'])} sockets shown ({states.count('open')} open connections, "
-               f"{states.count('closed')} closed recently), of {stats['sockets']} in "
-               f"{stats['namespaces']} namespaces")
-    _legend(out, any(s["guess"] for s in doc["sockets"]))
-    return "\n".join(out)
+def _legend(out: list[str], guessed: bool) -> None:
+    if guessed:
+        out.append(GUESS_LEGEND)
 
 
-def _ns_title(ns: dict) -> str:
-    name = ns.get("name") or _ns(ns["inode"], ns["key"])
-    parts = [f"netns {printable(name)}"]
-    if ns["inode"] is not None and name != f"netns:{ns['inode']}":
-        parts.append(f"inode {ns['inode']}")
-    if ns["host"]:
-        parts.append("(host)")
-    parts.append("found by " + ", ".join(ns["found_by"]))
-    if ns["pinned"]:
-        parts.append("pinned at " + ", ".join(printable(p) for p in ns["pinned"]))
-    owners = [f"{u}({printable(ns['owner_names'][str(u)])})" if ns["owner_names"].get(str(u))
-              else str(u) for u in ns["owners"]]
-    parts.append("owners " + (",".join(owners) if owners else "none"))
-    if ns.get("pods"):
-        parts.append("pods " + _pods(ns["pods"], limit=4))
-    return SafeText("  ".join(parts))   # pieces are numbers, fixed words or escaped text
+def _finish(out: list[str], r: Renderer) -> str:
+    text = "\n".join(out).rstrip("\n")
+    notes = r.notes()
+    return text + ("\n" + "\n".join(notes) if notes and text else "\n".join(notes))
 
 
-def _connection_cols(r: Renderer) -> list[Column]:
-    return [
-        Column("DIR", "direction"),
-        Column("PROTO", "proto"),
-        Column("SERVICE", lambda g: _with_service(
-            r.ep(g["peer_addr"], g["peer_port"], g["proto"]) if g["direction"] == "outbound"
-            else r.ep(g["local_addr"], g["local_port"], g["proto"]), g), shrink=True,
-            min_width=12),
-        Column("PEER", lambda g: "" if g["direction"] == "outbound" else g["peer_addr"],
-               shrink=True, min_width=8),
-        Column("OPEN", "count", align="right"),
-        Column("CLOSED", "closed", align="right"),
-        Column("STATES", lambda g: ",".join(f"{k}:{v}" for k, v in g["states"].items()),
-               shrink=True, min_width=8),
-        Column("PEER NETNS", _scope, shrink=True, min_width=8),
-        Column("USERS", lambda g: _users(g["users"], g["guessed_users"])),
-        Column("PIDS", lambda g: _pids(g["pids"])),
-    ]
+def _ep_column(title: str, r: Renderer, addr: Callable[[dict], str | None],
+               port: Callable[[dict], int | None], *, exposed: Callable[[dict], bool],
+               with_service: bool = False, **kw: Any) -> Column:
+    """An endpoint column: never cut (wraps whole on a tiny terminal), coloured by the
+    address's class (nsnet.palette)."""
+    def text(row: dict) -> str:
+        shown = r.ep(addr(row), port(row), row["proto"])
+        return _with_service(shown, row) if with_service else shown
+    return Column(title, text, wrap=True, min_width=kw.pop("min_width", 21),
+                  style=lambda row: address_style(addr(row), exposed(row)), **kw)
 
 
-def _scope(g: dict) -> str:
-    """Where the other end is: local, external, or the peer namespaces' names."""
-    if g["peer"] == "node" and g.get("peer_names"):
-        return _names(g["peer_names"])
-    return g["peer"] or ""
+def _users_column(title: str, r: Renderer, users: Callable[[dict], list[int]],
+                  guessed: Callable[[dict], bool | list[int]], **kw: Any) -> Column:
+    return Column(title, lambda g: r.users(users(g), guessed(g)),
+                  short=lambda g: r.users_short(users(g), guessed(g)),
+                  style=lambda g: GUESS_STYLE if guessed(g) else None, wrap=True,
+                  min_width=8, **kw)
 
 
-def render_by_namespace(doc: dict, r: Renderer) -> str:
-    out = []
-    for ns in doc["namespaces"]:
-        out.append(r.head(_ns_title(ns)))
-        if ns.get("note"):
-            out.append(f"  {printable(ns['note'])}")
-        if ns["error"]:
-            out.append(f"  tables not read: {printable(ns['error'])}")
-        if ns["processes"]:
-            out.append(r.table([
-                Column("PID", "pid", align="right"), Column("PPID", "ppid", align="right"),
-                Column("UID", "uid", align="right"),
-                Column("USER", lambda p: printable(p["user"] or "")),
-                Column("ROLE", lambda p: "sandbox" if p["sandbox"] else ""),
-                *([Column("CONTAINER", lambda p: _container(p["container"]), shrink=True,
-                          min_width=8, priority=2)]
-                  if any(p["container"] for p in ns["processes"]) else []),
-                Column("COMMAND", lambda p: join_cmdline(p["cmdline"]) if p["cmdline"]
-                       else printable(f"[{p['comm']}]"), shrink=True, min_width=10),
-            ], ns["processes"]))
-        if ns["threads"]:
-            out.append("  threads living here: " + ", ".join(
-                f"tid {t['tid']} of pid {t['pid']}" for t in ns["threads"]))
-        listening = ns["listening"] + ns["unix_listening"]
-        if listening:
-            out.append(r.table([
-                Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
-                Column("ADDRESS", lambda s: printable(s["addr"]) if s["proto"] == "unix"
-                       else r.ep(s["addr"], s["port"], s["proto"]), shrink=True, min_width=12),
-                Column("PIDS", lambda s: _pids(s["pids"])),
-                Column("COMMAND", lambda s: _holders(s, {p["pid"]: p for p in s["processes"]}),
-                       shrink=True, min_width=10),
-            ], listening))
-        if ns["connections"]:
-            out.append(r.table(_connection_cols(r), ns["connections"]))
-            _legend(out, any(g["guessed_users"] for g in ns["connections"]))
-        counts = "; ".join(f"{proto}: " + ", ".join(f"{st} {n}" for st, n in states.items())
-                           for proto, states in ns["counts"].items())
-        out.append(f"  {ns['sockets']} sockets" + (f" ({counts})" if counts else ""))
-        out.append("")
-    return "\n".join(out).rstrip("\n")
+def _pids_column(key: str = "pids", **kw: Any) -> Column:
+    return Column("PIDS", lambda row: _pids(row[key]), short=lambda row: _pids_short(row[key]),
+                  wrap=True, min_width=8, **kw)
 
 
-def _group_columns(netns_title: str, groups: list[dict]) -> list[Column]:
-    """What the by-user and by-pod tables show of a connection group after its endpoint."""
-    pods = any(g["pods"] or g["peer_pods"] for g in groups)
-    return [
-        Column("OPEN", "count", align="right"),
-        Column("CLOSED", "closed", align="right"),
-        Column("PEER NETNS", _scope, shrink=True, min_width=8),
-        Column("PEER USERS", lambda g: ",".join(str(x) for x in g["peer_users"])),
-        *([Column("PEER PODS", lambda g: _pods(g["peer_pods"]), shrink=True, min_width=10),
-           Column("PODS", lambda g: _pods(g["pods"]), shrink=True, min_width=10, priority=2)]
-          if pods else []),
-        Column(netns_title, lambda g: _names(g.get("netns_names") or
-                                             [str(n) for n in g["netns"]]),
-               shrink=True, min_width=8),
-        Column("KNOWN BY", _known_by, shrink=True, min_width=6, priority=2),
-        Column("PIDS", lambda g: _pids(g["pids"])),
-    ]
+def _counts_columns() -> list[Column]:
+    return [Column("OPEN", "count", align="right"), Column("CLOSED", "closed", align="right")]
+
+
+def _states_column() -> Column:
+    return Column("STATES", lambda g: ",".join(f"{k}:{v}" for k, v in g["states"].items()),
+                  wrap=True, min_width=14, priority=2)
 
 
 def _known_by(g: dict) -> str:
@@ -271,106 +278,316 @@ def _known_by(g: dict) -> str:
                     for kind in g["attribution"])
 
 
-def _dependency_tables(doc: dict, r: Renderer) -> list[str]:
-    """Listeners, what it connects to and who connects to it: by-user's and by-pod's tables."""
-    out = []
-    if doc["listening"]:
-        out.append(r.table([
-            Column("LISTEN", lambda s: s["proto"] + ("6" if s["family"] == "inet6" else "")),
-            Column("ADDRESS", lambda s: _with_service(r.ep(s["addr"], s["port"], s["proto"]), s),
-                   shrink=True),
-            Column("NETNS", lambda s: _ns(s["netns"]), align="right"),
-            Column("PIDS", lambda s: _pids(s["pids"])),
-        ], doc["listening"]))
-    if doc["connects_to"]:
-        out.append(r.table([
-            Column("CONNECTS TO", lambda g: _with_service(
-                r.ep(g["peer_addr"], g["peer_port"], g["proto"]), g), shrink=True, min_width=12),
-            Column("PROTO", "proto"),
-            *_group_columns("FROM NETNS", doc["connects_to"]),
-        ], doc["connects_to"]))
-    if doc["connected_from"]:
-        out.append(r.table([
-            Column("CONNECTED FROM", lambda g: g["peer_addr"], shrink=True, min_width=8),
-            Column("TO", lambda g: _with_service(
-                r.ep(g["local_addr"], g["local_port"], g["proto"]), g), shrink=True, min_width=12),
-            *_group_columns("NETNS", doc["connected_from"]),
-        ], doc["connected_from"]))
-    _legend(out, any(g["guessed_users"] for g in doc["connects_to"] + doc["connected_from"]))
-    return out
+# ---------------------------------------------------------------------------- sockets
 
-
-def render_by_user(doc: dict, r: Renderer) -> str:
-    out = []
-    for u in doc["users"]:
-        name = f" ({printable(u['name'])})" if u["name"] else ""
-        owns = ",".join(u.get("namespace_names") or
-                        [str(n) if n is not None else k
-                         for n, k in zip(u["namespaces"], u["namespace_keys"], strict=True)]) \
-            or "none"
-        pods = f"  pods {_pods(u['pods'], limit=4)}" if u.get("pods") else ""
-        out.append(r.head(SafeText(f"uid {u['uid']}{name}  owns netns {printable(owns)}  "
-                                   f"processes {len(u['processes'])}  sockets {u['sockets']}"
-                                   + pods)))
-        out.extend(_dependency_tables(u, r))
-        out.append("")
-    return "\n".join(out).rstrip("\n")
-
-
-def render_by_pod(doc: dict, r: Renderer) -> str:
-    out = []
-    for pod in doc["pods"]:
-        parts = [f"pod {pod_name(pod)}", printable(f"uid {pod['uid']}")]
-        if pod["qos"]:
-            parts.append(printable(f"qos {pod['qos']}"))
-        parts.append("hostNetwork" if pod["host_network"] else
-                     "netns " + (",".join(str(n) for n in pod["netns"]) or "?"))
-        parts.append("owners " + (",".join(str(u) for u in pod["owners"]) or "none"))
-        out.append(r.head(SafeText("  ".join(parts))))
-        if pod["containers"]:
-            out.append(r.table([
-                Column("CONTAINER", lambda c: printable(c["name"]) if c["name"]
-                       else ("(sandbox)" if c["sandbox"] else "?"), shrink=True, min_width=8),
-                Column("ID", lambda c: c["id"][:12]),
-                Column("RUNTIME", lambda c: c["runtime"] or ""),
-                Column("ROLE", lambda c: "sandbox" if c["sandbox"] else ""),
-                Column("USERS", lambda c: ",".join(str(u) for u in c["users"])),
-                Column("PIDS", lambda c: _pids(c["pids"])),
-            ], pod["containers"]))
-        out.extend(_dependency_tables(pod, r))
-        out.append(f"  {pod['sockets']} sockets")
-        out.append("")
-    if not doc["pods"]:
-        out.append("no pods found (no process in a kubelet pod cgroup)")
-    return "\n".join(out).rstrip("\n")
-
-
-def _when(ts: float) -> str:
-    import time as _time
-    return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(ts))
-
-
-def _edge_columns(r: Renderer, live: bool = True) -> list[Column]:
+def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[Column]:
+    """The columns of `nsnet sockets` (``-o`` chooses among them by name)."""
     return [
-        Column("DIR", "direction"),
-        Column("PROTO", "proto"),
-        Column("SERVICE", lambda e: _with_service(r.ep(e["peer_addr"], e["port"], e["proto"]), e)
-               if e["direction"] == "outbound" else f"port {e['port']} from {e['peer_addr']}",
-               shrink=True, min_width=14),
-        *([Column("OPEN", lambda e: e["open"], align="right"),
-           Column("CLOSED", lambda e: e["closed_recently"], align="right")]
-          if live else []),
-        Column("MAX", "max_concurrent", align="right"),
-        Column("SAMPLES", "samples", align="right"),
-        Column("KNOWN BY", lambda e: (e["evidence"] or "unknown")
-               + (GUESS_MARK if e["guess"] else ""), priority=2),
-        Column("FIRST SEEN", lambda e: _when(e["first_seen"]), priority=2),
-        Column("LAST SEEN", lambda e: _when(e["last_seen"]), priority=1),
-        Column("NODE", lambda e: printable(e["node"]), priority=3),
+        *([Column("NETNS", lambda s: printable(s.get("netns_name") or
+                                               _ns(s["netns"], s["netns_key"])), wrap=True,
+                  min_width=10)] if netns else []),
+        Column("PROTO", _proto),
+        Column("STATE", "state", style=lambda s: state_style(s["state"])),
+        Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
+               else _with_service(r.ep(s["local_addr"], s["local_port"], s["proto"]), s)
+               if s["direction"] == "listening"
+               else r.ep(s["local_addr"], s["local_port"], s["proto"]),
+               wrap=True, min_width=21,
+               style=lambda s: address_style(s["local_addr"], s["direction"] == "listening")),
+        Column("REMOTE", lambda s: "" if s["proto"] == "unix" or s["direction"] == "listening"
+               else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), wrap=True,
+               min_width=21,
+               style=lambda s: address_style(s["remote_addr"], s["peer"] == "external")),
+        Column("DIR", lambda s: DIRECTION.get(s["direction"] or "", ""), priority=4),
+        Column("OTHER END", _socket_other_end, wrap=True, min_width=10, priority=2),
+        _users_column("USERS", r, lambda s: s["users"], lambda s: s["guess"]),
+        _pids_column(),
+        Column("INODE", "inode", align="right", priority=0),
+        Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=16,
+               priority=1),
     ]
 
 
-def edge_user(e: dict) -> str:
+SOCKET_COLUMN_NAMES = [c.name for c in socket_columns(Renderer(None, False), {}, netns=True)]
+
+
+def render_sockets(doc: dict, r: Renderer) -> str:
+    """One table per namespace, under its name; with ``-o`` naming NETNS, one flat table."""
+    procs = {p["pid"]: p for p in doc["processes"]}
+    unheld = {"row_style": lambda s: None if s["pids"] else UNHELD_STYLE}
+    out: list[str] = []
+    flat = r.columns is not None and "NETNS" in (c.upper() for c in r.columns)
+    if flat:
+        out.append(r.table(socket_columns(r, procs, netns=True), doc["sockets"], **unheld))
+    else:
+        names = {ns["key"]: ns for ns in doc["namespaces"]}
+        groups: dict[str, list[dict]] = {}
+        for s in doc["sockets"]:
+            groups.setdefault(s["netns_key"], []).append(s)
+        cols = socket_columns(r, procs, netns=False)
+        if r.columns is None:
+            cols = [c for c in cols if c.name != "INODE"]   # -o INODE asks for it
+        for key, socks in groups.items():
+            ns = names.get(key)
+            out.append(r.head(SafeText(f"{_ns_label(ns, key)}  {len(socks)} sockets")))
+            out.append(r.table(cols, socks, **unheld))
+            out.append("")
+    out.append(_socket_summary(doc))
+    _legend(out, any(s["guess"] for s in doc["sockets"]))
+    return _finish(out, r)
+
+
+def _ns_label(ns: dict | None, key: str) -> str:
+    if ns is None:
+        return printable(f"netns {key}")
+    name = printable(ns.get("name") or _ns(ns["inode"], ns["key"]))
+    inode = f"  inode {ns['inode']}" if ns["inode"] is not None and \
+        name != f"netns:{ns['inode']}" else ""
+    return f"netns {name}{inode}"
+
+
+def _socket_summary(doc: dict) -> str:
+    stats = doc["stats"]
+    states = [s["connection"] for s in doc["sockets"]]
+    return (f"{len(doc['sockets'])} sockets shown ({states.count('open')} open connections, "
+            f"{states.count('closed')} closed recently), of {stats['sockets']} in "
+            f"{stats['namespaces']} namespaces")
+
+
+# ---------------------------------------------------------------------------- by-namespace
+
+def _owners(r: Renderer, uids: Sequence[int]) -> str:
+    return r.users(uids) or "none"
+
+
+def _ns_facts(ns: dict, r: Renderer) -> list[tuple[str, str]]:
+    return [("owners", _owners(r, ns["owners"])),
+            ("pods", _pods(ns.get("pods") or [])),
+            ("pinned at", ", ".join(printable(p) for p in ns["pinned"])),
+            ("found by", ", ".join(ns["found_by"]))]
+
+
+def _process_columns(r: Renderer, processes: list[dict]) -> list[Column]:
+    return [
+        Column("PID", "pid", align="right"), Column("PPID", "ppid", align="right"),
+        Column("USER", lambda p: r.user(p["uid"])),
+        Column("ROLE", lambda p: "sandbox" if p["sandbox"] else ""),
+        *([Column("CONTAINER", lambda p: _container(p["container"]), wrap=True, min_width=8,
+                  priority=3)]
+          if any(p["container"] for p in processes) else []),
+        Column("COMMAND", _command, shrink=True, min_width=10),
+    ]
+
+
+def _listening_table(r: Renderer, listening: list[dict], *, netns: bool = False) -> str:
+    return r.table([
+        Column("PROTO", _proto),
+        Column("ADDRESS", lambda s: printable(s["addr"]) if s["proto"] == "unix"
+               else _with_service(r.ep(s["addr"], s["port"], s["proto"]), s), wrap=True,
+               min_width=21, style=lambda s: address_style(s["addr"], True)),
+        *([Column("NETNS", lambda s: printable(s.get("netns_name") or _ns(s["netns"])),
+                  wrap=True, min_width=10)] if netns else []),
+        _users_column("USERS", r, lambda s: s["users"], lambda s: False),
+        _pids_column(),
+        Column("COMMAND", lambda s: _holders(s, {p["pid"]: p for p in s["processes"]}),
+               shrink=True, min_width=10, priority=1),
+    ], listening)
+
+
+def _connects_to_columns(r: Renderer, groups: list[dict], *, from_netns: bool,
+                         served_by: bool) -> list[Column]:
+    pods = any(g["peer_pods"] for g in groups)
+    return [
+        _ep_column("SERVICE", r, lambda g: g["peer_addr"], lambda g: g["peer_port"],
+                   exposed=lambda g: g["peer"] == "external", with_service=True),
+        Column("PROTO", "proto"),
+        *_counts_columns(),
+        _states_column(),
+        Column("OTHER END", _group_other_end, wrap=True, min_width=10),
+        *([_users_column("SERVED BY", r, lambda g: g["peer_users"], lambda g: False,
+                         priority=3)] if served_by else []),
+        *([Column("SERVING PODS", lambda g: _pods(g["peer_pods"]),
+                  short=lambda g: _pods_short(g["peer_pods"]), wrap=True, min_width=10,
+                  priority=3)] if served_by and pods else []),
+        *([Column("FROM NETNS", lambda g: _names(g["netns_names"]), wrap=True, min_width=10)]
+          if from_netns else []),
+        _users_column("USERS", r, lambda g: g["users"], lambda g: g["guessed_users"]),
+        Column("KNOWN BY", _known_by, wrap=True, min_width=8, priority=1),
+        _pids_column(priority=5),
+    ]
+
+
+def _connected_from_columns(r: Renderer, groups: list[dict], *, netns: bool,
+                            clients: bool) -> list[Column]:
+    pods = any(g["peer_pods"] for g in groups)
+    return [
+        _ep_column("CLIENT", r, lambda g: g["peer_addr"], lambda g: None,
+                   exposed=lambda g: g["peer"] == "external", min_width=15),
+        _ep_column("SERVICE", r, lambda g: g["local_addr"], lambda g: g["local_port"],
+                   exposed=lambda g: False, with_service=True),
+        Column("PROTO", "proto"),
+        *_counts_columns(),
+        _states_column(),
+        Column("OTHER END", _group_other_end, wrap=True, min_width=10),
+        *([_users_column("CLIENT USERS", r, lambda g: g["peer_users"], lambda g: False,
+                         priority=3)] if clients else []),
+        *([Column("CLIENT PODS", lambda g: _pods(g["peer_pods"]),
+                  short=lambda g: _pods_short(g["peer_pods"]), wrap=True, min_width=10,
+                  priority=3)] if clients and pods else []),
+        *([Column("NETNS", lambda g: _names(g["netns_names"]), wrap=True, min_width=10)]
+          if netns else []),
+        _users_column("USERS", r, lambda g: g["users"], lambda g: g["guessed_users"]),
+        Column("KNOWN BY", _known_by, wrap=True, min_width=8, priority=1),
+        _pids_column(priority=5),
+    ]
+
+
+def _connection_tables(r: Renderer, groups: list[dict], *, own_netns: Sequence[str] | None,
+                       peers: bool) -> list[str]:
+    """'Connects to' and 'Connected from', each with its title and a blank line before it.
+    own_netns: the namespaces the heading already names (their column is left out when
+    every row is in them); peers: show the users and pods at the other end."""
+    out: list[str] = []
+    outbound = [g for g in groups if g["direction"] == "outbound"]
+    inbound = [g for g in groups if g["direction"] == "inbound"]
+
+    def elsewhere(rows: list[dict]) -> bool:
+        return own_netns is not None and any(set(g["netns_names"]) - set(own_netns)
+                                             for g in rows)
+    if outbound:
+        out += ["", r.title("Connects to"),
+                r.table(_connects_to_columns(r, outbound, from_netns=elsewhere(outbound),
+                                             served_by=peers), outbound)]
+    if inbound:
+        out += ["", r.title("Connected from"),
+                r.table(_connected_from_columns(r, inbound, netns=elsewhere(inbound),
+                                                clients=peers), inbound)]
+    _legend(out, any(g["guessed_users"] for g in groups))
+    return out
+
+
+def render_by_namespace(doc: dict, r: Renderer) -> str:
+    out: list[str] = []
+    for ns in doc["namespaces"]:
+        out.append(r.head(SafeText(_ns_label(ns, ns["key"]) + ("  (host)" if ns["host"]
+                                                                else ""))))
+        out.extend(r.facts(_ns_facts(ns, r)))
+        if ns.get("note"):
+            out.append(f"  {printable(ns['note'])}")
+        if ns["error"]:
+            out.append(f"  tables not read: {printable(ns['error'])}")
+        if ns["processes"]:
+            out += ["", r.title("Processes"),
+                    r.table(_process_columns(r, ns["processes"]), ns["processes"])]
+        if ns["threads"]:
+            out.append("  threads living here: " + ", ".join(
+                f"tid {t['tid']} of pid {t['pid']}" for t in ns["threads"]))
+        listening = ns["listening"] + ns["unix_listening"]
+        if listening:
+            out += ["", r.title("Listening"), _listening_table(r, listening)]
+        out.extend(_connection_tables(r, ns["connections"], own_netns=None, peers=False))
+        counts = "; ".join(f"{proto}: " + ", ".join(f"{st} {n}" for st, n in states.items())
+                           for proto, states in ns["counts"].items())
+        out += ["", f"{ns['sockets']} sockets" + (f" ({counts})" if counts else ""), ""]
+    return _finish(out, r)
+
+
+# ---------------------------------------------------------------------------- by-user, by-pod
+
+def render_by_user(doc: dict, r: Renderer) -> str:
+    out: list[str] = []
+    for u in doc["users"]:
+        label = f"user {printable(u['name'])} (uid {u['uid']})" if u["name"] \
+            else f"user {u['uid']}"
+        owns = u.get("namespace_names") or [
+            str(n) if n is not None else k
+            for n, k in zip(u["namespaces"], u["namespace_keys"], strict=True)]
+        out.append(r.head(SafeText(label)))
+        out.extend(r.facts([("owns", printable(", ".join(owns)) or "no namespace"),
+                            ("pods", _pods(u.get("pods") or [])),
+                            ("processes", str(len(u["processes"]))),
+                            ("sockets", str(u["sockets"]))]))
+        if u["listening"]:
+            out += ["", r.title("Listening"),
+                    _listening_table(r, u["listening"], netns=len(owns) != 1)]
+        out.extend(_connection_tables(r, u["connects_to"] + u["connected_from"],
+                                      own_netns=owns, peers=True))
+        out.append("")
+    return _finish(out, r)
+
+
+def render_by_pod(doc: dict, r: Renderer) -> str:
+    out: list[str] = []
+    for pod in doc["pods"]:
+        out.append(r.head(SafeText(f"pod {pod_name(pod)}")))
+        netns = "hostNetwork" if pod["host_network"] else \
+            ",".join(str(n) for n in pod["netns"]) or "?"
+        out.extend(r.facts([("uid", printable(pod["uid"])), ("qos", printable(pod["qos"] or "")),
+                            ("netns", netns), ("owners", _owners(r, pod["owners"])),
+                            ("sockets", str(pod["sockets"]))]))
+        if pod["containers"]:
+            out += ["", r.title("Containers"), r.table([
+                Column("CONTAINER", lambda c: printable(c["name"]) if c["name"]
+                       else ("(sandbox)" if c["sandbox"] else "?"), wrap=True, min_width=8),
+                Column("ID", lambda c: c["id"][:12]),
+                Column("RUNTIME", lambda c: c["runtime"] or "", priority=1),
+                Column("ROLE", lambda c: "sandbox" if c["sandbox"] else ""),
+                _users_column("USERS", r, lambda c: c["users"], lambda c: False),
+                _pids_column(),
+            ], pod["containers"])]
+        if pod["listening"]:
+            out += ["", r.title("Listening"), _listening_table(r, pod["listening"])]
+        own = [f"pod:{pod['namespace']}/{pod['name']}"] if pod.get("name") else None
+        out.extend(_connection_tables(r, pod["connects_to"] + pod["connected_from"],
+                                      own_netns=own, peers=True))
+        out.append("")
+    if not doc["pods"]:
+        out.append("no pods found (no process in a kubelet pod cgroup)")
+    return _finish(out, r)
+
+
+# ---------------------------------------------------------------------------- summary
+
+def render_summary(doc: dict, r: Renderer) -> str:
+    """`nsnet` with no command: one row per namespace, then what to type next."""
+    rows = doc["namespaces"]
+    stats = doc["stats"]
+    opened = sum(n["open"] for n in rows)
+    out = [r.head(f"{len(rows)} network namespaces, {doc['processes']} processes, "
+                  f"{doc['pods']} pods, {stats['sockets']} sockets, {opened} open connections"),
+           r.table([
+               Column("NETNS", lambda n: printable(n["name"] or n["key"]), wrap=True,
+                      min_width=12),
+               Column("INODE", lambda n: n["inode"] if n["inode"] is not None else "?",
+                      align="right", priority=2),
+               Column("OWNERS", lambda n: r.users(n["owners"]),
+                      short=lambda n: r.users_short(n["owners"]), wrap=True, min_width=8),
+               Column("PROCS", "processes", align="right"),
+               Column("LISTEN", "listening", align="right"),
+               Column("OPEN", "open", align="right"),
+               Column("CLOSED", "closed", align="right"),
+               Column("SOCKETS", lambda n: n["sockets"] if n["tables_read"] else "unread",
+                      align="right"),
+               Column("PID", "pid", align="right", priority=1),
+               Column("COMMAND", lambda n: join_cmdline(n["command"]), shrink=True,
+                      min_width=10, priority=1),
+           ], rows, row_style=lambda n: None if n["tables_read"] else UNHELD_STYLE),
+           "",
+           "nsnet by-namespace   processes, listeners, connections of each namespace",
+           "nsnet by-user        who talks to whom, per user   (by-pod: per Kubernetes pod)",
+           "nsnet sockets        every socket, like ss -tuanp for the whole node",
+           "nsnet deps | graph | watch | serve      dependency edges, map, live view, agent",
+           "nsnet COMMAND --help for its options; -o wide: nothing cut; --json: a document"]
+    return _finish(out, r)
+
+
+# ---------------------------------------------------------------------------- edges
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def edge_user(e: dict, r: Renderer | None = None) -> str:
     """The user of an edge: its name, else its uid, else `unknown` (nothing attributes the
     connection: the host's namespace, where many users live); a guess marked."""
     if e["uid"] is None:
@@ -378,31 +595,77 @@ def edge_user(e: dict) -> str:
     return printable(e["user"] or str(e["uid"])) + (GUESS_MARK if e["guess"] else "")
 
 
+def edge_columns(r: Renderer, direction: str, live: bool) -> list[Column]:
+    """The columns of `nsnet deps` (and watch): outbound edges name the service connected
+    to, inbound ones the client and our port."""
+    where = Column("WHERE" if direction == "outbound" else "NETNS",
+                   lambda e: printable(e["where"]), wrap=True, min_width=10)
+    if direction == "outbound":
+        ends = [where, _ep_column("SERVICE", r, lambda e: e["peer_addr"], lambda e: e["port"],
+                                  exposed=lambda e: False, with_service=True)]
+    else:
+        ends = [_ep_column("CLIENT", r, lambda e: e["peer_addr"], lambda e: None,
+                           exposed=lambda e: False, min_width=15),
+                Column("PORT", lambda e: e["port"], align="right"), where]
+    return [
+        Column("USER", edge_user, style=lambda e: GUESS_STYLE if e["guess"] else None),
+        *ends,
+        Column("PROTO", "proto"),
+        *([Column("OPEN", lambda e: e["open"], align="right"),
+           Column("CLOSED", lambda e: e["closed_recently"], align="right")] if live else []),
+        Column("MAX", "max_concurrent", align="right", priority=3),
+        Column("SAMPLES", "samples", align="right", priority=2),
+        Column("KNOWN BY", lambda e: (e["evidence"] or "unknown")
+               + (GUESS_MARK if e["guess"] else ""), priority=4),
+        Column("FIRST SEEN", lambda e: _when(e["first_seen"]), priority=1),
+        Column("LAST SEEN", lambda e: _when(e["last_seen"]), priority=2),
+        Column("NODE", lambda e: printable(e["node"]), priority=0),
+    ]
+
+
+EDGE_COLUMN_NAMES = sorted({c.name for d in ("outbound", "inbound")
+                            for c in edge_columns(Renderer(None, False), d, True)})
+
+
 def _live(doc: dict) -> bool:
     return not str(doc.get("source", "")).startswith("history")
 
 
+def edge_tables(edges: list[dict], r: Renderer, live: bool,
+                row_style: Callable[[dict], str | None] | None = None,
+                extra: list[Column] | None = None) -> list[str]:
+    out: list[str] = []
+    for direction, title in (("outbound", "Connects to"), ("inbound", "Connected from")):
+        rows = [e for e in edges if e["direction"] == direction]
+        if rows:
+            if out:
+                out.append("")
+            out += [r.title(title), r.table([*(extra or []), *edge_columns(r, direction, live)],
+                                            rows, row_style=row_style)]
+    _legend(out, any(e["guess"] for e in edges))
+    return out
+
+
 def render_deps(doc: dict, r: Renderer) -> str:
     """Edges by who: a user in a pod or namespace, then what it talks to."""
-    cols = [Column("USER", edge_user),
-            Column("WHERE", lambda e: printable(e["where"]), shrink=True, min_width=10),
-            *_edge_columns(r, _live(doc))]
     if not doc["edges"]:
         return "no dependency edges" + (" in that period" if doc["since"] else "")
-    out = [r.table(cols, doc["edges"])]
-    _legend(out, any(e["guess"] for e in doc["edges"]))
-    return "\n".join(out)
+    return _finish(edge_tables(doc["edges"], r, _live(doc)), r)
 
 
-def render_by_user_history(doc: dict) -> str:
-    r = Renderer(None, False)
-    out = []
+def render_by_user_history(doc: dict, r: Renderer) -> str:
+    out: list[str] = []
+    live = _live(doc)
     for u in doc["users"]:
-        name = f" ({printable(u['name'])})" if u["name"] else ""
-        out.append(f"uid {u['uid']}{name}")
-        for side in ("connects_to", "connected_from"):
-            if u[side]:
-                out.append(r.table([Column("WHERE", lambda e: printable(e["where"])),
-                                    *_edge_columns(r, _live(doc))], u[side]))
+        label = f"user {printable(u['name'])} (uid {u['uid']})" if u["name"] else \
+            ("unknown user" if u["uid"] is None else f"user {u['uid']}")
+        out.append(r.head(label))
+        out.extend(edge_tables(u["connects_to"] + u["connected_from"], r, live))
         out.append("")
-    return "\n".join(out).rstrip("\n") or "no dependency edges in that period"
+    return _finish(out, r) or "no dependency edges in that period"
+
+
+def fit_line(text: str, width: int | None) -> str:
+    """One line of ours (a warning, a status line) cut to the terminal's width."""
+    text = printable(text)
+    return text if width is None else truncate(text, width)

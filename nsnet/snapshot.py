@@ -153,7 +153,9 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     stats.namespaces = len(found.namespaces)
     stats.sockets = len(sockets)
     stats.sockets_without_pid = sum(1 for s in sockets if not s.pids)
-    stats.privileges.extend(privilege_notes(stats, own_capabilities()))
+    fd_denied = [(p.pid, p.comm) for p in found.processes.values() if not p.fds_readable]
+    ns_unknown = [(p.pid, p.comm) for p in found.processes.values() if p.netns is None]
+    stats.privileges.extend(privilege_notes(stats, own_capabilities(), fd_denied, ns_unknown))
     walk.explain_unmatched(found.namespaces, stats)
     snap = Snapshot(found.proc, found.namespaces, found.processes, sockets, stats,
                     found.host_key, pod_map, containers, pods_of_netns, options.services)

@@ -6,15 +6,20 @@ Two regimes, chosen by the caller from :func:`terminal_width`:
   as wide as their widest cell. Piped output must keep the whole command line for
   ``grep``; the consumer's screen is not ours to fit.
 * ``width=N`` (a terminal N cells wide): no line is longer than N display cells, so the
-  terminal never wraps a row into the next one. To get there, in order:
+  terminal never wraps a row into the next one. What an operator reads a row for --
+  endpoints, ports, states, names -- is never cut. To get there, in order:
 
-  1. shrinkable columns (``Column.shrink``) are narrowed, the widest first: all of them
-     are capped at one common width, as high as still fits, never below their
+  1. columns with a short form (``Column.short``: a list shown as "first +count") use it;
+  2. cuttable columns (``Column.shrink``: command lines) are narrowed, the widest first:
+     all of them are capped at one common width, as high as still fits, never below their
      ``min_width``; cells that no longer fit end in ``…``;
-  2. if that is not enough, columns with a ``priority`` are hidden, lowest priority
-     first (rightmost first on ties), and step 1 is redone with the room they freed;
-     columns without a priority are never hidden;
-  3. if it still does not fit (a tiny terminal), each line is cut at N cells and ends
+  3. if that is not enough, columns with a ``priority`` are hidden, lowest priority
+     first (rightmost first on ties), and step 2 is redone with the room they freed;
+     columns without a priority are never hidden, and the caller is told which were
+     (``on_hidden``) so that it can say so;
+  4. wrapping columns (``Column.wrap``: long endpoints, names) are narrowed like step 2,
+     but a cell that does not fit continues on the next line, whole;
+  5. if it still does not fit (a tiny terminal), each line is cut at N cells and ends
      in ``…``.
 
 Every cell and title goes through :func:`nsnet.sanitize.printable`, so nothing read
@@ -32,17 +37,19 @@ import operator
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from .sanitize import SafeText, printable
 
 __all__ = [
     "Column", "render_table", "display_width", "truncate", "paint", "heading",
-    "terminal_width", "use_color", "forced_columns", "STYLES",
+    "terminal_width", "use_color", "forced_columns", "STYLES", "select_columns",
+    "unknown_columns", "wrap_text",
 ]
 
 ELLIPSIS = "…"
+SEPARATOR = "  "      # between columns
 
 # Style names accepted wherever a style is given ("bold", "dim red", ...).
 STYLES: dict[str, int] = {
@@ -60,7 +67,9 @@ class Column:
     ``key`` is a mapping key or attribute name looked up on each row, or a callable
     taking the row. The value is shown with ``str()``; None shows as an empty cell.
     ``style``, if given, returns a style for the cell from the row (e.g. a colour per
-    TCP state), or None.
+    TCP state), or None. ``short`` gives the cell's compact form, used on a terminal too
+    narrow for the full one; ``name`` is the column's id for a column choice (``-o``),
+    by default the title with dashes for blanks.
     """
 
     title: str
@@ -70,14 +79,35 @@ class Column:
     shrink: bool = False
     priority: int | None = None
     style: StyleFn | None = None
+    wrap: bool = False
+    short: Callable[[Any], object] | None = None
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.align not in ("left", "right"):
             raise ValueError(f"align must be 'left' or 'right', not {self.align!r}")
+        if self.shrink and self.wrap:
+            raise ValueError(f"column {self.title!r}: cut (shrink) or wrap, not both")
+        if not self.name:
+            self.name = self.title.upper().replace(" ", "-")
 
     def value(self, row: Any) -> object:
         """This column's value in ``row`` (mapping key, attribute, or the callable's)."""
         return _getter(self, row)(row)
+
+
+def select_columns(columns: Sequence[Column], wanted: Sequence[str]) -> list[Column]:
+    """The columns named in ``wanted`` (ids, any case), in that order; those a table does
+    not have are skipped (a command's tables differ). The caller checks the names first
+    against every column the command has (:func:`unknown_columns`)."""
+    by_name = {c.name: c for c in columns}
+    return [by_name[w.upper()] for w in wanted if w.upper() in by_name]
+
+
+def unknown_columns(wanted: Sequence[str], known: Iterable[str]) -> list[str]:
+    """The names in ``wanted`` that are none of ``known`` (case-insensitive)."""
+    names = {k.upper() for k in known}
+    return [w for w in wanted if w.upper() not in names]
 
 
 # ---------------------------------------------------------------------------- widths
@@ -185,22 +215,64 @@ def _shrink(natural: list[int], mins: list[int], shrinkable: list[int], budget: 
     return widths
 
 
-def _fit(columns: Sequence[Column], natural: list[int], width: int,
-         sep_width: int) -> tuple[list[int], list[int]]:
-    """(visible column indices, widths) for a terminal ``width`` cells wide."""
-    mins = [min(max(c.min_width, 1), n) for c, n in zip(columns, natural, strict=True)]
+@dataclass
+class _Fit:
+    visible: list[int]          # column indices shown
+    widths: list[int]           # per column (all of them; only the visible matter)
+    compact: bool = False       # the short forms are used
+    hidden: list[int] = field(default_factory=list)    # hidden for want of room
+
+
+def _span(visible: list[int], widths: list[int], sep_width: int) -> int:
+    return sum(widths[i] for i in visible) + sep_width * (len(visible) - 1)
+
+
+def _narrow(columns: Sequence[Column], widths: list[int], mins: list[int], visible: list[int],
+            width: int, sep_width: int, kind: str) -> list[int]:
+    """``widths`` with the visible columns of ``kind`` (shrink or wrap) capped to fit."""
+    chosen = [i for i in visible if getattr(columns[i], kind)]
+    fixed = sum(widths[i] for i in visible if i not in chosen)
+    return _shrink(widths, mins, chosen, width - fixed - sep_width * (len(visible) - 1))
+
+
+def _fit(columns: Sequence[Column], natural: list[int], short: list[int | None], width: int,
+         sep_width: int) -> _Fit:
+    """Which columns show and how wide, for a terminal ``width`` cells wide (the steps of
+    the module docstring)."""
     visible = list(range(len(columns)))
+    if _span(visible, natural, sep_width) <= width:
+        return _Fit(visible, list(natural))
+    base = [n if s is None else s for n, s in zip(natural, short, strict=True)]
+    mins = [min(max(c.min_width, 1), n) for c, n in zip(columns, base, strict=True)]
+    hidden: list[int] = []
     while True:
-        fixed = sum(natural[i] for i in visible if not columns[i].shrink)
-        budget = width - fixed - sep_width * (len(visible) - 1)
-        shrinkable = [i for i in visible if columns[i].shrink]
-        widths = _shrink(natural, mins, shrinkable, budget)
-        total = sum(widths[i] for i in visible) + sep_width * (len(visible) - 1)
+        widths = _narrow(columns, base, mins, visible, width, sep_width, "shrink")
         hideable = [i for i in visible if columns[i].priority is not None]
-        if total <= width or not hideable or len(visible) == 1:
-            return visible, widths
+        if _span(visible, widths, sep_width) <= width or not hideable or len(visible) == 1:
+            break
         victim = min(hideable, key=lambda i: (columns[i].priority, -i))
         visible.remove(victim)
+        hidden.append(victim)
+    if _span(visible, widths, sep_width) > width:
+        widths = _narrow(columns, widths, mins, visible, width, sep_width, "wrap")
+    return _Fit(visible, widths, any(s is not None for s in short), hidden)
+
+
+def wrap_text(text: str, width: int) -> list[str]:
+    """``text`` in pieces of at most ``width`` cells (a wide character alone may exceed a
+    1-cell width), broken after a separator (``: / , .`` or a blank) when one is in the
+    second half of a piece: an endpoint or a name continues on the next line, whole."""
+    width = max(width, 1)
+    pieces = []
+    while display_width(text) > width:
+        head = _take(text, width) or text[0]
+        cut = max(head.rfind(sep) for sep in ":/,. ")
+        if cut + 1 >= (len(head) + 1) // 2 and cut + 1 < len(head):
+            head = head[:cut + 1]
+        pieces.append(head)
+        text = text[len(head):]
+    pieces.append(text)
+    return pieces
 
 
 # A line is built as segments so that clipping and colour never cut into each other:
@@ -269,8 +341,8 @@ def render_table(
     width: int | None,
     color: bool,
     row_style: StyleFn | None = None,
-    sep: str = "  ",
     header: bool = True,
+    on_hidden: Callable[[list[str]], None] | None = None,
 ) -> str:
     """Render ``rows`` under ``columns`` as text lines joined by newlines (none at the end).
 
@@ -280,19 +352,21 @@ def render_table(
     applied as SGR codes (the cell's style after the row's); with ``color=False`` the
     output contains no escape sequence at all. Rows are mappings (``key`` is looked up
     with ``row[key]``) or objects (``getattr``), not a mix of both in one table.
+    ``on_hidden`` is called with the titles of the columns a terminal was too narrow for.
     """
     # Rendering creates no reference cycles, yet at ~100k rows the collector's passes
     # over every live row object took half of the time; refcounting frees all we make.
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _render(list(columns), list(rows), width, color, row_style, sep, header)
+        return _render(list(columns), list(rows), width, color, row_style, header, on_hidden)
     finally:
         if paused:
             gc.enable()
 
 
 _Body = list[tuple[list[SafeText], list[int], "list[str | None] | None"]]
+_Short = dict[int, tuple[list[SafeText], list[int]]]    # column -> every row's short cell
 
 
 def _measure(cols: list[Column], rows: list[Any], titles: Sequence[str], color: bool,
@@ -314,6 +388,21 @@ def _measure(cols: list[Column], rows: list[Any], titles: Sequence[str], color: 
             styles = [_combine(rstyle, c.style(row) if c.style else None) for c in cols]
         body.append((cells, cell_widths, styles))
     return body, natural
+
+
+def _measure_short(cols: list[Column], rows: list[Any], titles: Sequence[str],
+                   header: bool) -> tuple[_Short, list[int | None]]:
+    """The short cells of the columns that have a short form, and their natural widths."""
+    cells: _Short = {}
+    widths: list[int | None] = [None] * len(cols)
+    for i, c in enumerate(cols):
+        if c.short is None:
+            continue
+        texts = [_cell_text(c.short(row)) for row in rows]
+        cell_widths = [display_width(t) for t in texts]
+        cells[i] = (texts, cell_widths)
+        widths[i] = max([display_width(titles[i]) if header else 0, *cell_widths])
+    return cells, widths
 
 
 @dataclass
@@ -379,28 +468,62 @@ class _Layout:
 
 
 def _render(cols: list[Column], rows: list[Any], width: int | None, color: bool,
-            row_style: StyleFn | None, sep: str, header: bool) -> str:
+            row_style: StyleFn | None, header: bool,
+            on_hidden: Callable[[list[str]], None] | None) -> str:
+    sep = SEPARATOR
     if not cols:
         return ""
     titles = [printable(c.title) for c in cols]
     body, natural = _measure(cols, rows, titles, color, row_style, header)
     sep_width = display_width(sep)
     if width is None:
-        visible, widths = list(range(len(cols))), natural
+        fit = _Fit(list(range(len(cols))), natural)
     else:
         width = max(width, 1)
-        visible, widths = _fit(cols, natural, width, sep_width)
-    total = sum(widths[i] for i in visible) + sep_width * (len(visible) - 1)
+        short_cells, short_widths = _measure_short(cols, rows, titles, header)
+        fit = _fit(cols, natural, short_widths, width, sep_width)
+        if fit.compact:
+            _use_short(body, short_cells)
+        if fit.hidden and on_hidden is not None:
+            on_hidden([cols[i].title for i in sorted(fit.hidden)])
+    visible, widths = fit.visible, fit.widths
+    total = _span(visible, widths, sep_width)
     layout = _Layout(visible, widths, [c.align == "right" for c in cols], sep, color,
                      width if width is not None and total > width else None)
     out = []
     if header:
         out.append(layout.line(titles, [display_width(t) for t in titles],
                                ["bold"] * len(cols) if color else None))
+    wrapping = [i for i in visible if cols[i].wrap and natural[i] > widths[i]]
     line = layout.line
     for cells, cell_widths, styles in body:
-        out.append(line(cells, cell_widths, styles))
+        if wrapping and any(cell_widths[i] > widths[i] for i in wrapping):
+            for piece_cells in _wrapped(cells, cell_widths, widths, wrapping):
+                out.append(line(piece_cells, [display_width(t) for t in piece_cells], styles))
+        else:
+            out.append(line(cells, cell_widths, styles))
     return "\n".join(out)
+
+
+def _use_short(body: _Body, short_cells: _Short) -> None:
+    for i, (texts, cell_widths) in short_cells.items():
+        for row, (cells, widths, _) in enumerate(body):
+            cells[i], widths[i] = texts[row], cell_widths[row]
+
+
+def _wrapped(cells: list[SafeText], cell_widths: list[int], widths: list[int],
+             wrapping: list[int]) -> list[list[str]]:
+    """One row as several lines: the wrapping cells in pieces, the others on the first."""
+    pieces = {i: wrap_text(cells[i], widths[i]) if cell_widths[i] > widths[i] else [cells[i]]
+              for i in wrapping}
+    lines: list[list[str]] = [list(cells)]
+    for n in range(1, max(len(p) for p in pieces.values())):
+        lines.append([""] * len(cells))
+        for i, parts in pieces.items():
+            lines[n][i] = parts[n] if n < len(parts) else ""
+    for i, parts in pieces.items():
+        lines[0][i] = parts[0]
+    return lines
 
 
 # ---------------------------------------------------------------------------- terminal

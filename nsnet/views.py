@@ -41,7 +41,7 @@ from .ownership import (
 
 __all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
            "connection_state", "endpoint", "normalize_state", "resolve_netns", "resolve_pod",
-           "sockets_view"]
+           "sockets_view", "summary_view", "user_names"]
 
 STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "CLOSE",
                  "LISTENING": "LISTEN", "UNCONNECTED": "UNCONN"}
@@ -119,6 +119,15 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "service": socket_service(s, snap)}
 
 
+def user_names(snap: Snapshot) -> dict[str, str | None]:
+    """uid -> name (None: no name in our passwd) for every uid a view may show: the renderer
+    names users the same way in every table and heading."""
+    uids = {p.uid for p in snap.processes.values()}
+    uids.update(u for ns in snap.namespaces.values() for u in ns.owners)
+    uids.update(u for s in snap.sockets for u in s.users)
+    return {str(u): user_name(u) for u in sorted(u for u in uids if u is not None)}
+
+
 def stats_doc(snap: Snapshot) -> dict:
     doc = asdict(snap.stats)
     doc["host_netns"] = snap.host_key
@@ -175,7 +184,7 @@ def sockets_view(snap: Snapshot, keep: SocketFilter | None = None) -> dict:
             "namespaces": [namespace_doc(ns, snap) for ns in sorted_namespaces(snap)],
             "processes": [process_doc(snap.processes[p], snap) for p in pids],
             "sockets": [socket_doc(s, snap) for s in chosen],
-            "stats": stats_doc(snap)}
+            "user_names": user_names(snap), "stats": stats_doc(snap)}
 
 
 def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
@@ -190,7 +199,8 @@ def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
 
 def listener_doc(s: Socket, snap: Snapshot) -> dict:
     return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
-            "state": s.state, "inode": s.inode, "netns": s.netns, "pids": list(s.pids),
+            "state": s.state, "inode": s.inode, "netns": s.netns,
+            "netns_name": netns_name(s.netns, snap), "pids": list(s.pids),
             "users": socket_users(s, snap), "attribution": s.attribution,
             "processes": _holder_docs(s.pids, snap),
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
@@ -288,7 +298,7 @@ def by_namespace_view(snap: Snapshot, only: Namespace | None = None) -> dict:
         doc["sockets"] = len(socks)
         docs.append(doc)
     return {"schema": SCHEMA, "view": "by-namespace", "namespaces": docs,
-            "stats": stats_doc(snap)}
+            "user_names": user_names(snap), "stats": stats_doc(snap)}
 
 
 def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
@@ -323,7 +333,8 @@ def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
             "connects_to": [g for g in groups if g["direction"] == "outbound"],
             "connected_from": [g for g in groups if g["direction"] == "inbound"],
             "sockets": len(socks)})
-    return {"schema": SCHEMA, "view": "by-user", "users": docs, "stats": stats_doc(snap)}
+    return {"schema": SCHEMA, "view": "by-user", "users": docs,
+            "user_names": user_names(snap), "stats": stats_doc(snap)}
 
 
 def resolve_pod(text: str, snap: Snapshot) -> Pod | None:
@@ -386,4 +397,34 @@ def by_pod_view(snap: Snapshot, only: Pod | None = None) -> dict:
             "connected_from": [g for g in groups if g["direction"] == "inbound"],
             "counts": _counts(socks),
             "sockets": len(socks)})
-    return {"schema": SCHEMA, "view": "by-pod", "pods": docs, "stats": stats_doc(snap)}
+    return {"schema": SCHEMA, "view": "by-pod", "pods": docs,
+            "user_names": user_names(snap), "stats": stats_doc(snap)}
+
+
+def summary_view(snap: Snapshot) -> dict:
+    """The node at a glance, one row per namespace (what `lsns -t net` is for one namespace
+    type, with the sockets counted): `nsnet` with no command."""
+    per_ns: dict[str, list[Socket]] = defaultdict(list)
+    for s in snap.sockets:
+        per_ns[s.netns_key].append(s)
+    rows = []
+    for ns in sorted_namespaces(snap):
+        socks = per_ns.get(ns.key, [])
+        states = Counter(connection_state(s) for s in socks)
+        first = next((snap.processes[p] for p in ns.pids
+                      if p in snap.processes and not snap.processes[p].sandbox),
+                     snap.processes.get(ns.pids[0]) if ns.pids else None)
+        rows.append({
+            "name": ns.name, "inode": ns.inode, "key": ns.key, "host": ns.host,
+            "pinned": list(ns.pinned), "owners": list(ns.owners),
+            "pods": [pod_ref(pod) for pod in namespace_pods(ns, snap)],
+            "processes": len(ns.pids),
+            "listening": sum(1 for s in socks if s.direction == "listening"),
+            "open": states["open"], "closed": states["closed"], "sockets": len(socks),
+            "tables_read": ns.tables_read, "note": ns.note or ns.error,
+            "pid": first.pid if first else None,
+            "command": list(first.cmdline) if first and first.cmdline else
+            ([f"[{first.comm}]"] if first else [])})
+    return {"schema": SCHEMA, "view": "summary", "namespaces": rows,
+            "processes": len(snap.processes), "pods": len(snap.pods),
+            "user_names": user_names(snap), "stats": stats_doc(snap)}

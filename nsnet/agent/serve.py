@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import views
 from ..errors import NsnetError, StoreError
-from ..model import Snapshot
+from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
 from ..sanitize import printable
@@ -144,8 +144,10 @@ class Agent:
 
     # ------------------------------------------------------------------- the loop
     def say_once(self, line: str) -> None:
-        if line not in self._said:   # once each, not every interval
-            self._said.add(line)
+        # once per condition, not every interval nor each time a count in it changes
+        condition = condition_of(line)
+        if condition not in self._said:
+            self._said.add(condition)
             self.err.write(f"nsnet: warning: {printable(line)}\n")
 
     def step(self) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import threading
 import time
 import urllib.error
@@ -20,10 +19,9 @@ from nsnet.agent import serve as serve_module
 from nsnet.agent.edges import EdgeKey
 from nsnet.agent.serve import VIEWS, Agent, http_server
 from nsnet.agent.store import Store
-from nsnet.agent.watch import Watch
 from nsnet.errors import NsnetError
 from nsnet.model import Snapshot
-from nsnet.options import AgentOptions, OutputOptions, SamplingOptions, WatchOptions
+from nsnet.options import AgentOptions, SamplingOptions
 from nsnet.ownership import user_name
 
 A, B = 4026532300, 4026532400
@@ -329,46 +327,3 @@ def test_a_new_agent_reloads_the_edges_from_its_store(tmp_path):
     other.close()
 
 
-# -------------------------------------------------------------------------- live view
-
-def watch_options() -> WatchOptions:
-    return WatchOptions(sampling=SamplingOptions(events=False, interval=2.0, max_cpu=0.5),
-                        node="n1", output=OutputOptions(columns=200))
-
-
-def edge_lines(frame: str) -> list[str]:
-    """The table rows of a frame (after the header, a blank line and the titles)."""
-    return [line for line in frame.splitlines()[3:] if line.strip()]
-
-
-def test_watch_frame_shows_the_edges_and_the_header_counts():
-    first, second = tenants(8080, 2), tenants(9090, 1)
-    out, err = io.StringIO(), io.StringIO()
-    view = Watch(watch_options(), out, err, scanner=FixedScanner([first, second]))
-    frame = view.frame(view.sampler.sample())
-    head = frame.splitlines()[0]
-    assert head.startswith("nsnet watch")
-    assert (f"  {first.stats.namespaces} namespaces  {first.stats.sockets} sockets  "
-            "2 edges") in head
-    assert "closed since last" not in head               # no destroy events here
-    lines = edge_lines(frame)
-    assert len(lines) == 2                               # one row per edge
-    assert any(re.search(r"10001 .*inbound .*port 8080 from 10\.1\.0\.2", x) for x in lines)
-    # open 2, closed 0, at most 2 at once, seen in 1 sample
-    assert any(re.search(r"10002 .*outbound .*10\.1\.0\.1:8080 +2 +0 +2 +1 ", x) for x in lines)
-
-    wait = view.step()                                   # the second sample, drawn
-    assert 0 <= wait <= 2.0
-    drawn = out.getvalue()
-    assert not drawn.startswith("\x1b")                  # not a terminal: no clearing
-    assert "4 edges" in drawn.splitlines()[0]            # every edge since it started
-    assert "10.1.0.1:9090" in drawn and err.getvalue() == ""
-    view.close()
-
-
-def test_watch_shows_an_unknown_user_without_python_none():
-    view = Watch(watch_options(), io.StringIO(), io.StringIO(),
-                 scanner=FixedScanner([tenants(8080, 1, host_time_wait=True)]))
-    frame = view.frame(view.sampler.sample())
-    [line] = [x for x in edge_lines(frame) if "10.0.0.5:3306" in x]
-    assert line.split()[0] == "unknown"

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                       "nsnet.sources.proc", "nsnet.sources.netlink", "nsnet.sources.pidfd")),
     ("join/classify/pods", ("nsnet.ownership", "nsnet.classify", "nsnet.pods")),
     ("snapshot", ("nsnet.snapshot",)),
-    ("views/report/graph", ("nsnet.views", "nsnet.report", "nsnet.graph", "nsnet.table",
+    ("views/report/graph", ("nsnet.views", "nsnet.report", "nsnet.graph", "nsnet.table", "nsnet.palette",
                             "nsnet.sanitize")),
     ("agent", ("nsnet.agent", "nsnet.agent.sampler", "nsnet.agent.events", "nsnet.agent.edges",
                "nsnet.agent.store", "nsnet.agent.history", "nsnet.agent.metrics",

@@ -289,4 +289,4 @@ def test_by_pod_rendering_lists_the_sandbox_and_the_clients():
     sandbox_row = next(i for i, line in enumerate(lines) if "(sandbox)" in line)
     app_row = next(i for i, line in enumerate(lines) if line.startswith("app "))
     assert sandbox_row < app_row
-    assert "owners 10001,10011" in cart and "3 sockets" in cart
+    assert "owners 10001,10011" in cart and "sockets 3" in cart
