@@ -260,8 +260,10 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     _history_options(command("deps", "dependency edges: user/pod -> service, live or from "
                                      "history"), env,
                      "edges seen in the last AGE (30m, 24h, 7d); needs --db")
-    graph = command("graph", "the dependency map as Graphviz dot or Mermaid")
-    graph.add_argument("--format", choices=FORMATS, default="dot", help="default: dot")
+    graph = command("graph", "the dependency map: Graphviz dot, Mermaid, or an SVG/PNG")
+    graph.add_argument("--format", choices=FORMATS, default="dot",
+                       help="dot (default), mermaid, or svg/png drawn by Graphviz's dot "
+                            "(when installed); --json prints the edge list")
     _history_options(graph, env, "edges seen in the last AGE (30m, 24h, 7d); needs --db")
     command("by-pod", "Kubernetes pods: containers, owners, listeners, dependencies").add_argument(
         "--pod", metavar="NS/NAME|UID", help="only this pod")
@@ -513,7 +515,7 @@ def _history(db: str, since: float | None, uid: int | None, services: ServiceMap
 
 def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO,
                 confirmed: bool, output: OutputOptions) -> dict:
-    from .agent.edges import observe, state_of
+    from .agent.edges import observe, servers, state_of
     from .agent.history import deps_view
     from .snapshot import take_snapshot
 
@@ -522,12 +524,12 @@ def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextI
     now = round(time.time(), 3)
     rows = [(node, key, state_of(seen, now))
             for key, seen in observe(snap).items() if uid is None or key.uid == uid]
-    return deps_view(rows, options.services, None, "snapshot", confirmed=confirmed)
+    return deps_view(rows, options.services, None, "snapshot", confirmed=confirmed,
+                     servers=servers(snap))
 
 
 def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out: TextIO) -> int:
     from .agent.history import by_user_history
-    from .graph import render as render_graph
 
     if args.command == "by-user":
         doc = by_user_history(doc)
@@ -536,13 +538,40 @@ def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out
     elif output.json:
         _emit_json(doc, out)
     elif args.command == "graph":
-        out.write(render_graph(doc["edges"], args.format))
+        _print_graph(doc["edges"], args.format, output, out)
     else:
         render = report.render_by_user_history if args.command == "by-user" \
             else report.render_deps
         text = render(doc, renderer(output, out, doc))
         out.write(text + ("\n" if text else ""))
     return EXIT_OK
+
+
+def _print_graph(edges: list[dict], fmt: str, output: OutputOptions, out: TextIO) -> None:
+    from .graph import draw, render
+
+    if fmt not in ("svg", "png"):
+        out.write(render(edges, fmt, output.resolve))
+        return
+    if fmt == "png" and _isatty(out):
+        raise UsageError("a PNG is binary: redirect it to a file (nsnet graph --format png "
+                         "> map.png)")
+    picture = draw(edges, fmt, output.resolve)
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        out.flush()
+        buffer.write(picture)
+    elif fmt == "svg":      # a text stream without bytes underneath (embedded use)
+        out.write(picture.decode("utf-8"))
+    else:
+        raise UsageError("a PNG is binary: this output takes only text")
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from ..model import (
     STRENGTH,
     Snapshot,
     Socket,
+    netns_key,
 )
 from ..ownership import namespace_where, socket_where
 from .events import Closed
@@ -109,6 +110,38 @@ def observe(snap: Snapshot) -> Observed:
                 edge.open += 1
             edge.evidence = stronger(edge.evidence, sock.attribution)
     return seen
+
+
+Server = tuple[int, str]          # (uid, where) of a service's listening end
+Servers = dict["EdgeKey", set[Server]]
+
+
+def servers(snap: Snapshot) -> Servers:
+    """Who serves each outbound edge's service, as this snapshot knows it exactly: the users
+    and place of the listening (or bound UDP) socket on the service's port in the namespace
+    the connection's other end is in (classify found it: the same namespace for loopback
+    and same-namespace peers, peer_netns for another one of this node)."""
+    listeners: dict[tuple[str, str, int], list[Socket]] = {}
+    for sock in snap.sockets:
+        if sock.direction == "listening" and sock.local_port is not None:
+            listeners.setdefault((sock.netns_key, sock.proto, sock.local_port), []).append(sock)
+    found: Servers = {}
+    for sock in snap.sockets:
+        if sock.direction != "outbound" or sock.remote_port is None:
+            continue
+        if sock.peer == "local":
+            there = sock.netns_key
+        elif sock.peer_netns is not None:
+            there = netns_key(sock.peer_netns)
+        else:
+            continue
+        serving = {(uid, socket_where(listener, snap))
+                   for listener in listeners.get((there, sock.proto, sock.remote_port), ())
+                   for uid in listener.users}
+        if serving:
+            for key in edge_keys(sock, snap):
+                found.setdefault(key, set()).update(serving)
+    return found
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from .. import SCHEMA
 from ..model import ServiceMap
 from ..ownership import user_name
-from .edges import EdgeKey, EdgeState
+from .edges import EdgeKey, EdgeState, Server, Servers
 from .store import EdgeRow
 
 
@@ -24,9 +24,11 @@ def split_where(where: str) -> dict:
 
 
 def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap,
-             live: bool = True) -> dict:
+             live: bool = True, served_by: Iterable[Server] | None = None) -> dict:
     """One edge. live: the state has a latest sample (the agent, watch, a snapshot), so
-    `open` and `closed_recently` say what it saw; from the history they are null."""
+    `open` and `closed_recently` say what it saw; from the history they are null.
+    served_by: who listens at an outbound edge's service, when a snapshot told it (null:
+    not known; `nsnet graph` then infers it from inbound edges, and says so)."""
     service_addr = key.peer_addr if key.direction == "outbound" else None
     return {"node": node, "uid": key.uid if key.uid >= 0 else None,
             "user": user_name(key.uid) if key.uid >= 0 else None,
@@ -41,15 +43,23 @@ def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap,
             "open": state.current if live else None,
             "closed_recently": state.closed if live else None,
             "opened": state.opened_total, "closed": state.closed_total,
-            "evidence": state.evidence, "guess": state.guess}
+            "evidence": state.evidence, "guess": state.guess,
+            "served_by": None if served_by is None else [
+                {"uid": uid if uid >= 0 else None,
+                 "user": user_name(uid) if uid >= 0 else None, "where": where}
+                for uid, where in sorted(served_by)]}
 
 
 def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceMap,
               since: float | None, source: str, *, live: bool = True,
-              confirmed: bool = False) -> dict:
+              confirmed: bool = False, servers: Servers | None = None) -> dict:
     """The edges as a document. confirmed: only edges whose user is known by evidence that is
-    not a guess (and known at all)."""
-    edges = [edge_doc(node, key, state, services, live) for node, key, state in rows
+    not a guess (and known at all); servers: who serves each outbound edge (a snapshot's
+    edges.servers), else served_by is null."""
+    edges = [edge_doc(node, key, state, services, live,
+                      None if servers is None or key.direction != "outbound"
+                      else servers.get(key, set()))
+             for node, key, state in rows
              if not confirmed or (state.evidence is not None and not state.guess)]
     edges.sort(key=lambda e: (e["uid"] is None, e["uid"] or 0, e["where"], e["direction"],
                               e["peer_addr"], e["port"], e["node"]))
