@@ -398,6 +398,7 @@ def _since(args: argparse.Namespace) -> float | None:
 def run(args: argparse.Namespace, out: TextIO, err: TextIO,
         env: Mapping[str, str] = os.environ) -> int:
     only_uid = _only_uid(args)
+    _fields(args)   # a bad -o COL: one error line before any work
     if args.command == "serve":
         from .agent.serve import serve
         return serve(agent_options(args, env), err)

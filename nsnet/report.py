@@ -343,7 +343,7 @@ def _ns_label(ns: dict | None, key: str) -> str:
     name = printable(ns.get("name") or _ns(ns["inode"], ns["key"]))
     inode = f"  inode {ns['inode']}" if ns["inode"] is not None and \
         name != f"netns:{ns['inode']}" else ""
-    return f"netns {name}{inode}"
+    return (name if name.startswith("netns:") else f"netns {name}") + inode
 
 
 def _socket_summary(doc: dict) -> str:
