@@ -235,7 +235,35 @@ def _legend(out: list[str], guessed: bool) -> None:
 def _finish(out: list[str], r: Renderer) -> str:
     text = "\n".join(out).rstrip("\n")
     notes = r.notes()
-    return text + ("\n" + "\n".join(notes) if notes and text else "\n".join(notes))
+    text += "\n" + "\n".join(notes) if notes and text else "\n".join(notes)
+    if r.width is None:
+        return text
+    return "\n".join(piece for line in text.split("\n") for piece in prose(line, r.width))
+
+
+def prose(line: str, width: int) -> list[str]:
+    """A line of ours (a count, a note, a legend) on a terminal: broken at blanks into lines
+    of at most ``width`` cells, continued with an indent; nothing cut. Tables and headings
+    come fitted already (and carry our colour codes: left alone)."""
+    if "\x1b" in line or display_width(line) <= width:
+        return [line]
+    indent = "  " if width > 20 else ""
+    lines: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if display_width((indent if lines else "") + candidate) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        room = width - (len(indent) if lines or current else 0)
+        pieces = wrap_text(word, max(room, 1))
+        lines.extend(pieces[:-1])
+        current = pieces[-1]
+    if current:
+        lines.append(current)
+    return [lines[0], *(indent + rest for rest in lines[1:])]
 
 
 def _ep_column(title: str, r: Renderer, addr: Callable[[dict], str | None],
