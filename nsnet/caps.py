@@ -70,7 +70,7 @@ def privilege_notes(stats: Stats, caps: int,
     total = stats.processes
     fd_count = stats.processes_fd_denied if fd_denied is None else len(fd_denied)
     if fd_count:
-        notes.append(f"no pid attribution for {_who(fd_count, total, fd_denied or ())}: fds "
+        notes.append(f"no pid attribution for {_who(fd_count, total, fd_denied or ())}: /proc/<pid>/fd "
                      + _missing(caps, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH))
     ns_count = stats.processes_ns_denied if ns_unknown is None else len(ns_unknown)
     if ns_count:

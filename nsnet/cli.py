@@ -361,13 +361,10 @@ def _emit_ndjson(doc: dict, out: TextIO) -> None:
         for item in doc.get(key, ()):
             out.write(json.dumps({"schema": schema, "type": kind, **item}, ensure_ascii=True)
                       + "\n")
+    # the last line: the stats (and whatever else the document holds), as ever
     rest = {k: v for k, v in doc.items() if k not in dict(NDJSON_LISTS) and k != "schema"}
-    if "stats" in rest and len(rest) == 1 + ("view" in rest):
-        out.write(json.dumps({"schema": schema, "type": "stats", "stats": doc["stats"]},
-                             ensure_ascii=True) + "\n")
-    else:
-        out.write(json.dumps({"schema": schema, "type": "document", **rest},
-                             ensure_ascii=True) + "\n")
+    out.write(json.dumps({"schema": schema, "type": "stats" if "stats" in rest else "document",
+                          **rest}, ensure_ascii=True) + "\n")
 
 
 def _only_uid(args: argparse.Namespace) -> int | None:

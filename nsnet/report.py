@@ -97,7 +97,11 @@ class Renderer:
             for u in uids))
 
     def users_short(self, uids: Sequence[int], guessed: bool | Sequence[int] = False) -> str:
-        return _first_more(self.users(uids[:1], guessed), len(uids))
+        """'10601 +1?': the first user, how many more, and ? when one of those is a guess."""
+        text = _first_more(self.users(uids[:1], guessed), len(uids))
+        rest_guessed = guessed is True or any(u in guessed for u in uids[1:]) \
+            if guessed else False
+        return SafeText(text + (GUESS_MARK if len(uids) > 1 and rest_guessed else ""))
 
     # ------------------------------------------------------------------ blocks
     def table(self, columns: list[Column], rows: list, **kw: Any) -> str:
@@ -326,8 +330,8 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[
                else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), wrap=True,
                min_width=21,
                style=lambda s: address_style(s["remote_addr"], s["peer"] == "external")),
-        Column("DIR", lambda s: DIRECTION.get(s["direction"] or "", ""), priority=4),
-        Column("OTHER END", _socket_other_end, wrap=True, min_width=10, priority=2),
+        Column("DIR", lambda s: DIRECTION.get(s["direction"] or "", ""), priority=2),
+        Column("OTHER END", _socket_other_end, wrap=True, min_width=10, priority=3),
         _users_column("USERS", r, lambda s: s["users"], lambda s: s["guess"]),
         _pids_column(),
         Column("INODE", "inode", align="right", priority=0),

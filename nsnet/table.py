@@ -18,7 +18,9 @@ Two regimes, chosen by the caller from :func:`terminal_width`:
      columns without a priority are never hidden, and the caller is told which were
      (``on_hidden``) so that it can say so;
   4. wrapping columns (``Column.wrap``: long endpoints, names) are narrowed like step 2,
-     but a cell that does not fit continues on the next line, whole;
+     but a cell that does not fit continues on the next line, whole -- before step 3 down
+     to the width their ordinary cells need (a lone unix path among addresses wraps rather
+     than a column going), after it as far as needed;
   5. if it still does not fit (a tiny terminal), each line is cut at N cells and ends
      in ``…``.
 
@@ -235,15 +237,20 @@ def _narrow(columns: Sequence[Column], widths: list[int], mins: list[int], visib
     return _shrink(widths, mins, chosen, width - fixed - sep_width * (len(visible) - 1))
 
 
-def _fit(columns: Sequence[Column], natural: list[int], short: list[int | None], width: int,
-         sep_width: int) -> _Fit:
+def _fit(columns: Sequence[Column], natural: list[int], short: list[int | None],
+         typical: list[int], width: int, sep_width: int) -> _Fit:
     """Which columns show and how wide, for a terminal ``width`` cells wide (the steps of
-    the module docstring)."""
+    the module docstring). typical: each column's width that most of its cells fit in."""
     visible = list(range(len(columns)))
     if _span(visible, natural, sep_width) <= width:
         return _Fit(visible, list(natural))
     base = [n if s is None else s for n, s in zip(natural, short, strict=True)]
     mins = [min(max(c.min_width, 1), n) for c, n in zip(columns, base, strict=True)]
+    if _span(visible, _narrow(columns, base, mins, visible, width, sep_width, "shrink"),
+             sep_width) > width:
+        # a few long cells (one unix path among addresses) wrap before a column is hidden
+        base = [min(b, t) if c.wrap and c.short is None else b
+                for c, b, t in zip(columns, base, typical, strict=True)]
     hidden: list[int] = []
     while True:
         widths = _narrow(columns, base, mins, visible, width, sep_width, "shrink")
@@ -260,17 +267,18 @@ def _fit(columns: Sequence[Column], natural: list[int], short: list[int | None],
 
 def wrap_text(text: str, width: int) -> list[str]:
     """``text`` in pieces of at most ``width`` cells (a wide character alone may exceed a
-    1-cell width), broken after a separator (``: / , .`` or a blank) when one is in the
+    1-cell width), broken after a separator (``: / , . -`` or a blank) when one is in the
     second half of a piece: an endpoint or a name continues on the next line, whole."""
     width = max(width, 1)
     pieces = []
     while display_width(text) > width:
         head = _take(text, width) or text[0]
-        cut = max(head.rfind(sep) for sep in ":/,. ")
+        cut = max(head.rfind(sep) for sep in ":/,.- ")
         if cut + 1 >= (len(head) + 1) // 2 and cut + 1 < len(head):
             head = head[:cut + 1]
-        pieces.append(head)
         text = text[len(head):]
+        pieces.append(head.rstrip(" ") or head)   # a blank at the break is not shown
+        text = text.lstrip(" ") or text
     pieces.append(text)
     return pieces
 
@@ -481,7 +489,8 @@ def _render(cols: list[Column], rows: list[Any], width: int | None, color: bool,
     else:
         width = max(width, 1)
         short_cells, short_widths = _measure_short(cols, rows, titles, header)
-        fit = _fit(cols, natural, short_widths, width, sep_width)
+        fit = _fit(cols, natural, short_widths, _typical(cols, body, titles, header), width,
+                   sep_width)
         if fit.compact:
             _use_short(body, short_cells)
         if fit.hidden and on_hidden is not None:
@@ -503,6 +512,20 @@ def _render(cols: list[Column], rows: list[Any], width: int | None, color: bool,
         else:
             out.append(line(cells, cell_widths, styles))
     return "\n".join(out)
+
+
+def _typical(cols: list[Column], body: _Body, titles: Sequence[str], header: bool) -> list[int]:
+    """Per wrapping column, the width its ordinary cells need: the widest cell not more than
+    half again as wide as the one four cells in five fit in (the title's at least). Wider
+    cells are the outliers that wrap before a column is hidden."""
+    typical = [0] * len(cols)
+    for i, c in enumerate(cols):
+        if c.wrap and body:
+            widths = sorted(row[1][i] for row in body)
+            usual = widths[(len(widths) * 4 + 4) // 5 - 1]
+            typical[i] = max([w for w in widths if w <= usual * 3 // 2] +
+                             [display_width(titles[i]) if header else 0])
+    return typical
 
 
 def _use_short(body: _Body, short_cells: _Short) -> None:

@@ -195,4 +195,4 @@ def test_without_dac_read_search_the_agent_says_what_it_cannot_see(image, nobody
     sock, stderr = _agent_sockets(image, port, drop="DAC_READ_SEARCH")
     assert sock["pids"] == []
     assert sock["uid"] == 65534           # still attributed to its user (the table's uid)
-    assert "pid attribution unavailable" in stderr
+    assert "no pid attribution for" in stderr

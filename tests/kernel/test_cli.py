@@ -34,7 +34,8 @@ def assert_one_line_error(run: subprocess.CompletedProcess, code: int, *words: s
 @pytest.mark.parametrize("argv,code,words", [
     (["sockets", "--bogus"], 2, ["--bogus"]),
     (["frobnicate"], 2, ["frobnicate"]),
-    ([], 2, ["required"]),
+    (["--bogus"], 2, ["--bogus"]),       # no command: the summary, which has no such flag
+    (["--proc", "/tmp"], 1, ["/tmp", "procfs"]),
     (["sockets", "--state", "SLEEPY"], 2, ["SLEEPY", "LISTEN"]),
     (["sockets", "--port", "70000"], 2, ["70000"]),
     (["sockets", "--pid", "-3"], 2, []),

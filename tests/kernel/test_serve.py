@@ -213,8 +213,12 @@ def test_watch_draws_live_edges_and_stops_on_ctrl_c():
             if line == "\n" and any(f"127.0.0.1:{service_port}" in l for l in frame):
                 break
         assert frame[0].startswith("nsnet watch ") and "\x1b" not in "".join(frame)
-        ours = [l for l in frame if f"127.0.0.1:{service_port}" in l]
-        assert ours and "outbound" in ours[0] and "host" in ours[0]
+        ours = [n for n, l in enumerate(frame) if f"127.0.0.1:{service_port}" in l]
+        # our client's edge, under "Connects to" (the server's side is a CLIENT 127.0.0.1
+        # row with a PORT column: its service address is not in it)
+        start = frame.index("Connects to\n")
+        end = frame.index("Connected from\n") if "Connected from\n" in frame else len(frame)
+        assert ours and start < ours[0] < end and "host" in frame[ours[0]]
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=120) == 0
         assert "Traceback" not in child.stderr.read()
