@@ -327,3 +327,18 @@ def test_a_new_agent_reloads_the_edges_from_its_store(tmp_path):
     other.close()
 
 
+
+
+def test_the_agent_says_a_condition_once_not_each_time_a_count_in_it_changes():
+    err = io.StringIO()
+    agent = Agent(options(), err, scanner=FixedScanner([]))
+    for n in (1, 2, 7, 1):
+        agent.say_once(f"no pid attribution for {n} of {40 + n} processes (pid 1 (init), "
+                       f"pid {100 + n} (sshd)): /proc/<pid>/fd needs CAP_SYS_PTRACE")
+    agent.say_once("1 namespace(s) pinned only by a bind mount not read: needs CAP_SYS_ADMIN")
+    agent.say_once("2 namespace(s) pinned only by a bind mount not read: needs CAP_SYS_ADMIN")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("nsnet: warning: no pid attribution for 1 of 41 processes")
+    assert lines[1].startswith("nsnet: warning: 1 namespace(s) pinned")
+    agent.close()
