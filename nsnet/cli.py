@@ -120,8 +120,8 @@ def _common(env: Mapping[str, str]) -> _Parser:
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
     common.add_argument("-o", "--output", type=_output_kind, metavar="wide|json|ndjson|COL,..",
                         help="wide: nothing cut or hidden on a terminal; json: as --json; "
-                             "ndjson: one JSON object per line; COL,COL: these columns "
-                             "(sockets, deps, watch; the list is below)")
+                             "ndjson: one JSON object per line; COL,COL: these columns, "
+                             "in every table that has them (the list is below)")
     common.add_argument("--columns", type=_output_kind, metavar="COL,COL",
                         help="these columns, in this order (as -o COL,COL)")
     common.add_argument("-q", "--quiet", action="store_true",
@@ -230,7 +230,7 @@ def _epilog(columns: Sequence[str] = ()) -> str:
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    from .report import EDGE_COLUMN_NAMES, SOCKET_COLUMN_NAMES
+    from .report import COLUMN_NAMES
 
     common = _common(env)
     parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
@@ -240,12 +240,9 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    columns = {"sockets": SOCKET_COLUMN_NAMES, "deps": EDGE_COLUMN_NAMES,
-               "watch": EDGE_COLUMN_NAMES}
-
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         made: argparse.ArgumentParser = sub.add_parser(
-            name, parents=[common], help=help_text, epilog=_epilog(columns.get(name, ())),
+            name, parents=[common], help=help_text, epilog=_epilog(COLUMN_NAMES.get(name, ())),
             formatter_class=argparse.RawDescriptionHelpFormatter)
         return made
 
@@ -288,18 +285,17 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
 
 def _fields(args: argparse.Namespace) -> tuple[str, ...]:
     """The columns chosen with -o COL,COL or --columns, checked against the command's."""
-    from .report import EDGE_COLUMN_NAMES, SOCKET_COLUMN_NAMES
+    from .report import COLUMN_NAMES
     from .table import unknown_columns
 
     chosen = args.columns or (args.output if args.output not in (None, "wide", "json",
                                                                   "ndjson") else None)
     if chosen is None:
         return ()
-    known = {"sockets": SOCKET_COLUMN_NAMES, "deps": EDGE_COLUMN_NAMES,
-             "watch": EDGE_COLUMN_NAMES}.get(args.command)
-    if known is None:
-        raise UsageError(f"nsnet {args.command} draws several tables: -o takes wide, json or "
-                         "ndjson here (a column choice is for sockets, deps and watch)")
+    known = COLUMN_NAMES.get(args.command, [])
+    if not known:
+        raise UsageError(f"nsnet {args.command} draws no table: -o takes wide, json or ndjson "
+                         "here")
     names = tuple(chosen.split(","))
     unknown = unknown_columns(names, known)
     if unknown:

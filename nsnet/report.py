@@ -110,6 +110,13 @@ class Renderer:
         return render_table(columns, rows, width=self.width, color=self.color,
                             on_hidden=self._hidden, **kw)
 
+    def titled(self, title: str, columns: list[Column], rows: list, **kw: Any) -> list[str]:
+        """A blank line, the title, the table; nothing when ``-o`` chose none of its
+        columns (a view of several tables shows those that have some)."""
+        if self.columns and not select_columns(columns, self.columns):
+            return []
+        return ["", self.title(title), self.table(columns, rows, **kw)]
+
     def _hidden(self, titles: list[str]) -> None:
         self.hidden.extend(t for t in titles if t not in self.hidden)
 
@@ -411,8 +418,8 @@ def _process_columns(r: Renderer, processes: list[dict]) -> list[Column]:
     ]
 
 
-def _listening_table(r: Renderer, listening: list[dict], *, netns: bool = False) -> str:
-    return r.table([
+def _listening_columns(r: Renderer, *, netns: bool = False) -> list[Column]:
+    return [
         Column("PROTO", _proto),
         Column("ADDRESS", lambda s: printable(s["addr"]) if s["proto"] == "unix"
                else _with_service(r.ep(s["addr"], s["port"], s["proto"]), s), wrap=True,
@@ -423,7 +430,7 @@ def _listening_table(r: Renderer, listening: list[dict], *, netns: bool = False)
         _pids_column(),
         Column("COMMAND", lambda s: _holders(s, {p["pid"]: p for p in s["processes"]}),
                shrink=True, min_width=10, priority=1),
-    ], listening)
+    ]
 
 
 def _connects_to_columns(r: Renderer, groups: list[dict], *, from_netns: bool,
@@ -487,13 +494,11 @@ def _connection_tables(r: Renderer, groups: list[dict], *, own_netns: Sequence[s
         return own_netns is not None and any(set(g["netns_names"]) - set(own_netns)
                                              for g in rows)
     if outbound:
-        out += ["", r.title("Connects to"),
-                r.table(_connects_to_columns(r, outbound, from_netns=elsewhere(outbound),
-                                             served_by=peers), outbound)]
+        out += r.titled("Connects to", _connects_to_columns(
+            r, outbound, from_netns=elsewhere(outbound), served_by=peers), outbound)
     if inbound:
-        out += ["", r.title("Connected from"),
-                r.table(_connected_from_columns(r, inbound, netns=elsewhere(inbound),
-                                                clients=peers), inbound)]
+        out += r.titled("Connected from", _connected_from_columns(
+            r, inbound, netns=elsewhere(inbound), clients=peers), inbound)
     _legend(out, any(g["guessed_users"] for g in groups))
     return out
 
@@ -509,14 +514,14 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
         if ns["error"]:
             out.append(f"  tables not read: {printable(ns['error'])}")
         if ns["processes"]:
-            out += ["", r.title("Processes"),
-                    r.table(_process_columns(r, ns["processes"]), ns["processes"])]
+            out += r.titled("Processes", _process_columns(r, ns["processes"]),
+                            ns["processes"])
         if ns["threads"]:
             out.append("  threads living here: " + ", ".join(
                 f"tid {t['tid']} of pid {t['pid']}" for t in ns["threads"]))
         listening = ns["listening"] + ns["unix_listening"]
         if listening:
-            out += ["", r.title("Listening"), _listening_table(r, listening)]
+            out += r.titled("Listening", _listening_columns(r), listening)
         out.extend(_connection_tables(r, ns["connections"], own_netns=None, peers=False))
         counts = "; ".join(f"{proto}: " + ", ".join(f"{st} {n}" for st, n in states.items())
                            for proto, states in ns["counts"].items())
@@ -540,12 +545,24 @@ def render_by_user(doc: dict, r: Renderer) -> str:
                             ("processes", str(len(u["processes"]))),
                             ("sockets", str(u["sockets"]))]))
         if u["listening"]:
-            out += ["", r.title("Listening"),
-                    _listening_table(r, u["listening"], netns=len(owns) != 1)]
+            out += r.titled("Listening", _listening_columns(r, netns=len(owns) != 1),
+                            u["listening"])
         out.extend(_connection_tables(r, u["connects_to"] + u["connected_from"],
                                       own_netns=owns, peers=True))
         out.append("")
     return _finish(out, r)
+
+
+def _container_columns(r: Renderer) -> list[Column]:
+    return [
+        Column("CONTAINER", lambda c: printable(c["name"]) if c["name"]
+               else ("(sandbox)" if c["sandbox"] else "?"), wrap=True, min_width=8),
+        Column("ID", lambda c: c["id"][:12]),
+        Column("RUNTIME", lambda c: c["runtime"] or "", priority=1),
+        Column("ROLE", lambda c: "sandbox" if c["sandbox"] else ""),
+        _users_column("USERS", r, lambda c: c["users"], lambda c: False),
+        _pids_column(),
+    ]
 
 
 def render_by_pod(doc: dict, r: Renderer) -> str:
@@ -558,17 +575,9 @@ def render_by_pod(doc: dict, r: Renderer) -> str:
                             ("netns", netns), ("owners", _owners(r, pod["owners"])),
                             ("sockets", str(pod["sockets"]))]))
         if pod["containers"]:
-            out += ["", r.title("Containers"), r.table([
-                Column("CONTAINER", lambda c: printable(c["name"]) if c["name"]
-                       else ("(sandbox)" if c["sandbox"] else "?"), wrap=True, min_width=8),
-                Column("ID", lambda c: c["id"][:12]),
-                Column("RUNTIME", lambda c: c["runtime"] or "", priority=1),
-                Column("ROLE", lambda c: "sandbox" if c["sandbox"] else ""),
-                _users_column("USERS", r, lambda c: c["users"], lambda c: False),
-                _pids_column(),
-            ], pod["containers"])]
+            out += r.titled("Containers", _container_columns(r), pod["containers"])
         if pod["listening"]:
-            out += ["", r.title("Listening"), _listening_table(r, pod["listening"])]
+            out += r.titled("Listening", _listening_columns(r), pod["listening"])
         own = [f"pod:{pod['namespace']}/{pod['name']}"] if pod.get("name") else None
         out.extend(_connection_tables(r, pod["connects_to"] + pod["connected_from"],
                                       own_netns=own, peers=True))
@@ -580,6 +589,25 @@ def render_by_pod(doc: dict, r: Renderer) -> str:
 
 # ---------------------------------------------------------------------------- summary
 
+def _summary_columns(r: Renderer) -> list[Column]:
+    return [
+        Column("NETNS", lambda n: printable(n["name"] or n["key"]), wrap=True, min_width=12),
+        Column("INODE", lambda n: n["inode"] if n["inode"] is not None else "?",
+               align="right", priority=2),
+        Column("OWNERS", lambda n: r.users(n["owners"]),
+               short=lambda n: r.users_short(n["owners"]), wrap=True, min_width=8),
+        Column("PROCS", "processes", align="right"),
+        Column("LISTEN", "listening", align="right"),
+        Column("OPEN", "open", align="right"),
+        Column("CLOSED", "closed", align="right"),
+        Column("SOCKETS", lambda n: n["sockets"] if n["tables_read"] else "unread",
+               align="right"),
+        Column("PID", "pid", align="right", priority=1),
+        Column("COMMAND", lambda n: join_cmdline(n["command"]), shrink=True, min_width=10,
+               priority=1),
+    ]
+
+
 def render_summary(doc: dict, r: Renderer) -> str:
     """`nsnet` with no command: one row per namespace, then what to type next."""
     rows = doc["namespaces"]
@@ -587,23 +615,8 @@ def render_summary(doc: dict, r: Renderer) -> str:
     opened = sum(n["open"] for n in rows)
     out = [r.head(f"{len(rows)} network namespaces, {doc['processes']} processes, "
                   f"{doc['pods']} pods, {stats['sockets']} sockets, {opened} open connections"),
-           r.table([
-               Column("NETNS", lambda n: printable(n["name"] or n["key"]), wrap=True,
-                      min_width=12),
-               Column("INODE", lambda n: n["inode"] if n["inode"] is not None else "?",
-                      align="right", priority=2),
-               Column("OWNERS", lambda n: r.users(n["owners"]),
-                      short=lambda n: r.users_short(n["owners"]), wrap=True, min_width=8),
-               Column("PROCS", "processes", align="right"),
-               Column("LISTEN", "listening", align="right"),
-               Column("OPEN", "open", align="right"),
-               Column("CLOSED", "closed", align="right"),
-               Column("SOCKETS", lambda n: n["sockets"] if n["tables_read"] else "unread",
-                      align="right"),
-               Column("PID", "pid", align="right", priority=1),
-               Column("COMMAND", lambda n: join_cmdline(n["command"]), shrink=True,
-                      min_width=10, priority=1),
-           ], rows, row_style=lambda n: None if n["tables_read"] else UNHELD_STYLE),
+           r.table(_summary_columns(r), rows,
+                   row_style=lambda n: None if n["tables_read"] else UNHELD_STYLE),
            "",
            "nsnet by-namespace   processes, listeners, connections of each namespace",
            "nsnet by-user        who talks to whom, per user   (by-pod: per Kubernetes pod)",
@@ -659,6 +672,30 @@ EDGE_COLUMN_NAMES = sorted({c.name for d in ("outbound", "inbound")
                             for c in edge_columns(Renderer(None, False), d, True)})
 
 
+def _names_of(*tables: list[Column]) -> list[str]:
+    return list(dict.fromkeys(c.name for cols in tables for c in cols))
+
+
+def _column_names() -> dict[str, list[str]]:
+    """Every column name each command's tables have (what -o COL,COL may name)."""
+    r = Renderer(None, False)
+    every: list[dict] = [{"peer_pods": [{}], "container": {"id": ""}}]   # optional columns
+    groups = [*_connects_to_columns(r, every, from_netns=True, served_by=True),
+              *_connected_from_columns(r, every, netns=True, clients=True)]
+    return {
+        "summary": _names_of(_summary_columns(r)),
+        "by-namespace": _names_of(_process_columns(r, every), _listening_columns(r),
+                                  _connects_to_columns(r, every, from_netns=False,
+                                                       served_by=False),
+                                  _connected_from_columns(r, every, netns=False,
+                                                          clients=False)),
+        "by-user": _names_of(_listening_columns(r, netns=True), groups),
+        "by-pod": _names_of(_container_columns(r), _listening_columns(r), groups),
+        "sockets": SOCKET_COLUMN_NAMES,
+        "deps": EDGE_COLUMN_NAMES, "watch": ["MARK", *EDGE_COLUMN_NAMES], "graph": [],
+    }
+
+
 def _live(doc: dict) -> bool:
     return not str(doc.get("source", "")).startswith("history")
 
@@ -670,12 +707,10 @@ def edge_tables(edges: list[dict], r: Renderer, live: bool,
     for direction, title in (("outbound", "Connects to"), ("inbound", "Connected from")):
         rows = [e for e in edges if e["direction"] == direction]
         if rows:
-            if out:
-                out.append("")
-            out += [r.title(title), r.table([*(extra or []), *edge_columns(r, direction, live)],
-                                            rows, row_style=row_style)]
+            out += r.titled(title, [*(extra or []), *edge_columns(r, direction, live)], rows,
+                            row_style=row_style)
     _legend(out, any(e["guess"] for e in edges))
-    return out
+    return out[1:] if out and out[0] == "" else out
 
 
 def render_deps(doc: dict, r: Renderer) -> str:
@@ -691,7 +726,7 @@ def render_by_user_history(doc: dict, r: Renderer) -> str:
     for u in doc["users"]:
         label = f"user {printable(u['name'])} (uid {u['uid']})" if u["name"] else \
             ("unknown user" if u["uid"] is None else f"user {u['uid']}")
-        out.append(r.head(label))
+        out += [r.head(label), ""]
         out.extend(edge_tables(u["connects_to"] + u["connected_from"], r, live))
         out.append("")
     return _finish(out, r) or "no dependency edges in that period"
@@ -701,3 +736,6 @@ def fit_line(text: str, width: int | None) -> str:
     """One line of ours (a warning, a status line) cut to the terminal's width."""
     text = printable(text)
     return text if width is None else truncate(text, width)
+
+
+COLUMN_NAMES = _column_names()

@@ -173,7 +173,8 @@ def test_a_heading_too_long_for_the_terminal_continues_whole():
 
 @pytest.mark.parametrize("argv, message", [
     (["sockets", "-o", "PIDS,NOPE"], "unknown column 'NOPE' for nsnet sockets; one of NETNS,"),
-    (["by-user", "-o", "USERS"], "nsnet by-user draws several tables: -o takes wide, json"),
+    (["by-user", "-o", "USERS,STATE"], "unknown column 'STATE' for nsnet by-user; one of"),
+    (["graph", "-o", "USER"], "nsnet graph draws no table: -o takes wide, json or ndjson"),
     (["deps", "--columns", "USER;rm"], "argument --columns: not wide, json, ndjson or COL,COL"),
     (["sockets", "-o", ""], "not wide, json, ndjson or COL,COL"),
 ])
@@ -191,3 +192,12 @@ def test_help_lists_the_words_the_colours_and_the_columns(capsys):
     text = capsys.readouterr().out
     assert "OTHER END" in text and "bold magenta" in text
     assert "columns for -o / --columns: NETNS,PROTO,STATE,LOCAL,REMOTE" in text
+
+
+def test_a_column_choice_applies_to_every_table_that_has_the_columns():
+    snap = node()
+    r = Renderer(None, False, columns=["SERVICE", "OPEN"])
+    text = render_by_namespace(by_namespace_view(snap), r)
+    assert "Processes" not in text and "Listening" not in text     # none of their columns
+    tables = [line for line in text.splitlines() if line.startswith("SERVICE")]
+    assert tables and all(line.split() == ["SERVICE", "OPEN"] for line in tables)
