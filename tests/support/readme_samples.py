@@ -149,6 +149,12 @@ class Fixed:
             out["processes"].sort(key=lambda p: p["pid"])
         if "sockets" in out and isinstance(out["sockets"], list):
             out["sockets"].sort(key=_socket_order)
+        if isinstance(out.get("namespaces"), list) and out["namespaces"] \
+                and isinstance(out["namespaces"][0], dict):
+            # nsnet.views' order (host first, then by inode), on the fixed inodes: the
+            # kernel hands out inodes in no particular order
+            out["namespaces"].sort(key=lambda n: (not n["host"], n["inode"] is None,
+                                                  n["inode"] or 0))
         return out
 
 
