@@ -433,51 +433,54 @@ def _listening_columns(r: Renderer, *, netns: bool = False) -> list[Column]:
     ]
 
 
-def _connects_to_columns(r: Renderer, groups: list[dict], *, from_netns: bool,
-                         served_by: bool) -> list[Column]:
-    pods = any(g["peer_pods"] for g in groups)
+def _group_columns(r: Renderer, groups: list[dict], *, peers: str | None,
+                   netns: str | None) -> list[Column]:
+    """What a connection group shows after its endpoints: counts, states, the other end, the
+    users and pods there (peers: their word, "SERVED BY" or "CLIENT"), our namespace when the
+    heading does not say it (netns: the column's title), our users, evidence, pids."""
+    there = []
+    if peers is not None:
+        word = "SERVED BY" if peers == "SERVED BY" else f"{peers} USERS"
+        there.append(_users_column(word, r, lambda g: g["peer_users"], lambda g: False,
+                                   priority=3))
+        if any(g["peer_pods"] for g in groups):
+            there.append(Column("SERVING PODS" if peers == "SERVED BY" else f"{peers} PODS",
+                                lambda g: _pods(g["peer_pods"]),
+                                short=lambda g: _pods_short(g["peer_pods"]), wrap=True,
+                                min_width=10, priority=3))
     return [
-        _ep_column("SERVICE", r, lambda g: g["peer_addr"], lambda g: g["peer_port"],
-                   exposed=lambda g: g["peer"] == "external", with_service=True),
         Column("PROTO", "proto"),
         *_counts_columns(),
         _states_column(),
         Column("OTHER END", _group_other_end, wrap=True, min_width=10),
-        *([_users_column("SERVED BY", r, lambda g: g["peer_users"], lambda g: False,
-                         priority=3)] if served_by else []),
-        *([Column("SERVING PODS", lambda g: _pods(g["peer_pods"]),
-                  short=lambda g: _pods_short(g["peer_pods"]), wrap=True, min_width=10,
-                  priority=3)] if served_by and pods else []),
-        *([Column("FROM NETNS", lambda g: _names(g["netns_names"]), wrap=True, min_width=10)]
-          if from_netns else []),
+        *there,
+        *([Column(netns, lambda g: _names(g["netns_names"]), wrap=True, min_width=10)]
+          if netns else []),
         _users_column("USERS", r, lambda g: g["users"], lambda g: g["guessed_users"]),
         Column("KNOWN BY", _known_by, wrap=True, min_width=8, priority=1),
         _pids_column(priority=5),
     ]
 
 
+def _connects_to_columns(r: Renderer, groups: list[dict], *, from_netns: bool,
+                         served_by: bool) -> list[Column]:
+    return [
+        _ep_column("SERVICE", r, lambda g: g["peer_addr"], lambda g: g["peer_port"],
+                   exposed=lambda g: g["peer"] == "external", with_service=True),
+        *_group_columns(r, groups, peers="SERVED BY" if served_by else None,
+                        netns="FROM NETNS" if from_netns else None),
+    ]
+
+
 def _connected_from_columns(r: Renderer, groups: list[dict], *, netns: bool,
                             clients: bool) -> list[Column]:
-    pods = any(g["peer_pods"] for g in groups)
     return [
         _ep_column("CLIENT", r, lambda g: g["peer_addr"], lambda g: None,
                    exposed=lambda g: g["peer"] == "external", min_width=15),
         _ep_column("SERVICE", r, lambda g: g["local_addr"], lambda g: g["local_port"],
                    exposed=lambda g: False, with_service=True),
-        Column("PROTO", "proto"),
-        *_counts_columns(),
-        _states_column(),
-        Column("OTHER END", _group_other_end, wrap=True, min_width=10),
-        *([_users_column("CLIENT USERS", r, lambda g: g["peer_users"], lambda g: False,
-                         priority=3)] if clients else []),
-        *([Column("CLIENT PODS", lambda g: _pods(g["peer_pods"]),
-                  short=lambda g: _pods_short(g["peer_pods"]), wrap=True, min_width=10,
-                  priority=3)] if clients and pods else []),
-        *([Column("NETNS", lambda g: _names(g["netns_names"]), wrap=True, min_width=10)]
-          if netns else []),
-        _users_column("USERS", r, lambda g: g["users"], lambda g: g["guessed_users"]),
-        Column("KNOWN BY", _known_by, wrap=True, min_width=8, priority=1),
-        _pids_column(priority=5),
+        *_group_columns(r, groups, peers="CLIENT" if clients else None,
+                        netns="NETNS" if netns else None),
     ]
 
 
