@@ -14,6 +14,7 @@ socket.socket(fileno=...) flip O_NONBLOCK on the shared file description.
 from __future__ import annotations
 
 import json
+import ipaddress
 import os
 import struct
 import secrets
@@ -39,7 +40,8 @@ from nsnet.netparse import NET_FILES, parse_net_file
 REPO = Path(__file__).resolve().parents[2]
 REPLY_TIMEOUT = 20.0
 TENANT_UID = 10000 + secrets.randbelow(50000)      # a uid no one else uses, no passwd entry
-V6 = "fd7b:" + secrets.token_hex(2) + "::1"
+# canonical text (RFC 5952: no leading zeros), as the kernel's address comes back
+V6 = str(ipaddress.IPv6Address("fd7b:" + secrets.token_hex(2) + "::1"))
 SYSTEM_PYTHON = "/usr/bin/python3"                  # runnable by any uid (unlike pyenv's)
 
 # The holder: creates sockets on request, uses them on request, reports fds and inodes
