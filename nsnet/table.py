@@ -484,10 +484,12 @@ def _render(cols: list[Column], rows: list[Any], width: int | None, color: bool,
     titles = [printable(c.title) for c in cols]
     body, natural = _measure(cols, rows, titles, color, row_style, header)
     sep_width = display_width(sep)
-    if width is None:
-        fit = _Fit(list(range(len(cols))), natural)
-    else:
+    everything = list(range(len(cols)))
+    if width is not None:
         width = max(width, 1)
+    if width is None or _span(everything, natural, sep_width) <= width:
+        fit = _Fit(everything, natural)     # the usual case: nothing to shorten or measure
+    else:
         short_cells, short_widths = _measure_short(cols, rows, titles, header)
         fit = _fit(cols, natural, short_widths, _typical(cols, body, titles, header), width,
                    sep_width)
