@@ -209,20 +209,13 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
 
 COMMANDS = ("summary", "by-namespace", "by-user", "deps", "graph", "by-pod", "serve", "watch",
             "sockets")
-WORDS = """words (the same in every table):
-  SERVICE     the server's end, ADDRESS:PORT (Connects to: theirs; Connected from: ours)
-  CLIENT      the address a connection to one of our services comes from
-  OTHER END   same netns | the other namespace's name (host, pod:NS/NAME, netns:PIN) |
-              off node (no namespace of this node has that address)
-  OPEN/CLOSED connections open now / closed recently (TIME_WAIT, FIN_WAIT...)
-  USERS       a user's name, else its uid; ? marks a guess (no process holds the socket)
-  KNOWN BY    holder, table-uid, listener, namespace-owner, namespace-owners? (a guess)"""
 
 
 def _epilog(columns: Sequence[str] = ()) -> str:
     from .palette import legend_lines
 
-    parts = [WORDS, "colours (on a terminal; NO_COLOR or --color never turn them off):",
+    parts = [report.VOCABULARY,
+             "colours (on a terminal; NO_COLOR or --color never turn them off):",
              *legend_lines()]
     if columns:
         parts.append("columns for -o / --columns: " + ",".join(columns))

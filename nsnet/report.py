@@ -1,17 +1,7 @@
 """Human output: the JSON views rendered as tables for a terminal or a pipe.
 
-One vocabulary in every table (the README's "Reading the tables" says it once):
-
-* SERVICE     the server's end of a connection, ADDRESS:PORT: what a client connects to. On
-              "Connects to" rows it is the other end; on "Connected from" rows it is ours.
-* CLIENT      the address a connection to one of our services comes from.
-* OTHER END   where the other end lives: ``same netns``, the name of another namespace of
-              this node (``host``, ``pod:NS/NAME``, ``netns:PIN``), or ``off node`` (no
-              namespace of this node has that address).
-* USERS       a user's name, else its uid, the same in every table and heading; ``?`` marks
-              a user nsnet inferred (no process holds the socket).
-* OPEN / CLOSED  connections open now / closed recently (TIME_WAIT and the other closing
-              states the kernel still keeps).
+One vocabulary in every table, said once in VOCABULARY below (`nsnet --help` prints it; the
+README's "Reading the tables" explains it at length).
 
 Row order (documented in the README): namespaces host first, then by inode; sockets by
 namespace, protocol, listeners first, then local and remote endpoint; users by uid;
@@ -44,6 +34,15 @@ from .table import (
 )
 from .views import endpoint
 
+VOCABULARY = """words (the same in every table):
+  SERVICE     the server's end, ADDRESS:PORT (Connects to: theirs; Connected from: ours)
+  CLIENT      the address a connection to one of our services comes from
+  OTHER END   same netns | the other namespace's name (host, pod:NS/NAME, netns:PIN) |
+              off node (no namespace of this node has that address)
+  OPEN/CLOSED connections open now / closed recently (TIME_WAIT, FIN_WAIT...)
+  USERS       a user's name, else its uid; ? marks a guess (no process holds the socket)
+  KNOWN BY    holder, table-uid, listener, namespace-owner, namespace-owners? (a guess)
+  DIR         in (accepted), out (connected), listen"""
 GUESS_MARK = "?"
 GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
                 "owners; each is shown")
@@ -635,7 +634,7 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def edge_user(e: dict, r: Renderer | None = None) -> str:
+def edge_user(e: dict) -> str:
     """The user of an edge: its name, else its uid, else `unknown` (nothing attributes the
     connection: the host's namespace, where many users live); a guess marked."""
     if e["uid"] is None:

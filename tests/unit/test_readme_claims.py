@@ -57,3 +57,13 @@ def test_column_examples_name_real_columns(example):
 def test_the_column_lists_are_the_commands():
     assert "NETNS" in SOCKET_COLUMN_NAMES and "OTHER-END" in SOCKET_COLUMN_NAMES
     assert {"USER", "SERVICE", "CLIENT", "KNOWN-BY"} <= set(EDGE_COLUMN_NAMES)
+
+
+def test_the_readme_explains_every_word_of_the_vocabulary():
+    from nsnet.report import VOCABULARY
+    words = re.findall(r"^  ([A-Z][A-Z /]+?)\s{2,}", VOCABULARY, re.M)
+    table = README.split("Reading the tables", 1)[1].split("\n\n", 2)[1]
+    assert len(words) >= 6
+    for word in words:
+        for part in word.split("/"):
+            assert part.strip() in table, part
