@@ -48,6 +48,10 @@ class StoreError(NsnetError):
     """The agent's history database cannot be opened, read or written."""
 
 
+class CorruptStore(StoreError):
+    """The history file is not a usable SQLite database (damaged, or not one at all)."""
+
+
 class ServiceConfigError(NsnetError):
     """A bad services file: the message is one line naming the file and the entry."""
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import views
-from ..errors import NsnetError, StoreError
+from ..errors import CorruptStore, NsnetError, StoreError
 from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
@@ -34,7 +34,7 @@ from .events import DestroyWatcher
 from .history import deps_view
 from .metrics import AgentMetrics
 from .sampler import Sample, Sampler, Scanner
-from .store import SampleRecord, Store, parse_since
+from .store import SampleRecord, Store, move_aside, parse_since
 
 VIEWS: dict[str, Callable[[Snapshot], dict]] = {
     "sockets": views.sockets_view,
@@ -56,11 +56,19 @@ def without_cmdlines(doc: Any) -> Any:
 
 def open_store(options: AgentOptions, err: TextIO) -> tuple[Store | None, str]:
     """The history, or None: an unusable database is said once and the agent runs on in
-    memory, rather than exiting into a crash loop that would hide the reason in restarts."""
+    memory, rather than exiting into a crash loop that would hide the reason in restarts. A
+    damaged one is moved aside (kept for inspection) and a fresh one started."""
     if not options.db:
         return None, "memory only (no --db)"
     try:
-        return Store(options.db, retention=options.retention), f"sqlite {options.db}"
+        try:
+            return Store(options.db, retention=options.retention), f"sqlite {options.db}"
+        except CorruptStore as exc:
+            aside = move_aside(options.db)
+            err.write(f"nsnet: warning: {printable(str(exc))}: moved aside to "
+                      f"{printable(aside)}; starting a fresh history\n")
+            return Store(options.db, retention=options.retention), \
+                f"sqlite {options.db} (a damaged one moved aside to {aside})"
     except StoreError as exc:
         err.write(f"nsnet: warning: {printable(str(exc))}; keeping history in memory only\n")
         return None, f"memory only: {exc}"
@@ -90,9 +98,14 @@ class Agent:
         self._last_sample_end = time.monotonic()
         self._history = history
         self._said: set[str] = set()
+        self._history_error: str | None = None   # the last history write's failure
+        self._last_good_sample = time.monotonic()
         if store is not None:
-            self.book.load(store.edges(since=time.time() - options.retention,
-                                       node=options.node))
+            try:
+                self.book.load(store.edges(since=time.time() - options.retention,
+                                           node=options.node))
+            except StoreError as exc:
+                self.say_once(f"{exc} (the agent starts with an empty memory)")
         self._scanner, self._watcher = scanner, watcher
         self._sampler: Sampler | None = None
 
@@ -117,14 +130,15 @@ class Agent:
     def status(self) -> dict[str, Any]:
         with self.lock:
             return {"samples": self._samples, "last_error": self._last_error,
-                    "history": self._history, "ready": self._snapshot is not None,
+                    "history": self._history, "history_error": self._history_error,
+                    "ready": self._snapshot is not None,
                     "last_sample_end": self._last_sample_end}
 
     def alive(self) -> bool:
-        # The sampler is stuck when no sample ended within a few intervals (a snapshot of a
-        # busy node takes seconds, not minutes).
+        # The sampler is stuck, or failing, when no sample succeeded within a few intervals
+        # (a snapshot of a busy node takes seconds, not minutes).
         with self.lock:
-            since = time.monotonic() - self._last_sample_end
+            since = time.monotonic() - self._last_good_sample
         return since < 3 * self.options.sampling.interval + 120
 
     def document(self, view: str) -> dict | None:
@@ -182,13 +196,39 @@ class Agent:
         if self.store is None:
             return
         stats = sample.snap.stats
+        record = SampleRecord(sample.ts, sample.wall, sample.cpu, stats.namespaces,
+                              stats.sockets, sample.over_budget)
         try:
-            self.store.record(self.options.node, sample.observed, SampleRecord(
-                sample.ts, sample.wall, sample.cpu, stats.namespaces, stats.sockets,
-                sample.over_budget))
+            self.store.record(self.options.node, sample.observed, record)
+            error = None
+        except CorruptStore as exc:
+            error = str(exc)
+            self.metrics.store_errors.inc()
+            self._replace_store(exc)
         except StoreError as exc:
+            error = str(exc)
             self.metrics.store_errors.inc()
             self.say_once(f"{exc} (the agent goes on; history since then is in memory only)")
+        with self.lock:
+            self._history_error = error
+
+    def _replace_store(self, exc: CorruptStore) -> None:
+        """The history went bad under us: keep it aside, go on with a fresh one (the edges
+        in memory are written again from the next sample on)."""
+        assert self.store is not None
+        self.store.close()
+        path = self.store.path
+        try:
+            aside = move_aside(path)
+            self.store = Store(path, retention=self.options.retention)
+            self.say_once(f"{exc}: moved aside to {aside}; starting a fresh history")
+            history = f"sqlite {path} (a damaged one moved aside to {aside})"
+        except StoreError as again:
+            self.store = None
+            self.say_once(f"{again} (the agent goes on with history in memory only)")
+            history = f"memory only: {again}"
+        with self.lock:
+            self._history = history
 
     def _export(self, sample: Sample) -> None:
         metrics = self.metrics
@@ -205,6 +245,7 @@ class Agent:
             if snap is not None:
                 self._snapshot = snap
                 self._samples += 1
+                self._last_good_sample = time.monotonic()
             self._last_error = error
             self._last_sample_end = time.monotonic()
 
@@ -249,10 +290,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def readyz(self, query: dict[str, list[str]]) -> None:
         status = self.agent.status()
-        self._send(HTTPStatus.OK if status["ready"] else HTTPStatus.SERVICE_UNAVAILABLE,
-                   {"status": "ready" if status["ready"] else "no sample yet",
+        failing = status["history_error"] is not None
+        ready = status["ready"] and not failing
+        self._send(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                   {"status": "ready" if ready else
+                    "history writes failing" if status["ready"] else "no sample yet",
                     "samples": status["samples"], "last_error": status["last_error"],
-                    "history": status["history"]})
+                    "history": status["history"], "history_error": status["history_error"]})
 
     def metrics(self, query: dict[str, list[str]]) -> None:
         self._send_bytes(HTTPStatus.OK, generate_latest(self.agent.metrics.registry),

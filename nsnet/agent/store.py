@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 
-from ..errors import StoreError
+from ..errors import CorruptStore, StoreError
 from ..model import EVIDENCE
 from ..options import AgentOptions
 from .edges import Observed
@@ -72,7 +73,44 @@ ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SE
 
 
 def _error(path: str, what: str, exc: BaseException) -> StoreError:
-    return StoreError(f"history database {path}: cannot {what}: {exc}")
+    # DatabaseError proper (not its Operational/Integrity/... subclasses) is SQLite saying the
+    # file is damaged or not a database: SQLITE_CORRUPT, SQLITE_NOTADB
+    kind = CorruptStore if type(exc) is sqlite3.DatabaseError else StoreError
+    return kind(f"history database {path}: cannot {what}: {exc}")
+
+
+def check_path(path: str) -> None:
+    """Refuse a --db that is a symbolic link, not a regular file, or another user's file:
+    root must not create or rewrite a database wherever a tenant-writable directory points."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return          # created by us, below
+    except OSError as exc:
+        raise StoreError(f"history database {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"history database {path}: is a symbolic link: refused (give the "
+                         "real path)")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"history database {path}: not a regular file: refused")
+    if st.st_uid != os.geteuid():
+        raise StoreError(f"history database {path}: owned by uid {st.st_uid}, not by us "
+                         f"(uid {os.geteuid()}): refused")
+
+
+def move_aside(path: str, now: float | None = None) -> str:
+    """Keep a damaged history for inspection: rename it (and its WAL and shared-memory files)
+    to PATH.corrupt-<time>; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    aside = f"{path}.corrupt-{stamp}"
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.lexists(path + suffix):
+                os.rename(path + suffix, aside + suffix)
+    except OSError as exc:
+        raise StoreError(f"history database {path}: damaged, and cannot be moved aside: "
+                         f"{exc.strerror}") from exc
+    return aside
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +141,34 @@ class EdgeRow:
     closed: int = 0                 # connections seen ending
 
 
+def _open_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection; on a read-only mount SQLite cannot create the WAL's
+    shared-memory file: the file is then read as immutable (nobody can be writing it there)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        if not _on_readonly_mount(path):
+            raise
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, timeout=10)
+
+
+def _on_readonly_mount(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _same_file(path: str, inode: int | None) -> None:
+    """The file SQLite opened is still the one checked (nobody swapped in a link meanwhile)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or (inode is not None and st.st_ino != inode):
+        raise StoreError(f"history database {path}: replaced while being opened: refused")
+
+
 class Store:
     def __init__(self, path: str, *, retention: float = DEFAULT_RETENTION,
                  max_edges: int = DEFAULT_MAX_EDGES, readonly: bool = False):
@@ -114,10 +180,15 @@ class Store:
                 if not os.path.exists(path):
                     raise StoreError(f"history database {path}: no such file "
                                      "(is this the --db that 'nsnet serve' writes?)")
-                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+                self.db = _open_readonly(path)
             else:
+                check_path(path)
+                before = os.lstat(path).st_ino if os.path.lexists(path) else None
                 self.db = sqlite3.connect(path, timeout=10)
                 self.db.execute("PRAGMA journal_mode=WAL")
+                _same_file(path, before)
+                if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("database disk image is malformed")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.executescript(_DDL)
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
@@ -139,6 +210,7 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
 
     def record(self, node: str, observed: Observed, sample: SampleRecord) -> None:
         """One sample, one transaction."""
@@ -210,7 +282,8 @@ def parse_since(text: str, now: float | None = None) -> float:
         value = float(number)
     except ValueError:
         value = -1.0
-    if not value >= 0 or value != value:
+    # finite and at most a century: JSON has no infinity, and no history is older
+    if not 0 <= value * (scale or 1) <= 100 * 365 * 86400:
         raise ValueError(f"not a duration: {text!r} (e.g. 30m, 24h, 7d)")
     return (time.time() if now is None else now) - value * (scale or 1)
 

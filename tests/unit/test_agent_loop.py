@@ -229,7 +229,8 @@ def test_health_and_readiness(served):
     agent.step()
     status, body = get_json(base + "/readyz")
     assert status == 200 and body == {"status": "ready", "samples": 1, "last_error": None,
-                                      "history": "memory only (no --db)"}
+                                      "history": "memory only (no --db)",
+                                      "history_error": None}
 
 
 def test_metrics_endpoint_is_parseable(served):
@@ -342,3 +343,27 @@ def test_the_agent_says_a_condition_once_not_each_time_a_count_in_it_changes():
     assert lines[0].startswith("nsnet: warning: no pid attribution for 1 of 41 processes")
     assert lines[1].startswith("nsnet: warning: 1 namespace(s) pinned")
     agent.close()
+
+
+def test_healthz_fails_when_every_sample_fails_not_only_when_stuck():
+    """Samples that end, but all in failure, are not health: the kubelet must restart an
+    agent that can no longer take one (its loop still turns)."""
+    agent = Agent(options(), io.StringIO(),
+                  scanner=FixedScanner([NsnetError("--proc /proc is gone")], cycle=True))
+    server = http_server(agent)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        agent.step()
+        assert get_json(base + "/healthz")[0] == 200          # within the grace period
+        # ...and once the last good sample is older than 3 intervals + 2 minutes:
+        agent._last_good_sample -= 3 * agent.options.sampling.interval + 121
+        for _ in range(3):
+            agent.step()                                       # failing, but ending
+        assert agent.status()["last_error"] == "--proc /proc is gone"
+        assert get_json(base + "/healthz") == (503, {"status": "sampler stalled"})
+    finally:
+        server.shutdown()
+        server.server_close()
+        agent.close()

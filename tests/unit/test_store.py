@@ -1,6 +1,8 @@
 """The SQLite history: upserts, retention, bounds, kill -9 durability, unwritable paths."""
 from __future__ import annotations
 
+import io
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from memnode import observed
 
 from nsnet.agent.edges import EdgeKey
 from nsnet.agent.store import SampleRecord, Store, StoreError, parse_since
+from nsnet.errors import CorruptStore
 
 REPO = Path(__file__).resolve().parents[2]
 DB_EDGE = EdgeKey(10001, "pod:shop/cart", "outbound", "tcp", "10.0.0.5", 3306)
@@ -104,8 +107,70 @@ def test_unwritable_paths_are_clear_errors(tmp_path):
         Store(str(tmp_path / "no" / "such" / "dir" / "h.db"))
     assert "cannot open" in str(err.value) and "\n" not in str(err.value)
     (tmp_path / "h.db").write_bytes(b"this is not a database, just some text " * 100)
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(CorruptStore, match="cannot open"):
         Store(str(tmp_path / "h.db"))
+
+
+def damaged(path: Path) -> bytes:
+    """A real history with edges, then a page in its middle overwritten: a valid header, a
+    damaged b-tree (what a torn write or a bad disk leaves)."""
+    store = Store(str(path))
+    for n in range(40):
+        store.record("n1", observed({EdgeKey(10001 + u, "host", "outbound", "tcp",
+                                             f"10.9.{n}.{u}", 443): 1 for u in range(50)}),
+                     SampleRecord(float(n), 0.1, 0.05, 3, 10, False))
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 8 * page
+    data[3 * page:5 * page] = b"\xa5" * (2 * page)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["not-a-database", "damaged-pages"])
+def test_a_corrupt_history_is_moved_aside_and_a_fresh_one_started(tmp_path, kind):
+    from nsnet.agent.serve import Agent, open_store
+    from nsnet.options import AgentOptions, SamplingOptions
+    from memnode import FixedScanner, MemNode
+
+    db = tmp_path / "h.db"
+    if kind == "not-a-database":
+        db.write_bytes(b"garbage " * 2000)
+        before = db.read_bytes()
+    else:
+        before = damaged(db)
+    options = AgentOptions(sampling=SamplingOptions(events=False), node="n1", db=str(db))
+    err = io.StringIO()
+    store, history = open_store(options, err)
+    assert store is not None and "moved aside to" in history
+    [aside] = [f for f in tmp_path.glob("h.db.corrupt-*")
+               if not f.name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == before                       # kept for inspection, intact
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and "moved aside to" in lines[0] and "starting a fresh" in lines[0]
+    node = MemNode()
+    node.process(1, uid=0, cmdline=["/sbin/init"])
+    agent = Agent(options, err, store=store, history=history,
+                  scanner=FixedScanner([node.build()]))
+    agent.step()                                               # the fresh one takes samples
+    assert agent.status()["history_error"] is None
+    agent.close()
+    assert Store(str(db), readonly=True).samples() != []
+
+
+def test_db_refuses_a_symlink_and_what_is_not_a_file(tmp_path):
+    target = tmp_path / "elsewhere.db"
+    link = tmp_path / "h.db"
+    link.symlink_to(target)
+    with pytest.raises(StoreError, match="is a symbolic link: refused"):
+        Store(str(link))
+    assert not target.exists()                                 # nothing created through it
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo)
+    with pytest.raises(StoreError, match="not a regular file: refused"):
+        Store(str(fifo))
 
 
 @pytest.mark.parametrize("text,back", [("30s", 30), ("90m", 5400), ("24h", 86400),
@@ -114,7 +179,8 @@ def test_parse_since(text, back):
     assert parse_since(text, now=1e6) == 1e6 - back
 
 
-@pytest.mark.parametrize("text", ["", "d", "-3d", "soon", "nan", "3y"])
+@pytest.mark.parametrize("text", ["", "d", "-3d", "soon", "nan", "3y", "1e400", "inf",
+                                  "1e20d", "-inf"])
 def test_parse_since_rejects(text):
     with pytest.raises(ValueError, match="not a duration"):
         parse_since(text, now=0)
