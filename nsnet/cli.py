@@ -8,7 +8,6 @@ everything below it gets nsnet.options objects.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -30,7 +29,7 @@ from .options import (
     SnapshotOptions,
     WatchOptions,
 )
-from .sanitize import printable
+from .sanitize import json_text, printable
 from .table import forced_columns, terminal_width, use_color
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -335,7 +334,7 @@ def agent_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOpti
 def _emit_json(doc: dict, out: TextIO) -> None:
     # One line, no indent: only then does json use its C encoder (3x faster on a busy node;
     # pipe through `jq .` to read it). ASCII: no raw control bytes reach a terminal.
-    out.write(json.dumps(doc, ensure_ascii=True))
+    out.write(json_text(doc))
     out.write("\n")
 
 
@@ -348,12 +347,11 @@ def _emit_ndjson(doc: dict, out: TextIO) -> None:
     schema = doc["schema"]
     for key, kind in NDJSON_LISTS:
         for item in doc.get(key, ()):
-            out.write(json.dumps({"schema": schema, "type": kind, **item}, ensure_ascii=True)
-                      + "\n")
+            out.write(json_text({"schema": schema, "type": kind, **item}) + "\n")
     # the last line: the stats (and whatever else the document holds), as ever
     rest = {k: v for k, v in doc.items() if k not in dict(NDJSON_LISTS) and k != "schema"}
-    out.write(json.dumps({"schema": schema, "type": "stats" if "stats" in rest else "document",
-                          **rest}, ensure_ascii=True) + "\n")
+    out.write(json_text({"schema": schema, "type": "stats" if "stats" in rest else "document",
+                         **rest}) + "\n")
 
 
 def _only_uid(args: argparse.Namespace) -> int | None:

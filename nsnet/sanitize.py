@@ -35,6 +35,7 @@ private-use characters and unusual spaces, is kept as is.
 """
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -153,3 +154,31 @@ def join_cmdline(argv: Iterable[str]) -> SafeText:
             safe = '"' + safe.replace('"', '\\"') + '"'
         parts.append(safe)
     return SafeText(" ".join(parts))
+
+
+# ------------------------------------------------------------------------------ JSON
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unsurrogate(value: object) -> object:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}"
+                                   if 0xDC80 <= ord(m.group()) <= 0xDCFF
+                                   else f"\\u{ord(m.group()):04x}", value)
+    if isinstance(value, dict):
+        return {_unsurrogate(k): _unsurrogate(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unsurrogate(v) for v in value]
+    return value
+
+
+def json_text(doc: object) -> str:
+    """``doc`` as one line of strictly valid JSON, pure ASCII: no NaN or infinity (ValueError:
+    a bug, never printed), and no lone surrogate -- a byte of /proc that was not UTF-8 (kept
+    by surrogateescape) becomes the text ``\\xNN``, as on a terminal, which any JSON parser
+    accepts (a lone ``\\udcNN`` escape is rejected by strict ones)."""
+    text = json.dumps(doc, ensure_ascii=True, allow_nan=False)
+    if "\\ud" in text:      # rare: only then walk the document (a pair of an emoji also says \ud)
+        text = json.dumps(_unsurrogate(doc), ensure_ascii=True, allow_nan=False)
+    return text

@@ -10,7 +10,6 @@ and the health fields.
 """
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from ..errors import CorruptStore, NsnetError, StoreError
 from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
-from ..sanitize import printable
+from ..sanitize import json_text, printable
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .events import DestroyWatcher
 from .history import deps_view
@@ -272,8 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send(self, status: HTTPStatus, body: dict) -> None:
-        self._send_bytes(status, (json.dumps(body, ensure_ascii=True) + "\n").encode(),
-                         "application/json")
+        self._send_bytes(status, (json_text(body) + "\n").encode(), "application/json")
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)

@@ -12,7 +12,6 @@ terminal back as it was.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -24,6 +23,7 @@ from .. import SCHEMA
 from ..model import condition_of
 from ..options import WatchOptions
 from ..report import Renderer, edge_tables, fit_line
+from ..sanitize import json_text
 from ..table import Column, terminal_width
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .history import edge_doc
@@ -145,7 +145,7 @@ class Watch:
     def json_line(self, sample: Sample, opened: int, closed: int) -> str:
         rows = self.rows(sample)
         st = sample.snap.stats
-        return json.dumps({
+        return json_text({
             "schema": SCHEMA, "type": "sample", "ts": sample.ts, "node": self.options.node,
             "open": [e for e in rows if e["mark"] != "-"],
             "opened": [e for e in rows if e["mark"] == "+"],
@@ -153,7 +153,7 @@ class Watch:
             "new_since_last": opened, "closed_since_last": closed,
             "stats": {"namespaces": st.namespaces, "sockets": st.sockets,
                       "wall_seconds": round(sample.wall, 4), "cpu_seconds": round(sample.cpu, 4),
-                      "warnings": st.warnings()}}, ensure_ascii=True)
+                      "warnings": st.warnings()}})
 
     def step(self) -> float:
         """Sample, draw; returns how long to wait before the next sample."""

@@ -3,6 +3,7 @@ and text from /proc that tries to attack the terminal."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import pty
 import select
@@ -170,3 +171,23 @@ def test_piped_output_has_no_colour_and_is_not_cut(hostile_process):
     run = nsnet("sockets", "--pid", str(pid), env=dict(os.environ, COLUMNS="40"))
     assert "\x1b[" not in run.stdout
     assert "FAKE ROW" in run.stdout and "…" not in run.stdout   # full width when piped
+
+
+def test_bytes_that_are_not_utf8_give_valid_json(tmp_path):
+    """A command line with bytes that are not UTF-8 (a real process's argv): the JSON is
+    valid for a strict parser (no lone surrogate escape), the bytes shown as \\xNN text."""
+    holder = subprocess.Popen([sys.executable.encode(), b"-c",
+                               b"import socket, time; s = socket.socket(); "
+                               b"s.bind(('127.0.0.1', 0)); s.listen(); time.sleep(120)",
+                               b"bad\xff\xfe-\xc3\xa9"])
+    try:
+        time.sleep(0.5)
+        run = nsnet("sockets", "--pid", str(holder.pid), "--json")
+        assert run.returncode == 0, run.stderr
+        assert not re.search(r"\\ud[89a-f][0-9a-f]{2}", run.stdout)   # no surrogate escape
+        [proc] = json.loads(run.stdout)["processes"]
+        assert proc["cmdline"][-1] == "bad\\xff\\xfe-é"
+        json.dumps(proc, ensure_ascii=False).encode("utf-8")        # strict UTF-8 throughout
+    finally:
+        holder.kill()
+        holder.wait()

@@ -367,3 +367,10 @@ def test_healthz_fails_when_every_sample_fails_not_only_when_stuck():
         server.shutdown()
         server.server_close()
         agent.close()
+
+
+@pytest.mark.parametrize("since", ["1e400", "inf", "-1d", "nan"])
+def test_the_api_refuses_durations_json_cannot_carry(served, since):
+    agent, base = served
+    status, body = get_json(f"{base}/api/v1/dependencies?since={since}")
+    assert status == 400 and "not a duration" in body["error"]

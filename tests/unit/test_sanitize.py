@@ -242,3 +242,21 @@ def test_real_process_with_hostile_argv() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_json_is_strict_utf8_and_finite():
+    import json
+
+    import pytest
+
+    from nsnet.sanitize import json_text
+    name = b"evil\xff\xfe-\xc3\xa9".decode("utf-8", "surrogateescape")   # as /proc gives it
+    text = json_text({"comm": name, "emoji": "\U0001f600", "ok": [1, 2.5]})
+    assert text.isascii()
+    back = json.loads(text)
+    assert back["comm"] == "evil\\xff\\xfe-é" and back["emoji"] == "\U0001f600"
+    json.dumps(back).encode("utf-8")          # no lone surrogate left anywhere
+    back["comm"].encode("utf-8")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            json_text({"since": bad})
