@@ -59,6 +59,9 @@ class AgentOptions:
     db: str | None = None                    # the SQLite history; None: memory only
     retention: float = 30 * DAY
     max_series: int = 5000                      # edge series in /metrics before folding
+    http_timeout: float = 10.0                  # seconds a client may stay silent
+    max_connections: int = 256                  # HTTP connections served at once...
+    max_per_client: int = 16                    # ...and from one client address
 
 
 WATCH_SAMPLING = SamplingOptions(interval=2.0, max_cpu=0.5)

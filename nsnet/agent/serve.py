@@ -10,6 +10,7 @@ and the health fields.
 """
 from __future__ import annotations
 
+import resource
 import signal
 import threading
 import time
@@ -97,6 +98,10 @@ class Agent:
         self._last_sample_end = time.monotonic()
         self._history = history
         self._said: set[str] = set()
+        self._views: dict[str, tuple[Snapshot, bytes]] = {}   # the API's answers, per sample
+        self._views_lock = threading.Lock()
+        self._building = threading.BoundedSemaphore(2)
+        self.views_built = 0
         self._history_error: str | None = None   # the last history write's failure
         self._last_good_sample = time.monotonic()
         if store is not None:
@@ -146,6 +151,31 @@ class Agent:
             return None
         doc = VIEWS[view](snap)
         return doc if self.options.expose_cmdlines else without_cmdlines(doc)
+
+    def document_bytes(self, view: str) -> bytes | None:
+        """A view of the latest snapshot as the JSON the API sends: built once per sample
+        and view, whoever asks and however often (a burst of clients costs one build), and
+        at most two built at once (each can be tens of megabytes on a busy node)."""
+        with self._views_lock:
+            with self.lock:
+                snap = self._snapshot
+            if snap is None:
+                return None
+            cached = self._views.get(view)
+            if cached is not None and cached[0] is snap:
+                return cached[1]
+        with self._building:
+            with self._views_lock:
+                cached = self._views.get(view)
+                if cached is not None and cached[0] is snap:
+                    return cached[1]
+            doc = VIEWS[view](snap)
+            data = (json_text(doc if self.options.expose_cmdlines else without_cmdlines(doc))
+                    + "\n").encode()
+            with self._views_lock:
+                self._views[view] = (snap, data)
+                self.views_built += 1
+            return data
 
     def dependencies(self, since: float | None, uid: int | None,
                      confirmed: bool = False) -> dict:
@@ -305,11 +335,11 @@ class _Handler(BaseHTTPRequestHandler):
         if view not in VIEWS:
             self._send(HTTPStatus.BAD_REQUEST, {"error": f"unknown view; one of {', '.join(VIEWS)}"})
             return
-        doc = self.agent.document(view)
-        if doc is None:
+        data = self.agent.document_bytes(view)
+        if data is None:
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no sample yet"})
         else:
-            self._send(HTTPStatus.OK, doc)
+            self._send_bytes(HTTPStatus.OK, data, "application/json")
 
     def dependencies(self, query: dict[str, list[str]]) -> None:
         try:
@@ -328,20 +358,94 @@ _ROUTES: dict[str, Callable[[_Handler, dict[str, list[str]]], None]] = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with limits: a real listen backlog; at most max_connections served
+    at once and max_per_client from one address (the next is answered 503 at once and
+    closed by the accepting thread, never queued behind idle ones: a client holding idle
+    connections cannot starve the kubelet's probes, which come from another address); each
+    silent client dropped after http_timeout; a client that goes away mid-answer is counted,
+    not worth a traceback."""
+
+    request_queue_size = 128
+    daemon_threads = True
+    BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\n\r\n{\"error\": \"too many connections\"}\n")
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int,
+                 max_per_client: int):
+        self.max_connections, self.max_per_client = max_connections, max_per_client
+        self.open: dict[str, int] = {}      # client address -> connections being served
+        self.count_lock = threading.Lock()
+        self.refused = 0
+        self.client_errors = 0
+        super().__init__(address, handler)
+
+    def _take(self, client: str) -> bool:
+        with self.count_lock:
+            if sum(self.open.values()) >= self.max_connections or \
+                    self.open.get(client, 0) >= self.max_per_client:
+                self.refused += 1
+                return False
+            self.open[client] = self.open.get(client, 0) + 1
+            return True
+
+    def _give_back(self, client: str) -> None:
+        with self.count_lock:
+            left = self.open.pop(client, 1) - 1
+            if left:
+                self.open[client] = left
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._take(client_address[0]):
+            try:
+                request.settimeout(1.0)
+                request.sendall(self.BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._give_back(client_address[0])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a reset, a timeout or a half-sent request is the client's business: counted
+        self.client_errors += 1
+
+
 def http_server(agent: Agent) -> ThreadingHTTPServer:
     """The agent's HTTP side, bound to options.listen, not yet serving."""
-    host, port = agent.options.listen
+    options = agent.options
+    host, port = options.listen
     try:
-        handler = type("Handler", (_Handler,), {"agent": agent})
-        server = ThreadingHTTPServer((host, port), handler)
+        handler = type("Handler", (_Handler,), {"agent": agent,
+                                                "timeout": options.http_timeout})
+        server = _Server((host, port), handler, options.max_connections, options.max_per_client)
     except OSError as exc:
         raise NsnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    server.daemon_threads = True
     return server
+
+
+def raise_fd_limit() -> int:
+    """RLIMIT_NOFILE's soft limit raised to the hard one (one netlink socket per namespace and
+    the HTTP clients need more than the usual 1024); returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
 
 
 def serve(options: AgentOptions, err: TextIO, *, scanner: Scanner | None = None) -> int:
     """Run the agent until SIGTERM (finish the current sample, commit it, exit 0)."""
+    raise_fd_limit()
     store, history = open_store(options, err)
     agent = Agent(options, err, store=store, history=history, scanner=scanner)
     try:

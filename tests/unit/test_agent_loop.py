@@ -374,3 +374,98 @@ def test_the_api_refuses_durations_json_cannot_carry(served, since):
     agent, base = served
     status, body = get_json(f"{base}/api/v1/dependencies?since={since}")
     assert status == 400 and "not a duration" in body["error"]
+
+
+# ------------------------------------------------------------------ hostile HTTP clients
+
+def limited(**kw) -> tuple[Agent, object, str]:
+    agent = Agent(options(**kw), io.StringIO(),
+                  scanner=FixedScanner([tenants(8080, 2), tenants(8080, 1)], cycle=True))
+    server = http_server(agent)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return agent, server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_burst_of_snapshot_requests_costs_one_build_per_sample():
+    agent, server, base = limited()
+    try:
+        agent.step()
+        answers: list[bytes] = []
+
+        def fetch() -> None:
+            answers.append(get(base + "/api/v1/snapshot?view=sockets")[2])
+        threads = [threading.Thread(target=fetch) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(answers) == 24 and len(set(answers)) == 1
+        assert agent.views_built == 1
+        assert json.loads(answers[0])["view"] == "sockets"
+        agent.step()                                   # a new sample: built again, once
+        get(base + "/api/v1/snapshot?view=sockets")
+        get(base + "/api/v1/snapshot?view=sockets")
+        assert agent.views_built == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
+def test_idle_connections_are_capped_per_client_and_dropped_after_the_timeout():
+    import socket as socketlib
+
+    agent, server, base = limited(max_per_client=4, http_timeout=1.0)
+    port = server.server_address[1]
+    idle = []
+    try:
+        agent.step()
+        for _ in range(4):
+            idle.append(socketlib.create_connection(("127.0.0.1", port)))
+        time.sleep(0.2)
+        extra = socketlib.create_connection(("127.0.0.1", port), timeout=5)
+        answer = extra.recv(4096)
+        extra.close()
+        assert answer.startswith(b"HTTP/1.0 503") and b"too many connections" in answer
+        # another client address is still served at once (the kubelet's probes)
+        other = socketlib.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0),
+                                            timeout=5)
+        other.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert other.recv(4096).startswith(b"HTTP/1.0 200")
+        other.close()
+        # the silent ones are dropped after http_timeout, and the address is served again
+        for s in idle:
+            s.settimeout(5)
+            assert s.recv(4096) == b""
+        assert get_json(base + "/healthz")[0] == 200
+        assert server.refused >= 1
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
+def test_a_client_that_resets_is_not_a_traceback(capfd):
+    import socket as socketlib
+    import struct
+
+    agent, server, base = limited()
+    port = server.server_address[1]
+    try:
+        agent.step()
+        for _ in range(20):
+            s = socketlib.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /api/v1/snapshot?view=sockets HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()                                  # RST before the answer is read
+        time.sleep(0.5)
+        assert get_json(base + "/healthz")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        agent.close()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and "Exception" not in err
