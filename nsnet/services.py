@@ -19,6 +19,8 @@ The most specific match wins: a longer prefix first, then a rule with a port ove
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 import tomllib
 
 from .errors import ServiceConfigError
@@ -61,6 +63,8 @@ def parse_services(text: str, origin: str = "services file") -> ServiceMap:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ServiceConfigError(f"{origin}: not valid TOML: {exc}") from None
+    except RecursionError:   # tomllib recurses per nesting level of arrays and tables
+        raise ServiceConfigError(f"{origin}: nested too deeply") from None
     entries = doc.get("service", [])
     if not isinstance(entries, list):
         raise ServiceConfigError(f"{origin}: 'service' must be an array of tables ([[service]])")
@@ -90,15 +94,28 @@ def parse_services(text: str, origin: str = "services file") -> ServiceMap:
     return ServiceMap(rules)
 
 
+MAX_FILE = 1 << 20     # a services file is a few kilobytes; a megabyte is already absurd
+
+
 def load_services(path: str | None) -> ServiceMap:
+    """The operator's file, read with bounds: opened non-blocking (a FIFO there cannot hang
+    us), a regular file only (not /dev/zero), at most MAX_FILE bytes."""
     if not path:
         return NO_SERVICES
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ServiceConfigError(f"services file {path}: not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_FILE + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ServiceConfigError(f"cannot read services file {path}: "
                                  f"{(exc.strerror or str(exc)).lower()}") from exc
+    if len(data) > MAX_FILE:
+        raise ServiceConfigError(f"services file {path}: larger than {MAX_FILE >> 20} MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

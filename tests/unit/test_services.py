@@ -1,6 +1,7 @@
 """The operator's service-name file: matching rules and one-line errors for bad entries."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,26 @@ def test_bad_config_on_the_command_line_is_one_line(tmp_path):
     assert run.stderr.splitlines() == [
         f"nsnet: error: {cfg}: service #1 (db): '10.0.0.0/33': "
         "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"]
+
+
+def test_what_is_not_a_small_regular_file_is_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)                      # nobody writes: a blocking open would hang forever
+    with pytest.raises(ServiceConfigError, match="not a regular file"):
+        load_services(str(fifo))
+    with pytest.raises(ServiceConfigError, match="not a regular file"):
+        load_services("/dev/zero")       # endless: never read
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# padding\n" * 200_000)
+    with pytest.raises(ServiceConfigError, match="larger than 1 MiB"):
+        load_services(str(big))
+
+
+def test_deep_nesting_is_a_one_line_error(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ServiceConfigError, match="nested too deeply"):
+        load_services(str(deep))
+    run = subprocess.run([sys.executable, "-m", "nsnet", "deps", "--services", str(deep)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "nested too deeply" in run.stderr
