@@ -3,7 +3,10 @@ own health.
 
 Cardinality guard: at most `max_series` edges are exported, the most recently seen first; the
 rest are summed into one series per (direction, user) whose `peer` label is "__overflow__",
-and `nsnet_edge_series_dropped` says how many were folded. Ephemeral ports are never labels
+for at most max(10, max_series / 10) users (those seen most recently), and the users beyond
+into one series per direction whose `user` is "__overflow__" too -- a tenant with a user
+namespace has 65,536 uids, and must not turn the cap into one series per uid.
+`nsnet_edge_series_dropped` says how many edges were folded. Ephemeral ports are never labels
 (see edges.py), so the number of series follows the number of distinct services and clients.
 """
 from __future__ import annotations
@@ -120,9 +123,16 @@ class EdgeCollector(Collector):
             labels: tuple[str, ...] = self._labels(key, state)
             families.add(labels, state)
         folded: dict[tuple[str, ...], EdgeState] = {}
-        for key, state in rest:
-            folded_labels = (self.node, *self._user(key), "", "", "", key.direction, "",
-                             OVERFLOW, "", "", "mixed")
+        users: set[int] = set()
+        room = max(10, self.max_series // 10)
+        for key, state in rest:          # the most recently seen first
+            if key.uid in users or len(users) < room:
+                users.add(key.uid)
+                who = self._user(key)
+            else:
+                who = ("", OVERFLOW)
+            folded_labels = (self.node, *who, "", "", "", key.direction, "", OVERFLOW, "", "",
+                             "mixed")
             folded[folded_labels] = _fold(folded.get(folded_labels), state)
         for labels, state in folded.items():
             families.add(labels, state)

@@ -285,3 +285,19 @@ def test_scrapes_racing_the_sampler_are_always_consistent(fast_switching, writer
     final = {key_of(k): v
              for k, v in scrape(agent.metrics.registry)["nsnet_edge_samples"].items()}
     assert final == dict(expected_samples)
+
+
+def test_the_cap_holds_across_uids():
+    """A tenant's user namespace gives it 65,536 uids: 3,000 of them, one edge each, with a cap
+    of 100 series, must not become 3,000 overflow series."""
+    rows = [(EdgeKey(200000 + u, "netns:4026532300", "outbound", "tcp", "10.1.0.9", 443),
+             EdgeState(1.0, 1000.0 - u * 0.1, samples=1, max_concurrent=1, current=1))
+            for u in range(3000)]
+    got = scrape(AgentMetrics("n1", lambda: rows, NO_SERVICES, 100).registry)
+    series = got["nsnet_edge_connections"]
+    assert len(series) <= 100 + 10 + 1
+    everyone = labels(uid="", user=OVERFLOW, direction="outbound", peer=OVERFLOW,
+                      evidence="mixed")
+    assert everyone in series
+    assert sum(series.values()) == 3000            # nothing lost: every connection counted
+    assert got["nsnet_edge_series_dropped"] == {(): 2900}
