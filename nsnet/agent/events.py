@@ -18,6 +18,7 @@ import errno
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -85,6 +86,7 @@ class DestroyWatcher:
         self.malformed = 0
         self.failure_said = False   # the sampler said once that some subscriptions failed
         self._stop = threading.Event()
+        self._cpu_at_exit = 0.0
         self._thread = threading.Thread(target=self._run, name="nsnet-events", daemon=True)
         self._thread.start()
 
@@ -111,6 +113,16 @@ class DestroyWatcher:
                 self._selector.unregister(sock)
                 sock.close()
 
+    def cpu_seconds(self) -> float:
+        """CPU time its reader thread has used (not the sampler's: kept out of the budget)."""
+        ident = self._thread.ident
+        if ident is None or not self._thread.is_alive():
+            return self._cpu_at_exit
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except (OSError, ProcessLookupError):
+            return self._cpu_at_exit
+
     def counts(self) -> tuple[int, int, int]:
         """received, dropped, namespaces watched: read under the lock the reader writes in."""
         with self._lock:
@@ -128,13 +140,16 @@ class DestroyWatcher:
         self._selector.close()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ready = self._selector.select(timeout=0.5)
-            except (OSError, ValueError):   # a socket closed under us: select again
-                continue
-            for key, _ in ready:
-                self._read(cast(socket.socket, key.fileobj), key.data)
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready = self._selector.select(timeout=0.5)
+                except (OSError, ValueError):   # a socket closed under us: select again
+                    continue
+                for key, _ in ready:
+                    self._read(cast(socket.socket, key.fileobj), key.data)
+        finally:
+            self._cpu_at_exit = time.thread_time()
 
     def _read(self, sock: socket.socket, inode: int) -> None:
         while True:

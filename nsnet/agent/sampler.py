@@ -50,9 +50,11 @@ class Pacer:
     `within` seconds (a sample that cannot fit its budget in the interval is counted instead),
     and stops pacing once `hurry` is set (SIGTERM: finish the sample now)."""
 
-    def __init__(self, max_cpu: float, within: float, hurry: threading.Event | None = None):
+    def __init__(self, max_cpu: float, within: float, hurry: threading.Event | None = None,
+                 cpu: Callable[[], float] = time.process_time):
         self.max_cpu = max_cpu
-        self.cpu0, self.wall0 = time.process_time(), time.monotonic()
+        self.cpu = cpu
+        self.cpu0, self.wall0 = cpu(), time.monotonic()
         self.until = self.wall0 + within
         self.hurry = hurry
         self.slept = 0.0
@@ -61,7 +63,7 @@ class Pacer:
         if self.hurry is not None and self.hurry.is_set():
             return
         now = time.monotonic()
-        ahead = (time.process_time() - self.cpu0) / self.max_cpu - (now - self.wall0)
+        ahead = (self.cpu() - self.cpu0) / self.max_cpu - (now - self.wall0)
         pause = min(ahead, self.until - now)
         if pause > 0.005:
             if self.hurry is not None:
@@ -80,8 +82,10 @@ class Sampler:
     def __init__(self, options: SamplingOptions, say_once: Say,
                  hurry: threading.Event | None = None, *,
                  scanner: Scanner | None = None,
-                 watcher: DestroyWatcher | None = None):
+                 watcher: DestroyWatcher | None = None,
+                 others_cpu: Callable[[], float] = lambda: 0.0):
         self.options = options
+        self.others_cpu = others_cpu
         self.hurry = hurry
         self.say_once = say_once
         self.scanner: Scanner = scanner if scanner is not None \
@@ -89,10 +93,19 @@ class Sampler:
         self.memory = edges.Memory()
         self.watcher = watcher if watcher is not None else _destroy_watcher(options, say_once)
 
+    def cpu(self) -> float:
+        """CPU seconds of sampling so far: the process's, less what the agent's other threads
+        used (its HTTP clients, the destroy-event reader) -- a burst of requests must not
+        be charged to the budget and stall the samples."""
+        used = time.process_time() - self.others_cpu()
+        if self.watcher is not None:
+            used -= self.watcher.cpu_seconds()
+        return used
+
     def sample(self) -> Sample:
         options = self.options
-        wall0, cpu0 = time.monotonic(), time.process_time()
-        pacer = Pacer(options.max_cpu, options.interval, self.hurry)
+        wall0, cpu0 = time.monotonic(), self.cpu()
+        pacer = Pacer(options.max_cpu, options.interval, self.hurry, self.cpu)
         snap = self.scanner.take(pacer)
         for line in snap.stats.warnings():
             self.say_once(line)
@@ -106,7 +119,7 @@ class Sampler:
         edges.merge(observed, edges.closed_edges(closed, self.memory))
         if self.watcher is not None:
             _watch_namespaces(self.watcher, snap, snap.proc, self.say_once)
-        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+        wall, cpu = time.monotonic() - wall0, self.cpu() - cpu0
         return Sample(snap, observed, len(closed), time.time(), wall, cpu,
                       cpu > options.max_cpu * options.interval, pacer.slept)
 

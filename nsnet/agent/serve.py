@@ -102,6 +102,8 @@ class Agent:
         self._views_lock = threading.Lock()
         self._building = threading.BoundedSemaphore(2)
         self.views_built = 0
+        self._http_cpu = 0.0       # CPU seconds the finished HTTP requests used
+        self._http_live: dict[int, float] = {}    # thread -> its CPU clock at the start
         self._history_error: str | None = None   # the last history write's failure
         self._last_good_sample = time.monotonic()
         if store is not None:
@@ -119,8 +121,32 @@ class Agent:
         says once what it cannot do: destroy events without their privileges)."""
         if self._sampler is None:
             self._sampler = Sampler(self.options.sampling, self.say_once, hurry=self.stop,
-                                    scanner=self._scanner, watcher=self._watcher)
+                                    scanner=self._scanner, watcher=self._watcher,
+                                    others_cpu=self.http_cpu)
         return self._sampler
+
+    def http_started(self) -> None:
+        """The calling HTTP thread starts on a request: its CPU from now on is the client's."""
+        with self.lock:
+            self._http_live[threading.get_ident()] = time.thread_time()
+
+    def http_done(self) -> None:
+        with self.lock:
+            start = self._http_live.pop(threading.get_ident(), None)
+            if start is not None:
+                self._http_cpu += time.thread_time() - start
+
+    def http_cpu(self) -> float:
+        """CPU seconds spent on HTTP clients so far, those being answered now included (read
+        from their threads' CPU clocks): the sampler subtracts it from its budget."""
+        with self.lock:
+            total, live = self._http_cpu, list(self._http_live.items())
+        for ident, start in live:
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(ident)) - start
+            except (OSError, ProcessLookupError):
+                pass   # it has just finished: http_done() counted it
+        return total
 
     # ------------------------------------------------------------- read by HTTP threads
     def edge_rows(self) -> list[tuple[EdgeKey, EdgeState]]:
@@ -292,6 +318,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass   # probes every few seconds would drown the agent's own messages
+
+    def handle(self) -> None:
+        # what a client costs is the client's, not the sampler's budget (Sampler.cpu)
+        self.agent.http_started()
+        try:
+            super().handle()
+        finally:
+            self.agent.http_done()
 
     def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
         self.send_response(status)

@@ -250,6 +250,9 @@ class FixedWatcher:
         self.failure_said = False
         self.closed = False
 
+    def cpu_seconds(self) -> float:
+        return 0.0      # no reader thread
+
     def drain(self) -> list[Closed]:
         events = self.batches.pop(0) if self.batches else []
         self.received += len(events)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -469,3 +471,82 @@ def test_a_client_that_resets_is_not_a_traceback(capfd):
         agent.close()
     out, err = capfd.readouterr()
     assert "Traceback" not in err and "Exception" not in err
+
+
+CLIENT = """
+import sys, time, urllib.request
+url, until = sys.argv[1], time.monotonic() + float(sys.argv[2])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+while time.monotonic() < until:
+    try:
+        opener.open(url, timeout=30).read()
+    except OSError:
+        pass
+"""
+
+
+class WalkingScanner:
+    """A Scanner whose snapshot takes `seconds` of wall time, calling the pacer as the real
+    walk does every few processes, and little CPU: what the HTTP threads use meanwhile is
+    all that a wrong budget could charge to it."""
+
+    def __init__(self, snaps: list[Snapshot], seconds: float):
+        self.snaps, self.seconds, self.n = snaps, seconds, 0
+
+    def take(self, pace=None) -> Snapshot:
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            if pace is not None:
+                pace()
+            time.sleep(0.02)
+        self.n += 1
+        return self.snaps[self.n % len(self.snaps)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_burst_of_clients_is_not_charged_to_the_sampling_budget():
+    """Four client processes scrape /metrics (thousands of series: real CPU in the agent's
+    HTTP threads) while the agent takes samples that last a second each: the samples' CPU,
+    the pacing and the wait the budget imposes are the sampler's own, not the clients'
+    (charged to the sampler, a 5% budget would make the next sample wait ~20 s)."""
+    agent = Agent(AgentOptions(sampling=SamplingOptions(events=False, interval=2.0,
+                                                        max_cpu=0.05),
+                               node="n1", listen=("127.0.0.1", 0), max_series=100_000),
+                  io.StringIO(), scanner=WalkingScanner([tenants(8080, 2), tenants(9090, 1)],
+                                                        1.0))
+    server = http_server(agent)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    clients = []
+    try:
+        agent.step()
+        with agent.lock:             # thousands of edges to render at each scrape
+            template = next(iter(agent.book.edges.values()))
+            for n in range(1500):
+                key = EdgeKey(20000 + n % 50, "netns:4026532300", "outbound", "tcp",
+                              f"10.7.{n // 250}.{n % 250}", 443)
+                agent.book.edges[key] = type(template)(1.0, 2.0, samples=1, max_concurrent=1,
+                                                        current=1)
+        clients = [subprocess.Popen([sys.executable, "-c", CLIENT, base + "/metrics", "8"])
+                   for _ in range(4)]
+        time.sleep(0.5)
+        process0 = time.process_time()
+        samples = [agent.sampler.sample() for _ in range(3)]
+        used = time.process_time() - process0
+        own = sum(s.cpu for s in samples)
+        assert used > 0.5, used                          # the clients did cost CPU here...
+        assert own < 0.2 * used, (own, used)              # ...not charged to the samples,
+        for s in samples:
+            assert s.wall < 1.5, s.wall                  # nor paced for,
+            assert agent.sampler.wait_after(s) <= agent.options.sampling.interval  # nor waited
+        assert agent.http_cpu() > 0
+    finally:
+        for c in clients:
+            c.kill()
+            c.wait()
+        server.shutdown()
+        server.server_close()
+        agent.close()
