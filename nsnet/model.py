@@ -161,6 +161,9 @@ class Socket:
     users: tuple[int, ...] = ()
     pod_uids: tuple[str, ...] = ()
     attribution: str | None = None
+    # True: a /proc/net/unix line a bound name could have forged that nothing confirmed
+    # (netparse.parse_unix, unixcheck): shown flagged, never as a fact
+    unconfirmed: bool = False
 
 
 @dataclass(slots=True)
@@ -275,6 +278,8 @@ class Stats:
     sockets_without_pid: int = 0
     socket_fds_not_in_tables: int = 0   # fd points at a socket no table of ours listed
     malformed_lines: int = 0
+    unix_lines_dropped: int = 0      # /proc/net/unix lines the socket they name contradicts
+    unix_unconfirmed: int = 0        # ... and lines nothing could check (flagged unconfirmed)
     mountinfo_unread: int = 0
     source: str = "proc"             # the source used: proc | netlink | pidfd
     source_reason: str = ""
@@ -293,7 +298,15 @@ class Stats:
 
     def warnings(self) -> list[str]:
         """One line each: what this snapshot could not see, and why."""
-        return list(self.privileges) + list(self.kubelet_errors) + (
+        unix = []
+        if self.unix_lines_dropped:
+            unix.append(f"{self.unix_lines_dropped} /proc/net/unix line(s) dropped: the socket "
+                        "they name says otherwise (a bound name can print lines)")
+        if self.unix_unconfirmed:
+            unix.append(f"{self.unix_unconfirmed} unix socket(s) unconfirmed: their "
+                        "/proc/net/unix line may be part of a bound name and nothing could "
+                        "check it (flagged)")
+        return list(self.privileges) + list(self.kubelet_errors) + unix + (
             [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
 
 

@@ -136,33 +136,52 @@ def parse_inet(data: bytes, name: str) -> ParseResult:
 _UNIX_ENTRY = re.compile(
     rb"([0-9a-fA-F]+): ([0-9A-Fa-f]{8}) ([0-9A-Fa-f]{8}) ([0-9A-Fa-f]{8}) ([0-9A-Fa-f]{4}) "
     rb"([0-9A-Fa-f]{2}) +([0-9]+)(?: (.*))?\Z", re.DOTALL)
+# unix_seq_show prints at most the whole sun_path: 108 bytes, an abstract name's leading NUL
+# as '@'. A line that starts within that many bytes of a name's start may be part of it.
+UNIX_NAME_MAX = 108
 _UNIX_ENTRY_START = re.compile(rb"[0-9a-fA-F]+: [0-9A-Fa-f]{8} ")
 
 
 def parse_unix(data: bytes) -> ParseResult:
     """Parse /proc/net/unix.
 
-    Paths are printed raw, so a path may contain spaces or newlines, even empty lines: a
-    line that does not start an entry continues the previous entry's path -- if it has one;
-    after an entry without a path it is garbage. Abstract names start with '@' and their NUL
+    Names are printed raw, so a name may contain spaces or newlines, even empty lines: a
+    line that is not a whole entry continues the previous entry's name -- if it has one;
+    after an entry without a name it is garbage. Abstract names start with '@' and their NUL
     bytes are printed as '@'.
+
+    A name can also hold a newline and then text shaped like an entry, which the kernel
+    prints as one more line indistinguishable from its own. Only an entry starting within
+    UNIX_NAME_MAX bytes of a name's start can be such a line (an entry after a nameless
+    entry cannot): those are marked `unconfirmed`, for the join stage to check against the
+    socket the line names (nsnet.unixcheck).
     """
     result = ParseResult()
     complete = data.endswith(b"\n")
-    lines = (data[:-1] if complete else data).split(b"\n")[1:]
-    entries: list[bytes] = []
-    for line in lines:
-        if _UNIX_ENTRY_START.match(line):
-            entries.append(line)
-            continue
-        last = _UNIX_ENTRY.match(entries[-1]) if entries else None
-        if last is not None and last.group(8) is not None:
-            entries[-1] += b"\n" + line
+    body = data[:-1] if complete else data
+    header_end = body.find(b"\n")
+    if header_end < 0:
+        return result
+    # [offset of the entry in the file, its bytes, offset of its name or -1]
+    entries: list[list] = []
+    offset = header_end + 1
+    lines = body[offset:].split(b"\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        m = _UNIX_ENTRY.match(line)
+        if m is not None or (i == last and not complete and _UNIX_ENTRY_START.match(line)):
+            name_at = offset + m.start(8) if m is not None and m.group(8) is not None else -1
+            entries.append([offset, line, name_at])
+        elif (entries and entries[-1][2] >= 0
+              and offset + len(line) <= entries[-1][2] + UNIX_NAME_MAX):
+            entries[-1][1] += b"\n" + line
         elif line.strip():
             result.bad(line)
+        offset += len(line) + 1
     if entries and not complete:
-        result.bad(entries.pop())    # cut short by a truncated read
-    for entry in entries:
+        result.bad(entries.pop()[1])    # cut short by a truncated read
+    horizon = -1     # entries starting before this offset may be inside an earlier name
+    for start, entry, name_at in entries:
         m = _UNIX_ENTRY.match(entry)
         type_ = UNIX_TYPES.get(int(m.group(5), 16)) if m else None
         if m is None or type_ is None:
@@ -175,7 +194,9 @@ def parse_unix(data: bytes) -> ParseResult:
         path = m.group(8) or b""
         result.sockets.append(Socket(
             "unix", "unix", state, path.decode("utf-8", "surrogateescape"), None, "", None,
-            int(m.group(7)), None, unix_type=type_))
+            int(m.group(7)), None, unix_type=type_, unconfirmed=start < horizon))
+        if name_at >= 0:
+            horizon = max(horizon, name_at + UNIX_NAME_MAX + 1)
     return result
 
 

@@ -186,3 +186,18 @@ def boot_time(proc: str) -> float | None:
         return None
     finally:
         psutil.PROCFS_PATH = saved
+
+
+def socket_protocol(proc: str, pid: int, fd: int, inode: int) -> str | None:
+    """The sockfs protocol name ("UNIX-STREAM", "TCP", "NETLINK", ...) of the socket a
+    process holds at fd, if that fd still holds socket `inode`; None when it does not or
+    cannot be asked. sockfs answers getxattr("system.sockprotoname") for every socket, and
+    through /proc/<pid>/fd/<n> it needs only the access readlink needs (ptrace read)."""
+    path = f"{proc}/{pid}/fd/{fd}"
+    try:
+        if os.stat(path).st_ino != inode:
+            return None
+        name = os.getxattr(path, "system.sockprotoname")
+    except OSError:
+        return None
+    return name.rstrip(b"\0").decode("ascii", "replace")

@@ -46,6 +46,8 @@ VOCABULARY = """words (the same in every table):
 GUESS_MARK = "?"
 GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
                 "owners; each is shown")
+UNCONFIRMED_LEGEND = ("? after a unix state or name: its /proc/net/unix line may be part of a "
+                      "bound name (which can hold newlines) and nothing could confirm it")
 DIRECTION = {"inbound": "in", "outbound": "out", "listening": "listen"}
 OTHER_END = {"local": "same netns", "external": "off node"}
 
@@ -237,9 +239,11 @@ def _with_service(endpoint_text: str, doc: dict) -> str:
     return f"{endpoint_text} ({printable(name)})" if name else endpoint_text
 
 
-def _legend(out: list[str], guessed: bool) -> None:
+def _legend(out: list[str], guessed: bool, unconfirmed: bool = False) -> None:
     if guessed:
         out.append(GUESS_LEGEND)
+    if unconfirmed:
+        out.append(UNCONFIRMED_LEGEND)
 
 
 def _finish(out: list[str], r: Renderer) -> str:
@@ -325,7 +329,8 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[
                                                _ns(s["netns"], s["netns_key"])), wrap=True,
                   min_width=10)] if netns else []),
         Column("PROTO", _proto),
-        Column("STATE", "state", style=lambda s: state_style(s["state"])),
+        Column("STATE", lambda s: s["state"] + (GUESS_MARK if s.get("unconfirmed") else ""),
+               style=lambda s: GUESS_STYLE if s.get("unconfirmed") else state_style(s["state"])),
         Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
                else _with_service(r.ep(s["local_addr"], s["local_port"], s["proto"]), s)
                if s["direction"] == "listening"
@@ -371,7 +376,8 @@ def render_sockets(doc: dict, r: Renderer) -> str:
             out.append(r.table(cols, socks, **unheld))
             out.append("")
     out.append(_socket_summary(doc))
-    _legend(out, any(s["guess"] for s in doc["sockets"]))
+    _legend(out, any(s["guess"] for s in doc["sockets"]),
+            any(s["unconfirmed"] for s in doc["sockets"]))
     return _finish(out, r)
 
 
@@ -420,9 +426,12 @@ def _process_columns(r: Renderer, processes: list[dict]) -> list[Column]:
 def _listening_columns(r: Renderer, *, netns: bool = False) -> list[Column]:
     return [
         Column("PROTO", _proto),
-        Column("ADDRESS", lambda s: printable(s["addr"]) if s["proto"] == "unix"
+        Column("ADDRESS", lambda s: printable(s["addr"]) + (GUESS_MARK if s.get("unconfirmed")
+                                                              else "")
+               if s["proto"] == "unix"
                else _with_service(r.ep(s["addr"], s["port"], s["proto"]), s), wrap=True,
-               min_width=21, style=lambda s: address_style(s["addr"], True)),
+               min_width=21, style=lambda s: GUESS_STYLE if s.get("unconfirmed")
+               else address_style(s["addr"], True)),
         *([Column("NETNS", lambda s: printable(s.get("netns_name") or _ns(s["netns"])),
                   wrap=True, min_width=10)] if netns else []),
         _users_column("USERS", r, lambda s: s["users"], lambda s: False),
@@ -525,6 +534,7 @@ def render_by_namespace(doc: dict, r: Renderer) -> str:
         if listening:
             out += r.titled("Listening", _listening_columns(r), listening)
         out.extend(_connection_tables(r, ns["connections"], own_netns=None, peers=False))
+        _legend(out, False, any(s["unconfirmed"] for s in listening))
         counts = "; ".join(f"{proto}: " + ", ".join(f"{st} {n}" for st, n in states.items())
                            for proto, states in ns["counts"].items())
         out += ["", f"{ns['sockets']} sockets" + (f" ({counts})" if counts else ""), ""]
@@ -549,6 +559,7 @@ def render_by_user(doc: dict, r: Renderer) -> str:
         if u["listening"]:
             out += r.titled("Listening", _listening_columns(r, netns=len(owns) != 1),
                             u["listening"])
+            _legend(out, False, any(s["unconfirmed"] for s in u["listening"]))
         out.extend(_connection_tables(r, u["connects_to"] + u["connected_from"],
                                       own_netns=owns, peers=True))
         out.append("")
@@ -580,6 +591,7 @@ def render_by_pod(doc: dict, r: Renderer) -> str:
             out += r.titled("Containers", _container_columns(r), pod["containers"])
         if pod["listening"]:
             out += r.titled("Listening", _listening_columns(r), pod["listening"])
+            _legend(out, False, any(s["unconfirmed"] for s in pod["listening"]))
         own = [f"pod:{pod['namespace']}/{pod['name']}"] if pod.get("name") else None
         out.extend(_connection_tables(r, pod["connects_to"] + pod["connected_from"],
                                       own_netns=own, peers=True))

@@ -28,6 +28,7 @@ from .model import Snapshot, Socket, Stats
 from .options import SnapshotOptions
 from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
+from .unixcheck import UnixLineCheck
 
 Pace = Callable[[], None]
 DEFAULTS = SnapshotOptions()
@@ -102,7 +103,7 @@ class Snapshotter:
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
         found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx),
                               enter=options.enter_pinned)
-        joined = Joined(found)
+        joined = Joined(found, stats)
         sockets = source.collect(ctx, found, joined.add)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
         booted = boot_time(self.proc)
@@ -121,16 +122,21 @@ class Joined:
     as each namespace's sockets come in, while the reader threads still read the others;
     finish() is left what needs them all (peers in other namespaces)."""
 
-    def __init__(self, found: walk.Discovery):
+    def __init__(self, found: walk.Discovery, stats: Stats):
         self.join = HolderJoin(found.holders)
+        self.unix_lines = UnixLineCheck(found.proc, stats)
         self.classifier = classify.Classifier()
 
     def add(self, batch: list[Socket]) -> None:
         self.join.attach(batch)
+        self.unix_lines.check(batch)    # drops forged lines before they are classified
         self.classifier.add(batch)
         self.classifier.settle(batch)
 
-    def finish(self) -> None:
+    def finish(self, sockets: list[Socket]) -> None:
+        self.unix_lines.finish(sockets)
+        if self.unix_lines.dropped:   # a dropped line's inode was never listed after all
+            self.join.listed = {s.inode for s in sockets if s.pids}
         self.classifier.finish()
 
 
@@ -139,7 +145,7 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     """The stages after the sources: the rest of the join, pods and owners, the counts and
     the privilege notes. Pure but for our own capabilities: a test gives it a Discovery and
     sockets built in memory (snapshot_from)."""
-    joined.finish()
+    joined.finish(sockets)
     stats.socket_fds_not_in_tables = joined.join.not_listed()
     for sock in sockets:
         stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
@@ -171,13 +177,14 @@ def snapshot_from(found: walk.Discovery, sockets: list[Socket],
     """A snapshot of what a walk and a source would have found (a fixed scanner's input):
     the same join, classification, pods and owners as take_snapshot, on data given in
     memory. Each socket needs its netns/netns_key; holders come from found.holders."""
-    joined = Joined(found)
+    stats = stats or Stats()
+    joined = Joined(found, stats)
     by_namespace: dict[str, list[Socket]] = {}
     for sock in sockets:
         by_namespace.setdefault(sock.netns_key, []).append(sock)
     for key in sorted(by_namespace):
         joined.add(by_namespace[key])
-    return assemble(found, sockets, stats or Stats(), joined, options, logs=logs)
+    return assemble(found, sockets, stats, joined, options, logs=logs)
 
 
 def take_snapshot(options: SnapshotOptions = DEFAULTS, *,

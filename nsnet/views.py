@@ -113,7 +113,7 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
             "peer": s.peer, "peer_netns": s.peer_netns,
             "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
-            "unix_type": s.unix_type, "source": s.source,
+            "unix_type": s.unix_type, "source": s.source, "unconfirmed": s.unconfirmed,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
             "containers": [container_ref(c) for c in socket_containers(s, snap)],
             "service": socket_service(s, snap)}
@@ -199,7 +199,7 @@ def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
 
 def listener_doc(s: Socket, snap: Snapshot) -> dict:
     return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
-            "state": s.state, "inode": s.inode, "netns": s.netns,
+            "state": s.state, "unconfirmed": s.unconfirmed, "inode": s.inode, "netns": s.netns,
             "netns_name": netns_name(s.netns, snap), "pids": list(s.pids),
             "users": socket_users(s, snap), "attribution": s.attribution,
             "processes": _holder_docs(s.pids, snap),

@@ -431,8 +431,9 @@ def test_udp_malformed_file() -> None:
 def test_unix_malformed_file() -> None:
     result = parse_net_file("unix", data("proc_net_unix_malformed.txt"))
     assert unix_rows(result) == [UNIX_EXPECTED[i] for i in (1, 2, 15)]
-    # garbage before the first entry, socket type 3, an entry cut short
-    assert result.malformed == 3
+    # garbage before the first entry; an entry of socket type 3 -- with the cut-short entry
+    # after it, which only its name can hold: the kernel prints entries whole
+    assert result.malformed == 2
 
 
 def test_unix_garbage_after_unnamed_entry_keeps_the_entry() -> None:
@@ -510,3 +511,55 @@ def test_examples_are_capped() -> None:
     result = parse_net_file("tcp", b"\n".join([header, *bad, b""]))
     assert result.malformed == 5
     assert result.examples == [b[:120].decode() for b in bad[:3]]
+
+
+# A line as unix_seq_show prints it: "%pK: %08X %08X %08X %04X %02X %5lu" and " <name>".
+def unix_line(inode: int, name: bytes = b"", *, listening: bool = False) -> bytes:
+    flags = b"00010000" if listening else b"00000000"
+    line = b"0000000000000000: 00000002 00000000 " + flags + b" 0001 01 %5d" % inode
+    return line + (b" " + name if name else b"")
+
+
+HEADER = b"Num       RefCount Protocol Flags    Type St Inode Path"
+
+
+def test_a_line_inside_a_bound_name_is_parsed_but_unconfirmed() -> None:
+    """A tenant binds an abstract name holding a newline and a line-shaped text: the kernel
+    prints a line indistinguishable from its own. The parser cannot tell it from a real
+    entry, so it marks it for the join stage to check; entries a name cannot reach are not."""
+    forged = unix_line(777, b"/run/db.sock", listening=True)
+    name = b"@x\n" + forged
+    assert len(name) <= 108                  # what bind() accepts
+    text = b"\n".join([HEADER, unix_line(100), unix_line(101, name), unix_line(102), b""])
+    result = parse_net_file("unix", text)
+    assert [(s.inode, s.state, s.local_addr, s.unconfirmed) for s in result.sockets] == [
+        (100, "UNCONN", "", False),
+        (101, "UNCONN", "@x", False),      # follows a nameless entry: the kernel's own line
+        (777, "LISTEN", "/run/db.sock", True),
+        (102, "UNCONN", "", True),         # within 108 bytes of the name's start
+    ]
+    assert result.malformed == 0
+
+
+def test_only_entries_a_name_can_reach_are_unconfirmed() -> None:
+    long_name = b"@" + b"n" * 100
+    text = b"\n".join([HEADER, unix_line(1, long_name), unix_line(2), unix_line(3),
+                       unix_line(4, b"@a"), unix_line(5), unix_line(6), b""])
+    result = parse_net_file("unix", text)
+    # 2 starts right after a name; 3 starts past the 108 bytes any name can hold; 5 and 6
+    # are both within 108 bytes of "@a" (two short lines fit in one name)
+    assert [(s.inode, s.unconfirmed) for s in result.sockets] == [
+        (1, False), (2, True), (3, False), (4, False), (5, True), (6, True)]
+
+
+def test_a_continuation_longer_than_any_name_is_malformed() -> None:
+    """A name is at most 108 bytes: text beyond that cannot be part of it."""
+    text = b"\n".join([HEADER, unix_line(1, b"@a"), b"x" * 120, unix_line(2), b""])
+    result = parse_net_file("unix", text)
+    assert [(s.inode, s.local_addr) for s in result.sockets] == [(1, "@a"), (2, "")]
+    assert result.malformed == 1
+    text = b"\n".join([HEADER, unix_line(1, b"@a"), b"x" * 100, unix_line(2), b""])
+    result = parse_net_file("unix", text)
+    assert [(s.inode, s.local_addr) for s in result.sockets] == [(1, "@a\n" + "x" * 100),
+                                                                 (2, "")]
+    assert result.malformed == 0
