@@ -12,11 +12,20 @@ the remote address and port, or the remote address is one of that namespace's ow
 (learnt from the specific local addresses of its sockets) -- then a socket bound there to the
 wildcard address on the remote port is the peer (a UDP server on 0.0.0.0:53). peer_netns says
 which namespace when it is one; otherwise `external`.
+
+A socket can be bound to an address its namespace does not have: IP_FREEBIND (and
+IP_TRANSPARENT) need no capability for that, so a tenant can bind 10.0.0.5:3306 and would
+otherwise pass for the node's own end of every connection to that external service. Where a
+namespace's own addresses were read (fib_trie's "host LOCAL" entries and if_inet6: set
+with own_addresses before finish), its sockets are the other end of a connection only when
+they are bound to one of them, and the addresses a namespace owns are those, not the ones
+its sockets claim.
 """
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .model import Socket
 from .netparse import is_loopback
@@ -28,6 +37,30 @@ def _listens_on(bound: set[str], addr: str) -> bool:
     if addr in bound or "::" in bound:
         return True   # a dual-stack [::] listener accepts IPv4 too (shown unmapped)
     return "0.0.0.0" in bound and ":" not in addr
+
+
+class OwnAddresses:
+    """A namespace's own addresses: exact ones, and the IPv4 ranges it answers for."""
+
+    def __init__(self, addresses: Iterable) -> None:   # netparse.Address
+        self.exact: set[str] = set()
+        self.ranges: list[ipaddress.IPv4Network] = []
+        for a in addresses:
+            if ":" in a.addr or a.prefix >= 32:
+                self.exact.add(a.addr)
+            else:
+                self.ranges.append(ipaddress.IPv4Network(f"{a.addr}/{a.prefix}", strict=False))
+
+    def __contains__(self, addr: str) -> bool:
+        if addr in self.exact:
+            return True
+        if ":" in addr or not self.ranges:
+            return False
+        try:
+            ip = ipaddress.IPv4Address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.ranges)
 
 
 def classify(sockets: list[Socket]) -> None:
@@ -55,6 +88,27 @@ class Classifier:
         self.bound_wild: dict[tuple[str, int | None], list[Socket]] = defaultdict(list)
         self.addr_owners: dict[str, dict[str, int | None]] = defaultdict(dict)  # addr -> key -> inode
         self.kept: list[Socket] = []
+        # netns key -> its own addresses, where they were read (own_addresses)
+        self.own: dict[str, OwnAddresses] = {}
+
+    def own_addresses(self, namespaces: Iterable) -> None:   # model.Namespace
+        """Before finish(): each namespace's own addresses, where read. Its sockets bound
+        elsewhere are then no one's other end, and do not make it own their address."""
+        for ns in namespaces:
+            if ns.addresses is None:
+                continue
+            # Only a filter: an address is still learnt from the sockets bound to it. Owning
+            # every interface address would make kube-proxy's IPVS service addresses
+            # (on kube-ipvs0, in the host's namespace) look like host services.
+            self.own[ns.key] = OwnAddresses(ns.addresses)
+        for addr, owners in self.addr_owners.items():
+            for key in [k for k in owners if k in self.own and addr not in self.own[k]]:
+                del owners[key]   # learnt from a socket bound to an address it lacks
+
+    def _bound_here(self, o: Socket) -> bool:
+        """Whether a socket is bound to an address its namespace has (True where unknown)."""
+        own = self.own.get(o.netns_key)
+        return own is None or o.local_addr in own
 
     def add(self, sockets: list[Socket]) -> None:
         listeners, by_tuple = self.listeners, self.by_tuple
@@ -118,7 +172,8 @@ class Classifier:
                         s.peer_pids = sorted(set(o.pids))
                         continue
                     others = ()
-                elif not own_namespace_only and not is_loopback(s.remote_addr):
+                elif (not own_namespace_only and not is_loopback(s.remote_addr)
+                      and self._bound_here(o)):
                     s.peer = "node"
                     s.peer_netns = o.netns
                     s.peer_pids = sorted(set(o.pids))
@@ -136,10 +191,10 @@ class Classifier:
     def _find_peer(self, s: Socket, others: Sequence[Socket]) -> None:
         """The other end of a connected socket whose peer is not in its own namespace."""
         key = s.netns_key
-        elsewhere = [o for o in others if o.netns_key != key]
+        elsewhere = [o for o in others if o.netns_key != key and self._bound_here(o)]
         if not elsewhere:
             elsewhere = [o for o in self.bound_exact.get((s.proto, s.remote_addr, s.remote_port), ())
-                         if o.netns_key != key]
+                         if o.netns_key != key and self._bound_here(o)]
         if elsewhere:
             s.peer = "node"
             s.peer_netns = elsewhere[0].netns

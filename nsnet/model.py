@@ -213,6 +213,8 @@ class Namespace:
     error: str | None = None     # why the tables could not be read
     held_sockets: bool = False      # a held socket lives here (pidfd source: SIOCGSKNS)
     note: str | None = None         # what this entry is, when it is not simply a namespace
+    # its own addresses (netparse.Address), read with its tables; None: not read
+    addresses: list | None = None
 
     @property
     def found_by(self) -> list[str]:

@@ -210,6 +210,68 @@ def parse_net_file(name: str, data: bytes) -> ParseResult:
     return PARSERS[name](data)
 
 
+# A namespace's own addresses: what a socket bound elsewhere (IP_FREEBIND, no capability
+# needed) is not. /proc/net/fib_trie prints each FIB entry as "|-- <address>" then one
+# "/<len> <scope> <type>" line per alias (fib_trie_seq_show); a "host LOCAL" entry is an
+# address of this namespace (/32) or a range it answers for ("ip route add local ...").
+ADDRESS_FILES = ("fib_trie", "if_inet6")
+_FIB_LEAF = re.compile(rb" *\|-- ([0-9.]+)\Z")
+_FIB_ALIAS = re.compile(rb" *\/([0-9]+) host LOCAL\Z")
+# if_inet6 (if6_seq_show): "%pi6 %02x %02x %02x %02x %8s": address, ifindex, prefix length,
+# scope, flags, interface name.
+_IF_INET6 = re.compile(rb"([0-9a-f]{32}) [0-9a-f]{2,} ([0-9a-f]{2}) [0-9a-f]{2} [0-9a-f]{2} +(\S+)\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    addr: str                  # as sockets show it (IPv4 dotted, IPv6 compressed)
+    prefix: int                # 32 / 128 for one address; shorter for a local range
+    interface: str | None      # IPv6 only: fib_trie does not say which interface
+
+
+def parse_fib_trie_local(data: bytes) -> tuple[list[Address], int]:
+    """The local IPv4 addresses and ranges of a namespace, and the malformed line count."""
+    found: dict[tuple[str, int], Address] = {}
+    leaf: bytes | None = None
+    malformed = 0
+    for line in data.split(b"\n"):
+        m = _FIB_LEAF.match(line)
+        if m is not None:
+            leaf = m.group(1)
+            continue
+        m = _FIB_ALIAS.match(line)
+        if m is None or leaf is None:
+            continue   # table names, inner nodes, other scopes and types
+        try:
+            addr = socket.inet_ntop(socket.AF_INET, socket.inet_aton(leaf.decode("ascii")))
+            prefix = int(m.group(1))
+        except (OSError, ValueError, UnicodeDecodeError):
+            malformed += 1
+            continue
+        if prefix > 32:
+            malformed += 1
+            continue
+        found.setdefault((addr, prefix), Address(addr, prefix, None))
+    return sorted(found.values(), key=lambda a: (a.addr, a.prefix)), malformed
+
+
+def parse_if_inet6(data: bytes) -> tuple[list[Address], int]:
+    """A namespace's IPv6 addresses with their interfaces, and the malformed line count."""
+    found: list[Address] = []
+    malformed = 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        m = _IF_INET6.match(line.strip())
+        if m is None:
+            malformed += 1
+            continue
+        addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(m.group(1).decode("ascii")))
+        found.append(Address(addr, int(m.group(2), 16),
+                             m.group(3).decode("utf-8", "surrogateescape")))
+    return found, malformed
+
+
 def is_loopback(addr: str) -> bool:
     return addr.startswith("127.") or addr == "::1"
 

@@ -123,6 +123,7 @@ class Joined:
     finish() is left what needs them all (peers in other namespaces)."""
 
     def __init__(self, found: walk.Discovery, stats: Stats):
+        self.found = found
         self.join = HolderJoin(found.holders)
         self.unix_lines = UnixLineCheck(found.proc, stats)
         self.classifier = classify.Classifier()
@@ -137,6 +138,7 @@ class Joined:
         self.unix_lines.finish(sockets)
         if self.unix_lines.dropped:   # a dropped line's inode was never listed after all
             self.join.listed = {s.inode for s in sockets if s.pids}
+        self.classifier.own_addresses(self.found.namespaces.values())
         self.classifier.finish()
 
 

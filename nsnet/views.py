@@ -98,7 +98,10 @@ def namespace_doc(ns: Namespace, snap: Snapshot) -> dict:
             "owner_names": {str(u): user_name(u) for u in ns.owners},
             "pods": [pod_ref(pod) for pod in namespace_pods(ns, snap)],
             "read_via": ns.read_via, "tables_read": ns.tables_read, "error": ns.error,
-            "note": ns.note}
+            "note": ns.note,
+            "addresses": None if ns.addresses is None else [
+                {"addr": a.addr, "prefix": a.prefix, "interface": a.interface}
+                for a in ns.addresses]}
 
 
 def socket_doc(s: Socket, snap: Snapshot) -> dict:

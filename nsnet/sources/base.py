@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
 from ..model import Namespace, Socket, Stats
+from ..netparse import Address
 from ..walk import Discovery, Pin
 
 Batch = Callable[[list[Socket]], None]
@@ -31,6 +32,8 @@ class TableRead:
     via: str | None = None        # "pid 123", "task 5 of pid 4", "setns /run/netns/x"
     retries: int = 0
     errors: list[str] = field(default_factory=list)
+    # the namespace's own addresses, read with its tables (None: not read)
+    addresses: list[Address] | None = None
 
 
 Pending = Union["Future[TableRead]", TableRead]
@@ -168,6 +171,8 @@ def _accept(ctx: ReadContext, ns: Namespace, read: TableRead | None) -> list[Soc
         return []
     ns.tables_read = True
     ns.read_via = read.via
+    if read.addresses is not None:
+        ns.addresses = read.addresses
     ns.error = None
     stats.malformed_lines += read.malformed
     for err in read.errors:

@@ -69,7 +69,7 @@ class NetlinkSource(TableSource):
         sock, _ = self._diag_socket(ctx, f"{ctx.proc}/{task}/ns/net", inode)
         if sock is None:
             return TableRead(None, retries=1)
-        return ctx.run(self._dump, sock, f"pid {task}")
+        return ctx.run(self._dump_with_addresses, sock, f"pid {task}", ctx.proc, key, task)
 
     def read_pinned(self, ctx: ReadContext, ns: Namespace, pins: list[Pin]) -> TableRead:
         assert ns.inode is not None   # pins are found by inode
@@ -105,6 +105,14 @@ class NetlinkSource(TableSource):
         if self.cache is not None:
             self.cache.put(inode, sock)
         return sock, None
+
+    def _dump_with_addresses(self, sock: socket.socket, via: str, proc: str, key: str,
+                             task: str) -> TableRead:
+        """In a reader thread: the dump, and the namespace's addresses through the task."""
+        read = self._dump(sock, via)
+        if read.sockets is not None:
+            read.addresses = proc_source.read_addresses_via_task(proc, key, task)
+        return read
 
     def _dump(self, sock: socket.socket, via: str) -> TableRead:
         """Runs in a reader thread: one namespace's sockets through its sock_diag socket."""

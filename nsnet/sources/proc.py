@@ -17,14 +17,23 @@ import os
 
 from ..errors import EnterError, ProcError
 from ..model import Namespace, Stats
-from ..netparse import NET_FILES, parse_net_file
+from ..netparse import (
+    ADDRESS_FILES,
+    NET_FILES,
+    Address,
+    parse_fib_trie_local,
+    parse_if_inet6,
+    parse_net_file,
+)
 from ..procfs import close_all, open_dir, open_files_at, read_fd
 from ..setns import OWN_PROC, run_in_namespace
 from ..walk import Pin, namespace_key
 from .base import Pending, ReadContext, TableRead, TableSource
 
-# A kernel without IPv6 has no tcp6, udp6, raw6.
-_OPTIONAL = frozenset(name for name in NET_FILES if name.endswith("6"))
+# A kernel without IPv6 has no tcp6, udp6, raw6, if_inet6; without CONFIG_IP_FIB_TRIE-style
+# procfs (or IPv4) no fib_trie.
+_OPTIONAL = frozenset(name for name in NET_FILES if name.endswith("6")) | frozenset(ADDRESS_FILES)
+_FILES = NET_FILES + ADDRESS_FILES
 
 
 class ProcSource(TableSource):
@@ -61,7 +70,8 @@ def read_via_task(proc: str, key: str, task: str) -> TableRead:
     return _parse(tables, f"task {tid} of pid {pid}" if tid else f"pid {pid}")
 
 
-def _open_tables(path: str, expected_key: str) -> dict[str, int] | None:
+def _open_tables(path: str, expected_key: str, names: tuple[str, ...] = _FILES
+                 ) -> dict[str, int] | None:
     """A task's net files, if it is (still) in the expected namespace before and after they
     are opened; None otherwise."""
     dirfd = open_dir(path)
@@ -69,7 +79,7 @@ def _open_tables(path: str, expected_key: str) -> dict[str, int] | None:
     try:
         if namespace_key(dirfd, Stats())[0] != expected_key:
             return None
-        fds = open_files_at(dirfd, "net/", NET_FILES, _OPTIONAL)
+        fds = open_files_at(dirfd, "net/", names, _OPTIONAL)
         if namespace_key(dirfd, Stats())[0] != expected_key:
             return None
         opened, fds = fds, {}
@@ -83,7 +93,7 @@ def _open_own_tables() -> dict[str, int]:
     """Our own thread's net files: run inside a namespace by run_in_namespace."""
     own = open_dir(f"{OWN_PROC}/thread-self")
     try:
-        return open_files_at(own, "net/", NET_FILES, _OPTIONAL)
+        return open_files_at(own, "net/", _FILES, _OPTIONAL)
     finally:
         os.close(own)
 
@@ -103,4 +113,24 @@ def _parse(tables: dict[str, bytes], via: str) -> TableRead:
             parsed = parse_net_file(name, tables[name])
             read.sockets.extend(parsed.sockets)
             read.malformed += parsed.malformed
+    read.addresses, malformed = _addresses(tables)
+    read.malformed += malformed
     return read
+
+
+def _addresses(files: dict[str, bytes]) -> tuple[list[Address] | None, int]:
+    if "fib_trie" not in files and "if_inet6" not in files:
+        return None, 0
+    v4, bad4 = parse_fib_trie_local(files.get("fib_trie", b""))
+    v6, bad6 = parse_if_inet6(files.get("if_inet6", b""))
+    return v4 + v6, bad4 + bad6
+
+
+def read_addresses_via_task(proc: str, key: str, task: str) -> list[Address] | None:
+    """A namespace's own addresses through one of its tasks (a source that reads its
+    sockets another way): None when the task left the namespace or could not be read."""
+    try:
+        fds = _open_tables(f"{proc}/{task}", key, ADDRESS_FILES)
+        return None if fds is None else _addresses(_read_all(fds))[0]
+    except ProcError:
+        return None

@@ -103,3 +103,30 @@ def test_resume_gc_reenables_and_leaves_a_deliberate_freeze_alone():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_a_socket_bound_to_an_address_its_namespace_lacks_is_no_peer() -> None:
+    """IP_FREEBIND: a tenant's listener on an external service's address. With the
+    namespaces' own addresses known, the connection's other end is off the node; a listener
+    on an address its namespace has is still found."""
+    from nsnet.classify import Classifier
+    from nsnet.model import Namespace
+    from nsnet.netparse import Address
+    own = [Namespace("net:[1]", 1, addresses=[Address("192.0.2.10", 32, None)]),
+           Namespace("net:[2]", 2, addresses=[Address("127.0.0.1", 32, None)]),
+           Namespace("net:[3]", 3, addresses=[Address("10.0.0.0", 24, None)])]
+    for with_addresses in (False, True):
+        client = sock("net:[1]", "tcp", "ESTABLISHED", "192.0.2.10", 40000, "10.0.0.5", 3306)
+        to_svc = sock("net:[1]", "tcp", "ESTABLISHED", "192.0.2.10", 40001, "10.0.0.6", 5432)
+        fake = sock("net:[2]", "tcp", "LISTEN", "10.0.0.5", 3306, "0.0.0.0", 0, pids=(7,))
+        real = sock("net:[3]", "tcp", "LISTEN", "10.0.0.6", 5432, "0.0.0.0", 0, pids=(8,))
+        c = Classifier()
+        c.add([client, to_svc, fake, real])
+        if with_addresses:
+            c.own_addresses(own)
+        c.finish([client, to_svc])
+        assert (to_svc.peer, to_svc.peer_netns, to_svc.peer_pids) == ("node", 3, [8])
+        if with_addresses:
+            assert (client.peer, client.peer_netns, client.peer_pids) == ("external", None, [])
+        else:   # what a snapshot without the addresses would say: fooled
+            assert (client.peer, client.peer_netns, client.peer_pids) == ("node", 2, [7])

@@ -563,3 +563,32 @@ def test_a_continuation_longer_than_any_name_is_malformed() -> None:
     assert [(s.inode, s.local_addr) for s in result.sockets] == [(1, "@a\n" + "x" * 100),
                                                                  (2, "")]
     assert result.malformed == 0
+
+
+def test_fib_trie_gives_the_namespace_own_addresses() -> None:
+    """Captured here: lo and one address on eth0; Main and Local both list them."""
+    from nsnet.netparse import Address, parse_fib_trie_local
+    found, malformed = parse_fib_trie_local(data("proc_net_fib_trie.txt"))
+    assert found == [Address("127.0.0.0", 8, None), Address("127.0.0.1", 32, None),
+                     Address("192.0.2.2", 32, None)]
+    assert malformed == 0
+
+
+def test_fib_trie_malformed_entries_are_counted_not_taken() -> None:
+    from nsnet.netparse import Address, parse_fib_trie_local
+    text = (b"Local:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.0.0.999\n        /32 host LOCAL\n"
+            b"     |-- 10.0.0.7\n        /33 host LOCAL\n     |-- 10.0.0.8\n"
+            b"        /32 link BROADCAST\n        /32 host LOCAL\n  garbage\n")
+    found, malformed = parse_fib_trie_local(text)
+    assert found == [Address("10.0.0.8", 32, None)] and malformed == 2
+    assert parse_fib_trie_local(b"") == ([], 0)
+
+
+def test_if_inet6_gives_addresses_with_their_interfaces() -> None:
+    from nsnet.netparse import Address, parse_if_inet6
+    found, malformed = parse_if_inet6(data("proc_net_if_inet6.txt"))
+    assert found == [Address("fd00::2", 64, "eth0"), Address("fe80::fc:ff:fe00:1", 64, "eth0"),
+                     Address("::1", 128, "lo")]
+    assert malformed == 0
+    found, malformed = parse_if_inet6(b"zz 01 80 10 80 lo\n00000000000000000000000000000001 01 80 10 80       lo\n")
+    assert found == [Address("::1", 128, "lo")] and malformed == 1
