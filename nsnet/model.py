@@ -239,6 +239,18 @@ class Container:
     name: str | None = None       # from the kubelet's /var/log/containers, when there
     sandbox: bool = False            # the pod's namespace holder (pause / CRI sandbox)
     pids: list[int] = field(default_factory=list)
+    # the pod its cgroup names, when it lives outside that pod's namespace (pods.assemble):
+    # then pod_uid is None -- a claim, not a fact
+    claimed_pod: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Misfit:
+    """A process whose cgroup names a pod but which lives outside the pod's namespace."""
+    pid: int
+    comm: str
+    pod_uid: str
+    pod: str        # the pod as shown (namespace/name, or its uid)
 
 
 @dataclass(slots=True)
@@ -295,6 +307,8 @@ class Stats:
     pods: int = 0
     containers: int = 0
     kubelet_errors: list[str] = field(default_factory=list)   # /var/log/pods unreadable, ...
+    pod_claims_rejected: int = 0     # processes claiming a pod by cgroup, outside its netns
+    pod_claims: list[str] = field(default_factory=list)   # one line saying which
     elapsed_seconds: float = 0.0
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
 
@@ -308,7 +322,7 @@ class Stats:
             unix.append(f"{self.unix_unconfirmed} unix socket(s) unconfirmed: their "
                         "/proc/net/unix line may be part of a bound name and nothing could "
                         "check it (flagged)")
-        return list(self.privileges) + list(self.kubelet_errors) + unix + (
+        return list(self.privileges) + list(self.kubelet_errors) + list(self.pod_claims) + unix + (
             [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from .kubelet import KubeletLogs
-from .model import Container, Pod, Process
+from .model import Container, Misfit, Pod, Process
 
 
 def command_name(process: Process) -> str:
@@ -20,13 +20,20 @@ def command_name(process: Process) -> str:
 
 def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
              sandbox_commands: Iterable[str], host_key: str | None
-             ) -> tuple[dict[str, Container], dict[str, Pod], dict[str, list[str]]]:
+             ) -> tuple[dict[str, Container], dict[str, Pod], dict[str, list[str]], list[Misfit]]:
     """Group processes into containers and pods and mark sandbox holders (process.sandbox).
 
-    A sandbox holder holds no socket and either runs a sandbox command (pause), or belongs to
-    a container of a pod the kubelet knows whose log tree lists no such container: the CRI
-    sandbox is the one container of a pod the kubelet writes no log for, whatever its binary.
-    Returns (containers by id, pods by uid, pod uids by the namespace they own)."""
+    A sandbox holder holds no socket, is in a container of a pod (by its cgroup) -- a pod
+    the kubelet knows, when its log tree is given -- and either runs a sandbox command
+    (pause) or is a container the log tree does not list: the CRI sandbox is the one
+    container of a pod the kubelet writes no log for, whatever its binary. A name alone
+    makes no sandbox: any process can be called pause.
+
+    A cgroup path is not proof (cgroup.py: a delegated subtree can hold any name), so a
+    pod's members are checked against the namespace of the containers the kubelet's log tree
+    confirms: a process that claims the pod but lives in another network namespace is not
+    counted as the pod's (misfits, with the pod it claimed).
+    Returns (containers by id, pods by uid, pod uids by the namespace they own, misfits)."""
     commands = frozenset(sandbox_commands)
     containers: dict[str, Container] = {}
     pods: dict[str, Pod] = {}
@@ -51,10 +58,11 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
                 container = containers[cid] = Container(
                     cid, ident.runtime, pod_uid, name=log.name if log else None)
             container.pids.append(process.pid)
-        unlogged = (pod_uid in known_pods and container is not None
-                    and container.id not in logged)
-        process.sandbox = not process.socket_fds and (
-            command_name(process) in commands or unlogged)
+        process.sandbox = (
+            container is not None and pod_uid is not None and not process.socket_fds
+            and (logs is None or pod_uid in known_pods)
+            and (command_name(process) in commands
+                 or (logs is not None and container.id not in logged)))
         if pod_uid is None:
             continue
         pod = pods.get(pod_uid)
@@ -67,11 +75,44 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
         if container is not None:
             pod.containers.setdefault(container.id, container)
 
+    misfits = _misfits(pods, processes, logs)
     for container in containers.values():
         container.pids.sort()
         container.sandbox = all(processes[p].sandbox for p in container.pids)
 
-    return containers, pods, _finish_pods(pods, processes, host_key)
+    return containers, pods, _finish_pods(pods, processes, host_key), misfits
+
+
+def _misfits(pods: dict[str, Pod], processes: dict[int, Process],
+             logs: KubeletLogs | None) -> list[Misfit]:
+    """Detach from each pod the processes that claim it by cgroup but live outside the
+    network namespace(s) of its containers the kubelet's log tree confirms. Every container
+    of a pod shares its sandbox's namespace (the host's, for hostNetwork pods); a tenant's
+    delegated cgroup named after the pod does not."""
+    if logs is None:
+        return []
+    misfits: list[Misfit] = []
+    for pod in pods.values():
+        confirmed = {cid for cid, c in pod.containers.items()
+                     if (log := logs.containers.get(cid)) is not None and log.pod_uid == pod.uid}
+        home = {processes[p].netns_key for cid in confirmed for p in pod.containers[cid].pids}
+        if not home:
+            continue   # nothing the kubelet confirms: nothing to check against
+        for pid in list(pod.pids):
+            process = processes[pid]
+            cid = process.container_id
+            if cid in confirmed or process.netns_key in home:
+                continue
+            pod.pids.remove(pid)
+            if cid is not None and cid in pod.containers:
+                container = pod.containers.pop(cid)
+                container.pod_uid = None
+                container.claimed_pod = pod.uid
+            if process.identity is not None:
+                process.identity = replace(process.identity, pod_uid=None, qos=None)
+            process.sandbox = False
+            misfits.append(Misfit(pid, process.comm, pod.uid, pod.display))
+    return misfits
 
 
 def _finish_pods(pods: dict[str, Pod], processes: dict[int, Process],

@@ -153,8 +153,15 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
         stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
     if logs is not None:
         stats.kubelet_errors.extend(logs.errors)
-    containers, pod_map, pods_of_netns = pods.assemble(
+    containers, pod_map, pods_of_netns, misfits = pods.assemble(
         found.processes, logs, options.sandbox_commands, found.host_key)
+    if misfits:
+        stats.pod_claims_rejected = len(misfits)
+        shown = ", ".join(f"pid {m.pid} ({m.comm}) claims {m.pod}" for m in misfits[:3])
+        more = f", +{len(misfits) - 3} more" if len(misfits) > 3 else ""
+        stats.pod_claims.append(
+            f"{len(misfits)} process(es) named in a pod's cgroup but outside its network "
+            f"namespace ({shown}{more}): not counted as the pod's (a cgroup name is no proof)")
     stats.pods, stats.containers = len(pod_map), len(containers)
     assign_owners(found.namespaces, found.processes)
     stats.processes = len(found.processes)

@@ -63,7 +63,7 @@ def pod_ref(pod: Pod) -> dict:
 
 
 def container_ref(c: Container) -> dict:
-    return {"id": c.id, "name": c.name, "pod_uid": c.pod_uid}
+    return {"id": c.id, "name": c.name, "pod_uid": c.pod_uid, "claimed_pod": c.claimed_pod}
 
 
 def process_doc(p: Process, snap: Snapshot) -> dict:

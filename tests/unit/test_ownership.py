@@ -68,7 +68,7 @@ def test_socket_held_by_processes_of_two_users_belongs_to_both():
 @pytest.mark.parametrize("state", NO_UID_STATES)
 def test_unheld_mini_socket_in_a_pod_namespace_goes_to_the_namespace_owners(state):
     node = MemNode()
-    node.process(100, uid=65535, netns=A, cmdline=["/pause"])
+    node.process(100, uid=65535, netns=A, cmdline=["/pause"], container="a0" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000a")
     node.process(200, uid=10001, netns=A)
     node.process(201, uid=10004, netns=A)
     mini = node.socket("tcp", state, "10.1.0.1:8080", "10.1.0.9:5000", netns=A)
@@ -111,9 +111,9 @@ def test_unheld_socket_that_is_not_a_mini_socket_goes_to_its_table_uid():
 
 def test_pause_sandbox_is_never_an_owner():
     node = MemNode()
-    pause = node.process(100, uid=65535, netns=A, cmdline=["/pause"])
+    pause = node.process(100, uid=65535, netns=A, cmdline=["/pause"], container="a1" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000a")
     node.process(200, uid=10001, netns=A)
-    only_pause = node.process(300, uid=65535, netns=B, cmdline=["/pause"])
+    only_pause = node.process(300, uid=65535, netns=B, cmdline=["/pause"], container="a2" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000b")
     snap = node.build()
     assert pause.sandbox and only_pause.sandbox
     assert snap.namespaces[f"net:[{A}]"].owners == [10001]
@@ -122,8 +122,8 @@ def test_pause_sandbox_is_never_an_owner():
 
 def test_sandbox_commands_come_from_the_options():
     node = MemNode(options=SnapshotOptions(sandbox_commands=("holder",)))
-    pause = node.process(100, uid=65535, netns=A, cmdline=["/pause"])
-    holder = node.process(101, uid=65534, netns=A, cmdline=["/usr/bin/holder", "-x"])
+    pause = node.process(100, uid=65535, netns=A, cmdline=["/pause"], container="a3" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000a")
+    holder = node.process(101, uid=65534, netns=A, cmdline=["/usr/bin/holder", "-x"], container="a4" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000a")
     snap = node.build()
     assert holder.sandbox and not pause.sandbox
     assert snap.namespaces[f"net:[{A}]"].owners == [65535]
@@ -431,7 +431,7 @@ def test_a_dual_stack_listener_takes_ipv4_connections_and_its_pods():
 
 def test_one_owner_is_no_guess_and_the_host_has_none():
     node = MemNode()
-    node.process(100, uid=65535, netns=A, cmdline=["/pause"])
+    node.process(100, uid=65535, netns=A, cmdline=["/pause"], container="a5" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000a")
     node.process(200, uid=10001, netns=A)
     node.process(1, uid=0)
     node.process(400, uid=1000)

@@ -79,7 +79,8 @@ def scenario(tmp_path, *, commands=("pause",)):
 
 
 def test_pods_containers_and_names(tmp_path):
-    processes, (containers, pod_map, of_netns) = scenario(tmp_path)
+    processes, (containers, pod_map, of_netns, misfits) = scenario(tmp_path)
+    assert misfits == []
     assert set(pod_map) == {POD_UID, HOSTNET_UID}
     cart = pod_map[POD_UID]
     assert (cart.namespace, cart.name, cart.qos) == ("shop", "cart-7d9f", "burstable")
@@ -94,16 +95,17 @@ def test_pods_containers_and_names(tmp_path):
 
 
 def test_sandbox_is_the_container_the_kubelet_keeps_no_log_for(tmp_path):
-    processes, (containers, pod_map, _) = scenario(tmp_path)
+    processes, (containers, pod_map, _, _) = scenario(tmp_path)
     assert processes[100].sandbox and containers[SANDBOX].sandbox
     assert containers[SANDBOX].name is None
     assert not any(processes[p].sandbox for p in (101, 102, 103, 201, 300, 400))
     assert pod_map[POD_UID].owners == [10001, 10002]    # never the sandbox's 65535
-    assert processes[401].sandbox                       # /pause outside a pod: command rule
+    # a name alone is no sandbox: /pause outside any pod is an owner like any process
+    assert not processes[401].sandbox
 
 
 def test_host_network_pod(tmp_path):
-    processes, (_, pod_map, _) = scenario(tmp_path)
+    processes, (_, pod_map, _, _) = scenario(tmp_path)
     exporter = pod_map[HOSTNET_UID]
     assert exporter.host_network and exporter.netns_keys == [HOST]
     assert exporter.owners == [0] and exporter.qos == "besteffort"
@@ -113,7 +115,7 @@ def test_host_network_pod(tmp_path):
 
 def test_without_the_log_tree_pods_have_uids_only(tmp_path):
     processes = scenario(tmp_path)[0]
-    containers, pod_map, _ = pods.assemble(processes, None, ("pause",), HOST)
+    containers, pod_map, _, _ = pods.assemble(processes, None, ("pause",), HOST)
     cart = pod_map[POD_UID]
     assert cart.namespace is None and cart.name is None and cart.display == f"pod {POD_UID}"
     # no log tree: only the command rule can tell the sandbox, and /bin/holder is not pause
@@ -140,6 +142,41 @@ def test_the_runtime_monitor_is_not_part_of_the_pod(tmp_path):
         proc(11, 10001, POD_NS, f"{slice_}/crio-{APP}.scope", ["/app"], {3: 9002}),
     ]}
     assert processes[10].identity.runtime == "cri-o" and processes[10].pod_uid == POD_UID
-    _, pod_map, _ = pods.assemble(processes, None, ("pause",), HOST)
+    _, pod_map, _, _ = pods.assemble(processes, None, ("pause",), HOST)
     assert pod_map[POD_UID].pids == [11] and pod_map[POD_UID].owners == [10001]
     assert processes[10].pod_uid is None and processes[10].identity.runtime == "cri-o"
+
+
+def test_a_process_claiming_a_pod_from_another_namespace_is_not_the_pods(tmp_path):
+    """A tenant with a delegated cgroup subtree names a cgroup after the victim's pod (the
+    path parses like the kubelet's) and listens there. Its namespace is not the one of the
+    containers the kubelet's log tree confirms: it is not counted as the pod's, and said."""
+    processes = scenario(tmp_path)[0]
+    fake = "9a" * 32
+    delegated = (f"/user.slice/user-10666.slice/user@10666.service/kubepods/burstable/"
+                 f"pod{POD_UID}/{fake}")
+    processes[500] = proc(500, 10666, "net:[4026532500]", delegated, ["/evil"], {3: 5005})
+    processes[501] = proc(501, 10666, "net:[4026532500]", delegated, ["/pause"])
+    logs = load_kubelet_logs(str(tmp_path))
+    containers, pod_map, of_netns, misfits = pods.assemble(processes, logs, ("pause",), HOST)
+    cart = pod_map[POD_UID]
+    assert fake not in cart.containers and cart.pids == [100, 101, 102, 103]
+    assert cart.owners == [10001, 10002] and cart.netns_keys == [POD_NS]
+    assert containers[fake].pod_uid is None and containers[fake].claimed_pod == POD_UID
+    assert [(m.pid, m.pod) for m in misfits] == [(500, "shop/cart-7d9f"),
+                                                (501, "shop/cart-7d9f")]
+    assert processes[500].pod_uid is None and not processes[501].sandbox
+    assert of_netns == {POD_NS: [POD_UID]}
+
+
+def test_a_process_named_pause_is_no_sandbox_by_its_name_alone(tmp_path):
+    """Outside a pod, or in a pod the kubelet does not know, pause is just a name: such a
+    process stays an owner of its namespace."""
+    processes = scenario(tmp_path)[0]
+    unknown = "11111111-2222-3333-4444-555555555555"
+    processes[600] = proc(600, 10667, HOST, f"/kubepods/besteffort/pod{unknown}/{'7b' * 32}",
+                          ["/pause"])
+    logs = load_kubelet_logs(str(tmp_path))
+    pods.assemble(processes, logs, ("pause",), HOST)
+    assert not processes[600].sandbox and not processes[401].sandbox
+    assert processes[200].sandbox and processes[100].sandbox   # the real ones still are

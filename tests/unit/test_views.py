@@ -31,7 +31,7 @@ def tenants() -> MemNode:
     connected UDP socket to 8.8.8.8:53. The host: init, root."""
     node = MemNode()
     node.process(1, uid=0, cmdline=["/sbin/init"])
-    node.process(100, uid=65535, netns=A, cmdline=["/pause"])
+    node.process(100, uid=65535, netns=A, cmdline=["/pause"], container="b0" * 32, pod="9e1f0c1a-0000-4000-8000-00000000000a")
     for pid in (200, 201, 202):
         node.process(pid, uid=10001, netns=A, ppid=200 if pid != 200 else 1,
                      cmdline=["/srv/api", "--port", "8080"])
