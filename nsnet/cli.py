@@ -74,6 +74,13 @@ def _listen_address(text: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
+def _token_file(text: str) -> str:
+    # an empty value (an unset variable in a manifest) must not quietly turn auth off
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give the token file's path")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -189,6 +196,10 @@ def _serve_options(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> No
     serve.add_argument("--max-series", type=_positive, default=AGENT.max_series, metavar="N",
                        help="at most N edge series in /metrics; the rest are folded into "
                             f"peer=\"__overflow__\" (default {AGENT.max_series})")
+    serve.add_argument("--auth-token-file", type=_token_file, default=AGENT.auth_token_file,
+                       metavar="PATH",
+                       help="require 'Authorization: Bearer TOKEN' (TOKEN: this file's content, "
+                            "re-read when it changes) on every path but /healthz and /readyz")
     _sampling_options(serve, AGENT.sampling)
 
 
@@ -326,7 +337,8 @@ def node_name(given: str | None, env: Mapping[str, str]) -> str:
 def agent_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOptions:
     return AgentOptions(sampling=sampling_options(args), node=node_name(args.node_name, env),
                         listen=args.listen, expose_cmdlines=args.expose_cmdlines, db=args.db,
-                        retention=args.retention, max_series=args.max_series)
+                        retention=args.retention, max_series=args.max_series,
+                        auth_token_file=args.auth_token_file)
 
 
 # ---------------------------------------------------------------------------- commands

@@ -56,6 +56,11 @@ class ServiceConfigError(NsnetError):
     """A bad services file: the message is one line naming the file and the entry."""
 
 
+class AuthConfigError(NsnetError):
+    """An unusable --auth-token-file: one line naming the file and what is wrong with it,
+    never its content (it is a secret)."""
+
+
 class ProcError(Exception):
     """A read of /proc failed for a reason other than the two below (EIO, ELOOP ...)."""
 

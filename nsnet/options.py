@@ -62,6 +62,7 @@ class AgentOptions:
     http_timeout: float = 10.0                  # seconds a client may stay silent
     max_connections: int = 256                  # HTTP connections served at once...
     max_per_client: int = 16                    # ...and from one client address
+    auth_token_file: str | None = None       # bearer token asked on all but the probes
 
 
 WATCH_SAMPLING = SamplingOptions(interval=2.0, max_cpu=0.5)

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from ..model import ServiceMap, Snapshot
 from ..ownership import user_name
+from .auth import REASONS
 from .edges import EdgeKey, EdgeState
 from .history import split_where
 
@@ -178,6 +179,13 @@ class AgentMetrics:
         self.namespaces_watched = Gauge(
             "nsnet_destroy_namespaces_watched",
             "Namespaces with a subscription to TCP destroy events", registry=r)
+        self.http_unauthorized = Counter(
+            "nsnet_http_unauthorized",
+            "HTTP requests refused for want of the bearer token (--auth-token-file): "
+            "reason=missing (no Authorization header) or invalid (another token or scheme)",
+            ["reason"], registry=r)
+        for reason in REASONS:   # both series from the start: rate() sees the first refusal
+            self.http_unauthorized.labels(reason)
         r.register(EdgeCollector(node, rows, services, max_series))
 
     def observe_sample(self, snap: Snapshot, wall: float, cpu: float, over_budget: bool) -> None:

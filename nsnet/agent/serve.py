@@ -1,7 +1,7 @@
 """`nsnet serve`: the node agent. Samples the node every interval, keeps the dependency edges
 it sees (in memory and, with a history database, in SQLite), and serves them over HTTP:
 /metrics for Prometheus, /api/v1/dependencies and /api/v1/snapshot as JSON, /healthz and
-/readyz.
+/readyz; with --auth-token-file, all but the probes only to a bearer of the token (auth.py).
 
 Snapshots are taken on the main thread: entering a namespace with setns is only safe there
 (nsnet.setns). The HTTP server runs in its own threads and reads only what the Agent hands
@@ -29,6 +29,7 @@ from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
 from ..sanitize import json_text, printable
+from .auth import OPEN_PATHS, TokenAuth, challenge
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .events import DestroyWatcher
 from .history import deps_view
@@ -311,10 +312,12 @@ _PATHS = ["/healthz", "/readyz", "/metrics",
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """One request; `agent` is set on the subclass http_server() makes for its Agent."""
+    """One request; `agent` and `auth` are set on the subclass http_server() makes for its
+    Agent (auth None: no token asked)."""
 
     server_version = "nsnet"
     agent: Agent
+    auth: TokenAuth | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass   # probes every few seconds would drown the agent's own messages
@@ -327,18 +330,41 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.agent.http_done()
 
-    def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+    def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str,
+                    headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
-    def _send(self, status: HTTPStatus, body: dict) -> None:
-        self._send_bytes(status, (json_text(body) + "\n").encode(), "application/json")
+    def _send(self, status: HTTPStatus, body: dict,
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._send_bytes(status, (json_text(body) + "\n").encode(), "application/json",
+                         headers)
+
+    def _authorized(self, path: str) -> bool:
+        """Whether the request may go on; if not, it is answered 401 here and counted. The
+        probes' paths are open (the kubelet sends no token); every other path is closed,
+        unknown ones too (a 404 would list the paths to a stranger)."""
+        if self.auth is None or path in OPEN_PATHS:
+            return True
+        refused = self.auth.verdict(self.headers.get_all("Authorization") or [])
+        if refused is None:
+            return True
+        self.agent.metrics.http_unauthorized.labels(refused).inc()
+        self._send(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized: a bearer token is required"
+                                             if refused == "missing" else
+                                             "unauthorized: wrong bearer token"},
+                   (("WWW-Authenticate", challenge(refused)),))
+        return False
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        if not self._authorized(url.path):
+            return
         route = _ROUTES.get(url.path)
         if route is None:
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": _PATHS})
@@ -451,12 +477,13 @@ class _Server(ThreadingHTTPServer):
         self.client_errors += 1
 
 
-def http_server(agent: Agent) -> ThreadingHTTPServer:
-    """The agent's HTTP side, bound to options.listen, not yet serving."""
+def http_server(agent: Agent, auth: TokenAuth | None = None) -> ThreadingHTTPServer:
+    """The agent's HTTP side, bound to options.listen, not yet serving; with `auth`, every
+    path but the probes' asks for its token."""
     options = agent.options
     host, port = options.listen
     try:
-        handler = type("Handler", (_Handler,), {"agent": agent,
+        handler = type("Handler", (_Handler,), {"agent": agent, "auth": auth,
                                                 "timeout": options.http_timeout})
         server = _Server((host, port), handler, options.max_connections, options.max_per_client)
     except OSError as exc:
@@ -479,11 +506,13 @@ def raise_fd_limit() -> int:
 
 def serve(options: AgentOptions, err: TextIO, *, scanner: Scanner | None = None) -> int:
     """Run the agent until SIGTERM (finish the current sample, commit it, exit 0)."""
+    # First: a bad token file is a one-line error before anything is opened or listens.
+    auth = TokenAuth(options.auth_token_file, err) if options.auth_token_file else None
     raise_fd_limit()
     store, history = open_store(options, err)
     agent = Agent(options, err, store=store, history=history, scanner=scanner)
     try:
-        server = http_server(agent)
+        server = http_server(agent, auth)
     except NsnetError:
         agent.close()
         raise
@@ -492,8 +521,10 @@ def serve(options: AgentOptions, err: TextIO, *, scanner: Scanner | None = None)
     # SIGTERM (pod deletion): finish the current sample, commit it, then leave with status 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     host, _ = options.listen
+    guard = f", bearer token from {options.auth_token_file} (all but /healthz and /readyz)" \
+        if auth is not None else ""
     err.write(f"nsnet: serving on {host}:{server.server_address[1]}, "
-              f"a sample every {options.sampling.interval:g} s, history: {history}\n")
+              f"a sample every {options.sampling.interval:g} s, history: {history}{guard}\n")
     err.flush()
     try:
         agent.run()

@@ -1,7 +1,9 @@
-"""deploy/: the manifests, the setns overlay, the rendered all-in-one file and the Dockerfile,
-checked offline (no cluster, no root): YAML, yamllint, kubernetes-validate --strict for the
-supported Kubernetes versions, kustomize's loading rules, and every security requirement
-of the node agent (issue 3 section 2), including a guard against any weakening field.
+"""deploy/: the manifests, the overlays (setns, kube-rbac-proxy, kube-rbac-proxy-tls,
+auth-token), the rendered all-in-one file and the Dockerfile, checked offline (no cluster, no
+root): YAML, yamllint, kubernetes-validate --strict for the supported Kubernetes versions,
+kustomize's loading rules (and kustomize itself, through `kubectl kustomize`, where it is
+installed), the NetworkPolicy fence, and every security requirement of the node agent
+(issue 3 section 2), including a guard against any weakening field.
 
 `python3 tests/unit/test_deploy.py --render` rewrites deploy/nsnet.yaml from deploy/base.
 """
@@ -11,12 +13,14 @@ import copy
 import http.client
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +28,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 BASE = DEPLOY / "base"
-OVERLAY = DEPLOY / "overlays" / "setns"
+OVERLAYS = DEPLOY / "overlays"
+OVERLAY = OVERLAYS / "setns"
+RBAC_PROXY = OVERLAYS / "kube-rbac-proxy"
+RBAC_PROXY_TLS = OVERLAYS / "kube-rbac-proxy-tls"
+AUTH_TOKEN = OVERLAYS / "auth-token"
 RENDERED = DEPLOY / "nsnet.yaml"
 YAMLLINT_CONFIG = DEPLOY / ".yamllint"
 
@@ -33,6 +41,19 @@ YAMLLINT_CONFIG = DEPLOY / ".yamllint"
 KUBERNETES_VERSIONS = ("1.27", "1.37")
 BASE_CAPABILITIES = {"SYS_PTRACE", "DAC_READ_SEARCH"}
 OVERLAY_CAPABILITIES = BASE_CAPABILITIES | {"SYS_ADMIN", "NET_ADMIN"}
+# Every overlay: the capabilities its pod may add, and the containers that may mount a
+# ServiceAccount token (kube-rbac-proxy's TokenReviews; never the agent, which reads every
+# tenant's /proc).
+VARIANTS: dict[str, tuple[Path, set[str], frozenset[str]]] = {
+    "base": (BASE, BASE_CAPABILITIES, frozenset()),
+    "setns-overlay": (OVERLAY, OVERLAY_CAPABILITIES, frozenset()),
+    "kube-rbac-proxy-overlay": (RBAC_PROXY, BASE_CAPABILITIES, frozenset({"kube-rbac-proxy"})),
+    "kube-rbac-proxy-tls-overlay": (RBAC_PROXY_TLS, BASE_CAPABILITIES,
+                                    frozenset({"kube-rbac-proxy"})),
+    "auth-token-overlay": (AUTH_TOKEN, BASE_CAPABILITIES, frozenset()),
+}
+AGENT_PORT = 9810
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 # hostPath -> where the container sees it; all read-only.
 HOST_PATHS = {"/proc": "/host/proc", "/var/log/pods": "/host/var/log/pods",
               "/var/log/containers": "/host/var/log/containers"}
@@ -104,24 +125,48 @@ def json_patch(doc: Any, ops: list[dict]) -> Any:
     return doc
 
 
-def overlay_resources() -> list[dict]:
-    """The base with the overlay's patches applied (what `kubectl apply -k` of it sends)."""
-    docs = base_resources()
-    for patch in kustomization(OVERLAY)["patches"]:
-        target = patch["target"]
-        ops = load(OVERLAY / patch["path"])[0]
-        docs = [json_patch(d, ops) if d["kind"] == target["kind"]
-                and d["metadata"]["name"] == target["name"] else d for d in docs]
+def _targets(doc: dict, target: dict) -> bool:
+    group, version = target.get("group"), target.get("version")
+    api = f"{group}/{version}" if group else version
+    return doc["kind"] == target["kind"] and doc["metadata"]["name"] == target["name"] \
+        and (api is None or doc["apiVersion"] == api)
+
+
+def resources_of(directory: Path) -> list[dict]:
+    """What `kubectl apply -k directory` sends, by kustomize's rules as these kustomizations
+    use them: the resources in order (a directory: its own kustomization's, recursively; a
+    file: its documents), then each JSON 6902 patch on its target.
+    test_kustomize_renders_what_the_checks_read holds this to kustomize itself."""
+    if directory.resolve() == BASE.resolve():
+        return base_resources()
+    kust = kustomization(directory)
+    docs: list[dict] = []
+    for entry in kust.get("resources") or []:
+        path = directory / entry
+        docs += resources_of(path) if path.is_dir() else load(path)
+    for patch in kust.get("patches") or []:
+        (ops,) = load(directory / patch["path"])
+        docs = [json_patch(d, ops) if _targets(d, patch["target"]) else d for d in docs]
     return docs
+
+
+def overlay_resources() -> list[dict]:
+    """The base with the setns overlay's patches applied."""
+    return resources_of(OVERLAY)
 
 
 def pod_spec(docs: list[dict]) -> dict:
     return one(docs, "DaemonSet")["spec"]["template"]["spec"]
 
 
+def named(docs: list[dict], name: str) -> dict:
+    (found,) = [c for c in pod_spec(docs)["containers"] if c["name"] == name]
+    return found
+
+
 def container(docs: list[dict]) -> dict:
-    (agent,) = pod_spec(docs)["containers"]
-    return agent
+    """The agent's container (the only one, but in the kube-rbac-proxy overlays)."""
+    return named(docs, "nsnet")
 
 
 def supported_versions() -> list[str]:
@@ -153,10 +198,30 @@ def pod_specs(docs: list[dict]) -> Iterator[tuple[str, dict]]:
             yield doc["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]
 
 
-def security_findings(docs: list[dict], allowed_caps: set[str]) -> list[str]:
+def token_findings(name: str, pod: dict, token_containers: frozenset[str]) -> list[str]:
+    """A ServiceAccount token mounted into a container not allowed one (the agent never is),
+    or mounted automatically into every container."""
+    found = []
+    if pod.get("automountServiceAccountToken") is not False:
+        found.append(f"{name}: automountServiceAccountToken not false")
+    for vol in pod.get("volumes") or []:
+        if "projected" not in vol or not any("serviceAccountToken" in s for s in
+                                             vol["projected"].get("sources") or []):
+            continue
+        users = {c["name"] for c in all_containers(pod)
+                 if any(m["name"] == vol["name"] for m in c.get("volumeMounts") or [])}
+        if not users or not users <= token_containers:
+            found.append(f"{name}: service account token volume {vol['name']} "
+                         f"(mounted by {sorted(users)})")
+    return found
+
+
+def security_findings(docs: list[dict], allowed_caps: set[str],
+                      token_containers: frozenset[str] = frozenset()) -> list[str]:
     """Every field that would weaken the agent's confinement, in any pod of `docs`."""
     found = []
     for name, pod in pod_specs(docs):
+        found += token_findings(name, pod, token_containers)
         for flag in ("hostNetwork", "hostIPC"):
             if pod.get(flag):
                 found.append(f"{name}: {flag}")
@@ -170,9 +235,6 @@ def security_findings(docs: list[dict], allowed_caps: set[str]) -> list[str]:
         for vol in volumes.values():
             if "hostPath" in vol and vol["hostPath"]["path"] not in (*HOST_PATHS, STATE_PATH):
                 found.append(f"{name}: hostPath {vol['hostPath']['path']}")
-            if "projected" in vol and any("serviceAccountToken" in s
-                                          for s in vol["projected"].get("sources") or []):
-                found.append(f"{name}: service account token volume {vol['name']}")
         for c in all_containers(pod):
             where = f"{name}/{c['name']}"
             sc = c.get("securityContext") or {}
@@ -246,11 +308,11 @@ def test_supported_versions_are_shipped_by_kubernetes_validate():
 
 
 @pytest.mark.parametrize("version", supported_versions())
-@pytest.mark.parametrize("variant", ["base", "setns-overlay"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_kubernetes_validate_strict(version, variant):
     import kubernetes_validate
 
-    docs = base_resources() if variant == "base" else overlay_resources()
+    docs = resources_of(VARIANTS[variant][0])
     for doc in docs:
         # Raises on a schema violation, and on a kind it has no schema for (which its
         # command line would only warn about).
@@ -289,7 +351,12 @@ def test_kustomization_lists_every_manifest():
     assert listed == present
     kinds = sorted(d["kind"] for d in base_resources())
     assert kinds == sorted(["Namespace", "ServiceAccount", "PriorityClass", "DaemonSet",
-                            "Service"])
+                            "Service", "NetworkPolicy"])
+
+
+def test_every_overlay_is_checked():
+    assert {p.parent for p in OVERLAYS.glob("*/kustomization.yaml")} == \
+        {directory for directory, _, _ in VARIANTS.values()} - {BASE}
 
 
 @pytest.mark.parametrize("directory", sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml")),
@@ -339,6 +406,11 @@ def test_kustomize_transformations_are_no_ops():
             assert pairs <= ds["spec"]["selector"]["matchLabels"].items()
             assert pairs <= ds["spec"]["template"]["metadata"]["labels"].items()
             assert pairs <= one(docs, "Service")["spec"]["selector"].items()
+            policy = one(docs, "NetworkPolicy")["spec"]
+            assert pairs <= policy["podSelector"]["matchLabels"].items()
+            # kustomize would add them to a podSelector of a peer too: there is none
+            assert all("podSelector" not in peer for rule in policy["ingress"]
+                       for peer in rule["from"])
 
 
 def test_rendered_all_in_one_is_in_sync():
@@ -585,15 +657,14 @@ def test_image_tag_is_the_package_version():
 
 # -- weakening guard ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("variant", ["base", "setns-overlay", "rendered"])
+@pytest.mark.parametrize("variant", [*sorted(VARIANTS), "rendered"])
 def test_no_field_weakens_the_agent(variant):
-    if variant == "base":
-        docs, caps = base_resources(), BASE_CAPABILITIES
-    elif variant == "setns-overlay":
-        docs, caps = overlay_resources(), OVERLAY_CAPABILITIES
+    if variant == "rendered":
+        docs, caps, token_containers = load(RENDERED), BASE_CAPABILITIES, frozenset()
     else:
-        docs, caps = load(RENDERED), BASE_CAPABILITIES
-    assert security_findings(docs, caps) == []
+        directory, caps, token_containers = VARIANTS[variant]
+        docs = resources_of(directory)
+    assert security_findings(docs, caps, token_containers) == []
 
 
 def _weaken(change):
@@ -629,6 +700,11 @@ WEAKENINGS = {
                                                        "hostPath": {"path": "/"}}),
     "no memory limit": lambda pod, c: c["resources"].pop("limits"),
     "privileged init container": _init_container,
+    "token for the agent": lambda pod, c: (
+        pod["volumes"].append({"name": "sa", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token"}}]}}),
+        c["volumeMounts"].append({"name": "sa", "mountPath": "/var/run/secrets/x"})),
+    "automounted token": lambda pod, c: pod.update(automountServiceAccountToken=True),
 }
 
 
@@ -659,6 +735,261 @@ def test_overlay_patch_checks_the_container_it_patches():
     container(docs)["name"] = "renamed"
     with pytest.raises(AssertionError, match="JSON patch test failed"):
         json_patch(one(docs, "DaemonSet"), ops)
+
+
+# -- kustomize itself ------------------------------------------------------------------------
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def kustomize_build(directory: Path) -> list[dict]:
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed (resources_of() is checked "
+                    "by the other tests)")
+    proc = subprocess.run([*command, str(directory)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc is not None]
+
+
+def _by_name(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+@pytest.mark.parametrize("directory", sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_kustomize_renders_what_the_checks_read(directory):
+    """Where kustomize (or kubectl) is installed: what it renders is exactly what
+    resources_of() gives, so every check above reads what `kubectl apply -k` sends."""
+    built = _by_name(kustomize_build(directory))
+    expected = _by_name(resources_of(directory))
+    assert sorted(built) == sorted(expected)
+    for key, doc in expected.items():
+        assert built[key] == doc, key
+
+
+# -- who may reach the agent: NetworkPolicy, Service, kube-rbac-proxy, auth token ---------------
+
+def network_policy(docs: list[dict]) -> dict:
+    return one(docs, "NetworkPolicy")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_network_policy_lets_only_the_monitoring_namespace_reach_9810(variant):
+    docs = resources_of(VARIANTS[variant][0])
+    spec = network_policy(docs)["spec"]
+    pod = one(docs, "DaemonSet")["spec"]["template"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": MONITORING}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": AGENT_PORT}]
+    # the port is the one the pod serves on, whoever serves it
+    served = {p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert served == {AGENT_PORT}
+    # a NetworkPolicy does not apply to a pod on the host's network
+    assert not pod["spec"].get("hostNetwork")
+    assert network_policy(docs)["metadata"]["namespace"] == one(docs, "DaemonSet")[
+        "metadata"]["namespace"]
+
+
+def _readme_policy_patch() -> tuple[dict, list[dict]]:
+    """The overlay deploy/README.md shows for another monitoring namespace."""
+    readme = (DEPLOY / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+                if "kind: NetworkPolicy" in b and "patch: |-" in b]
+    kust = yaml.safe_load(block)
+    (patch,) = kust["patches"]
+    return kust, yaml.safe_load(patch["patch"])
+
+
+def test_the_readmes_policy_patch_changes_the_namespace(tmp_path):
+    kust, ops = _readme_policy_patch()
+    assert kust["resources"] == ["../../base"]
+    patched = json_patch(network_policy(base_resources()), ops)
+    (rule,) = patched["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "observability"}}}]
+    if kustomize_command() is not None:      # and kustomize agrees, on a copy of deploy/
+        copy_of = tmp_path / "deploy"
+        shutil.copytree(DEPLOY, copy_of)
+        (copy_of / "overlays" / "mine").mkdir()
+        (copy_of / "overlays" / "mine" / "kustomization.yaml").write_text(yaml.safe_dump(kust))
+        built = _by_name(kustomize_build(copy_of / "overlays" / "mine"))
+        assert built[("NetworkPolicy", "nsnet")]["spec"] == patched["spec"]
+
+
+def test_linux_nodes_only():
+    assert pod_spec(base_resources())["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def test_service_is_headless_one_endpoint_per_agent():
+    """No virtual IP that would pick any node's agent: DNS and endpoint discovery give each
+    node's agent, each a target of its own."""
+    spec = one(base_resources(), "Service")["spec"]
+    assert spec["clusterIP"] == "None" and spec.get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_probe_paths_need_no_token():
+    """--auth-token-file leaves the probes' paths open: the kubelet sends no token."""
+    from nsnet.agent.auth import OPEN_PATHS
+
+    for variant in VARIANTS.values():
+        agent = container(resources_of(variant[0]))
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert agent[probe]["httpGet"]["path"] in OPEN_PATHS
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in args)
+
+
+def test_kube_rbac_proxy_fronts_an_agent_on_loopback():
+    docs = resources_of(RBAC_PROXY)
+    agent, proxy = container(docs), named(docs, "kube-rbac-proxy")
+    assert [c["name"] for c in pod_spec(docs)["containers"]] == ["nsnet", "kube-rbac-proxy"]
+    listen = _parse_argv(agent["command"]).listen
+    assert listen == ("127.0.0.1", 9811) and "ports" not in agent
+    assert re.fullmatch(r"quay\.io/brancz/kube-rbac-proxy:v\d+\.\d+\.\d+", proxy["image"])
+    flags = _flags(proxy["args"])
+    assert flags["secure-listen-address"] == f"0.0.0.0:{AGENT_PORT}"
+    assert flags["upstream"] == f"http://127.0.0.1:{listen[1]}/"
+    assert "insecure-listen-address" not in flags
+    probes = {agent[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
+    assert set(flags["ignore-paths"].split(",")) == probes == {"/healthz", "/readyz"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"]["port"] == AGENT_PORT
+        assert agent[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert proxy["ports"] == [{"name": "https", "containerPort": AGENT_PORT, "protocol": "TCP"}]
+    (port,) = one(docs, "Service")["spec"]["ports"]
+    assert port == {"name": "https", "port": AGENT_PORT, "targetPort": "https",
+                    "protocol": "TCP"}
+    sc = proxy["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert "add" not in sc["capabilities"]
+
+
+def test_kube_rbac_proxy_alone_holds_a_token():
+    docs = resources_of(RBAC_PROXY)
+    pod = pod_spec(docs)
+    assert pod["automountServiceAccountToken"] is False
+    (mount,) = named(docs, "kube-rbac-proxy")["volumeMounts"]
+    # where client-go's in-cluster configuration reads the token and the CA
+    assert mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    sources = volume["projected"]["sources"]
+    assert {next(iter(s)) for s in sources} == {"serviceAccountToken", "configMap",
+                                               "downwardAPI"}
+    assert mount["name"] not in {m["name"] for m in container(docs)["volumeMounts"]}
+
+
+def test_kube_rbac_proxy_rbac():
+    docs = resources_of(RBAC_PROXY)
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    assert roles["nsnet-kube-rbac-proxy"]["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+         "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+         "verbs": ["create"]}]
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": "nsnet-kube-rbac-proxy"}
+    ds = one(docs, "DaemonSet")
+    assert binding["subjects"] == [{"kind": "ServiceAccount",
+                                    "name": pod_spec(docs)["serviceAccountName"],
+                                    "namespace": ds["metadata"]["namespace"]}]
+    (reader,) = roles["nsnet-metrics-reader"]["rules"]
+    assert reader == {"nonResourceURLs": ["/metrics", "/api/*"], "verbs": ["get"]}
+
+
+def test_the_metrics_reader_grants_every_guarded_path():
+    """Kubernetes' rule for nonResourceURLs: equal, or a prefix ending in '*'. Every path
+    the agent serves but the probes' must be granted, or a reader gets 403 on it."""
+    from nsnet.agent.auth import OPEN_PATHS
+    from nsnet.agent.serve import _ROUTES
+
+    (rule,) = one([d for d in resources_of(RBAC_PROXY)
+                   if d["metadata"]["name"] == "nsnet-metrics-reader"], "ClusterRole")["rules"]
+
+    def granted(path: str) -> bool:
+        return any(path == u or (u.endswith("*") and path.startswith(u[:-1]))
+                   for u in rule["nonResourceURLs"])
+    guarded = set(_ROUTES) - OPEN_PATHS
+    assert guarded and all(granted(path) for path in guarded)
+    assert not granted("/api")      # control: the rule is not a blanket grant
+
+
+def test_kube_rbac_proxy_overlay_changes_only_the_front():
+    """The overlay's DaemonSet is the base's but for the agent's listen address, port and
+    probes, the proxy container and its token volume."""
+    base, docs = base_resources(), resources_of(RBAC_PROXY)
+    ds = copy.deepcopy(one(docs, "DaemonSet"))
+    pod = ds["spec"]["template"]["spec"]
+    pod["containers"] = [c for c in pod["containers"] if c["name"] != "kube-rbac-proxy"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "kube-api-access"]
+    (agent,), original = pod["containers"], container(base)
+    for key in ("command", "ports", "livenessProbe", "readinessProbe"):
+        agent.pop(key, None)
+        original.pop(key)
+    assert ds == one(base, "DaemonSet")
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} - \
+        {(d["kind"], d["metadata"]["name"]) for d in base} == {
+            ("ClusterRole", "nsnet-kube-rbac-proxy"), ("ClusterRole", "nsnet-metrics-reader"),
+            ("ClusterRoleBinding", "nsnet-kube-rbac-proxy")}
+
+
+def test_kube_rbac_proxy_tls_serves_the_secrets_certificate():
+    docs = resources_of(RBAC_PROXY_TLS)
+    proxy = named(docs, "kube-rbac-proxy")
+    flags = _flags(proxy["args"])
+    mounts = {m["name"]: m for m in proxy["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    (tls,) = [name for name in mounts if "secret" in volumes[name]]
+    assert volumes[tls]["secret"]["secretName"] == "nsnet-tls"
+    assert mounts[tls]["readOnly"] is True and "subPath" not in mounts[tls]
+    directory = PurePosixPath(mounts[tls]["mountPath"])
+    assert flags["tls-cert-file"] == str(directory / "tls.crt")
+    assert flags["tls-private-key-file"] == str(directory / "tls.key")
+    assert tls not in {m["name"] for m in container(docs)["volumeMounts"]}
+    # the rest is the kube-rbac-proxy overlay's
+    flags.pop("tls-cert-file"), flags.pop("tls-private-key-file")
+    assert flags == _flags(named(resources_of(RBAC_PROXY), "kube-rbac-proxy")["args"])
+
+
+def test_auth_token_overlay_gives_the_agent_a_rotatable_token_file():
+    docs = resources_of(AUTH_TOKEN)
+    agent = container(docs)
+    args = _parse_argv(agent["command"])
+    assert args.auth_token_file == "/etc/nsnet/auth/token"
+    mount, volume = _mount_of(docs, agent, args.auth_token_file)
+    assert volume["secret"]["secretName"] == "nsnet-auth-token"
+    # a subPath mount never sees the Secret change: the directory is mounted
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert [i["path"] for i in volume["secret"].get("items", [{"path": "token"}])] == ["token"]
+    # nothing else changes: the same agent on the same port, and the probes open
+    assert args.listen == ("0.0.0.0", AGENT_PORT)
+    assert agent["command"][:-2] == container(base_resources())["command"]
+
+
+def _parse_argv(command: list[str]):
+    from nsnet.cli import build_parser
+
+    assert command[0] == "nsnet"
+    return build_parser({}).parse_args(command[1:])
+
+
+def _mount_of(docs: list[dict], agent: dict, path: str) -> tuple[dict, dict]:
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    (mount,) = [m for m in agent["volumeMounts"]
+                if PurePosixPath(path).parent == PurePosixPath(m["mountPath"])]
+    return mount, volumes[mount["name"]]
 
 
 # -- the Dockerfile --------------------------------------------------------------------------
