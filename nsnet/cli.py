@@ -67,6 +67,10 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _fd_budget(text: str) -> int | None:
+    return None if text == "all" else _positive(text)
+
+
 def _listen_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -147,6 +151,12 @@ def _common(env: Mapping[str, str]) -> _Parser:
                              "the fastest the privileges allow")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
+    common.add_argument("--max-fds-per-user", type=_fd_budget, metavar="N|all",
+                        default=SNAPSHOT.max_fds_per_user,
+                        help="read at most N fd links per uid in one snapshot, so that no "
+                             "tenant can make a snapshot arbitrarily long; the rest are "
+                             f"counted and said (default: {SNAPSHOT.max_fds_per_user}; all: "
+                             "no limit)")
     common.add_argument("--services", default=env.get("NSNET_SERVICES") or None,
                         metavar="FILE",
                         help="TOML file naming endpoints (CIDRs, ip:port) as services, used in "
@@ -283,7 +293,8 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
     return SnapshotOptions(proc=args.proc, source=args.source,
                            sandbox_commands=tuple(args.sandbox_command or SNAPSHOT.sandbox_commands),
                            enter_pinned=not args.no_enter, host_root=args.host_root,
-                           services=load_services(args.services))
+                           services=load_services(args.services),
+                           max_fds_per_user=args.max_fds_per_user)
 
 
 def _fields(args: argparse.Namespace) -> tuple[str, ...]:

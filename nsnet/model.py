@@ -177,6 +177,7 @@ class Process:
     netns: int | None = None
     sandbox: bool = False
     fds_readable: bool = True
+    fds_complete: bool = True            # False: the walk's fd budget stopped short (walk.py)
     socket_fds: dict[int, int] = field(default_factory=dict)   # fd -> socket inode
     start_ticks: int = 0                 # clock ticks after boot (/proc/<pid>/stat)
     started: float | None = None      # epoch seconds, when the boot time is known
@@ -282,6 +283,7 @@ class Stats:
     processes_ns_changed: int = 0    # moved namespace while being read
     threads_elsewhere: int = 0
     fds_vanished: int = 0
+    fds_skipped: int = 0             # fds listed but not read: a uid's fd budget was spent
     namespaces: int = 0
     namespaces_unread: int = 0
     namespace_read_retries: int = 0

@@ -25,6 +25,8 @@ class SnapshotOptions:
     host_root: str | None = "/"              # where /var/log/pods is; None: do not look
     threads: int | None = None               # reader threads; None: one per CPU, at most 8
     services: ServiceMap = NO_SERVICES          # the operator's names for endpoints
+    # fd links read per uid in one snapshot at most (walk.py); None: every fd
+    max_fds_per_user: int | None = 1 << 18
 
 
 @dataclass(frozen=True)

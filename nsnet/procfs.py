@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import NamedTuple
 
 from .errors import NotProcfs, NsnetError, translate
 
@@ -137,19 +138,37 @@ def listdir_at(dirfd: int, name: str) -> list[str]:
         os.close(fd)
 
 
-def socket_fds(dirfd: int) -> tuple[dict[int, int], int]:
-    """fd -> socket inode for one task dir, and the count of fds that closed meanwhile.
+class FdScan(NamedTuple):
+    sockets: dict[int, int]    # fd -> socket inode
+    vanished: int              # closed between the listing and their readlink
+    skipped: int               # listed beyond the limit, not read
+    read: int                  # fd links read (the work done)
+
+
+def socket_fds(dirfd: int, limit: int | None = None) -> FdScan:
+    """The socket fds of one task dir, reading at most `limit` fd links (None: all).
 
     Raises ProcessGone / AccessDenied / ProcError for the fd directory itself.
     """
     fddir = open_dir("fd", dirfd)
     found: dict[int, int] = {}
-    vanished = 0
+    vanished = skipped = 0
     try:
+        if limit == 0:
+            # Nothing may be read: count without listing. Since Linux 6.2 the size of a
+            # /proc/<pid>/fd directory is its number of open fds (proc_fd_getattr); before,
+            # it is 0 and the listing below counts them.
+            size = os.fstat(fddir).st_size
+            if size > 0:
+                return FdScan({}, 0, size, 0)
         readlink = os.readlink
+        names = os.listdir(fddir)
+        if limit is not None and len(names) > limit:
+            skipped = len(names) - limit
+            del names[limit:]
         # The hot loop of the walk (one readlink per fd of every process): no call per fd
         # but the syscall itself.
-        for name in os.listdir(fddir):
+        for name in names:
             try:
                 target = readlink(name, dir_fd=fddir)
             except (FileNotFoundError, ProcessLookupError):   # closed since the listing
@@ -161,7 +180,7 @@ def socket_fds(dirfd: int) -> tuple[dict[int, int], int]:
         raise translate(exc) from exc
     finally:
         os.close(fddir)
-    return found, vanished
+    return FdScan(found, vanished, skipped, len(names))
 
 
 def read_text(path: str) -> bytes:

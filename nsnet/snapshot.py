@@ -102,7 +102,8 @@ class Snapshotter:
         stats = Stats(source=choice.source, source_reason=choice.reason)
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
         found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx),
-                              enter=options.enter_pinned)
+                              enter=options.enter_pinned,
+                              max_fds_per_user=options.max_fds_per_user)
         joined = Joined(found, stats)
         sockets = source.collect(ctx, found, joined.add)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})

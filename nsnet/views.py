@@ -72,6 +72,7 @@ def process_doc(p: Process, snap: Snapshot) -> dict:
     return {"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "user": user_name(p.uid),
             "comm": p.comm, "cmdline": list(p.cmdline), "netns": p.netns,
             "netns_key": p.netns_key, "sandbox": p.sandbox, "fds_readable": p.fds_readable,
+            "fds_complete": p.fds_complete,
             "started": p.started,
             "container": None if container is None else {
                 "id": container.id, "name": container.name, "runtime": container.runtime,

@@ -84,16 +84,30 @@ class _Walk:
     members: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     threads: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
     mount_ns_reader: dict[int, int] = field(default_factory=dict)   # mnt ns inode -> a pid in it
+    # The work budget: fd links read per uid, at most max_fds_per_user in one walk. A
+    # tenant's own processes (e.g. 50 forks sharing 20k sockets: a million fd links) then
+    # cost the walk at most that, whatever it does; what is left unread is counted.
+    max_fds_per_user: int | None = None
+    fds_read: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    fds_cut: list[tuple[int, str, int]] = field(default_factory=list)   # (pid, comm, uid)
+
+    def fd_allowance(self, uid: int) -> int | None:
+        if self.max_fds_per_user is None:
+            return None
+        return max(0, self.max_fds_per_user - self.fds_read[uid])
 
 
 def discover(proc: str, stats: Stats, *, pace: Callable[[], None] | None = None,
-             met: Callable[[str, int], None] | None = None, enter: bool = True) -> Discovery:
+             met: Callable[[str, int], None] | None = None, enter: bool = True,
+             max_fds_per_user: int | None = None) -> Discovery:
     """Walk every process of `proc`. met(key, pid) is called when the walk meets the first
     member of a namespace whose inode it could read (a table source may start reading that
     namespace at once, overlapping the rest of the walk); pace() every PACE_EVERY processes.
     enter: processes grouped by their stand-in identity (no CAP_SYS_PTRACE) may be matched
-    to a pinned namespace by entering the pin (setns, CAP_SYS_ADMIN)."""
-    walk = _Walk(Discovery(proc))
+    to a pinned namespace by entering the pin (setns, CAP_SYS_ADMIN).
+    max_fds_per_user: fd links read at most per uid (None: all); the rest are counted in
+    stats.fds_skipped and the processes concerned named in stats.fds_cut."""
+    walk = _Walk(Discovery(proc), max_fds_per_user=max_fds_per_user)
     processes = walk.found.processes
     for index, pid in enumerate(list_pids(proc)):
         if pace is not None and index % PACE_EVERY == 0:
@@ -114,6 +128,8 @@ def discover(proc: str, stats: Stats, *, pace: Callable[[], None] | None = None,
     found.pins = _find_pins(proc, walk, stats)
     if enter and any(is_stand_in(k) for k in walk.members):
         stand_ins.update(_match_pins(walk, found.pins, stats))
+    if walk.fds_cut:
+        stats.privileges.append(_fds_cut_note(walk))
     for key, pids in walk.members.items():
         found.namespace(key).pids = sorted(pids)
     for key, visitors in walk.threads.items():
@@ -169,8 +185,14 @@ def _walk_process(proc: str, pid: int, walk: _Walk, stats: Stats) -> None:
         if nthreads > 1:
             _walk_threads(dirfd, pid, key, walk, stats)
         try:
-            process.socket_fds, vanished = socket_fds(dirfd)
-            stats.fds_vanished += vanished
+            scan = socket_fds(dirfd, walk.fd_allowance(process.uid))
+            process.socket_fds = scan.sockets
+            stats.fds_vanished += scan.vanished
+            walk.fds_read[process.uid] += scan.read
+            if scan.skipped:
+                stats.fds_skipped += scan.skipped
+                process.fds_complete = False
+                walk.fds_cut.append((pid, comm, process.uid))
         except ProcessGone:
             raise
         except ProcError:
@@ -356,3 +378,13 @@ def explain_unmatched(namespaces: dict[str, Namespace], stats: Stats) -> None:
         f"{len(pins)} pinned namespace(s) and {len(groups)} process group(s) could not be "
         "matched (needs CAP_SYS_PTRACE, or CAP_SYS_ADMIN to enter the pins): each is shown as "
         "what it is, the pins unread, not as empty namespaces")
+
+
+def _fds_cut_note(walk: _Walk) -> str:
+    """One line: whose fds were not all read, and why."""
+    uids = sorted({uid for _, _, uid in walk.fds_cut})
+    shown = ", ".join(f"pid {pid} ({comm})" for pid, comm, _ in walk.fds_cut[:3])
+    more = f", +{len(walk.fds_cut) - 3} more" if len(walk.fds_cut) > 3 else ""
+    return (f"fds not all read for {len(walk.fds_cut)} process(es) ({shown}{more}): uid "
+            f"{', '.join(map(str, uids))} holds more than {walk.max_fds_per_user} fds in all "
+            "(--max-fds-per-user); sockets behind the unread fds lack those holders")

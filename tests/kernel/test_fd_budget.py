@@ -1,0 +1,93 @@
+"""One tenant cannot make a snapshot arbitrarily long: fd links are read up to a budget per
+uid, and the rest is counted and said.
+
+Real processes: a tenant process holds 2,000 sockets and forks 4 children that inherit them
+(~10,000 fd links, every one a socket: what the attack multiplies to a million). With a
+budget of 4,000 per uid, exactly the links past it are left unread, the processes concerned
+are named once, and every socket is still listed (from its namespace's table) -- held by the
+processes whose fds were read.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import require_root
+from realnode import interpreter_for, util_linux
+
+REPO = Path(__file__).resolve().parents[2]
+TENANT = 10818
+SOCKETS, CHILDREN = 2000, 4
+
+HOARD = r"""
+import os, resource, socket, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+held = []
+for _ in range(int(sys.argv[1])):   # bound: an unbound UDP socket is in no table
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+    held.append(s)
+kids = []
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        sys.stdin.read()
+        os._exit(0)
+    kids.append(pid)
+print(" ".join(map(str, [os.getpid(), *kids])), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def hoarder():
+    require_root("setpriv")
+    popen = subprocess.Popen(
+        [util_linux("setpriv"), "--reuid", str(TENANT), "--regid", str(TENANT),
+         "--clear-groups", "--", interpreter_for(TENANT), "-c", HOARD, str(SOCKETS),
+         str(CHILDREN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd="/")
+    line = popen.stdout.readline() if popen.stdout else ""
+    if not line:
+        popen.kill()
+        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    pids = [int(p) for p in line.split()]
+    links = {pid: len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in pids}
+    yield pids, links
+    popen.kill()
+    popen.wait()
+
+
+def nsnet(*args: str) -> tuple[dict, str]:
+    run = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--json", "--udp", *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout), run.stderr
+
+
+def test_fd_links_past_a_uids_budget_are_counted_not_read(hoarder):
+    pids, links = hoarder
+    total = sum(links.values())
+    assert total >= SOCKETS * (CHILDREN + 1)
+    doc, stderr = nsnet("--max-fds-per-user", "4000")
+    stats = doc["stats"]
+    assert stats["fds_skipped"] == total - 4000
+    cut = [pid for pid in pids if sum(links[p] for p in pids[:pids.index(pid) + 1]) > 4000]
+    assert f"fds not all read for {len(cut)} process(es) (pid {cut[0]} (" in stderr
+    assert f"uid {TENANT} holds more than 4000 fds in all (--max-fds-per-user)" in stderr
+    ours = [s for s in doc["sockets"] if s["uid"] == TENANT]
+    assert len(ours) == SOCKETS            # every socket still listed, from the table
+    # the parent's fds were read within the budget: it holds every one of them
+    assert all(pids[0] in s["pids"] for s in ours)
+    assert all(s["users"] == [TENANT] for s in ours)
+
+
+def test_within_the_budget_everything_is_read(hoarder):
+    pids, _ = hoarder
+    doc, stderr = nsnet()
+    assert doc["stats"]["fds_skipped"] == 0 and "fds not all read" not in stderr
+    ours = [s for s in doc["sockets"] if s["uid"] == TENANT]
+    assert len(ours) == SOCKETS and all(s["pids"] == sorted(pids) for s in ours)
