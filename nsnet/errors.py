@@ -96,3 +96,11 @@ def is_gone(exc: OSError) -> bool:
 
 def is_denied(exc: OSError) -> bool:
     return exc.errno in _DENIED
+
+
+def fd_shortage(exc: OSError) -> str | None:
+    """The one way to say that our own fd table is full (EMFILE) or the system's (ENFILE):
+    not a permission problem, not a bad path -- a limit to raise. None for other errors."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"out of file descriptors ({exc.strerror}): raise RLIMIT_NOFILE (ulimit -n)"
+    return None

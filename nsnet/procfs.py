@@ -12,11 +12,10 @@ snapshot, for the boot time of the procfs being read.
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import NamedTuple
 
-from .errors import NotProcfs, NsnetError, translate
+from .errors import NotProcfs, NsnetError, fd_shortage, translate
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
@@ -38,9 +37,9 @@ def check_procfs(proc: str) -> None:
         with open(os.path.join(proc, "stat"), "rb") as f:
             head = f.read(4)
     except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):   # not a /proc problem: say what it is
-            raise NsnetError(f"out of file descriptors ({exc.strerror}): raise RLIMIT_NOFILE "
-                             "(ulimit -n)") from exc
+        shortage = fd_shortage(exc)
+        if shortage is not None:   # not a /proc problem: say what it is
+            raise NsnetError(shortage) from exc
     if root.st_ino != 1 or head != b"cpu ":
         raise NotProcfs(f"--proc {proc} is not a procfs mount (no {proc}/stat with cpu counters)")
 

@@ -31,7 +31,7 @@ from . import _stdlib_guard
 _stdlib_guard.ensure_stdlib()
 from nsenter import Namespace  # noqa: E402  (after the guard: nsenter imports pathlib)
 
-from .errors import EnterError, LostNamespace  # noqa: E402
+from .errors import EnterError, LostNamespace, fd_shortage  # noqa: E402
 
 OWN_PROC = "/proc"
 T = TypeVar("T")
@@ -60,7 +60,7 @@ def _open_namespace_file(path: str, expected_inode: int) -> int:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:
-        raise EnterError(f"cannot open {path}: {exc.strerror}") from exc
+        raise EnterError(fd_shortage(exc) or f"cannot open {path}: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
         if st.st_dev != _nsfs_device() or st.st_ino != expected_inode:
@@ -99,7 +99,7 @@ def run_in_namespace(path: str, expected_inode: int, action: Callable[[], T]) ->
             # reopens the file our O_PATH descriptor holds, not whatever `path` is by now
             ns = Namespace(f"{OWN_PROC}/self/fd/{checked}", "net", proc=OWN_PROC)
         except OSError as exc:
-            raise EnterError(f"cannot open {path}: {exc.strerror}") from exc
+            raise EnterError(fd_shortage(exc) or f"cannot open {path}: {exc.strerror}") from exc
         finally:
             os.close(checked)
         try:
@@ -109,9 +109,9 @@ def run_in_namespace(path: str, expected_inode: int, action: Callable[[], T]) ->
                     raise EnterError(f"{path} now pins namespace {inside}, not {expected_inode}")
                 return action()
         except OSError as exc:
-            raise EnterError(f"setns into {path}: {exc.strerror or exc}"
-                             + (" (needs CAP_SYS_ADMIN)" if exc.errno == errno.EPERM else "")
-                             ) from exc
+            raise EnterError(fd_shortage(exc) or (
+                f"setns into {path}: {exc.strerror or exc}"
+                + (" (needs CAP_SYS_ADMIN)" if exc.errno == errno.EPERM else ""))) from exc
     finally:
         _check_home(home)
 

@@ -27,6 +27,7 @@ from .. import sockdiag
 from ..errors import EnterError, SubscribeError
 from ..model import Socket
 from ..setns import run_in_namespace
+from ..sources.netlink import kept_socket_limit
 
 # enum sknetlink_groups (linux/sock_diag.h): bit (group - 1) of the bind mask
 SKNLGRP_INET_TCP_DESTROY = 1
@@ -96,6 +97,10 @@ class DestroyWatcher:
 
     def watch(self, path: str, inode: int) -> str | None:
         """Subscribe inside the namespace at path (main thread only). Returns why not."""
+        with self._lock:
+            if inode not in self._socks and len(self._socks) >= kept_socket_limit():
+                return ("not subscribed: as many namespaces are watched as the fd limit "
+                        "allows (raise RLIMIT_NOFILE)")
         try:
             sock = run_in_namespace(path, inode, lambda: _subscribe(self._opener))
         except (EnterError, SubscribeError, OSError) as exc:

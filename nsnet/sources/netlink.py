@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno as _errno
 import itertools
 import os
+import resource
 import socket
 import struct
 import threading
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..errors import EnterError
+from ..errors import EnterError, fd_shortage
 from ..model import Namespace, Socket, key_inode
 from ..setns import run_in_namespace
 from ..sockdiag import (
@@ -66,18 +67,19 @@ class NetlinkSource(TableSource):
         inode = key_inode(key)
         if inode is None:   # a stand-in key: no ns/net to enter, only its /proc tables
             return ctx.run(proc_source.read_via_task, ctx.proc, key, task)
-        sock, _ = self._diag_socket(ctx, f"{ctx.proc}/{task}/ns/net", inode)
+        sock, _, kept = self._diag_socket(ctx, f"{ctx.proc}/{task}/ns/net", inode)
         if sock is None:
             return TableRead(None, retries=1)
-        return ctx.run(self._dump_with_addresses, sock, f"pid {task}", ctx.proc, key, task)
+        return ctx.run(self._dump_with_addresses, sock, kept, f"pid {task}", ctx.proc, key,
+                       task)
 
     def read_pinned(self, ctx: ReadContext, ns: Namespace, pins: list[Pin]) -> TableRead:
         assert ns.inode is not None   # pins are found by inode
         error = None
         for pin in pins:
-            sock, error = self._diag_socket(ctx, pin.opener, ns.inode)
+            sock, error, kept = self._diag_socket(ctx, pin.opener, ns.inode)
             if sock is not None:
-                return self._dump(sock, f"setns {pin.shown}")
+                return self._dump(sock, kept, f"setns {pin.shown}")
         ns.error = error   # this namespace's own failure, not the latest logged
         return TableRead(None)
 
@@ -90,38 +92,41 @@ class NetlinkSource(TableSource):
             self.cache.close()
 
     def _diag_socket(self, ctx: ReadContext, path: str, inode: int
-                     ) -> tuple[socket.socket | None, str | None]:
+                     ) -> tuple[socket.socket | None, str | None, bool]:
         """The namespace's sock_diag socket: the kept one, or one made inside it now (main
-        thread). Returns (socket, None) or (None, why not)."""
+        thread). Returns (socket, None, kept) or (None, why not, False)."""
         if self.cache is not None:
             kept = self.cache.get(inode)
             if kept is not None:
-                return kept, None
+                return kept, None, True
         try:
             sock = run_in_namespace(path, inode, open_diag_socket)
-        except (EnterError, OSError) as exc:
+        except OSError as exc:   # socket(): our own fd table, most likely
+            why = fd_shortage(exc) or f"sock_diag socket: {exc.strerror or exc}"
+            ctx.note_error(why)
+            return None, why, False
+        except EnterError as exc:
             ctx.note_error(str(exc))
-            return None, str(exc)
-        if self.cache is not None:
-            self.cache.put(inode, sock)
-        return sock, None
+            return None, str(exc), False
+        return sock, None, self.cache is not None and self.cache.put(inode, sock)
 
-    def _dump_with_addresses(self, sock: socket.socket, via: str, proc: str, key: str,
-                             task: str) -> TableRead:
+    def _dump_with_addresses(self, sock: socket.socket, kept: bool, via: str, proc: str,
+                             key: str, task: str) -> TableRead:
         """In a reader thread: the dump, and the namespace's addresses through the task."""
-        read = self._dump(sock, via)
+        read = self._dump(sock, kept, via)
         if read.sockets is not None:
             read.addresses = proc_source.read_addresses_via_task(proc, key, task)
         return read
 
-    def _dump(self, sock: socket.socket, via: str) -> TableRead:
-        """Runs in a reader thread: one namespace's sockets through its sock_diag socket."""
+    def _dump(self, sock: socket.socket, kept: bool, via: str) -> TableRead:
+        """Runs in a reader thread: one namespace's sockets through its sock_diag socket
+        (closed after the dump unless it is kept)."""
         try:
             result = dump_namespace(sock, tcp_states=self.tcp_states, protos=self.protos)
         except OSError as exc:
             return TableRead(None, errors=[f"sock_diag: {exc}"])
         finally:
-            if self.cache is None:
+            if not kept:
                 sock.close()
         for s in result.sockets:
             s.source = "netlink"
@@ -276,6 +281,15 @@ def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
                  partial(build_inet_request, family, socket.IPPROTO_TCP, tcp_states))
 
 
+def kept_socket_limit() -> int:
+    """How many per-namespace sockets one keeper (these sock_diag sockets; the agent's
+    destroy-event subscriptions) may keep open: half the fd limit above a reserve for
+    everything else (the walk's dirs, the tables, the HTTP side). 2,000 namespaces on a node
+    with the usual soft limit of 1,024 then cost setns calls, not EMFILE."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(0, (soft - 512) // 2) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class DiagSockets:
     """sock_diag sockets kept open across snapshots, one per namespace (agent mode).
 
@@ -285,19 +299,28 @@ class DiagSockets:
     found, so a namespace that is gone is not kept alive by us.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._socks: dict[int, socket.socket] = {}
         self.created = 0     # sockets opened (setns calls), for tests and metrics
+        self._limit = limit  # None: half of what RLIMIT_NOFILE leaves, asked at each put
 
     def get(self, inode: int) -> socket.socket | None:
         return self._socks.get(inode)
 
-    def put(self, inode: int, sock: socket.socket) -> None:
+    def limit(self) -> int:
+        return self._limit if self._limit is not None else kept_socket_limit()
+
+    def put(self, inode: int, sock: socket.socket) -> bool:
+        """Keep `sock` for its namespace; False (not kept: the caller closes it after use)
+        when the limit is reached."""
         old = self._socks.pop(inode, None)
         if old is not None and old is not sock:
             old.close()
-        self._socks[inode] = sock
         self.created += 1
+        if len(self._socks) >= self.limit():
+            return False
+        self._socks[inode] = sock
+        return True
 
     def drop(self, inode: int) -> None:
         sock = self._socks.pop(inode, None)
