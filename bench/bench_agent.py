@@ -53,10 +53,23 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-def run_agent(samples: int, db: str) -> dict:
+def api_answer(pid: int, port: int) -> dict:
+    """One GET /api/v1/snapshot?view=sockets: its size, and the agent's peak memory while it
+    built and sent it (the peak RSS is reset first: clear_refs 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kib(pid, "VmRSS")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/snapshot?view=sockets",
+                                timeout=600) as r:
+        size = len(r.read())
+    return {"api_bytes": size, "api_rss_before_mib": before / 1024,
+            "api_peak_rss_mib": status_kib(pid, "VmHWM") / 1024}
+
+
+def run_agent(samples: int, db: str, repo: str = REPO) -> dict:
     agent = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
                               "--interval", "0.1", "--max-cpu", "64", "--source", "auto",
-                              "--db", db], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                              "--db", db], cwd=repo, stderr=subprocess.PIPE, text=True)
     try:
         port, said = None, []
         for line in agent.stderr:
@@ -77,7 +90,7 @@ def run_agent(samples: int, db: str) -> dict:
             time.sleep(0.5)
         rss, hwm = status_kib(agent.pid, "VmRSS"), status_kib(agent.pid, "VmHWM")
         n = m["nsnet_sample_cpu_seconds_count"]
-        return {"samples": int(n),
+        return {**api_answer(agent.pid, port), "samples": int(n),
                 "cpu_per_sample_s": m["nsnet_sample_cpu_seconds_sum"] / n,
                 "wall_per_sample_s": m["nsnet_sample_duration_seconds_sum"] / n,
                 "rss_mib": rss / 1024, "peak_rss_mib": hwm / 1024,
@@ -119,6 +132,9 @@ def main() -> int:
     ap.add_argument("--keep-node", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dir", default=synthnode.DEFAULT_DIR)
+    ap.add_argument("--baseline", metavar="CHECKOUT",
+                    help="also run the agent of another checkout (git worktree) on the same "
+                         "node, and print the ratios")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_agent.py: run as root")
@@ -130,9 +146,13 @@ def main() -> int:
         ref = reference_snapshot(3)
         with tempfile.TemporaryDirectory(prefix="nsnt-bench-agent-") as tmp:
             agent = run_agent(a.samples, os.path.join(tmp, "history.db"))
+            base = run_agent(a.samples, os.path.join(tmp, "base.db"), a.baseline) \
+                if a.baseline else None
         doc = {"node": state["params"], "reference_snapshot": ref, "agent": agent,
                "agent_cpu_over_snapshot_cpu": agent["cpu_per_sample_s"] / ref["cpu_s"],
                "default_budget_interval_s": max(15.0, agent["cpu_per_sample_s"] / 0.05)}
+        if base is not None:
+            doc["baseline"] = base
         if a.json:
             print(json.dumps(doc, indent=1))
         else:
@@ -149,6 +169,18 @@ def main() -> int:
                   f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
             print(f"with the default budget (5% of a core) a sample runs every "
                   f"{doc['default_budget_interval_s']:.0f} s")
+            print(f"GET /api/v1/snapshot?view=sockets: {agent['api_bytes'] / 1e6:.1f} MB, "
+                  f"RSS {agent['api_rss_before_mib']:.0f} MiB before, peak "
+                  f"{agent['api_peak_rss_mib']:.0f} MiB while answering")
+            if base is not None:
+                grew = agent["api_peak_rss_mib"] - agent["api_rss_before_mib"]
+                base_grew = max(1e-9, base["api_peak_rss_mib"] - base["api_rss_before_mib"])
+                print(f"baseline {a.baseline}: answer peak {base['api_peak_rss_mib']:.0f} MiB "
+                      f"(from {base['api_rss_before_mib']:.0f}); after samples "
+                      f"{base['rss_mib']:.0f} MiB. Ratios now/baseline: answer peak "
+                      f"{agent['api_peak_rss_mib'] / base['api_peak_rss_mib']:.2f}x, growth "
+                      f"while answering {grew / base_grew:.2f}x, "
+                      f"CPU per sample {agent['cpu_per_sample_s'] / base['cpu_per_sample_s']:.2f}x")
         return 0
     finally:
         if not a.keep_node:

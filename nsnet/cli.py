@@ -12,8 +12,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import TextIO
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TextIO, cast
 
 from . import __version__, report, views
 from .errors import NsnetError, UsageError
@@ -29,7 +29,7 @@ from .options import (
     SnapshotOptions,
     WatchOptions,
 )
-from .sanitize import json_text, printable
+from .sanitize import Stream, json_chunks, json_text, printable
 from .table import forced_columns, terminal_width, use_color
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -357,7 +357,9 @@ def agent_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOpti
 def _emit_json(doc: dict, out: TextIO) -> None:
     # One line, no indent: only then does json use its C encoder (3x faster on a busy node;
     # pipe through `jq .` to read it). ASCII: no raw control bytes reach a terminal.
-    out.write(json_text(doc))
+    # Written as it is encoded: a Stream's items (the sockets) are never all held at once.
+    for chunk in json_chunks(doc):
+        out.write(chunk)
     out.write("\n")
 
 
@@ -369,7 +371,9 @@ NDJSON_LISTS = (("namespaces", "namespace"), ("sockets", "socket"), ("users", "u
 def _emit_ndjson(doc: dict, out: TextIO) -> None:
     schema = doc["schema"]
     for key, kind in NDJSON_LISTS:
-        for item in doc.get(key, ()):
+        items = doc.get(key, ())
+        listed = cast(Iterable[dict], items.items if isinstance(items, Stream) else items)
+        for item in listed:
             out.write(json_text({"schema": schema, "type": kind, **item}) + "\n")
     # the last line: the stats (and whatever else the document holds), as ever
     rest = {k: v for k, v in doc.items() if k not in dict(NDJSON_LISTS) and k != "schema"}
@@ -454,7 +458,8 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
 
     output = output_options(args, out, env)
     snap = take_snapshot(snapshot_options(args))
-    doc = _snapshot_doc(args, snap, only_uid)   # a bad --netns/--pod: one error line, no more
+    # a bad --netns/--pod: one error line, no more. JSON of sockets is streamed.
+    doc = _snapshot_doc(args, snap, only_uid, stream=output.json or output.ndjson)
     _warn(err, snap.stats.warnings(), output)
     if getattr(args, "netns", None) is not None:
         _warn(err, _why_empty(_only_netns(args.netns, snap)), output)
@@ -471,13 +476,14 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
     return EXIT_OK if not snap.stats.namespaces_unread or snap.sockets else EXIT_ERROR
 
 
-def _snapshot_doc(args: argparse.Namespace, snap: Snapshot, only_uid: int | None) -> dict:
+def _snapshot_doc(args: argparse.Namespace, snap: Snapshot, only_uid: int | None,
+                  stream: bool = False) -> dict:
     if args.command == "sockets":
         protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
         only_ns = _only_netns(args.netns, snap)
         keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid,
                                   only_ns.key if only_ns is not None else None)
-        doc = views.sockets_view(snap, keep)
+        doc = (views.sockets_stream if stream else views.sockets_view)(snap, keep)
     elif args.command == "by-namespace":
         doc = views.by_namespace_view(snap, _only_netns(args.netns, snap))
     elif args.command == "summary":

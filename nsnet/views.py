@@ -38,6 +38,7 @@ from .ownership import (
     socket_users,
     user_name,
 )
+from .sanitize import Stream
 
 __all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
            "connection_state", "endpoint", "normalize_state", "resolve_netns", "resolve_pod",
@@ -188,6 +189,18 @@ def sockets_view(snap: Snapshot, keep: SocketFilter | None = None) -> dict:
             "namespaces": [namespace_doc(ns, snap) for ns in sorted_namespaces(snap)],
             "processes": [process_doc(snap.processes[p], snap) for p in pids],
             "sockets": [socket_doc(s, snap) for s in chosen],
+            "user_names": user_names(snap), "stats": stats_doc(snap)}
+
+
+def sockets_stream(snap: Snapshot, keep: SocketFilter | None = None) -> dict:
+    """sockets_view with its lists as Streams: each item built as it is written
+    (sanitize.json_chunks), never the whole list at once. The same JSON text."""
+    chosen = filtered_sockets(snap, keep)
+    pids = sorted({p for s in chosen for p in s.pids})
+    return {"schema": SCHEMA, "view": "sockets",
+            "namespaces": Stream(namespace_doc(ns, snap) for ns in sorted_namespaces(snap)),
+            "processes": Stream(process_doc(snap.processes[p], snap) for p in pids),
+            "sockets": Stream(socket_doc(s, snap) for s in chosen),
             "user_names": user_names(snap), "stats": stats_doc(snap)}
 
 

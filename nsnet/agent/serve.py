@@ -10,12 +10,13 @@ and the health fields.
 """
 from __future__ import annotations
 
+import json
 import resource
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
@@ -28,7 +29,7 @@ from ..errors import CorruptStore, NsnetError, StoreError
 from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
-from ..sanitize import json_text, printable
+from ..sanitize import Stream, json_chunks, json_text, printable
 from .auth import OPEN_PATHS, TokenAuth, challenge
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .events import DestroyWatcher
@@ -38,11 +39,33 @@ from .sampler import Sample, Sampler, Scanner
 from .store import SampleRecord, Store, move_aside, parse_since
 
 VIEWS: dict[str, Callable[[Snapshot], dict]] = {
-    "sockets": views.sockets_view,
+    "sockets": views.sockets_stream,
     "by-namespace": views.by_namespace_view,
     "by-user": views.by_user_view,
     "by-pod": views.by_pod_view,
 }
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A JSON answer as the pieces it was encoded in (joined, they would be a second copy)."""
+    pieces: tuple[bytes, ...]
+    length: int
+
+
+def encode(doc: dict, piece_size: int = 1 << 16) -> Encoded:
+    pieces: list[bytes] = []
+    pending: list[str] = []
+    size = 0
+    for chunk in json_chunks(doc):
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= piece_size:
+            pieces.append("".join(pending).encode())
+            pending, size = [], 0
+    pending.append("\n")
+    pieces.append("".join(pending).encode())
+    return Encoded(tuple(pieces), sum(len(p) for p in pieces))
 
 
 def without_cmdlines(doc: Any) -> Any:
@@ -52,6 +75,8 @@ def without_cmdlines(doc: Any) -> Any:
         return {k: ([] if k == "cmdline" else without_cmdlines(v)) for k, v in doc.items()}
     if isinstance(doc, list):
         return [without_cmdlines(v) for v in doc]
+    if isinstance(doc, Stream):
+        return Stream(map(without_cmdlines, doc.items))
     return doc
 
 
@@ -99,7 +124,7 @@ class Agent:
         self._last_sample_end = time.monotonic()
         self._history = history
         self._said: set[str] = set()
-        self._views: dict[str, tuple[Snapshot, bytes]] = {}   # the API's answers, per sample
+        self._views: dict[str, tuple[Snapshot, Encoded]] = {}   # the API's answers, per sample
         self._views_lock = threading.Lock()
         self._building = threading.BoundedSemaphore(2)
         self.views_built = 0
@@ -173,16 +198,16 @@ class Agent:
         return since < 3 * self.options.sampling.interval + 120
 
     def document(self, view: str) -> dict | None:
-        snap = self.latest()
-        if snap is None:
-            return None
-        doc = VIEWS[view](snap)
-        return doc if self.options.expose_cmdlines else without_cmdlines(doc)
+        """A view of the latest snapshot as a client of the API reads it."""
+        data = self.document_bytes(view)
+        return None if data is None else json.loads(b"".join(data.pieces))
 
-    def document_bytes(self, view: str) -> bytes | None:
-        """A view of the latest snapshot as the JSON the API sends: built once per sample
-        and view, whoever asks and however often (a burst of clients costs one build), and
-        at most two built at once (each can be tens of megabytes on a busy node)."""
+    def document_bytes(self, view: str) -> Encoded | None:
+        """A view of the latest snapshot as the JSON the API sends, in pieces: built once
+        per sample and view, whoever asks and however often (a burst of clients costs one
+        build), at most two built at once, each streamed from the snapshot into its pieces
+        (sanitize.json_chunks) -- never a whole document of dicts, nor its text and bytes
+        at once: the answer's own size is the peak (tens of megabytes on a busy node)."""
         with self._views_lock:
             with self.lock:
                 snap = self._snapshot
@@ -197,8 +222,7 @@ class Agent:
                 if cached is not None and cached[0] is snap:
                     return cached[1]
             doc = VIEWS[view](snap)
-            data = (json_text(doc if self.options.expose_cmdlines else without_cmdlines(doc))
-                    + "\n").encode()
+            data = encode(doc if self.options.expose_cmdlines else without_cmdlines(doc))
             with self._views_lock:
                 self._views[view] = (snap, data)
                 self.views_built += 1
@@ -340,6 +364,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_encoded(self, status: HTTPStatus, data: Encoded, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(data.length))
+        self.end_headers()
+        for piece in data.pieces:
+            self.wfile.write(piece)
+
     def _send(self, status: HTTPStatus, body: dict,
               headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._send_bytes(status, (json_text(body) + "\n").encode(), "application/json",
@@ -399,7 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no sample yet"})
         else:
-            self._send_bytes(HTTPStatus.OK, data, "application/json")
+            self._send_encoded(HTTPStatus.OK, data, "application/json")
 
     def dependencies(self, query: dict[str, list[str]]) -> None:
         try:

@@ -260,3 +260,23 @@ def test_json_is_strict_utf8_and_finite():
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError):
             json_text({"since": bad})
+
+
+def test_a_streamed_document_is_the_same_text_as_a_whole_one() -> None:
+    """json_chunks writes a Stream item by item; the text is json_text's, byte for byte,
+    hostile values included (a lone surrogate from a non-UTF-8 /proc byte, quotes, NUL)."""
+    from nsnet.agent.serve import encode
+    from nsnet.sanitize import Stream, json_chunks, json_text
+    items = [{"name": f"s{i}", "addr": "caf\udce9\n\"x\"\0", "n": i, "f": 0.5}
+             for i in range(1300)]
+    whole = {"schema": "nsnet/1", "sockets": items, "empty": [], "nested": {"a": [1, 2]},
+             "stats": {"x": 1}}
+    streamed = {**whole, "sockets": Stream(iter(items)), "empty": Stream(iter(()))}
+    text = "".join(json_chunks(streamed, batch=100))
+    assert text == json_text(whole)
+    assert "\\udc" not in text and "caf\\\\xe9" in text
+    streamed = {**whole, "sockets": Stream(iter(items)), "empty": Stream(iter(()))}
+    encoded = encode(streamed, piece_size=4096)
+    assert len(encoded.pieces) >= 3     # never one piece of the whole answer
+    assert b"".join(encoded.pieces) == (json_text(whole) + "\n").encode()
+    assert encoded.length == len(b"".join(encoded.pieces))
