@@ -151,6 +151,11 @@ def _common(env: Mapping[str, str]) -> _Parser:
                              "the fastest the privileges allow")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
+    common.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+                        default=SNAPSHOT.deadline,
+                        help="stop walking processes after this many seconds (the agent's "
+                             "paced pauses not counted); those left are counted and said "
+                             "(default: none)")
     common.add_argument("--max-fds-per-user", type=_fd_budget, metavar="N|all",
                         default=SNAPSHOT.max_fds_per_user,
                         help="read at most N fd links per uid in one snapshot, so that no "
@@ -294,7 +299,8 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
                            sandbox_commands=tuple(args.sandbox_command or SNAPSHOT.sandbox_commands),
                            enter_pinned=not args.no_enter, host_root=args.host_root,
                            services=load_services(args.services),
-                           max_fds_per_user=args.max_fds_per_user)
+                           max_fds_per_user=args.max_fds_per_user,
+                           deadline=args.deadline)
 
 
 def _fields(args: argparse.Namespace) -> tuple[str, ...]:

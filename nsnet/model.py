@@ -277,6 +277,7 @@ class Pod:
 class Stats:
     processes: int = 0
     processes_vanished: int = 0      # exited between listing and reading
+    processes_skipped: int = 0       # not walked: the walk's deadline had passed
     processes_unreadable: int = 0    # /proc/<pid> itself unreadable (hidepid, I/O error)
     processes_ns_denied: int = 0     # /proc/<pid>/ns/net unreadable (needs CAP_SYS_PTRACE)
     processes_fd_denied: int = 0     # /proc/<pid>/fd unreadable (needs CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH)

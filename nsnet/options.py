@@ -27,6 +27,9 @@ class SnapshotOptions:
     services: ServiceMap = NO_SERVICES          # the operator's names for endpoints
     # fd links read per uid in one snapshot at most (walk.py); None: every fd
     max_fds_per_user: int | None = 1 << 18
+    # seconds the process walk may take (the agent's paced sleeps not counted); the
+    # processes left are counted, not walked. None: no deadline
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)

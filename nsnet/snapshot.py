@@ -103,7 +103,8 @@ class Snapshotter:
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
         found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx),
                               enter=options.enter_pinned,
-                              max_fds_per_user=options.max_fds_per_user)
+                              max_fds_per_user=options.max_fds_per_user,
+                              deadline=options.deadline)
         joined = Joined(found, stats)
         sockets = source.collect(ctx, found, joined.add)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})

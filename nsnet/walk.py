@@ -9,6 +9,7 @@ that vanished or that we may not read: it counts it in Stats and goes on.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,21 +98,48 @@ class _Walk:
         return max(0, self.max_fds_per_user - self.fds_read[uid])
 
 
+class _Clock:
+    """The walk's pace (the agent's CPU budget sleeps there) and its deadline, which counts
+    the walk's own time only, not those sleeps."""
+
+    def __init__(self, pace: Callable[[], None] | None, deadline: float | None) -> None:
+        self.pace, self.deadline = pace, deadline
+        self.started, self.paced = time.monotonic(), 0.0
+
+    def tick(self) -> bool:
+        """Pace; False once the deadline has passed."""
+        if self.pace is not None:
+            before = time.monotonic()
+            self.pace()
+            self.paced += time.monotonic() - before
+        return self.deadline is None or \
+            time.monotonic() - self.started - self.paced <= self.deadline
+
+
 def discover(proc: str, stats: Stats, *, pace: Callable[[], None] | None = None,
              met: Callable[[str, int], None] | None = None, enter: bool = True,
-             max_fds_per_user: int | None = None) -> Discovery:
+             max_fds_per_user: int | None = None, deadline: float | None = None
+             ) -> Discovery:
     """Walk every process of `proc`. met(key, pid) is called when the walk meets the first
     member of a namespace whose inode it could read (a table source may start reading that
     namespace at once, overlapping the rest of the walk); pace() every PACE_EVERY processes.
     enter: processes grouped by their stand-in identity (no CAP_SYS_PTRACE) may be matched
     to a pinned namespace by entering the pin (setns, CAP_SYS_ADMIN).
     max_fds_per_user: fd links read at most per uid (None: all); the rest are counted in
-    stats.fds_skipped and the processes concerned named in stats.fds_cut."""
+    stats.fds_skipped and the processes concerned named in stats.fds_cut.
+    deadline: seconds the walk may take, pace()'s sleeps not counted; the processes left
+    then are counted in stats.processes_skipped (and said), not walked."""
     walk = _Walk(Discovery(proc), max_fds_per_user=max_fds_per_user)
     processes = walk.found.processes
-    for index, pid in enumerate(list_pids(proc)):
-        if pace is not None and index % PACE_EVERY == 0:
-            pace()
+    pids = list_pids(proc)
+    clock = _Clock(pace, deadline)
+    for index, pid in enumerate(pids):
+        if index % PACE_EVERY == 0 and not clock.tick():
+            stats.processes_skipped = len(pids) - index
+            stats.privileges.append(
+                f"the walk's deadline ({deadline:g} s) passed after {index} of {len(pids)} "
+                f"processes: {len(pids) - index} not walked (--deadline)")
+            break
         try:
             _walk_process(proc, pid, walk, stats)
         except ProcessGone:

@@ -91,3 +91,33 @@ def test_within_the_budget_everything_is_read(hoarder):
     assert doc["stats"]["fds_skipped"] == 0 and "fds not all read" not in stderr
     ours = [s for s in doc["sockets"] if s["uid"] == TENANT]
     assert len(ours) == SOCKETS and all(s["pids"] == sorted(pids) for s in ours)
+
+
+@pytest.fixture(scope="module")
+def crowd():
+    """A tenant's 2,000 sockets in 61 processes (~120k fd links): seconds of walking."""
+    require_root("setpriv")
+    popen = subprocess.Popen(
+        [util_linux("setpriv"), "--reuid", str(TENANT), "--regid", str(TENANT),
+         "--clear-groups", "--", interpreter_for(TENANT), "-c", HOARD, str(SOCKETS), "60"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd="/")
+    line = popen.stdout.readline() if popen.stdout else ""
+    if not line:
+        popen.kill()
+        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    yield [int(p) for p in line.split()]
+    popen.kill()
+    popen.wait()
+
+
+def test_the_walk_stops_at_its_deadline_and_says_so(crowd):
+    doc, stderr = nsnet("--deadline", "0.1", "--max-fds-per-user", "all")
+    stats = doc["stats"]
+    assert stats["processes_skipped"] > 0
+    assert (f"{stats['processes_skipped']} not walked (--deadline)") in stderr
+    assert "the walk's deadline (0.1 s) passed after " in stderr
+    walked = {p["pid"] for p in doc["processes"]}
+    assert not set(crowd) <= walked        # the last of the crowd were not walked
+    doc, stderr = nsnet("--max-fds-per-user", "all")
+    assert doc["stats"]["processes_skipped"] == 0 and "deadline" not in stderr
