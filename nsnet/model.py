@@ -298,6 +298,7 @@ class Stats:
     unix_lines_dropped: int = 0      # /proc/net/unix lines the socket they name contradicts
     unix_unconfirmed: int = 0        # ... and lines nothing could check (flagged unconfirmed)
     mountinfo_unread: int = 0
+    mountinfo_cut: int = 0           # mount tables longer than procfs.MAX_MOUNTINFO, cut there
     source: str = "proc"             # the source used: proc | netlink | pidfd
     source_reason: str = ""
     sockets_by_source: dict[str, int] = field(default_factory=dict)
@@ -317,7 +318,8 @@ class Stats:
 
     def warnings(self) -> list[str]:
         """One line each: what this snapshot could not see, and why."""
-        unix = []
+        unix = [f"{self.mountinfo_cut} mount table(s) longer than 32 MiB cut there: bind "
+                "mounts past the cut not looked for"] if self.mountinfo_cut else []
         if self.unix_lines_dropped:
             unix.append(f"{self.unix_lines_dropped} /proc/net/unix line(s) dropped: the socket "
                         "they name says otherwise (a bound name can print lines)")

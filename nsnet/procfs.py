@@ -52,26 +52,39 @@ def list_pids(proc: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit())
 
 
-def read_fd(fd: int) -> bytes:
-    """Everything an open /proc file has to say. A seq_file answers in pieces, so read to EOF."""
+# What a tenant's own text may cost us at most: its command line (the kernel allows up to a
+# quarter of the stack limit, megabytes) and its mount table (one line per mount, up to
+# fs.mount-max = 100,000 of them). Anything longer is cut there; a cut command line only
+# loses its tail, a cut mount table is counted (stats.mountinfo_cut).
+MAX_TASK_TEXT = 1 << 16
+MAX_MOUNTINFO = 32 << 20
+
+
+def read_fd(fd: int, limit: int | None = None) -> bytes:
+    """Everything an open /proc file has to say, or its first `limit` bytes. A seq_file
+    answers in pieces, so read to EOF (or the limit)."""
     chunks: list[bytes] = []
+    size = 0
     try:
-        while True:
-            chunk = os.read(fd, _READ_CHUNK)
+        while limit is None or size < limit:
+            chunk = os.read(fd, _READ_CHUNK if limit is None else min(_READ_CHUNK,
+                                                                    limit - size))
             if not chunk:
-                return b"".join(chunks)
+                break
             chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise translate(exc) from exc
+    return b"".join(chunks)
 
 
-def read_at(dirfd: int, name: str) -> bytes:
+def read_at(dirfd: int, name: str, limit: int | None = MAX_TASK_TEXT) -> bytes:
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dirfd)
     except OSError as exc:
         raise translate(exc) from exc
     try:
-        return read_fd(fd)
+        return read_fd(fd, limit)
     finally:
         os.close(fd)
 
@@ -182,11 +195,12 @@ def socket_fds(dirfd: int, limit: int | None = None) -> FdScan:
     return FdScan(found, vanished, skipped, len(names))
 
 
-def read_text(path: str) -> bytes:
-    """A whole file by path (mountinfo, cgroup of our own process ...)."""
+def read_text(path: str, limit: int | None = None) -> bytes:
+    """A whole file by path (mountinfo, cgroup of our own process ...), or its first
+    `limit` bytes."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read() if limit is None else f.read(limit)
     except OSError as exc:
         raise translate(exc) from exc
 

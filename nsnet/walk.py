@@ -28,6 +28,7 @@ from .model import (
     procnet_key,
 )
 from .procfs import (
+    MAX_MOUNTINFO,
     PF_KTHREAD,
     list_pids,
     listdir_at,
@@ -301,10 +302,14 @@ def _find_pins(proc: str, walk: _Walk, stats: Stats) -> dict[int, list[Pin]]:
                                 if mnt != own_mnt]
     for base in readers:
         try:
-            mounts, bad = mountinfo.parse_mountinfo(read_text(f"{base}/mountinfo"))
+            text = read_text(f"{base}/mountinfo", MAX_MOUNTINFO + 1)
         except ProcError:
             stats.mountinfo_unread += 1
             continue
+        if len(text) > MAX_MOUNTINFO:   # a tenant's own mount table: cut at a line's end
+            text = text[:text.rfind(b"\n", 0, MAX_MOUNTINFO) + 1]
+            stats.mountinfo_cut += 1
+        mounts, bad = mountinfo.parse_mountinfo(text)
         stats.malformed_lines += bad
         for m in mounts:
             if (m.mount_point, m.netns_inode) in seen:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,31 @@ def test_the_walk_stops_at_its_deadline_and_says_so(crowd):
     assert not set(crowd) <= walked        # the last of the crowd were not walked
     doc, stderr = nsnet("--max-fds-per-user", "all")
     assert doc["stats"]["processes_skipped"] == 0 and "deadline" not in stderr
+
+
+def test_a_megabyte_command_line_costs_at_most_64_kib():
+    """A tenant's command line may be megabytes (a quarter of its stack limit): nsnet reads
+    its first 64 KiB, as for every text of a process it reads."""
+    require_root()
+    # a shell that waits, its arguments unused: 10 of 100 kB (at most 128 kB each)
+    long = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", "sh", *(["x" * 100_000] * 10)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):   # until it has exec'd
+            if len(Path(f"/proc/{long.pid}/cmdline").read_bytes()) > 1_000_000:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the long command line never showed")
+        run = subprocess.run([sys.executable, "-m", "nsnet", "by-namespace", "--json",
+                              "--netns", "host"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        [ns] = json.loads(run.stdout)["namespaces"]
+        [shown] = [p for p in ns["processes"] if p["pid"] == long.pid]
+        assert shown["cmdline"][:3] == ["/bin/sh", "-c", "sleep 60; :"]
+        # 64 KiB read: the arguments and the NULs between them
+        assert 60_000 < sum(len(a) + 1 for a in shown["cmdline"]) - 1 <= 1 << 16
+    finally:
+        long.kill()
+        long.wait()
