@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -354,6 +355,21 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.agent.http_done()
 
+    def handle_one_request(self) -> None:
+        # until its request line and headers are in, a connection may be closed to make
+        # room for another (_Server._take): a slow client's, never an answer being sent
+        server = cast("_Server", self.server)
+        server.waits(self.connection, True)
+        try:
+            super().handle_one_request()
+        finally:
+            server.waits(self.connection, False)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        cast("_Server", self.server).waits(self.connection, False)
+        return parsed
+
     def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str,
                     headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
@@ -451,12 +467,14 @@ _ROUTES: dict[str, Callable[[_Handler, dict[str, list[str]]], None]] = {
 
 
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with limits: a real listen backlog; at most max_connections served
-    at once and max_per_client from one address (the next is answered 503 at once and
-    closed by the accepting thread, never queued behind idle ones: a client holding idle
-    connections cannot starve the kubelet's probes, which come from another address); each
-    silent client dropped after http_timeout; a client that goes away mid-answer is counted,
-    not worth a traceback."""
+    """ThreadingHTTPServer with limits: a real listen backlog; at most max_per_client
+    connections from one address (the next is answered 503 at once and closed by the
+    accepting thread, never queued behind idle ones) and max_connections in all -- past it,
+    the connection that has waited longest for a request is closed to make room (what
+    servers do against slow clients): clients holding idle connections from many addresses
+    cannot starve the kubelet's probes, which send their request at once; each silent
+    client dropped after http_timeout; a client that goes away mid-answer is counted, not
+    worth a traceback."""
 
     request_queue_size = 128
     daemon_threads = True
@@ -468,21 +486,46 @@ class _Server(ThreadingHTTPServer):
         self.max_connections, self.max_per_client = max_connections, max_per_client
         self.open: dict[str, int] = {}      # client address -> connections being served
         self.count_lock = threading.Lock()
+        # connections waiting for a request line (a new one, or kept alive between two),
+        # oldest first: the ones closed to make room
+        self.waiting: dict[Any, float] = {}
+        self.closing: set[int] = set()      # id()s closed to make room, threads not done yet
         self.refused = 0
+        self.evicted = 0
         self.client_errors = 0
         super().__init__(address, handler)
 
+    def waits(self, connection: Any, waiting: bool) -> None:
+        with self.count_lock:
+            if waiting:
+                self.waiting[connection] = time.monotonic()
+            else:
+                self.waiting.pop(connection, None)
+
     def _take(self, client: str) -> bool:
         with self.count_lock:
-            if sum(self.open.values()) >= self.max_connections or \
-                    self.open.get(client, 0) >= self.max_per_client:
+            if self.open.get(client, 0) >= self.max_per_client:
                 self.refused += 1
                 return False
+            if sum(self.open.values()) - len(self.closing) >= self.max_connections:
+                if not self.waiting:
+                    self.refused += 1
+                    return False
+                oldest = next(iter(self.waiting))   # dicts keep insertion order
+                del self.waiting[oldest]
+                try:   # its thread wakes up to an end of file and finishes
+                    oldest.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self.closing.add(id(oldest))
+                self.evicted += 1
             self.open[client] = self.open.get(client, 0) + 1
             return True
 
-    def _give_back(self, client: str) -> None:
+    def _give_back(self, client: str, connection: Any) -> None:
         with self.count_lock:
+            self.waiting.pop(connection, None)
+            self.closing.discard(id(connection))
             left = self.open.pop(client, 1) - 1
             if left:
                 self.open[client] = left
@@ -502,7 +545,7 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._give_back(client_address[0])
+            self._give_back(client_address[0], request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a reset, a timeout or a half-sent request is the client's business: counted

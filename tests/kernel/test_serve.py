@@ -311,3 +311,53 @@ def test_hostile_process_names_are_inert_in_every_answer():
             s.close()
 
 
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name}")
+
+
+def test_an_idle_and_slow_connection_flood_does_not_stop_sampling_or_the_probes():
+    """320 connections from 20 client addresses, half of them idle, half sending their
+    headers a byte at a time, against a real agent sampling the real node every second:
+    samples go on, /healthz answers 200 every time well within the DaemonSet's probe timeout
+    (5 s; the longest waiting connections make room), and the agent's fds stay bounded by
+    its connection cap."""
+    child, port = start_agent("--interval", "1")
+    flood: list[socket.socket] = []
+    try:
+        wait_ready(port)
+        samples_before = metric(port, "nsnet_samples_total")
+        for n in range(20):
+            for i in range(16):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                             source_address=(f"127.0.0.{10 + n}", 0))
+                if i % 2:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                flood.append(s)
+        started = time.monotonic()
+        slowest = 0.0
+        while time.monotonic() - started < 8:
+            for s in flood[1::2]:
+                try:
+                    s.send(b"X")   # a byte of a header that never ends
+                except OSError:
+                    pass           # closed to make room: fine
+            t0 = time.monotonic()
+            status, body = get(port, "/healthz")
+            slowest = max(slowest, time.monotonic() - t0)
+            assert status == 200, body
+            time.sleep(0.5)
+        assert slowest < 2.5
+        fds = len(os.listdir(f"/proc/{child.pid}/fd"))
+        assert fds < 256 + 64, fds
+        assert metric(port, "nsnet_samples_total") >= samples_before + 4
+    finally:
+        for s in flood:
+            s.close()
+        stop(child)
+    assert "Traceback" not in "".join(child.said)

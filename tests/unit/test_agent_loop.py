@@ -450,6 +450,47 @@ def test_idle_connections_are_capped_per_client_and_dropped_after_the_timeout():
         agent.close()
 
 
+def test_when_full_the_longest_waiting_connection_makes_room_for_a_probe():
+    """Idle and slow clients from many addresses fill every connection: a probe that sends
+    its request at once is still answered, the connections that waited longest (idle, or
+    still sending their headers) are closed to make room -- never one being answered."""
+    import socket as socketlib
+
+    agent, server, base = limited(max_connections=6, max_per_client=3, http_timeout=30.0)
+    port = server.server_address[1]
+    held = []
+    try:
+        agent.step()
+        for source in ("127.0.0.2", "127.0.0.3"):
+            for _ in range(3):
+                held.append(socketlib.create_connection(("127.0.0.1", port), timeout=5,
+                                                        source_address=(source, 0)))
+        held[1].sendall(b"GET /healthz HTTP/1.0\r\nX-Slow: ")   # headers never finished
+        time.sleep(0.3)
+        for evicted in range(2):
+            probe = socketlib.create_connection(("127.0.0.1", port), timeout=5)
+            probe.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert probe.recv(4096).startswith(b"HTTP/1.0 200")
+            probe.close()
+            # the one that waited longest made room: first an idle one, then the slow one
+            assert held[evicted].recv(4096) == b""
+            time.sleep(0.2)
+            held.append(socketlib.create_connection(("127.0.0.1", port), timeout=5,
+                                                    source_address=("127.0.0.4", 0)))
+            time.sleep(0.3)   # full again
+        for s in held[2:]:   # the others still wait
+            s.settimeout(0.3)
+            with pytest.raises(socketlib.timeout):
+                s.recv(4096)
+        assert server.evicted == 2 and server.refused == 0
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
 def test_a_client_that_resets_is_not_a_traceback(capfd):
     import socket as socketlib
     import struct
