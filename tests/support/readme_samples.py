@@ -211,8 +211,11 @@ STATS_SHOWN = ("namespaces", "sockets", "source")     # the rest counts the whol
 
 def _trimmed_json(doc: dict) -> str:
     socket = {**doc["sockets"][0], "inode": 1048577}   # the kernel's choice: fixed here
-    trimmed = {**doc, "namespaces": [ns for ns in doc["namespaces"]
-                                     if ns["key"] == socket["netns_key"]],
+    # link-local addresses come from the veths' random MACs (and names): left out
+    trimmed = {**doc, "namespaces": [
+                   {**ns, "addresses": [a for a in ns["addresses"] or []
+                                        if not a["addr"].startswith("fe80:")]}
+                   for ns in doc["namespaces"] if ns["key"] == socket["netns_key"]],
                "processes": [p for p in doc["processes"] if p["pid"] in socket["pids"]],
                "sockets": [socket],
                "user_names": {k: v for k, v in doc["user_names"].items()
