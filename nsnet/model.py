@@ -295,6 +295,7 @@ class Stats:
     sockets_without_pid: int = 0
     socket_fds_not_in_tables: int = 0   # fd points at a socket no table of ours listed
     malformed_lines: int = 0
+    sockets_listed_twice: int = 0    # a table read listed a socket again (kept once)
     unix_lines_dropped: int = 0      # /proc/net/unix lines the socket they name contradicts
     unix_unconfirmed: int = 0        # ... and lines nothing could check (flagged unconfirmed)
     mountinfo_unread: int = 0
