@@ -459,25 +459,35 @@ def test_when_full_the_longest_waiting_connection_makes_room_for_a_probe():
     agent, server, base = limited(max_connections=6, max_per_client=3, http_timeout=30.0)
     port = server.server_address[1]
     held = []
+
+    def settle(waiting: int, open_: int = 6) -> None:   # the server's threads caught up
+        deadline = time.monotonic() + 30
+        while len(server.waiting) != waiting or sum(server.open.values()) != open_:
+            assert time.monotonic() < deadline, (server.waiting, server.open)
+            time.sleep(0.02)
+
     try:
         agent.step()
         for source in ("127.0.0.2", "127.0.0.3"):
             for _ in range(3):
                 held.append(socketlib.create_connection(("127.0.0.1", port), timeout=5,
                                                         source_address=(source, 0)))
+                settle(len(held)) if len(held) == 6 else time.sleep(0.05)
         held[1].sendall(b"GET /healthz HTTP/1.0\r\nX-Slow: ")   # headers never finished
-        time.sleep(0.3)
+        time.sleep(0.1)
+        settle(6)
         for evicted in range(2):
-            probe = socketlib.create_connection(("127.0.0.1", port), timeout=5)
+            probe = socketlib.create_connection(("127.0.0.1", port), timeout=10)
             probe.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
             assert probe.recv(4096).startswith(b"HTTP/1.0 200")
             probe.close()
             # the one that waited longest made room: first an idle one, then the slow one
+            held[evicted].settimeout(10)
             assert held[evicted].recv(4096) == b""
-            time.sleep(0.2)
+            settle(5, 5)   # the probe's and the evicted connection's threads are done
             held.append(socketlib.create_connection(("127.0.0.1", port), timeout=5,
                                                     source_address=("127.0.0.4", 0)))
-            time.sleep(0.3)   # full again
+            settle(6)   # full again
         for s in held[2:]:   # the others still wait
             s.settimeout(0.3)
             with pytest.raises(socketlib.timeout):
