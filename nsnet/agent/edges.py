@@ -241,6 +241,9 @@ class Memory:
         self.current = _SampleTuples()
         # (netns inode, port) -> who listens there, in the latest sample
         self.listening: dict[tuple[int, int], Held] = {}
+        # ... and in the last LISTENED_SAMPLES samples: a connection closed after its
+        # listener (a server that stopped) was still accepted there
+        self.listened: dict[tuple[int, int], tuple[int, Held]] = {}
         self.where_of_netns: dict[int, str] = {}
         self.owners_of_netns: dict[int, tuple[int, ...]] = {}   # not the host's: ambiguous
 
@@ -261,6 +264,11 @@ class Memory:
                 self.current.closing.add(key)
             if sock.pids and sock.state != "LISTEN":
                 self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap))
+        for port, held in self.listening.items():
+            self.listened[port] = (self.samples, held)
+        if len(self.listened) > len(self.listening):
+            self.listened = {k: v for k, v in self.listened.items()
+                             if self.samples - v[0] < LISTENED_SAMPLES}
         self.where_of_netns = {}
         self.owners_of_netns = {}
         for ns in snap.namespaces.values():
@@ -272,6 +280,14 @@ class Memory:
 
     def recall(self, key: Tuple) -> Held | None:
         return self.current.held.get(key) or self.previous.held.get(key)
+
+    def listener(self, netns: int, port: int) -> Held | None:
+        """Who listens, or listened in a recent sample, on that port of that namespace."""
+        held = self.listening.get((netns, port))
+        if held is None:
+            recent = self.listened.get((netns, port))
+            held = recent[1] if recent is not None else None
+        return held
 
     def remember(self, snap: Snapshot) -> None:
         """Give an unheld connection of this snapshot the holder an earlier sample saw with
@@ -324,9 +340,13 @@ def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
         if not s.remote_port or not s.local_port:
             continue   # a listener or a never-connected socket closing: no edge
         key = (event.netns, s.local_addr, s.local_port, s.remote_addr, s.remote_port)
-        listener = memory.listening.get((event.netns, s.local_port))
-        inbound = listener is not None
+        listener = memory.listener(event.netns, s.local_port)
         held = memory.recall(key)
+        # Accepted, when its port is (or was lately) listening; else, with nothing known of
+        # it, when only the other end's port is an ephemeral one (the client's): keyed by the
+        # other end's ephemeral port, each such connection would be an edge of its own.
+        inbound = listener is not None or (
+            held is None and _ephemeral(s.remote_port) and not _ephemeral(s.local_port))
         evidence: str | None
         if held is not None:
             users, where, evidence = held.users, held.where, REMEMBERED
@@ -347,6 +367,15 @@ def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
             edge.opened += not was_open
             edge.evidence = stronger(edge.evidence, evidence)
     return seen
+
+
+# Linux's default net.ipv4.ip_local_port_range: the ports connect() picks for a client.
+EPHEMERAL_PORTS = range(32768, 61000)
+LISTENED_SAMPLES = 20    # how long a listener that went away is remembered, in samples
+
+
+def _ephemeral(port: int | None) -> bool:
+    return port is not None and port in EPHEMERAL_PORTS
 
 
 def merge(into: Observed, more: Observed) -> Observed:

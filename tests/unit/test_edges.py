@@ -6,7 +6,15 @@ import ipaddress
 
 from memnode import HOST_INODE, FixedScanner, FixedWatcher, MemNode, closed, observed
 
-from nsnet.agent.edges import EdgeBook, EdgeKey, Memory, Seen, closed_edges, observe
+from nsnet.agent.edges import (
+    LISTENED_SAMPLES,
+    EdgeBook,
+    EdgeKey,
+    Memory,
+    Seen,
+    closed_edges,
+    observe,
+)
 from nsnet.agent.history import by_user_history, deps_view, split_where
 from nsnet.agent.sampler import Sampler
 from nsnet.agent.store import EdgeRow
@@ -305,3 +313,34 @@ def test_closed_connection_to_a_listener_new_since_the_last_sample_is_inbound():
     edge = second.observed[EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080)]
     assert edge == Seen(opened=1, ended=1, evidence="listener")
     assert all(k.port != 51234 for k in second.observed)
+
+
+def test_closed_server_ends_never_make_an_edge_per_client_port():
+    """The soak found 115k edges in an hour, one per closed connection: server ends whose
+    listener was not in the latest sample (a server that stopped, or one no sample saw) were
+    keyed by the client's ephemeral port. A listener seen lately, or -- with nothing known --
+    an ephemeral remote port against a non-ephemeral local one, makes them inbound."""
+    def node(listening: bool) -> MemNode:
+        n = MemNode()
+        n.process(200, uid=10001, netns=A)
+        if listening:
+            n.socket("tcp", "LISTEN", "0.0.0.0:8080", netns=A, holders=[200])
+        return n
+
+    memory = Memory()
+    memory.learn(node(True).build())
+    memory.learn(node(False).build())     # the server stopped; its connections close after
+    gone = [closed(A, "10.1.0.1:8080", f"10.1.0.254:{40000 + i}") for i in range(100)]
+    never_seen = [closed(HOST_INODE, "127.0.0.1:5432", f"127.0.0.1:{50000 + i}")
+                  for i in range(100)]
+    client_end = closed(HOST_INODE, "127.0.0.1:50001", "127.0.0.1:5432")
+    got = closed_edges([*gone, *never_seen, client_end], memory)
+    assert set(got) == {
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080),
+        EdgeKey(-1, "host", "inbound", "tcp", "127.0.0.1", 5432),
+        EdgeKey(-1, "host", "outbound", "tcp", "127.0.0.1", 5432),
+    }
+    assert got[EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080)].ended == 100
+    for _ in range(LISTENED_SAMPLES):   # long gone: forgotten, then the port rule alone
+        memory.learn(node(False).build())
+    assert (A, 8080) not in memory.listened
