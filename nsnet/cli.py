@@ -382,7 +382,8 @@ def _emit_ndjson(doc: dict, out: TextIO) -> None:
         for item in listed:
             out.write(json_text({"schema": schema, "type": kind, **item}) + "\n")
     # the last line: the stats (and whatever else the document holds), as ever
-    rest = {k: v for k, v in doc.items() if k not in dict(NDJSON_LISTS) and k != "schema"}
+    rest = {k: list(v.items) if isinstance(v, Stream) else v for k, v in doc.items()
+            if k not in dict(NDJSON_LISTS) and k != "schema"}
     out.write(json_text({"schema": schema, "type": "stats" if "stats" in rest else "document",
                          **rest}) + "\n")
 

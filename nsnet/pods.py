@@ -23,11 +23,12 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
              ) -> tuple[dict[str, Container], dict[str, Pod], dict[str, list[str]], list[Misfit]]:
     """Group processes into containers and pods and mark sandbox holders (process.sandbox).
 
-    A sandbox holder holds no socket, is in a container of a pod (by its cgroup) -- a pod
-    the kubelet knows, when its log tree is given -- and either runs a sandbox command
-    (pause) or is a container the log tree does not list: the CRI sandbox is the one
-    container of a pod the kubelet writes no log for, whatever its binary. A name alone
-    makes no sandbox: any process can be called pause.
+    A sandbox holder holds no socket and either is in a container of a pod (by its cgroup;
+    a pod the kubelet knows, when its log tree names any) that runs a sandbox command
+    (pause) or that the log tree does not list -- the CRI sandbox is the one container of a
+    pod the kubelet writes no log for, whatever its binary -- or, outside any pod, runs a
+    sandbox command and started before every other process of its network namespace (it
+    made the namespace). A name alone makes no sandbox: any process can call itself pause.
 
     A cgroup path is not proof (cgroup.py: a delegated subtree can hold any name), so a
     pod's members are checked against the namespace of the containers the kubelet's log tree
@@ -39,6 +40,7 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
     pods: dict[str, Pod] = {}
     known_pods = logs.pods if logs else {}
     logged = logs.containers if logs else {}
+    first_in_netns = _first_started(processes)
 
     for process in processes.values():
         ident = process.identity
@@ -58,11 +60,12 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
                 container = containers[cid] = Container(
                     cid, ident.runtime, pod_uid, name=log.name if log else None)
             container.pids.append(process.pid)
-        process.sandbox = (
-            container is not None and pod_uid is not None and not process.socket_fds
-            and (logs is None or pod_uid in known_pods)
-            and (command_name(process) in commands
-                 or (logs is not None and container.id not in logged)))
+        named = command_name(process) in commands
+        process.sandbox = not process.socket_fds and (
+            (container is not None and pod_uid is not None
+             and (not known_pods or pod_uid in known_pods)
+             and (named or (logs is not None and container.id not in logged)))
+            or (named and first_in_netns.get(process.netns_key) == process.pid))
         if pod_uid is None:
             continue
         pod = pods.get(pod_uid)
@@ -81,6 +84,22 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
         container.sandbox = all(processes[p].sandbox for p in container.pids)
 
     return containers, pods, _finish_pods(pods, processes, host_key), misfits
+
+
+def _first_started(processes: dict[int, Process]) -> dict[str, int]:
+    """netns key -> the pid that started strictly before every other process there. A
+    namespace holder outside any pod (`ip netns` + pause) made the namespace, so it came
+    first; a process that merely calls itself pause and joined later did not."""
+    first: dict[str, tuple[int, int]] = {}
+    tied: set[str] = set()
+    for p in processes.values():
+        best = first.get(p.netns_key)
+        if best is None or p.start_ticks < best[0]:
+            first[p.netns_key] = (p.start_ticks, p.pid)
+            tied.discard(p.netns_key)
+        elif p.start_ticks == best[0]:
+            tied.add(p.netns_key)
+    return {key: pid for key, (_, pid) in first.items() if key not in tied}
 
 
 def _misfits(pods: dict[str, Pod], processes: dict[int, Process],

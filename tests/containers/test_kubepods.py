@@ -76,7 +76,7 @@ def find_socket(doc: dict, t) -> dict:
 
 
 def container_ref(c, pod) -> dict:
-    return {"id": c.id, "name": c.name, "pod_uid": pod.uid if pod else None}
+    return {"id": c.id, "name": c.name, "pod_uid": pod.uid if pod else None, "claimed_pod": None}
 
 
 # ------------------------------------------------------------------ the harness itself

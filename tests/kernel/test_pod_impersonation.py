@@ -6,7 +6,7 @@ and cgroups, the kubelet's log tree under a host root). A tenant gets a cgroup s
 own (what systemd delegates to user@.service) and, under it, a path shaped exactly like the
 kubelet's for pod tenant-a, with a made-up container id; a process of its uid in its own
 namespace listens there. In a second namespace, a tenant process named pause (holding no
-socket) shares the namespace with a co-tenant's listener.
+socket) joins a co-tenant's namespace, where it listens.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,11 @@ def impostors(tmp_path_factory):
                 if d.is_dir():
                     os.chown(d, TENANT, TENANT)
             procs.append(start(netns["tenant"], TENANT, LISTEN, "8080", cgroup=leaf))
+            # the co-tenant first: a holder that made the namespace would have come first
+            cotenant = start(netns["shared"], COTENANT, LISTEN, "9090")
+            time.sleep(0.05)   # a later clock tick (start times count in 10 ms ticks)
             procs.append(start(netns["shared"], TENANT, IDLE, argv0="pause"))
-            procs.append(start(netns["shared"], COTENANT, LISTEN, "9090"))
+            procs.append(cotenant)
             inodes = {k: os.stat(f"/run/netns/{v}").st_ino for k, v in netns.items()}
             yield node, root, fake_id, inodes, procs
         finally:
