@@ -214,7 +214,8 @@ def pod_order(pod: Pod) -> tuple[bool, str, str, str]:
 
 
 def _pods_by_uid(uids: set[str], snap: Snapshot) -> list[Pod]:
-    return sorted((snap.pods[u] for u in uids), key=pod_order)
+    # a uid remembered from an earlier sample may name a pod that is gone by now
+    return sorted((snap.pods[u] for u in uids if u in snap.pods), key=pod_order)
 
 
 def _pods_of(netns_pods: Iterable[str], pids: Iterable[int], snap: Snapshot) -> list[Pod]:

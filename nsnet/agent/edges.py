@@ -89,9 +89,16 @@ def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
         return []
     if sock.remote_port is None or sock.local_port is None:
         return []
-    port = sock.remote_port if sock.direction == "outbound" else sock.local_port
+    direction = sock.direction
+    if direction == "outbound" and _ephemeral(sock.remote_port) and \
+            not _ephemeral(sock.local_port):
+        # "outbound" because no listener is there now; with only the other end's port an
+        # ephemeral one, it is the server end of a connection whose listener went away:
+        # keyed by that port, each such connection would be an edge of its own
+        direction = "inbound"
+    port = sock.remote_port if direction == "outbound" else sock.local_port
     where = socket_where(sock, snap)
-    return [EdgeKey(uid, where, sock.direction, sock.proto, sock.remote_addr, port)
+    return [EdgeKey(uid, where, direction, sock.proto, sock.remote_addr, port)
             for uid in (sock.users or (UNKNOWN_UID,))]
 
 
@@ -300,7 +307,9 @@ class Memory:
             held = self.recall(key) if key is not None else None
             if held is not None and held.users:
                 sock.users, sock.attribution = held.users, REMEMBERED
-                sock.pod_uids = tuple(sorted(set(sock.pod_uids) | set(held.pod_uids)))
+                # only pods still on the node: one deleted since is no place to name
+                alive = {uid for uid in held.pod_uids if uid in snap.pods}
+                sock.pod_uids = tuple(sorted(set(sock.pod_uids) | alive))
 
 
 def transitions(snap: Snapshot, memory: Memory, with_events: bool) -> Observed:

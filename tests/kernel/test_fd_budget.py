@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from realnode import interpreter_for, util_linux
+from tenant import start_as
 
 REPO = Path(__file__).resolve().parents[2]
 TENANT = 10818
@@ -46,15 +46,7 @@ sys.stdin.read()
 @pytest.fixture(scope="module")
 def hoarder():
     require_root("setpriv")
-    popen = subprocess.Popen(
-        [util_linux("setpriv"), "--reuid", str(TENANT), "--regid", str(TENANT),
-         "--clear-groups", "--", interpreter_for(TENANT), "-c", HOARD, str(SOCKETS),
-         str(CHILDREN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd="/")
-    line = popen.stdout.readline() if popen.stdout else ""
-    if not line:
-        popen.kill()
-        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    popen, line = start_as(TENANT, HOARD, str(SOCKETS), str(CHILDREN))
     pids = [int(p) for p in line.split()]
     links = {pid: len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in pids}
     yield pids, links
@@ -98,15 +90,7 @@ def test_within_the_budget_everything_is_read(hoarder):
 def crowd():
     """A tenant's 2,000 sockets in 61 processes (~120k fd links): seconds of walking."""
     require_root("setpriv")
-    popen = subprocess.Popen(
-        [util_linux("setpriv"), "--reuid", str(TENANT), "--regid", str(TENANT),
-         "--clear-groups", "--", interpreter_for(TENANT), "-c", HOARD, str(SOCKETS), "60"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd="/")
-    line = popen.stdout.readline() if popen.stdout else ""
-    if not line:
-        popen.kill()
-        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    popen, line = start_as(TENANT, HOARD, str(SOCKETS), "60")
     yield [int(p) for p in line.split()]
     popen.kill()
     popen.wait()

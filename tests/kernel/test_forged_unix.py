@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 from conftest import require_root
-from realnode import interpreter_for, ip_tool, util_linux
+from realnode import ip_tool, util_linux
+from tenant import start_as
 
 REPO = Path(__file__).resolve().parents[2]
 VICTIM, TENANT = 10811, 10812
@@ -58,15 +59,7 @@ def forged_name(inode: int, path: str) -> str:
 
 
 def _start(netns: str, uid: int, prog: str, *args: str) -> tuple[subprocess.Popen, object]:
-    popen = subprocess.Popen(
-        [ip_tool(), "netns", "exec", netns, util_linux("setpriv"), "--reuid", str(uid),
-         "--regid", str(uid), "--clear-groups", "--", interpreter_for(uid), "-c", prog, *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd="/")
-    line = popen.stdout.readline() if popen.stdout else ""
-    if not line:
-        popen.kill()
-        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    popen, line = start_as(uid, prog, *args, netns=netns)
     return popen, json.loads(line)
 
 

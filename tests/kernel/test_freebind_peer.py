@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from realnode import interpreter_for, ip_tool, util_linux
+from realnode import ip_tool
+from tenant import start_as
 
 REPO = Path(__file__).resolve().parents[2]
 TENANT, SERVICE, CLIENT = 10813, 10814, 10815
@@ -58,15 +59,7 @@ def _ns(name: str, *setup: str) -> None:
 
 
 def _start(netns: str, uid: int, prog: str, *args: str) -> tuple[subprocess.Popen, object]:
-    popen = subprocess.Popen(
-        [ip_tool(), "netns", "exec", netns, util_linux("setpriv"), "--reuid", str(uid),
-         "--regid", str(uid), "--clear-groups", "--", interpreter_for(uid), "-c", prog, *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd="/")
-    line = popen.stdout.readline() if popen.stdout else ""
-    if not line:
-        popen.kill()
-        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    popen, line = start_as(uid, prog, *args, netns=netns)
     return popen, json.loads(line)
 
 

@@ -23,7 +23,8 @@ import pytest
 
 from conftest import require_root
 from depnode import CGROUP_ROOT, DepNode
-from realnode import interpreter_for, ip_tool, util_linux
+from realnode import ip_tool
+from tenant import start_as
 
 REPO = Path(__file__).resolve().parents[2]
 TENANT, COTENANT = 10816, 10817
@@ -50,23 +51,8 @@ def nsnet(*args: str) -> tuple[dict, str]:
 
 def start(netns: str, uid: int, prog: str, *args: str, argv0: str | None = None,
           cgroup: Path | None = None) -> subprocess.Popen:
-    interp = interpreter_for(uid)
-    exec_argv = [interp, "-c", prog, *args]
-    if argv0 is not None:
-        # run under another argv[0] (what a tenant names itself): the system's python,
-        # which any uid may run (a pyenv build under /root may not be re-executed)
-        exec_argv = [interp, "-c", "import os, sys; os.execv('/usr/bin/python3', sys.argv[1:])",
-                     argv0, "-c", prog, *args]
-    popen = subprocess.Popen(
-        [ip_tool(), "netns", "exec", netns, util_linux("setpriv"), "--reuid", str(uid),
-         "--regid", str(uid), "--clear-groups", "--", *exec_argv],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd="/")
-    if cgroup is not None:
-        (cgroup / "cgroup.procs").write_text(f"{popen.pid}\n")
-    if (popen.stdout.readline() if popen.stdout else "").strip() != "ready":
-        popen.kill()
-        pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
+    popen, line = start_as(uid, prog, *args, netns=netns, argv0=argv0, cgroup=cgroup)
+    assert line.strip() == "ready", line
     return popen
 
 

@@ -344,3 +344,44 @@ def test_closed_server_ends_never_make_an_edge_per_client_port():
     for _ in range(LISTENED_SAMPLES):   # long gone: forgotten, then the port rule alone
         memory.learn(node(False).build())
     assert (A, 8080) not in memory.listened
+
+
+def test_server_ends_left_by_a_stopped_listener_are_one_inbound_edge():
+    """200 connections accepted on 9200, then the server stops listening: their server ends
+    (TIME_WAIT) are classified outbound -- no listener now -- but are one inbound edge on
+    9200, not 200 edges on the clients' ephemeral ports."""
+    node = MemNode()
+    node.process(200, uid=10001, netns=A)
+    for i in range(200):
+        node.socket("tcp", "TIME_WAIT", "10.1.0.1:9200", f"10.1.0.254:{40000 + i}", netns=A)
+    observed = observe(node.build())
+    assert {(k.direction, k.port) for k in observed} == {("inbound", 9200)}
+
+
+def test_a_pod_deleted_since_the_last_sample_is_no_crash():
+    """Its connection lingers unheld (TIME_WAIT) and is remembered as its pod's: the pod is
+    gone from the snapshot, so the place is the namespace's (it was a KeyError, exit 70)."""
+    from memnode import FixedScanner
+
+    from nsnet.agent.sampler import Sampler
+    from nsnet.options import SamplingOptions
+
+    pod, cid = "a365373c-1d8c-4bad-8685-301881f1abb5", "c" * 64
+
+    def node(pod_alive: bool):
+        n = MemNode()
+        n.process(200, 0)
+        n.socket("tcp", "LISTEN", "10.0.0.1:5432", holders=[200])
+        if pod_alive:
+            n.process(100, 1000, B, pod=pod, container=cid)
+            n.connection("10.1.0.5:40000", "10.0.0.1:5432", client_netns=B,
+                         server_netns=HOST_INODE, client_holders=[100], server_holders=[200])
+        else:
+            n.socket("tcp", "TIME_WAIT", "10.1.0.5:40000", "10.0.0.1:5432", netns=B)
+        return n.build()
+
+    sampler = Sampler(SamplingOptions(events=False), lambda line: None,
+                      scanner=FixedScanner([node(True), node(False)]))
+    sampler.sample()
+    second = sampler.sample()
+    assert any(k.uid == 1000 and k.port == 5432 for k in second.observed)
