@@ -181,14 +181,17 @@ class EdgeBook:
     def __init__(self, retention: float):
         self.retention = retention
         self.edges: dict[EdgeKey, EdgeState] = {}
+        self.version = 0     # changes whenever the edges do
 
     def load(self, rows: Iterable[EdgeRow]) -> None:
+        self.version += 1
         for r in rows:
             key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port)
             self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
                                         evidence=r.evidence)
 
     def update(self, observed: Observed, ts: float) -> None:
+        self.version += 1    # what was rendered of the edges (/metrics) is stale now
         for state in self.edges.values():
             state.current = state.closed = 0
         for key, seen in observed.items():

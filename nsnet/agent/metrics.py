@@ -11,6 +11,7 @@ namespace has 65,536 uids, and must not turn the cap into one series per uid.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -89,13 +90,30 @@ def _fold(into: EdgeState | None, state: EdgeState) -> EdgeState:
 
 
 class EdgeCollector(Collector):
-    """The edge series, built at each scrape from a copy of the edges (`rows`)."""
+    """The edge series, built from a copy of the edges (`rows`) once per change of the edges
+    (`version`: once per sample), whoever scrapes and however often: a burst of scrapes costs
+    one build (one at a time), not a copy of every edge each under the agent's lock, which
+    the sampler waits on."""
 
-    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int):
+    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
+                 version: Callable[[], int] | None = None):
         self.node = node
         self.rows = rows
         self.services = services
         self.max_series = max_series
+        self.version = version
+        self._built: tuple[int, list[Metric]] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            version = self.version() if self.version is not None else None
+            if version is None or self._built is None or self._built[0] != version:
+                built = list(self._build())
+                if version is None:
+                    return iter(built)
+                self._built = (version, built)
+            return iter(self._built[1])
 
     def _user(self, key: EdgeKey) -> tuple[str, str]:
         """uid and user labels. A uid without a passwd entry (every tenant inside the agent's
@@ -113,7 +131,7 @@ class EdgeCollector(Collector):
                 where["netns"] or "", key.direction, key.proto, key.peer_addr, str(key.port),
                 service or "", state.evidence or "unknown")
 
-    def collect(self) -> Iterator[Metric]:
+    def _build(self) -> Iterator[Metric]:
         families = _Families()
         dropped = GaugeMetricFamily(
             "nsnet_edge_series_dropped",
@@ -144,7 +162,8 @@ class EdgeCollector(Collector):
 class AgentMetrics:
     """The agent's registry: its own health, and the edges (EdgeCollector)."""
 
-    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int):
+    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
+                 version: Callable[[], int] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.sample_duration = Histogram(
@@ -186,7 +205,7 @@ class AgentMetrics:
             ["reason"], registry=r)
         for reason in REASONS:   # both series from the start: rate() sees the first refusal
             self.http_unauthorized.labels(reason)
-        r.register(EdgeCollector(node, rows, services, max_series))
+        r.register(EdgeCollector(node, rows, services, max_series, version))
 
     def observe_sample(self, snap: Snapshot, wall: float, cpu: float, over_budget: bool) -> None:
         self.samples.inc()

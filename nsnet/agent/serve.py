@@ -117,7 +117,7 @@ class Agent:
         self.stop = threading.Event()
         self.book = EdgeBook(options.retention)
         self.metrics = AgentMetrics(options.node, self.edge_rows, self.services,
-                                    options.max_series)
+                                    options.max_series, version=lambda: self.book.version)
         # shared with the HTTP threads, under self.lock
         self._snapshot: Snapshot | None = None
         self._samples = 0

@@ -301,3 +301,29 @@ def test_the_cap_holds_across_uids():
     assert everyone in series
     assert sum(series.values()) == 3000            # nothing lost: every connection counted
     assert got["nsnet_edge_series_dropped"] == {(): 2900}
+
+
+def test_edge_series_are_built_once_per_change_of_the_edges():
+    """A burst of scrapes costs one copy of the edges (taken under the agent's lock, which
+    the sampler waits on) and one build, not one per scrape."""
+    from prometheus_client import generate_latest
+
+    from nsnet.agent.edges import EdgeBook, EdgeKey, Seen
+    from nsnet.agent.metrics import AgentMetrics
+    from nsnet.model import NO_SERVICES
+
+    book = EdgeBook(retention=3600.0)
+    copies = []
+
+    def rows():
+        copies.append(1)
+        return list(book.edges.items())
+
+    metrics = AgentMetrics("n", rows, NO_SERVICES, 100, version=lambda: book.version)
+    book.update({EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432): Seen(opened=1)},
+                100.0)
+    first = [generate_latest(metrics.registry) for _ in range(20)]
+    assert len(copies) == 1 and len(set(first)) == 1 and b'port="5432"' in first[0]
+    book.update({EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.6", 6379): Seen(opened=1)},
+                101.0)
+    assert b'port="6379"' in generate_latest(metrics.registry) and len(copies) == 2
