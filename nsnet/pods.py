@@ -64,7 +64,7 @@ def assemble(processes: dict[int, Process], logs: KubeletLogs | None,
         process.sandbox = not process.socket_fds and (
             (container is not None and pod_uid is not None
              and (not known_pods or pod_uid in known_pods)
-             and (named or (logs is not None and container.id not in logged)))
+             and (named or (pod_uid in known_pods and container.id not in logged)))
             or (named and first_in_netns.get(process.netns_key) == process.pid))
         if pod_uid is None:
             continue
