@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root
 from realnode import ip_tool, util_linux
-from tenant import start_as
+from tenant import start_json
 
 REPO = Path(__file__).resolve().parents[2]
 VICTIM, TENANT = 10811, 10812
@@ -58,11 +58,6 @@ def forged_name(inode: int, path: str) -> str:
     return name
 
 
-def _start(netns: str, uid: int, prog: str, *args: str) -> tuple[subprocess.Popen, object]:
-    popen, line = start_as(uid, prog, *args, netns=netns)
-    return popen, json.loads(line)
-
-
 @pytest.fixture(scope="module")
 def attack():
     require_root("ip", "setpriv")
@@ -76,12 +71,12 @@ def attack():
         for ns in names.values():
             subprocess.run([ip_tool(), "netns", "add", ns], check=True)
             subprocess.run([ip_tool(), "-n", ns, "link", "set", "lo", "up"], check=True)
-        victim, inodes = _start(names["victim"], VICTIM, VICTIM_PROG, str(d / "victim.sock"))
+        victim, inodes = start_json(names["victim"], VICTIM, VICTIM_PROG, str(d / "victim.sock"))
         procs.append(victim)
         forged = [forged_name(PHANTOM_INODE, "/run/shared-db.sock"),
                   forged_name(inodes["tcp"], "/run/victim-tcp.sock"),
                   forged_name(inodes["unix"], "@evil")]
-        tenant, tenant_inodes = _start(names["tenant"], TENANT, TENANT_PROG, json.dumps(forged))
+        tenant, tenant_inodes = start_json(names["tenant"], TENANT, TENANT_PROG, json.dumps(forged))
         procs.append(tenant)
         netns = {role: os.stat(f"/run/netns/{ns}").st_ino for role, ns in names.items()}
         # the attack works on the kernel's text: the forged lines are there, as lines

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import require_root
 from realnode import ip_tool
-from tenant import start_as
+from tenant import start_json
 
 REPO = Path(__file__).resolve().parents[2]
 TENANT, SERVICE, CLIENT = 10813, 10814, 10815
@@ -58,11 +58,6 @@ def _ns(name: str, *setup: str) -> None:
         subprocess.run([ip_tool(), "-n", name, *cmd.split()], check=True)
 
 
-def _start(netns: str, uid: int, prog: str, *args: str) -> tuple[subprocess.Popen, object]:
-    popen, line = start_as(uid, prog, *args, netns=netns)
-    return popen, json.loads(line)
-
-
 @pytest.fixture(scope="module")
 def freebind():
     require_root("ip", "setpriv")
@@ -79,12 +74,12 @@ def freebind():
         _ns(names["client"], *dummy, "addr add 192.0.2.10/24 dev d0",
             "neigh add 192.0.2.1 lladdr 02:00:00:00:00:01 dev d0 nud permanent",
             "route add default via 192.0.2.1 dev d0")
-        tenant, tenant_inode = _start(names["tenant"], TENANT, LISTEN, "10.0.0.5", "3306", "1")
+        tenant, tenant_inode = start_json(names["tenant"], TENANT, LISTEN, "10.0.0.5", "3306", "1")
         procs.append(tenant)
-        service, service_inode = _start(names["service"], SERVICE, LISTEN, "10.0.0.6", "5432",
+        service, service_inode = start_json(names["service"], SERVICE, LISTEN, "10.0.0.6", "5432",
                                         "0")
         procs.append(service)
-        client, (to_external, to_service) = _start(names["client"], CLIENT, CONNECT,
+        client, (to_external, to_service) = start_json(names["client"], CLIENT, CONNECT,
                                                    "10.0.0.5:3306", "10.0.0.6:5432")
         procs.append(client)
         netns = {role: os.stat(f"/run/netns/{ns}").st_ino for role, ns in names.items()}

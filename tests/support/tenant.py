@@ -3,6 +3,7 @@ network namespace (`ip netns exec`), in a given cgroup, under another argv[0] --
 the first line it prints (its ready message, or what it made: inodes, pids)."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -35,3 +36,9 @@ def start_as(uid: int, prog: str, *args: str, netns: str | None = None,
         popen.kill()
         pytest.fail(f"could not start: {popen.stderr.read() if popen.stderr else ''}")
     return popen, line
+
+
+def start_json(netns: str, uid: int, prog: str, *args: str) -> tuple[subprocess.Popen, object]:
+    """start_as in a named namespace, for a program whose first line is JSON (what it made)."""
+    popen, line = start_as(uid, prog, *args, netns=netns)
+    return popen, json.loads(line)
