@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
-from . import __version__, report, views
+from . import __version__
 from .errors import NsnetError, UsageError
-from .graph import FORMATS
-from .model import Namespace, ServiceMap, Snapshot
-from .netparse import TCP_STATES
 from .options import (
+    GRAPH_FORMATS,
     SOURCES,
     WATCH_SAMPLING,
     AgentOptions,
@@ -29,11 +25,15 @@ from .options import (
     SnapshotOptions,
     WatchOptions,
 )
-from .sanitize import Stream, json_chunks, json_text, printable
-from .table import forced_columns, terminal_width, use_color
+
+if TYPE_CHECKING:
+    from . import report
+    from .model import Namespace, ServiceMap, Snapshot
+
+# What a command needs (the views, the renderers, the sources) is imported when it runs:
+# `nsnet --version` and `--help`, and every command's start, pay only for what they use.
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
-KNOWN_STATES = sorted(set(TCP_STATES.values()) | {"UNCONN"})
 SNAPSHOT, AGENT = SnapshotOptions(), AgentOptions()
 
 
@@ -48,10 +48,13 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------ argument types
 
 def _state(text: str) -> str:
-    state = views.normalize_state(text)
-    if state not in KNOWN_STATES:
-        raise argparse.ArgumentTypeError(
-            f"unknown state {text!r}; one of {', '.join(KNOWN_STATES)}")
+    from .netparse import TCP_STATES
+    from .views import normalize_state
+
+    state = normalize_state(text)
+    known = sorted(set(TCP_STATES.values()) | {"UNCONN"})
+    if state not in known:
+        raise argparse.ArgumentTypeError(f"unknown state {text!r}; one of {', '.join(known)}")
     return state
 
 
@@ -137,6 +140,9 @@ def _common(env: Mapping[str, str]) -> _Parser:
     common.add_argument("-q", "--quiet", action="store_true",
                         help="no warnings about what could not be seen (the exit status and "
                              "--json's stats still say it)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="one line on stderr: the source and why, the reader threads and "
+                             "why, what the snapshot read and how long it took")
     common.add_argument("--proc", default=env.get("NSNET_PROC", SNAPSHOT.proc), metavar="PATH",
                         help="procfs to read (default: $NSNET_PROC or /proc; e.g. /host/proc in a container)")
     common.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -146,9 +152,10 @@ def _common(env: Mapping[str, str]) -> _Parser:
                         help="command name of namespace holders never counted as owners "
                              "(repeatable; default: pause)")
     common.add_argument("--source", choices=SOURCES, default=SNAPSHOT.source,
-                        help="where sockets are read: /proc tables (default, needs no "
-                             "privilege), sock_diag netlink, pidfd per-socket queries, or "
-                             "the fastest the privileges allow")
+                        help="where sockets are read: /proc tables (needs no privilege), "
+                             "sock_diag netlink, pidfd per-socket queries, or auto (the "
+                             "default): the fastest the privileges allow, which lists "
+                             "everything proc lists")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
     common.add_argument("--deadline", type=_seconds, metavar="SECONDS",
@@ -237,6 +244,7 @@ COMMANDS = ("summary", "by-namespace", "by-user", "deps", "graph", "by-pod", "se
 
 
 def _epilog(columns: Sequence[str] = ()) -> str:
+    from . import report
     from .palette import legend_lines
 
     parts = [report.VOCABULARY,
@@ -276,7 +284,7 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
                                      "history"), env,
                      "edges seen in the last AGE (30m, 24h, 7d); needs --db")
     graph = command("graph", "the dependency map: Graphviz dot, Mermaid, or an SVG/PNG")
-    graph.add_argument("--format", choices=FORMATS, default="dot",
+    graph.add_argument("--format", choices=GRAPH_FORMATS, default="dot",
                        help="dot (default), mermaid, or svg/png drawn by Graphviz's dot "
                             "(when installed); --json prints the edge list")
     _history_options(graph, env, "edges seen in the last AGE (30m, 24h, 7d); needs --db")
@@ -325,6 +333,8 @@ def _fields(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def output_options(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> OutputOptions:
+    from .table import forced_columns, use_color
+
     # NO_COLOR beats even --color always here (the README's promise)
     color = use_color(out, args.color, no_color=env.get("NO_COLOR"), term=env.get("TERM")) \
         and not env.get("NO_COLOR")
@@ -332,11 +342,15 @@ def output_options(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]
                          ndjson=getattr(args, "ndjson", False) or args.output == "ndjson",
                          color=color, resolve=args.resolve,
                          columns=forced_columns(env.get("COLUMNS")),
-                         wide=args.output == "wide", fields=_fields(args), quiet=args.quiet)
+                         wide=args.output == "wide", fields=_fields(args), quiet=args.quiet,
+                         verbose=args.verbose)
 
 
 def renderer(output: OutputOptions, out: TextIO, doc: dict | None = None) -> report.Renderer:
     """How a table is drawn on ``out``: -o wide and pipes get every cell whole."""
+    from . import report
+    from .table import terminal_width
+
     width = None if output.wide else terminal_width(out, output.columns)
     return report.Renderer(width, output.color, output.resolve, columns=output.fields or None,
                            user_names=(doc or {}).get("user_names"))
@@ -348,6 +362,8 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 
 
 def node_name(given: str | None, env: Mapping[str, str]) -> str:
+    import socket
+
     return given or env.get("NODE_NAME") or socket.gethostname()
 
 
@@ -364,6 +380,8 @@ def _emit_json(doc: dict, out: TextIO) -> None:
     # One line, no indent: only then does json use its C encoder (3x faster on a busy node;
     # pipe through `jq .` to read it). ASCII: no raw control bytes reach a terminal.
     # Written as it is encoded: a Stream's items (the sockets) are never all held at once.
+    from .sanitize import json_chunks
+
     for chunk in json_chunks(doc):
         out.write(chunk)
     out.write("\n")
@@ -375,6 +393,8 @@ NDJSON_LISTS = (("namespaces", "namespace"), ("sockets", "socket"), ("users", "u
 
 
 def _emit_ndjson(doc: dict, out: TextIO) -> None:
+    from .sanitize import Stream, json_text
+
     schema = doc["schema"]
     for key, kind in NDJSON_LISTS:
         items = doc.get(key, ())
@@ -432,6 +452,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO,
 
 
 def _only_netns(text: str | None, snap: Snapshot) -> Namespace | None:
+    from . import views
+
     if text is None:
         return None
     ns = views.resolve_netns(text, snap)
@@ -452,19 +474,31 @@ def _why_empty(ns: Namespace | None) -> list[str]:
 def _warn(err: TextIO, lines: list[str], output: OutputOptions | None = None) -> None:
     """One line each; on a terminal fitted to its width (the whole text is in --json's
     stats.privileges); nothing with -q."""
+    from .report import fit_line
+    from .table import terminal_width
+
     if output is not None and output.quiet:
         return
     width = terminal_width(err, output.columns if output else None)
     for line in lines:
-        err.write(report.fit_line(f"nsnet: warning: {line}", width) + "\n")
+        err.write(fit_line(f"nsnet: warning: {line}", width) + "\n")
+
+
+def _say_reading(err: TextIO, snap: Snapshot, output: OutputOptions) -> None:
+    if output.verbose:
+        from .sanitize import printable
+
+        err.write(f"nsnet: {printable(snap.stats.reading_line())}\n")
 
 
 def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
                       env: Mapping[str, str], only_uid: int | None) -> int:
-    from .snapshot import take_snapshot  # late: `--help` must work without /proc
+    from . import report
+    from .snapshot import take_snapshot
 
     output = output_options(args, out, env)
     snap = take_snapshot(snapshot_options(args))
+    _say_reading(err, snap, output)
     # a bad --netns/--pod: one error line, no more. JSON of sockets is streamed.
     doc = _snapshot_doc(args, snap, only_uid, stream=output.json or output.ndjson)
     _warn(err, snap.stats.warnings(), output)
@@ -485,6 +519,8 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
 
 def _snapshot_doc(args: argparse.Namespace, snap: Snapshot, only_uid: int | None,
                   stream: bool = False) -> dict:
+    from . import views
+
     if args.command == "sockets":
         protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
         only_ns = _only_netns(args.netns, snap)
@@ -536,11 +572,14 @@ def _history(db: str, since: float | None, uid: int | None, services: ServiceMap
 
 def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO,
                 confirmed: bool, output: OutputOptions) -> dict:
+    import time
+
     from .agent.edges import observe, servers, state_of
     from .agent.history import deps_view
     from .snapshot import take_snapshot
 
     snap = take_snapshot(options)
+    _say_reading(err, snap, output)
     _warn(err, snap.stats.warnings(), output)
     now = round(time.time(), 3)
     rows = [(node, key, state_of(seen, now))
@@ -550,6 +589,7 @@ def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextI
 
 
 def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out: TextIO) -> int:
+    from . import report
     from .agent.history import by_user_history
 
     if args.command == "by-user":
@@ -598,12 +638,18 @@ def _isatty(stream: TextIO) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:
+        # what argparse would print, without building every command's help first
+        out.write(f"nsnet {__version__}\n")
+        return EXIT_OK
     if not any(a in COMMANDS for a in argv) and not {"-h", "--help", "--version"} & set(argv):
         argv = ["summary", *argv]   # `nsnet` alone: the node at a glance, not an error
     try:
         args = build_parser().parse_args(argv)
         return run(args, out, err)
     except NsnetError as exc:   # UsageError included: its exit_code is 2
+        from .sanitize import printable
+
         err.write(f"nsnet: error: {printable(str(exc))}\n")
         return exc.exit_code
     except BrokenPipeError:
@@ -616,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:   # the last boundary: never a traceback unless asked for
         if os.environ.get("NSNET_DEBUG"):
             raise
+        from .sanitize import printable
+
         err.write(f"nsnet: internal error: {type(exc).__name__}: {printable(str(exc))} "
                   "(set NSNET_DEBUG=1 for a traceback)\n")
         return EXIT_INTERNAL

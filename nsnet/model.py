@@ -304,6 +304,10 @@ class Stats:
     source_reason: str = ""
     sockets_by_source: dict[str, int] = field(default_factory=dict)
     source_errors: list[str] = field(default_factory=list)   # first few errors of the source
+    # protocols this kernel's sock_diag cannot dump (no diag module): read from /proc/net
+    tables_from_proc: list[str] = field(default_factory=list)
+    reader_threads: int = 0          # threads reading namespaces' tables (1: none but ours)
+    reader_threads_reason: str = ""  # the CPUs this process may use (affinity, cgroup quota)
     pidfd_borrowed: int = 0
     pidfd_vanished: int = 0
     pidfd_denied: int = 0
@@ -316,6 +320,19 @@ class Stats:
     pod_claims: list[str] = field(default_factory=list)   # one line saying which
     elapsed_seconds: float = 0.0
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
+
+    def reading_line(self) -> str:
+        """What read this snapshot and why, in one line (--verbose)."""
+        parts = [f"source {self.source} ({self.source_reason or 'requested'})"]
+        if self.tables_from_proc:
+            parts.append(f"{', '.join(self.tables_from_proc)} from /proc (this kernel's "
+                         "sock_diag has no handler for them)")
+        if self.reader_threads:
+            parts.append(f"{self.reader_threads} reader thread(s): "
+                         f"{self.reader_threads_reason}")
+        parts.append(f"{self.namespaces} namespaces, {self.sockets} sockets in "
+                     f"{self.elapsed_seconds:.2f} s")
+        return "; ".join(parts)
 
     def warnings(self) -> list[str]:
         """One line each: what this snapshot could not see, and why."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .model import NO_SERVICES, ServiceMap
 
 SOURCES = ("proc", "netlink", "pidfd", "auto")
+GRAPH_FORMATS = ("dot", "mermaid", "svg", "png")   # nsnet graph --format
 DAY = 86400.0
 
 
@@ -19,7 +20,7 @@ DAY = 86400.0
 class SnapshotOptions:
     """How one snapshot of the node is taken."""
     proc: str = "/proc"                         # the procfs to read (/host/proc in a container)
-    source: str = "proc"                        # proc | netlink | pidfd | auto (nsnet.sources)
+    source: str = "auto"                        # proc | netlink | pidfd | auto (nsnet.sources)
     sandbox_commands: tuple[str, ...] = ("pause",)   # namespace holders, never owners
     enter_pinned: bool = True                   # setns into namespaces only a bind mount keeps
     host_root: str | None = "/"              # where /var/log/pods is; None: do not look
@@ -43,6 +44,7 @@ class OutputOptions:
     wide: bool = False                          # -o wide: nothing cut, nothing hidden
     fields: tuple[str, ...] = ()                # -o COL,COL / --columns: the columns chosen
     quiet: bool = False                         # -q: no warnings
+    verbose: bool = False                       # -v: one line on stderr, what read the snapshot
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ take_snapshot() is one snapshot with nothing kept.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from functools import partial
 
 from . import classify, kubelet, pods, sources, walk
 from .caps import own_capabilities, privilege_notes
+from .cpus import CpuBudget, available_cpus
 from .model import Snapshot, Socket, Stats
 from .options import SnapshotOptions
 from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
@@ -34,8 +34,16 @@ Pace = Callable[[], None]
 DEFAULTS = SnapshotOptions()
 
 
-def default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+# Reader threads at most. A read is mostly the kernel walking its socket hashes with the GIL
+# released, but each namespace's parse holds it: past a few readers the parse is the
+# bottleneck (bench/bench_threads.py measures the gain per reader and fits the serial part).
+MAX_READERS = 8
+
+
+def default_threads(budget: CpuBudget | None = None) -> int:
+    """One reader per CPU this process may use (affinity and cgroup quota), at most
+    MAX_READERS."""
+    return max(1, min(MAX_READERS, (budget or available_cpus()).cpus))
 
 
 class Snapshotter:
@@ -48,6 +56,7 @@ class Snapshotter:
         self.keep = keep
         self.proc = options.proc.rstrip("/") or "/"
         self._chosen: tuple[sources.Choice, sources.Source] | None = None
+        self._readers: tuple[int, str] | None = None   # (threads, why), asked once
 
     def _source(self) -> tuple[sources.Choice, sources.Source]:
         """Chosen at the first snapshot (the privileges do not change while we run); an
@@ -63,8 +72,7 @@ class Snapshotter:
         started = time.perf_counter()
         check_procfs(self.proc)
         choice, source = self._source()
-        threads = self.options.threads
-        workers = default_threads() if threads is None else max(1, threads)
+        workers, _ = self._reader_threads()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsnet-read") \
             if workers > 1 else None
         # A snapshot makes ~5 tracked objects per socket and no reference cycles; at 87k
@@ -79,6 +87,16 @@ class Snapshotter:
                 _resume_gc()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def _reader_threads(self) -> tuple[int, str]:
+        if self._readers is None:
+            if self.options.threads is not None:
+                self._readers = (max(1, self.options.threads), "requested")
+            else:
+                budget = available_cpus()
+                self._readers = (default_threads(budget), budget.describe()
+                                 + f", at most {MAX_READERS}")
+        return self._readers
 
     @property
     def source(self) -> sources.Source | None:
@@ -100,6 +118,7 @@ class Snapshotter:
               pace: Pace | None) -> Snapshot:
         options = self.options
         stats = Stats(source=choice.source, source_reason=choice.reason)
+        stats.reader_threads, stats.reader_threads_reason = self._reader_threads()
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
         found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx),
                               enter=options.enter_pinned,

@@ -125,6 +125,7 @@ class Agent:
         self._last_sample_end = time.monotonic()
         self._history = history
         self._said: set[str] = set()
+        self._reading_said = False
         self._views: dict[str, tuple[Snapshot, Encoded]] = {}   # the API's answers, per sample
         self._views_lock = threading.Lock()
         self._building = threading.BoundedSemaphore(2)
@@ -260,6 +261,9 @@ class Agent:
         self._commit(sample)
         self._export(sample)
         self._record(sample.snap, None)
+        if not self._reading_said:     # the operator's one line on what reads the node
+            self._reading_said = True
+            self.err.write(f"nsnet: first sample: {printable(sample.snap.stats.reading_line())}\n")
         self.err.flush()
         return self.sampler.wait_after(sample)
 

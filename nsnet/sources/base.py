@@ -34,6 +34,8 @@ class TableRead:
     errors: list[str] = field(default_factory=list)
     # the namespace's own addresses, read with its tables (None: not read)
     addresses: list[Address] | None = None
+    # protocols sock_diag could not dump (no diag module), read from /proc instead
+    from_proc: list[str] = field(default_factory=list)
 
 
 Pending = Union["Future[TableRead]", TableRead]
@@ -175,6 +177,9 @@ def _accept(ctx: ReadContext, ns: Namespace, read: TableRead | None) -> list[Soc
         ns.addresses = read.addresses
     ns.error = None
     stats.malformed_lines += read.malformed
+    for proto in read.from_proc:
+        if proto not in stats.tables_from_proc:
+            stats.tables_from_proc.append(proto)
     for err in read.errors:
         ctx.note_error(f"netns {ns.inode}: {err}")
     sockets, repeated = _once_each(read.sockets)

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..errors import EnterError, fd_shortage
+from ..errors import EnterError, ProcError, fd_shortage
 from ..model import Namespace, Socket, key_inode
+from ..netparse import ADDRESS_FILES
 from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
@@ -78,8 +79,16 @@ class NetlinkSource(TableSource):
         error = None
         for pin in pins:
             sock, error, kept = self._diag_socket(ctx, pin.opener, ns.inode)
-            if sock is not None:
-                return self._dump(sock, kept, f"setns {pin.shown}")
+            if sock is None:
+                continue
+            read = self._dump(sock, kept, f"setns {pin.shown}")
+            if read.sockets is None or not read.from_proc:
+                return read
+            try:    # what this kernel's sock_diag cannot list, from the namespace's tables
+                return _merged(read, proc_source.read_pinned(
+                    pin, ns.inode, proc_source.files_of(read.from_proc)))
+            except (EnterError, ProcError) as exc:
+                error = str(exc)
         ns.error = error   # this namespace's own failure, not the latest logged
         return TableRead(None)
 
@@ -112,11 +121,17 @@ class NetlinkSource(TableSource):
 
     def _dump_with_addresses(self, sock: socket.socket, kept: bool, via: str, proc: str,
                              key: str, task: str) -> TableRead:
-        """In a reader thread: the dump, and the namespace's addresses through the task."""
+        """In a reader thread: the dump, and through the task the namespace's addresses --
+        and the tables of protocols this kernel's sock_diag cannot dump (no diag module:
+        raw_diag is often not built), so that nothing /proc lists is missing here."""
         read = self._dump(sock, kept, via)
-        if read.sockets is not None:
-            read.addresses = proc_source.read_addresses_via_task(proc, key, task)
-        return read
+        if read.sockets is None:
+            return read
+        names = proc_source.files_of(read.from_proc)
+        tables = proc_source.read_via_task(proc, key, task, names + ADDRESS_FILES)
+        if tables.sockets is None and names:
+            return TableRead(None, retries=1)   # the task left: the next member is asked
+        return _merged(read, tables)
 
     def _dump(self, sock: socket.socket, kept: bool, via: str) -> TableRead:
         """Runs in a reader thread: one namespace's sockets through its sock_diag socket
@@ -130,7 +145,17 @@ class NetlinkSource(TableSource):
                 sock.close()
         for s in result.sockets:
             s.source = "netlink"
-        return TableRead(result.sockets, result.malformed, via, errors=result.errors)
+        return TableRead(result.sockets, result.malformed, via, errors=result.errors,
+                         from_proc=sorted(result.missing))
+
+
+def _merged(read: TableRead, tables: TableRead) -> TableRead:
+    """A dump and what /proc gave besides it (its sockets keep source "proc")."""
+    assert read.sockets is not None
+    read.sockets.extend(tables.sockets or ())
+    read.malformed += tables.malformed
+    read.addresses = tables.addresses
+    return read
 
 
 @dataclass(slots=True)
@@ -138,14 +163,19 @@ class DiagResult:
     sockets: list[Socket] = field(default_factory=list)
     malformed: int = 0
     errors: list[str] = field(default_factory=list)
+    # protocols the kernel has no sock_diag handler for (ENOENT: the diag module is not
+    # built, as raw_diag often is not): the namespace's /proc tables list them instead
+    missing: set[str] = field(default_factory=set)
 
-    def take(self, label: str, parsed: ParsedDump) -> int:
+    def take(self, label: str, parsed: ParsedDump, proto: str) -> int:
         """One dump's sockets and troubles; returns the errno the kernel answered (0)."""
         self.sockets.extend(parsed.sockets)
         self.malformed += parsed.malformed
         if parsed.interrupted:
             self.errors.append(f"{label}: the kernel flagged the dump as interrupted")
-        if parsed.error:
+        if parsed.error == _errno.ENOENT and not parsed.sockets:
+            self.missing.add(proto)
+        elif parsed.error:
             self.errors.append(_describe(label, parsed.error))
         return parsed.error
 
@@ -212,10 +242,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str) -> Parse
 
 def _describe(label: str, code: int) -> str:
     name = _errno.errorcode.get(code, str(code))
-    text = f"{label}: sock_diag answered {name} ({os.strerror(code)})"
-    if code == _errno.ENOENT:
-        text += " -- no diag module for it in this kernel; those sockets are not listed"
-    return text
+    return f"{label}: sock_diag answered {name} ({os.strerror(code)})"
 
 
 # False once the kernel refused TCPDIAG_GETSOCK (kernels that dropped it answer
@@ -261,7 +288,7 @@ def _ask(sock: socket.socket, result: DiagResult, label: str, proto: str,
     """One dump request (build(seq=...) makes it), its replies taken into result; the errno
     the kernel answered."""
     seq = _next_seq()
-    return result.take(label, run_dump(sock, build(seq=seq), seq, proto))
+    return result.take(label, run_dump(sock, build(seq=seq), seq, proto), proto)
 
 
 def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
@@ -274,7 +301,7 @@ def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
         if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
             _legacy_tcp, per_family = False, True
         else:
-            result.take("tcp", parsed)
+            result.take("tcp", parsed, "tcp")
     if per_family:
         for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
             _ask(sock, result, label, "tcp",

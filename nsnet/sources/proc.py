@@ -14,6 +14,7 @@ before reading.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from ..errors import EnterError, ProcError
 from ..model import Namespace, Stats
@@ -36,6 +37,11 @@ _OPTIONAL = frozenset(name for name in NET_FILES if name.endswith("6")) | frozen
 _FILES = NET_FILES + ADDRESS_FILES
 
 
+def files_of(protos: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The /proc/<pid>/net tables that list these protocols (tcp -> tcp, tcp6; unix -> unix)."""
+    return tuple(name for name in NET_FILES if name.rstrip("6") in protos)
+
+
 class ProcSource(TableSource):
     name = "proc"
 
@@ -46,18 +52,24 @@ class ProcSource(TableSource):
         assert ns.inode is not None   # pins are found by inode
         for pin in pins:
             try:
-                tables = _read_all(run_in_namespace(pin.opener, ns.inode, _open_own_tables))
+                return read_pinned(pin, ns.inode)
             except (EnterError, ProcError) as exc:
                 ns.error = str(exc)
-                continue
-            return _parse(tables, f"setns {pin.shown}")
         return TableRead(None)
 
 
-def read_via_task(proc: str, key: str, task: str) -> TableRead:
-    """Runs in a reader thread: touches nothing shared, returns what it found."""
+def read_pinned(pin: Pin, inode: int, names: tuple[str, ...] = _FILES) -> TableRead:
+    """A namespace only a bind mount keeps, entered through `pin` (main thread): the tables
+    `names`. EnterError or ProcError when it cannot be entered or read."""
+    tables = _read_all(run_in_namespace(pin.opener, inode, partial(_open_own_tables, names)))
+    return _parse(tables, f"setns {pin.shown}")
+
+
+def read_via_task(proc: str, key: str, task: str, names: tuple[str, ...] = _FILES) -> TableRead:
+    """Runs in a reader thread: touches nothing shared, returns what it found (the tables
+    `names`: all of them unless told)."""
     try:
-        fds = _open_tables(f"{proc}/{task}", key)
+        fds = _open_tables(f"{proc}/{task}", key, names)
     except ProcError:
         fds = None
     if fds is None:
@@ -89,11 +101,11 @@ def _open_tables(path: str, expected_key: str, names: tuple[str, ...] = _FILES
         os.close(dirfd)
 
 
-def _open_own_tables() -> dict[str, int]:
+def _open_own_tables(names: tuple[str, ...] = _FILES) -> dict[str, int]:
     """Our own thread's net files: run inside a namespace by run_in_namespace."""
     own = open_dir(f"{OWN_PROC}/thread-self")
     try:
-        return open_files_at(own, "net/", _FILES, _OPTIONAL)
+        return open_files_at(own, "net/", names, _OPTIONAL)
     finally:
         os.close(own)
 

@@ -74,9 +74,8 @@ def test_more_namespaces_than_the_fd_limit_keeps_are_all_read(many_namespaces):
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["read0"] == out["read1"] == COUNT
-    # (this kernel has no raw sock_diag: that is said, and is the only thing said)
-    for errors in (out["errors0"], out["errors1"]):
-        assert all(": raw: sock_diag answered ENOENT" in e for e in errors), errors
+    # (a kernel without raw sock_diag: its raw tables are read from /proc, not an error)
+    assert out["errors0"] == out["errors1"] == []
     assert 0 < out["kept0"] <= (SOFT_LIMIT - 512) // 2 and out["kept1"] == out["kept0"]
     assert out["full"].startswith("out of file descriptors (Too many open files): raise "
                                   "RLIMIT_NOFILE"), out["full"]

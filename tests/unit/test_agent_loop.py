@@ -152,6 +152,23 @@ def test_snapshot_warnings_are_said_once():
     assert "\x1b" not in said and "\\x1b]0;x\\x07" in said
 
 
+def test_the_first_sample_says_what_read_the_node_once():
+    err = io.StringIO()
+    snap = tenants()
+    snap.stats.source, snap.stats.source_reason = "netlink", "auto: \x1b[31mred"
+    snap.stats.reader_threads, snap.stats.reader_threads_reason = 2, "2 CPU(s) usable"
+    snap.stats.tables_from_proc = ["raw"]
+    agent = Agent(options(), err, scanner=FixedScanner([snap] * 3))
+    for _ in range(3):
+        agent.step()
+    lines = [x for x in err.getvalue().splitlines() if x.startswith("nsnet: first sample: ")]
+    assert lines == ["nsnet: first sample: source netlink (auto: \\x1b[31mred); raw from "
+                     "/proc (this kernel's sock_diag has no handler for them); 2 reader "
+                     f"thread(s): 2 CPU(s) usable; {snap.stats.namespaces} namespaces, "
+                     f"{snap.stats.sockets} sockets in {snap.stats.elapsed_seconds:.2f} s"]
+    agent.close()
+
+
 def test_alive_until_no_sample_ended_for_three_intervals_and_two_minutes(monkeypatch):
     agent = Agent(options(), io.StringIO(), scanner=FixedScanner([tenants()]))
     agent.step()

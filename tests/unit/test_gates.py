@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                       "nsnet.options")),
     ("parsers", ("nsnet.netparse", "nsnet.mountinfo", "nsnet.cgroup", "nsnet.procparse",
                  "nsnet.sockdiag", "nsnet.services")),
-    ("OS boundary", ("nsnet.procfs", "nsnet.setns", "nsnet.caps", "nsnet.kubelet")),
+    ("OS boundary", ("nsnet.procfs", "nsnet.setns", "nsnet.caps", "nsnet.kubelet", "nsnet.cpus")),
     ("walk/sources", ("nsnet.walk", "nsnet.sources", "nsnet.sources.base",
                       "nsnet.sources.proc", "nsnet.sources.netlink", "nsnet.sources.pidfd")),
     ("join/classify/pods", ("nsnet.ownership", "nsnet.classify", "nsnet.pods",

@@ -1,0 +1,51 @@
+"""The CLI's start: `--version` answers without building the parser, and nothing heavy is
+imported before a command runs (measured in bench/bench_startup.py; here only what is
+imported, which does not depend on the machine's speed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nsnet import __version__
+from nsnet.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_version_fast_path_prints_what_argparse_prints(capsys):
+    assert main(["--version"]) == 0
+    fast = capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == fast == f"nsnet {__version__}\n"
+
+
+def test_version_among_other_arguments_goes_through_argparse(capsys):
+    # --version is an option of nsnet, not of its commands: one error line, as before
+    assert main(["sockets", "--json", "--version"]) == 2
+    assert "unrecognized arguments: --version" in capsys.readouterr().err
+
+
+def test_importing_the_cli_loads_no_command_machinery():
+    code = ("import sys, nsnet.cli; loaded = sorted(m for m in sys.modules if m.startswith("
+            "('nsnet', 'psutil', 'nsenter', 'prometheus_client', 'socket', 'json', "
+            "'concurrent'))); print(' '.join(loaded))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    loaded = set(run.stdout.split())
+    assert loaded == {"nsnet", "nsnet._stdlib_guard", "nsnet.cli", "nsnet.errors",
+                      "nsnet.model", "nsnet.options"}, loaded
+
+
+def test_verbose_is_an_option_of_every_command():
+    for command in ("summary", "sockets", "by-user", "serve", "watch", "deps"):
+        assert build_parser().parse_args([command, "-v"]).verbose is True
+        assert build_parser().parse_args([command]).verbose is False
+
+
+def test_the_default_source_is_auto():
+    assert build_parser().parse_args(["sockets"]).source == "auto"
