@@ -474,8 +474,7 @@ def _why_empty(ns: Namespace | None) -> list[str]:
 def _warn(err: TextIO, lines: list[str], output: OutputOptions | None = None) -> None:
     """One line each; on a terminal fitted to its width (the whole text is in --json's
     stats.privileges); nothing with -q."""
-    from .report import fit_line
-    from .table import terminal_width
+    from .table import fit_line, terminal_width
 
     if output is not None and output.quiet:
         return
@@ -493,7 +492,6 @@ def _say_reading(err: TextIO, snap: Snapshot, output: OutputOptions) -> None:
 
 def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
                       env: Mapping[str, str], only_uid: int | None) -> int:
-    from . import report
     from .snapshot import take_snapshot
 
     output = output_options(args, out, env)
@@ -509,6 +507,8 @@ def _snapshot_command(args: argparse.Namespace, out: TextIO, err: TextIO,
     elif output.json:
         _emit_json(doc, out)
     else:
+        from . import report
+
         render = {"sockets": report.render_sockets, "by-namespace": report.render_by_namespace,
                   "by-user": report.render_by_user, "by-pod": report.render_by_pod,
                   "summary": report.render_summary}[args.command]

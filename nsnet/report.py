@@ -29,7 +29,6 @@ from .table import (
     paint,
     render_table,
     select_columns,
-    truncate,
     wrap_text,
 )
 from .views import endpoint
@@ -744,12 +743,6 @@ def render_by_user_history(doc: dict, r: Renderer) -> str:
         out.extend(edge_tables(u["connects_to"] + u["connected_from"], r, live))
         out.append("")
     return _finish(out, r) or "no dependency edges in that period"
-
-
-def fit_line(text: str, width: int | None) -> str:
-    """One line of ours (a warning, a status line) cut to the terminal's width."""
-    text = printable(text)
-    return text if width is None else truncate(text, width)
 
 
 COLUMN_NAMES = _column_names()

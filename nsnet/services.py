@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import tomllib
 
 from .errors import ServiceConfigError
 from .model import NO_SERVICES, Network, Rule, ServiceMap
@@ -59,6 +58,8 @@ def _port(text: str, whole: str) -> int:
 
 
 def parse_services(text: str, origin: str = "services file") -> ServiceMap:
+    import tomllib  # only when a file is given: the CLI's start does not pay for it
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

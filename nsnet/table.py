@@ -612,3 +612,9 @@ def use_color(stream: TextIO, mode: str = "auto", *, no_color: str | None = None
     if term == "dumb":
         return False
     return _isatty(stream)
+
+
+def fit_line(text: str, width: int | None) -> str:
+    """One line of ours (a warning, a status line) cut to the terminal's width."""
+    text = printable(text)
+    return text if width is None else truncate(text, width)

@@ -22,9 +22,9 @@ from typing import TextIO
 from .. import SCHEMA
 from ..model import condition_of
 from ..options import WatchOptions
-from ..report import Renderer, edge_tables, fit_line
+from ..report import Renderer, edge_tables
 from ..sanitize import json_text
-from ..table import Column, terminal_width
+from ..table import Column, fit_line, terminal_width
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .history import edge_doc
 from .sampler import Sample, Sampler, Scanner

@@ -25,7 +25,6 @@ from ..errors import SourceUnavailable
 from ..options import SOURCES
 from .base import ReadContext, Source, TableRead
 from .netlink import DiagSockets, NetlinkSource
-from .pidfd import PidfdSource, pidfd_getfd_works
 from .proc import ProcSource
 
 __all__ = ["SOURCES", "Choice", "ReadContext", "Source", "SourceUnavailable", "TableRead",
@@ -53,6 +52,8 @@ def choose(requested: str, caps: int | None = None) -> Choice:
                                     "namespace to open its sock_diag socket)")
         return Choice("netlink", "requested")
     if requested == "pidfd":
+        from .pidfd import pidfd_getfd_works  # only when asked for: its imports cost start-up
+
         if not (has_capability(caps, CAP_SYS_PTRACE) and has_capability(caps, CAP_NET_ADMIN)
                 and pidfd_getfd_works()):
             raise SourceUnavailable("--source pidfd needs pidfd_getfd (Linux >= 5.6) with "
@@ -72,5 +73,7 @@ def create(choice: Choice, keep: bool = False) -> Source:
     if choice.source == "netlink":
         return NetlinkSource(DiagSockets() if keep else None)
     if choice.source == "pidfd":
+        from .pidfd import PidfdSource
+
         return PidfdSource(choice.unheld_via or "proc", DiagSockets() if keep else None)
     return ProcSource()
