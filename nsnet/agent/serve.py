@@ -226,7 +226,8 @@ class Agent:
             doc = VIEWS[view](snap)
             data = encode(doc if self.options.expose_cmdlines else without_cmdlines(doc))
             with self._views_lock:
-                self._views[view] = (snap, data)
+                if self.latest() is snap:   # else a newer sample came meanwhile: not kept
+                    self._views[view] = (snap, data)
                 self.views_built += 1
             return data
 
@@ -326,6 +327,12 @@ class Agent:
             metrics.namespaces_watched.set(watched)
 
     def _record(self, snap: Snapshot | None, error: str | None) -> None:
+        if snap is not None:
+            # the answers built for older samples are not served again: not kept either (one
+            # would hold its snapshot and its encoded text -- tens of MiB on a busy node --
+            # until that view was asked for again)
+            with self._views_lock:
+                self._views.clear()
         with self.lock:
             if snap is not None:
                 self._snapshot = snap

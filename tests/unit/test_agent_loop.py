@@ -169,6 +169,40 @@ def test_the_first_sample_says_what_read_the_node_once():
     agent.close()
 
 
+class _WeakSnapshot(Snapshot):
+    """A Snapshot a weak reference can follow (the model's is slotted)."""
+
+
+def _weak(snap: Snapshot) -> Snapshot:
+    return _WeakSnapshot(**{name: getattr(snap, name) for name in Snapshot.__dataclass_fields__})
+
+
+def test_an_older_sample_and_its_answers_are_not_kept():
+    """A view asked for at one sample is not kept past the next: neither its encoded text
+    nor, through it, its snapshot."""
+    import gc
+    import weakref
+
+    first = _weak(tenants(8080))
+    gone = weakref.ref(first)
+    class Handing(FixedScanner):   # keeps nothing it handed out
+        def take(self, pace=None) -> Snapshot:
+            self.paces.append(pace)
+            return self.items.pop(0)
+
+    agent = Agent(options(), io.StringIO(), scanner=Handing([first, tenants(9090)]))
+    del first
+    agent.step()
+    for view in VIEWS:
+        assert agent.document_bytes(view) is not None
+    agent.step()
+    gc.collect()
+    assert gone() is None
+    built = agent.views_built
+    assert agent.document("sockets") is not None and agent.views_built == built + 1
+    agent.close()
+
+
 def test_alive_until_no_sample_ended_for_three_intervals_and_two_minutes(monkeypatch):
     agent = Agent(options(), io.StringIO(), scanner=FixedScanner([tenants()]))
     agent.step()
