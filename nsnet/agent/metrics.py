@@ -11,14 +11,16 @@ namespace has 65,536 uids, and must not turn the cap into one series per uid.
 """
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .. import __version__
 from ..model import ServiceMap, Snapshot
 from ..ownership import user_name
 from .auth import REASONS
@@ -52,7 +54,7 @@ class _Families:
     last_seen: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "nsnet_edge_last_seen_timestamp_seconds", "When the edge was last seen",
         labels=EDGE_LABELS))
-    samples: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+    samples: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
         "nsnet_edge_samples", "Samples in which the edge was seen", labels=EDGE_LABELS))
     opened: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
         "nsnet_edge_connections_opened", "Connections of the edge seen opening since the agent "
@@ -191,10 +193,11 @@ class AgentMetrics:
                                     registry=r)
         self.events = Counter("nsnet_destroy_events",
                               "TCP destroy events received between samples", registry=r)
-        self.events_dropped = Gauge(
+        self.events_dropped = Counter(
             "nsnet_destroy_events_dropped",
             "Destroy events lost (kernel buffer overruns, or over the per-interval cap)",
             registry=r)
+        self._dropped_seen = 0
         self.namespaces_watched = Gauge(
             "nsnet_destroy_namespaces_watched",
             "Namespaces with a subscription to TCP destroy events", registry=r)
@@ -206,6 +209,17 @@ class AgentMetrics:
         for reason in REASONS:   # both series from the start: rate() sees the first refusal
             self.http_unauthorized.labels(reason)
         r.register(EdgeCollector(node, rows, services, max_series, version))
+        Info("nsnet_build", "The agent's version and interpreter", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...:
+        # read from /proc/self, the agent's own procfs (not --proc, the node's)
+        ProcessCollector(registry=r)
+
+    def dropped_events(self, total: int) -> None:
+        """The watcher's count of lost destroy events so far, as the counter's increase."""
+        if total > self._dropped_seen:
+            self.events_dropped.inc(total - self._dropped_seen)
+            self._dropped_seen = total
 
     def observe_sample(self, snap: Snapshot, wall: float, cpu: float, over_budget: bool) -> None:
         self.samples.inc()

@@ -10,6 +10,7 @@ and the health fields.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import resource
 import signal
@@ -23,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from .. import views
 from ..errors import CorruptStore, NsnetError, StoreError
@@ -323,7 +324,7 @@ class Agent:
         watcher = self.sampler.watcher
         if watcher is not None:
             _, dropped, watched = watcher.counts()
-            metrics.events_dropped.set(dropped)
+            metrics.dropped_events(dropped)
             metrics.namespaces_watched.set(watched)
 
     def _record(self, snap: Snapshot | None, error: str | None) -> None:
@@ -446,8 +447,17 @@ class _Handler(BaseHTTPRequestHandler):
                     "history": status["history"], "history_error": status["history_error"]})
 
     def metrics(self, query: dict[str, list[str]]) -> None:
-        self._send_bytes(HTTPStatus.OK, generate_latest(self.agent.metrics.registry),
-                         CONTENT_TYPE_LATEST)
+        # as prometheus_client's own exposition answers: OpenMetrics when the scraper asks
+        # for it (Accept), gzip when it accepts that (a scrape of 5,000 series is ~3.6 MB of
+        # text, ~14x less gzipped), only the families of name[] when given
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        registry = self.agent.metrics.registry
+        data = encoder(registry.restricted_registry(query["name[]"]) if "name[]" in query
+                       else registry)
+        headers: tuple[tuple[str, str], ...] = ()
+        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
+            data, headers = gzip.compress(data, compresslevel=6), (("Content-Encoding", "gzip"),)
+        self._send_bytes(HTTPStatus.OK, data, content_type, headers)
 
     def snapshot(self, query: dict[str, list[str]]) -> None:
         view = query.get("view", ["sockets"])[0]

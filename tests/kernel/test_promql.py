@@ -90,12 +90,18 @@ class Prometheus:
             self.proc.wait()
 
 
+def fetch(url: str, accept: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.read()
+
+
 def by_user(result: list[dict]) -> dict[str, float]:
     return {r["metric"].get("user", ""): float(r["value"][1]) for r in result}
 
 
 def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
-    require_root("ip", "setpriv", "ss", "prometheus")
+    require_root("ip", "setpriv", "ss", "prometheus", "promtool")
     from nsnet.agent.serve import Agent, http_server
     from nsnet.options import AgentOptions, SamplingOptions, SnapshotOptions
 
@@ -132,6 +138,21 @@ def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
             assert opening[str(APP_A)] > 0 and opening.get(str(SIDECAR_A), 0.0) == 0.0
             # leaving out the guesses: the app only
             assert by_user(prom.query(queries[3])) == {str(APP_A): 3.0}
+            # Prometheus scraped OpenMetrics (it asks for it first): the agent's self-metrics
+            assert prom.query("nsnet_build_info")[0]["metric"]["version"]
+            assert float(prom.query("process_resident_memory_bytes")[0]["value"][1]) > 0
+            # the text exposition passes Prometheus' own linter (promtool reads only that
+            # format); the OpenMetrics one, the reference parser (strict: # EOF, types)
+            base = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+            lint = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"],
+                                  input=fetch(base, "text/plain"), capture_output=True,
+                                  timeout=60)
+            assert lint.returncode == 0 and not lint.stdout.strip() and \
+                not lint.stderr.strip(), (lint.stdout, lint.stderr)
+            from prometheus_client.openmetrics.parser import text_string_to_metric_families
+            om = fetch(base, "application/openmetrics-text; version=1.0.0").decode()
+            assert {"nsnet_edge_connections", "nsnet_samples", "nsnet_build"} <= \
+                {f.name for f in text_string_to_metric_families(om)}
         finally:
             prom.stop()
             server.shutdown()

@@ -17,6 +17,7 @@ from memnode import HOST_INODE, FixedScanner, MemNode
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nsnet import __version__
 from nsnet.agent import serve as serve_module
 from nsnet.agent.edges import EdgeKey
 from nsnet.agent.serve import VIEWS, Agent, http_server
@@ -284,6 +285,53 @@ def test_health_and_readiness(served):
     assert status == 200 and body == {"status": "ready", "samples": 1, "last_error": None,
                                       "history": "memory only (no --db)",
                                       "history_error": None}
+
+
+def _scrape(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    with NO_PROXY.open(request, timeout=10) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def test_metrics_negotiate_openmetrics_and_gzip_as_prometheus_asks(served):
+    import gzip
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    agent, base = served
+    agent.step()
+    _, plain_headers, plain = _scrape(base + "/metrics", {})
+    assert plain_headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "Content-Encoding" not in plain_headers
+    # what Prometheus 2.x sends
+    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    status, headers, body = _scrape(base + "/metrics", {"Accept": accept,
+                                                         "Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    text = gzip.decompress(body).decode()
+    assert text.endswith("# EOF\n") and int(headers["Content-Length"]) == len(body)
+    families = {f.name: f for f in om_parse(text)}
+    assert families["nsnet_samples"].type == "counter"
+    assert families["nsnet_edge_samples"].type == "counter"      # cumulative: a counter
+    assert families["nsnet_destroy_events_dropped"].type == "counter"
+    (build,) = families["nsnet_build"].samples
+    assert build.name == "nsnet_build_info" and build.labels["version"] == __version__
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"} <= \
+        set(families)
+    # only the families asked for (federation-style name[])
+    _, _, some = _scrape(base + "/metrics?name[]=nsnet_sockets&name[]=nsnet_build_info", {})
+    names = {f.name for f in text_string_to_metric_families(some.decode())}
+    assert names == {"nsnet_sockets", "nsnet_build_info"}   # the text parser keeps _info
+
+
+def test_dropped_destroy_events_count_up_from_the_watcher_total():
+    agent = Agent(options(), io.StringIO(), scanner=FixedScanner([]))
+    for total in (0, 3, 3, 10):
+        agent.metrics.dropped_events(total)
+    assert metric(agent, "nsnet_destroy_events_dropped_total") == 10
+    agent.close()
 
 
 def test_metrics_endpoint_is_parseable(served):
