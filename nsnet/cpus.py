@@ -19,7 +19,9 @@ import os
 import posixpath
 from dataclasses import dataclass
 
+from .errors import NsnetError
 from .mountinfo import unescape
+from .procfs import MAX_MOUNTINFO, MAX_TASK_TEXT, read_text
 
 OWN_PROC = "/proc/self"
 
@@ -131,11 +133,10 @@ def _read(path: str) -> str | None:
 def cgroup_quota(proc: str = OWN_PROC) -> float | None:
     """The smallest CPU quota on the way from our cgroup to the root (None: none found)."""
     try:
-        with open(f"{proc}/cgroup", encoding="utf-8", errors="replace") as f:
-            paths = parse_cgroup_paths(f.read(1 << 16))
-        with open(f"{proc}/mountinfo", "rb") as f:
-            mounts = parse_cgroup_mounts(f.read(32 << 20))
-    except OSError:
+        paths = parse_cgroup_paths(read_text(f"{proc}/cgroup", MAX_TASK_TEXT).decode(
+            "utf-8", "replace"))
+        mounts = parse_cgroup_mounts(read_text(f"{proc}/mountinfo", MAX_MOUNTINFO))
+    except NsnetError:
         return None
     quotas: list[float] = []
     for mount in mounts:

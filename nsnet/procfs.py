@@ -199,10 +199,13 @@ def read_text(path: str, limit: int | None = None) -> bytes:
     """A whole file by path (mountinfo, cgroup of our own process ...), or its first
     `limit` bytes."""
     try:
-        with open(path, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
+        fd = os.open(path, _FILE_FLAGS)
     except OSError as exc:
         raise translate(exc) from exc
+    try:   # in pieces: f.read(limit) would allocate the whole limit (32 MiB) up front
+        return read_fd(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def boot_time(proc: str) -> float | None:
