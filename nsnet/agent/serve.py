@@ -32,6 +32,7 @@ from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
 from ..sanitize import Stream, json_chunks, json_text, printable
+from . import allocator
 from .auth import OPEN_PATHS, TokenAuth, challenge
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .events import DestroyWatcher
@@ -267,7 +268,10 @@ class Agent:
             self._reading_said = True
             self.err.write(f"nsnet: first sample: {printable(sample.snap.stats.reading_line())}\n")
         self.err.flush()
-        return self.sampler.wait_after(sample)
+        wait = self.sampler.wait_after(sample)
+        del sample      # the previous snapshot is gone now: its memory back to the system
+        allocator.trim()
+        return wait
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -604,6 +608,7 @@ def serve(options: AgentOptions, err: TextIO, *, scanner: Scanner | None = None)
     """Run the agent until SIGTERM (finish the current sample, commit it, exit 0)."""
     # First: a bad token file is a one-line error before anything is opened or listens.
     auth = TokenAuth(options.auth_token_file, err) if options.auth_token_file else None
+    allocator.tune()     # before any thread: two malloc arenas, a fixed mmap threshold
     raise_fd_limit()
     store, history = open_store(options, err)
     agent = Agent(options, err, store=store, history=history, scanner=scanner)

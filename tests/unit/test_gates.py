@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("views/report/graph", ("nsnet.views", "nsnet.report", "nsnet.graph", "nsnet.table", "nsnet.palette",
                             "nsnet.sanitize")),
     ("agent", ("nsnet.agent", "nsnet.agent.sampler", "nsnet.agent.events", "nsnet.agent.edges",
-               "nsnet.agent.auth", "nsnet.agent.store", "nsnet.agent.history", "nsnet.agent.metrics",
+               "nsnet.agent.auth", "nsnet.agent.allocator", "nsnet.agent.store", "nsnet.agent.history", "nsnet.agent.metrics",
                "nsnet.agent.serve", "nsnet.agent.watch")),
     ("cli", ("nsnet.cli", "nsnet.__main__")),
 ]
