@@ -31,8 +31,8 @@ FORMATS = GRAPH_FORMATS
 FONT = "Helvetica"
 LEGEND = ("arrow from user @ where to a service: connects to it (tcp x23: the most "
           "connections open at once) | from a service to user @ where: served by it | "
-          "dashed, ?: a guess (a user among a namespace's owners; a server inferred from "
-          "the port only)")
+          "dashed, ?: a guess (a user among a namespace's owners; a direction or a server "
+          "inferred from the ports only)")
 _LOOPBACK = re.compile(r"^(127\.|::1$|::ffff:127\.)")
 
 
@@ -96,7 +96,8 @@ def build(edges: Iterable[dict], resolve: bool = False) -> Map:
         link = graph.uses.setdefault((_who(e["user"], e["uid"], e["where"]), svc),
                                      Link(e["proto"]))
         link.max_concurrent = max(link.max_concurrent, e["max_concurrent"])
-        link.guess = link.guess and bool(e.get("guess"))   # known on one node: known
+        # known on one node: known; a direction inferred from the ports is a guess too
+        link.guess = link.guess and bool(e.get("guess") or e.get("direction_inferred"))
         for who, guess in _servers(e, inbound):
             graph.served[(svc, who)] = graph.served.get((svc, who), True) and guess
     return graph

@@ -45,6 +45,8 @@ VOCABULARY = """words (the same in every table):
 GUESS_MARK = "?"
 GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
                 "owners; each is shown")
+DIRECTION_LEGEND = ("? after a protocol: which end served is inferred from the ports only (no "
+                    "listener was seen: only the other end's port is an ephemeral one)")
 UNCONFIRMED_LEGEND = ("? after a unix state or name: its /proc/net/unix line may be part of a "
                       "bound name (which can hold newlines) and nothing could confirm it")
 DIRECTION = {"inbound": "in", "outbound": "out", "listening": "listen"}
@@ -668,7 +670,9 @@ def edge_columns(r: Renderer, direction: str, live: bool) -> list[Column]:
     return [
         Column("USER", edge_user, style=lambda e: GUESS_STYLE if e["guess"] else None),
         *ends,
-        Column("PROTO", "proto"),
+        Column("PROTO", lambda e: e["proto"] + (GUESS_MARK if e.get("direction_inferred")
+                                                else ""),
+               style=lambda e: GUESS_STYLE if e.get("direction_inferred") else None),
         *([Column("OPEN", lambda e: e["open"], align="right"),
            Column("CLOSED", lambda e: e["closed_recently"], align="right")] if live else []),
         Column("MAX", "max_concurrent", align="right", priority=3),
@@ -723,6 +727,8 @@ def edge_tables(edges: list[dict], r: Renderer, live: bool,
             out += r.titled(title, [*(extra or []), *edge_columns(r, direction, live)], rows,
                             row_style=row_style)
     _legend(out, any(e["guess"] for e in edges))
+    if any(e.get("direction_inferred") for e in edges):
+        out.append(DIRECTION_LEGEND)
     return out[1:] if out and out[0] == "" else out
 
 

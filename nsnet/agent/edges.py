@@ -69,6 +69,11 @@ class Seen:
     opened: int = 0          # connections opened since the previous sample (Memory)
     ended: int = 0           # connections that ended since the previous sample
     evidence: str | None = None   # the strongest evidence for the edge's user
+    # observations whose direction came from the ports alone (no listener known): an
+    # accepted connection whose listener went away, a destroy event nothing else told of;
+    # and those whose direction was known (bookkeeping: not part of what a Seen equals)
+    inferred: int = field(default=0, compare=False)
+    exact: int = field(default=0, compare=False)
 
     def add(self, other: Seen) -> None:
         self.open += other.open
@@ -76,6 +81,19 @@ class Seen:
         self.opened += other.opened
         self.ended += other.ended
         self.evidence = stronger(self.evidence, other.evidence)
+        self.inferred += other.inferred
+        self.exact += other.exact
+
+    @property
+    def direction_inferred(self) -> bool:
+        """Only the ports said which end served: a guess, shown as one."""
+        return self.inferred > 0 and self.exact == 0
+
+    def saw(self, inferred: bool) -> None:
+        if inferred:
+            self.inferred += 1
+        else:
+            self.exact += 1
 
 
 Observed = dict[EdgeKey, Seen]
@@ -89,17 +107,20 @@ def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
         return []
     if sock.remote_port is None or sock.local_port is None:
         return []
-    direction = sock.direction
-    if direction == "outbound" and _ephemeral(sock.remote_port) and \
-            not _ephemeral(sock.local_port):
-        # "outbound" because no listener is there now; with only the other end's port an
-        # ephemeral one, it is the server end of a connection whose listener went away:
-        # keyed by that port, each such connection would be an edge of its own
-        direction = "inbound"
+    direction = "inbound" if direction_inferred(sock) else sock.direction
     port = sock.remote_port if direction == "outbound" else sock.local_port
     where = socket_where(sock, snap)
     return [EdgeKey(uid, where, direction, sock.proto, sock.remote_addr, port)
             for uid in (sock.users or (UNKNOWN_UID,))]
+
+
+def direction_inferred(sock: Socket) -> bool:
+    """A connection classified outbound because no listener is at its port now, whose other
+    end's port only is an ephemeral one: the server end of a connection whose listener went
+    away. Taken as inbound (keyed by the other end's ephemeral port, each such connection
+    would be an edge of its own), and marked as inferred."""
+    return sock.direction == "outbound" and _ephemeral(sock.remote_port) and \
+        not _ephemeral(sock.local_port)
 
 
 def observe(snap: Snapshot) -> Observed:
@@ -116,6 +137,7 @@ def observe(snap: Snapshot) -> Observed:
             else:
                 edge.open += 1
             edge.evidence = stronger(edge.evidence, sock.attribution)
+            edge.saw(direction_inferred(sock))
     return seen
 
 
@@ -162,16 +184,20 @@ class EdgeState:
     evidence: str | None = None   # the strongest evidence seen for the edge's user
     opened_total: int = 0     # connections seen opening since this agent started
     closed_total: int = 0     # connections seen ending since this agent started
+    # which end served was only ever inferred from the ports (Seen.direction_inferred)
+    direction_inferred: bool = False
 
     @property
     def guess(self) -> bool:
+        """The edge's user is a guess (model.GUESSES)."""
         return self.evidence in GUESSES
 
 
 def state_of(seen: Seen, ts: float) -> EdgeState:
     """An edge as one sample saw it (a live `nsnet deps`)."""
     return EdgeState(ts, ts, 1, max(seen.open, int(bool(seen.closed or seen.ended))),
-                     seen.open, seen.closed, seen.evidence, seen.opened, seen.ended)
+                     seen.open, seen.closed, seen.evidence, seen.opened, seen.ended,
+                     seen.direction_inferred)
 
 
 class EdgeBook:
@@ -188,14 +214,21 @@ class EdgeBook:
         for r in rows:
             key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port)
             self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
-                                        evidence=r.evidence)
+                                        evidence=r.evidence,
+                                        direction_inferred=bool(r.direction_inferred))
 
     def update(self, observed: Observed, ts: float) -> None:
         self.version += 1    # what was rendered of the edges (/metrics) is stale now
         for state in self.edges.values():
             state.current = state.closed = 0
         for key, seen in observed.items():
-            state = self.edges.get(key) or self.edges.setdefault(key, EdgeState(ts, ts))
+            known = self.edges.get(key)
+            if known is None:
+                state = self.edges[key] = EdgeState(
+                    ts, ts, direction_inferred=seen.direction_inferred)
+            else:   # known once, known: an exact sight of the edge ends the guess
+                state = known
+                state.direction_inferred = state.direction_inferred and seen.direction_inferred
             state.last_seen = max(state.last_seen, ts)
             state.samples += 1
             # a connection seen only closed (TIME_WAIT, a destroy event) was open once
@@ -335,6 +368,7 @@ def transitions(snap: Snapshot, memory: Memory, with_events: bool) -> Observed:
                 s = seen.setdefault(edge, Seen())
                 s.opened += opened
                 s.ended += ended
+                s.saw(direction_inferred(sock))
     return seen
 
 
@@ -378,6 +412,9 @@ def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
             edge.ended += 1
             edge.opened += not was_open
             edge.evidence = stronger(edge.evidence, evidence)
+            # with neither a listener nor a sample's sight of it, only the ports said which
+            # end served
+            edge.saw(listener is None and held is None)
     return seen
 
 

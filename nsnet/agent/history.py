@@ -44,6 +44,8 @@ def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap,
             "closed_recently": state.closed if live else None,
             "opened": state.opened_total, "closed": state.closed_total,
             "evidence": state.evidence, "guess": state.guess,
+            # which end served was only inferred from the ports (no listener seen)
+            "direction_inferred": state.direction_inferred,
             "served_by": None if served_by is None else [
                 {"uid": uid if uid >= 0 else None,
                  "user": user_name(uid) if uid >= 0 else None, "where": where}
@@ -60,7 +62,8 @@ def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceM
                       None if servers is None or key.direction != "outbound"
                       else servers.get(key, set()))
              for node, key, state in rows
-             if not confirmed or (state.evidence is not None and not state.guess)]
+             if not confirmed or (state.evidence is not None and not state.guess
+                                  and not state.direction_inferred)]
     edges.sort(key=lambda e: (e["uid"] is None, e["uid"] or 0, e["where"], e["direction"],
                               e["peer_addr"], e["port"], e["node"]))
     return {"schema": SCHEMA, "view": "dependencies", "since": since, "source": source,
@@ -70,7 +73,8 @@ def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceM
 def rows_from_store(store_rows: Iterable[EdgeRow]) -> list[tuple[str, EdgeKey, EdgeState]]:
     return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port),
              EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
-                       evidence=r.evidence, opened_total=r.opened, closed_total=r.closed))
+                       evidence=r.evidence, opened_total=r.opened, closed_total=r.closed,
+                       direction_inferred=bool(r.direction_inferred)))
             for r in store_rows]
 
 

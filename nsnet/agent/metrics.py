@@ -33,9 +33,10 @@ EdgeRows = Callable[[], list[tuple[EdgeKey, EdgeState]]]
 
 OVERFLOW = "__overflow__"
 EDGE_LABELS = ("node", "uid", "user", "pod", "namespace", "netns", "direction", "proto",
-               "peer", "port", "service", "evidence")
+               "peer", "port", "service", "evidence", "direction_inferred")
 # evidence: how the edge's user is known (model.EVIDENCE; namespace-owners is a guess),
-# "unknown" when no user is (an edge of the host's namespace nothing attributes)
+# "unknown" when no user is (an edge of the host's namespace nothing attributes);
+# direction_inferred: "true" when which end served was only inferred from the ports
 
 
 @dataclass
@@ -131,7 +132,8 @@ class EdgeCollector(Collector):
         return (self.node, *self._user(key),
                 where["pod"] or where["pod_uid"] or "", where["pod_namespace"] or "",
                 where["netns"] or "", key.direction, key.proto, key.peer_addr, str(key.port),
-                service or "", state.evidence or "unknown")
+                service or "", state.evidence or "unknown",
+                "true" if state.direction_inferred else "false")
 
     def _build(self) -> Iterator[Metric]:
         families = _Families()
@@ -153,7 +155,7 @@ class EdgeCollector(Collector):
             else:
                 who = ("", OVERFLOW)
             folded_labels = (self.node, *who, "", "", "", key.direction, "", OVERFLOW, "", "",
-                             "mixed")
+                             "mixed", "mixed")
             folded[folded_labels] = _fold(folded.get(folded_labels), state)
         for labels, state in folded.items():
             families.add(labels, state)

@@ -5,8 +5,10 @@ loses at most the sample being written, never one that was committed. Bounded: e
 for `retention` seconds are deleted, and at most `max_edges` are kept (the stalest go first).
 
 Schema 2 adds to each edge the strongest evidence seen for its user (model.EVIDENCE) and the
-connections seen opening and closing; a schema-1 history is upgraded in place when the agent
-opens it (its edges' evidence stays unknown: NULL), and read as it is by the read-only commands.
+connections seen opening and closing; schema 3 whether its direction was only ever inferred
+from the ports (edges.Seen.direction_inferred). An older history is upgraded in place when the
+agent opens it (what it lacks stays unknown: NULL evidence, 0 counts, a direction taken as
+known), and read as it is by the read-only commands.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from ..model import EVIDENCE
 from ..options import AgentOptions
 from .edges import Observed
 
-SCHEMA_VERSION = "2"
-_UPGRADABLE = {"1"}
+SCHEMA_VERSION = "3"
+_UPGRADABLE = {"1", "2"}
 DEFAULT_RETENTION = AgentOptions().retention
 DEFAULT_MAX_EDGES = 200_000
 
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS edges (
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
     evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
+    direction_inferred INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
 CREATE TABLE IF NOT EXISTS samples (
@@ -48,6 +51,13 @@ ALTER TABLE edges ADD COLUMN evidence TEXT;
 ALTER TABLE edges ADD COLUMN opened INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE edges ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
 """
+_UPGRADE_2 = """
+ALTER TABLE edges ADD COLUMN direction_inferred INTEGER NOT NULL DEFAULT 0;
+"""
+_UPGRADES = {"1": _UPGRADE_1 + _UPGRADE_2, "2": _UPGRADE_2}
+# what the read-only commands select for the columns a history of each schema lacks
+_ADDED = {"3": "evidence, opened, closed, direction_inferred",
+          "2": "evidence, opened, closed, 0", "1": "NULL, 0, 0, 0"}
 
 
 def _rank(column: str) -> str:
@@ -58,8 +68,9 @@ def _rank(column: str) -> str:
 
 _UPSERT = f"""
 INSERT INTO edges (node, uid, "where", direction, proto, peer_addr, port,
-                   first_seen, last_seen, samples, max_concurrent, evidence, opened, closed)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)
+                   first_seen, last_seen, samples, max_concurrent, evidence, opened, closed,
+                   direction_inferred)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
 ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen),
     last_seen = max(last_seen, excluded.last_seen),
@@ -68,7 +79,8 @@ ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SE
     evidence = CASE WHEN {_rank("excluded.evidence")} < {_rank("edges.evidence")}
                     THEN excluded.evidence ELSE edges.evidence END,
     opened = opened + excluded.opened,
-    closed = closed + excluded.closed
+    closed = closed + excluded.closed,
+    direction_inferred = min(direction_inferred, excluded.direction_inferred)
 """
 
 
@@ -139,6 +151,7 @@ class EdgeRow:
     evidence: str | None = None     # the strongest seen (None: unknown, or a schema-1 row)
     opened: int = 0                 # connections seen opening
     closed: int = 0                 # connections seen ending
+    direction_inferred: int = 0     # 1: which end served was only inferred from the ports
 
 
 def _open_readonly(path: str) -> sqlite3.Connection:
@@ -198,7 +211,7 @@ class Store:
             self.schema = found[0] if found is not None else None
             if not readonly and self.schema in _UPGRADABLE:
                 with self.db:
-                    self.db.executescript("BEGIN;" + _UPGRADE_1
+                    self.db.executescript("BEGIN;" + _UPGRADES[self.schema]
                                           + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
                                             "WHERE key = 'schema'; COMMIT;")
                 self.schema = SCHEMA_VERSION
@@ -217,7 +230,7 @@ class Store:
         ts = sample.ts
         rows = [(node, k.uid, k.where, k.direction, k.proto, k.peer_addr, k.port, ts, ts,
                  max(seen.open, int(bool(seen.closed or seen.ended))), seen.evidence,
-                 seen.opened, seen.ended)
+                 seen.opened, seen.ended, int(seen.direction_inferred))
                 for k, seen in observed.items()]
         try:
             with self.db:
@@ -253,7 +266,7 @@ class Store:
         if node is not None:
             where.append("node = ?")
             args.append(node)
-        added = "evidence, opened, closed" if self.schema == SCHEMA_VERSION else "NULL, 0, 0"
+        added = _ADDED.get(self.schema or "", _ADDED["1"])
         sql = (f'SELECT node, uid, "where", direction, proto, peer_addr, port, first_seen, '
                f'last_seen, samples, max_concurrent, {added} FROM edges '
                f'WHERE {" AND ".join(where)} ORDER BY uid, "where", direction, peer_addr, port')

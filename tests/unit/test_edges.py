@@ -341,6 +341,10 @@ def test_closed_server_ends_never_make_an_edge_per_client_port():
         EdgeKey(-1, "host", "outbound", "tcp", "127.0.0.1", 5432),
     }
     assert got[EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080)].ended == 100
+    # a listener seen lately says which end served; the ports alone only infer it, marked
+    assert not got[EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.254", 8080)].direction_inferred
+    assert got[EdgeKey(-1, "host", "inbound", "tcp", "127.0.0.1", 5432)].direction_inferred
+    assert got[EdgeKey(-1, "host", "outbound", "tcp", "127.0.0.1", 5432)].direction_inferred
     for _ in range(LISTENED_SAMPLES):   # long gone: forgotten, then the port rule alone
         memory.learn(node(False).build())
     assert (A, 8080) not in memory.listened
@@ -356,6 +360,31 @@ def test_server_ends_left_by_a_stopped_listener_are_one_inbound_edge():
         node.socket("tcp", "TIME_WAIT", "10.1.0.1:9200", f"10.1.0.254:{40000 + i}", netns=A)
     observed = observe(node.build())
     assert {(k.direction, k.port) for k in observed} == {("inbound", 9200)}
+    # which end served is inferred from the ports: said, in the book and in the documents
+    (seen,) = observed.values()
+    assert seen.direction_inferred and seen.inferred == 200 and seen.exact == 0
+    book = EdgeBook(retention=3600.0)
+    book.update(observed, 100.0)
+    (key, state), = book.edges.items()
+    assert state.direction_inferred and not state.guess
+    doc = deps_view([("n", key, state)], NO_SERVICES, None, "agent")
+    assert doc["edges"][0]["direction_inferred"] is True
+    assert deps_view([("n", key, state)], NO_SERVICES, None, "agent", confirmed=True)["edges"] == []
+    # one exact sight of the edge (its listener back) ends the guess for good
+    again = MemNode()
+    again.process(200, uid=10001, netns=A)
+    again.socket("tcp", "LISTEN", "0.0.0.0:9200", netns=A, holders=[200])
+    again.socket("tcp", "TIME_WAIT", "10.1.0.1:9200", "10.1.0.254:40000", netns=A)
+    exact = observe(again.build())
+    assert not exact[key].direction_inferred
+    book.update(exact, 101.0)
+    book.update(observed, 102.0)
+    assert not book.edges[key].direction_inferred
+
+
+def test_a_normal_connection_is_not_inferred():
+    seen = observe(busy_node().build())
+    assert seen and not any(s.direction_inferred for s in seen.values())
 
 
 def test_a_pod_deleted_since_the_last_sample_is_no_crash():
@@ -385,3 +414,27 @@ def test_a_pod_deleted_since_the_last_sample_is_no_crash():
     sampler.sample()
     second = sampler.sample()
     assert any(k.uid == 1000 and k.port == 5432 for k in second.observed)
+
+
+def test_the_deps_table_and_the_graph_mark_an_inferred_direction():
+    from nsnet.graph import render
+    from nsnet.report import DIRECTION_LEGEND, Renderer, render_deps
+
+    node = MemNode()
+    node.process(200, uid=10001, netns=A)
+    node.socket("tcp", "TIME_WAIT", "10.1.0.1:9200", "10.1.0.254:40000", netns=A)
+    node.socket("tcp", "ESTABLISHED", "10.1.0.1:41000", "10.0.0.5:5432", netns=A, holders=[200])
+    book = EdgeBook(retention=3600.0)
+    book.update(observe(node.build()), 100.0)
+    doc = deps_view([("n", k, s) for k, s in book.edges.items()], NO_SERVICES, None, "agent")
+    text = render_deps(doc, Renderer(None, False))
+    lines = [line for line in text.splitlines() if "10.1.0.254" in line or "10.0.0.5" in line]
+    (inbound,) = [line for line in lines if "10.1.0.254" in line]
+    (outbound,) = [line for line in lines if "10.0.0.5" in line]
+    assert " tcp? " in inbound and " tcp " in outbound and " tcp? " not in outbound
+    assert DIRECTION_LEGEND in text
+    # the graph draws outbound edges: one inferred is dashed and marked
+    guessed = dict(doc["edges"][0])
+    guessed.update(direction="outbound", direction_inferred=True, guess=False)
+    assert "style=dashed" in render([guessed], "dot", False)
+    assert "style=dashed" not in render([dict(guessed, direction_inferred=False)], "dot", False)

@@ -71,7 +71,9 @@ def quick_parse(text: str) -> dict[str, dict[tuple, float]]:
 def labels(**kw: str) -> tuple:
     base = {"node": "n1", "uid": "", "user": "", "pod": "", "namespace": "", "netns": "",
             "direction": "", "proto": "", "peer": "", "port": "", "service": "",
-            "evidence": "unknown"}
+            "evidence": "unknown", "direction_inferred": "false"}
+    if kw.get("evidence") == "mixed":      # a folded series: mixed in both
+        base["direction_inferred"] = "mixed"
     base.update(kw)
     if "user" not in kw and base["uid"] not in ("", "-1"):
         base["user"] = base["uid"]   # no passwd entry: the uid is the user label

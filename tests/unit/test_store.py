@@ -282,12 +282,43 @@ def test_a_schema_1_history_is_read_as_it_is_and_upgraded_by_the_agent(tmp_path)
     (old,) = Store(path, readonly=True).edges()     # nsnet deps --db on an older agent's file
     assert (old.max_concurrent, old.evidence, old.opened, old.closed) == (4, None, 0, 0)
     store = Store(path)                             # the agent: upgraded in place
-    assert store.schema == "2"
+    assert store.schema == "3"
     store.record("n", observed({DB_EDGE: 1}, evidence="holder", opened=1), sample(30.0))
     (row,) = store.edges()
     assert (row.samples, row.max_concurrent, row.evidence, row.opened) == (4, 4, "holder", 1)
+    assert row.direction_inferred == 0
     store.close()
-    assert Store(path, readonly=True).schema == "2"
+    assert Store(path, readonly=True).schema == "3"
+
+
+def test_a_direction_inferred_is_kept_until_an_exact_sample(tmp_path):
+    from nsnet.agent.edges import Seen
+
+    store = Store(str(tmp_path / "h.db"))
+    guessed = Seen(open=1, inferred=1)
+    store.record("n", {DB_EDGE: guessed}, sample(10.0))
+    assert store.edges()[0].direction_inferred == 1
+    store.record("n", {DB_EDGE: Seen(open=1, exact=1)}, sample(20.0))
+    store.record("n", {DB_EDGE: guessed}, sample(30.0))
+    assert store.edges()[0].direction_inferred == 0
+    store.close()
+
+
+def test_a_schema_2_history_is_upgraded_and_read_as_it_is(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "v2.db")
+    Store(path).close()
+    with sqlite3.connect(path) as db:       # what a schema-2 agent wrote
+        db.executescript("ALTER TABLE edges DROP COLUMN direction_inferred; "
+                         "UPDATE meta SET value = '2' WHERE key = 'schema'; "
+                         "INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', 'outbound', "
+                         "'tcp', '10.0.0.5', 3306, 10.0, 20.0, 3, 4, 'holder', 2, 1);")
+    (old,) = Store(path, readonly=True).edges()
+    assert (old.evidence, old.opened, old.closed, old.direction_inferred) == ("holder", 2, 1, 0)
+    store = Store(path)
+    assert store.schema == "3" and store.edges() == [old]
+    store.close()
 
 
 def test_an_unknown_schema_is_refused(tmp_path):
@@ -297,5 +328,5 @@ def test_an_unknown_schema_is_refused(tmp_path):
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA_1.replace("'schema', '1'", "'schema', '9'"))
     for readonly in (False, True):
-        with pytest.raises(StoreError, match="schema '9', this nsnet writes '2'"):
+        with pytest.raises(StoreError, match="schema '9', this nsnet writes '3'"):
             Store(path, readonly=readonly)
