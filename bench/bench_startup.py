@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_startup.py                  # builds the 100-namespace node
     .venv/bin/python bench/bench_startup.py --no-node        # this machine as it is
     .venv/bin/python bench/bench_startup.py -n 400 -r 7 --imports
+    .venv/bin/python bench/bench_startup.py --baseline /tmp/nsnet-before   # before/after
 
 Run as root, with the venv's interpreter. Measured in one run, interleaved, medians of
 --repeat, every command in a fresh interpreter (`sys.executable`, not a shim):
@@ -14,6 +15,10 @@ Run as root, with the venv's interpreter. Measured in one run, interleaved, medi
   cli         python -m nsnet sockets --json > /dev/null (the default source)
   work        the same work in a fresh interpreter, timed after its imports: take_snapshot
               with the CLI's default options, the sockets view streamed as JSON to /dev/null
+
+--baseline CHECKOUT (another checkout of nsnet) times the same commands from that tree too,
+interleaved (each tree's `python -m nsnet` run with the tree as its working directory, so
+that its own package is the one imported), and prints both and their ratio.
 
 Printed: each median, `nsnet --version` against its 0.1 s target and as a multiple of the
 bare interpreter, the start-up overhead (cli - work) against 0.15 s, and cli / work against
@@ -54,9 +59,9 @@ print(json.dumps({"s": time.perf_counter() - t0, "sockets": len(snap.sockets),
 """
 
 
-def timed(argv: list[str]) -> tuple[float, str]:
+def timed(argv: list[str], cwd: str = REPO) -> tuple[float, str]:
     t0 = time.perf_counter()
-    run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if run.returncode not in (0, 1):     # 1: a namespace could not be read; still measured
         sys.exit(f"bench_startup: {' '.join(argv[1:])}: exit {run.returncode}: "
@@ -93,6 +98,7 @@ def main() -> int:
     ap.add_argument("--imports", action="store_true", help="also list the slowest imports")
     ap.add_argument("--dir", default=DEFAULT_DIR)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--baseline", metavar="CHECKOUT")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_startup.py: run as root (the snapshot reads every process's fds)")
@@ -109,11 +115,14 @@ def main() -> int:
             synthnode.up(a.namespaces, a.procs_per_ns, a.conns_per_proc, 5, 0, a.dir, quiet=True)
             built = True
         runs: dict[str, list[float]] = {k: [] for k in (*commands, "work")}
+        base_runs: dict[str, list[float]] = {k: [] for k in commands if k != "bare"}
         info: dict = {}
         timed(commands["cli"])                  # warm-up: caches, the interpreter's pages
         for _ in range(a.repeat):
             for name, argv in commands.items():
                 runs[name].append(timed(argv)[0])
+                if a.baseline and name in base_runs:
+                    base_runs[name].append(timed(argv, a.baseline)[0])
             _, out = timed([py, "-c", WORK])
             info = json.loads(out)
             runs["work"].append(info["s"])
@@ -122,11 +131,13 @@ def main() -> int:
         if built:
             synthnode.down(a.dir, quiet=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    base_med = {k: statistics.median(v) for k, v in base_runs.items() if v}
     overhead = med["cli"] - med["work"]
     doc = {"median_s": med, "runs_s": runs, "repeat": a.repeat, "sockets": info.get("sockets"),
            "source": info.get("source"), "startup_overhead_s": overhead,
            "cli_over_work": med["cli"] / med["work"], "version_over_bare": med["version"] / med["bare"],
-           "imports_s": slow, "loadavg": loadavg()}
+           "imports_s": slow, "loadavg": loadavg(), "baseline": a.baseline,
+           "baseline_median_s": base_med}
     if a.json:
         print(json.dumps(doc, indent=1))
         return 0
@@ -146,6 +157,8 @@ def main() -> int:
           f"{verdict(overhead <= 0.15)})")
     print(f"cli / in-process work: {doc['cli_over_work']:.2f}x (target <= 1.3x: "
           f"{verdict(doc['cli_over_work'] <= 1.3)})")
+    for key, base in base_med.items():
+        print(f"  baseline {labels[key]:<33} {base:.3f} s; now / baseline {med[key] / base:.2f}x")
     for seconds, name in slow:
         print(f"  import {name:<34} {seconds * 1000:6.1f} ms cumulative")
     return 0

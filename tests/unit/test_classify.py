@@ -127,6 +127,6 @@ def test_a_socket_bound_to_an_address_its_namespace_lacks_is_no_peer() -> None:
         c.finish([client, to_svc])
         assert (to_svc.peer, to_svc.peer_netns, to_svc.peer_pids) == ("node", 3, [8])
         if with_addresses:
-            assert (client.peer, client.peer_netns, client.peer_pids) == ("external", None, [])
+            assert (client.peer, client.peer_netns, list(client.peer_pids)) == ("external", None, [])
         else:   # what a snapshot without the addresses would say: fooled
             assert (client.peer, client.peer_netns, client.peer_pids) == ("node", 2, [7])

@@ -73,7 +73,7 @@ def test_unheld_mini_socket_in_a_pod_namespace_goes_to_the_namespace_owners(stat
     node.process(201, uid=10004, netns=A)
     mini = node.socket("tcp", state, "10.1.0.1:8080", "10.1.0.9:5000", netns=A)
     snap = node.build()
-    assert mini.inode == 0 and mini.uid == 0 and mini.pids == []
+    assert mini.inode == 0 and mini.uid == 0 and list(mini.pids) == []
     # the kernel's uid 0 is ignored; the sandbox's 65535 is no owner
     assert socket_users(mini, snap) == [10001, 10004]
 
@@ -337,7 +337,7 @@ def test_peer_outside_the_node_is_external():
     sock = node.socket("tcp", "ESTABLISHED", "10.1.0.2:40000", "93.184.216.34:443", netns=B,
                        holders=[300])
     node.build()
-    assert (sock.direction, sock.peer, sock.peer_netns, sock.peer_pids) == \
+    assert (sock.direction, sock.peer, sock.peer_netns, list(sock.peer_pids)) == \
         ("outbound", "external", None, [])
 
 
