@@ -44,6 +44,7 @@ from .model import (
     TABLE_UID,
     Container,
     Namespace,
+    OneHolder,
     Pod,
     Process,
     Snapshot,
@@ -70,8 +71,8 @@ class HolderJoin:
             listed(sock.inode)
             if len(held) == 1:   # the common case: one process, one fd
                 pid, fd = held[0]
-                sock.pids = [pid]
-                sock.fds = {pid: [fd]}
+                sock.pids = (pid,)
+                sock.fds = OneHolder(pid, fd)
                 continue
             fds: dict[int, list[int]] = defaultdict(list)
             for pid, fd in held:

@@ -105,7 +105,7 @@ def test_snapshot_reads_pinned_namespace_and_comes_home(pinned_ns):
     [sock] = [s for s in snap.sockets if s.netns == pinned_ns["inode"] and s.proto == "tcp"]
     assert (sock.state, sock.local_addr, sock.local_port, sock.inode) == \
         ("LISTEN", "127.0.0.1", port, inode)
-    assert sock.pids == [os.getpid()]
+    assert list(sock.pids) == [os.getpid()]
     assert sock.fds == {os.getpid(): [pinned_ns["listener"].fileno()]}
 
 
