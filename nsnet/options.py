@@ -67,6 +67,9 @@ class AgentOptions:
     retention: float = 30 * DAY
     max_series: int = 5000                      # edge series in /metrics before folding
     http_timeout: float = 10.0                  # seconds a client may stay silent
+    # seconds a connection may take to send its request line and headers in all (a client
+    # sending a byte every few seconds never trips http_timeout)
+    http_header_deadline: float = 30.0
     max_connections: int = 256                  # HTTP connections served at once...
     max_per_client: int = 16                    # ...and from one client address
     auth_token_file: str | None = None       # bearer token asked on all but the probes

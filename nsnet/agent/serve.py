@@ -498,7 +498,8 @@ class _Server(ThreadingHTTPServer):
     the connection that has waited longest for a request is closed to make room (what
     servers do against slow clients): clients holding idle connections from many addresses
     cannot starve the kubelet's probes, which send their request at once; each silent
-    client dropped after http_timeout; a client that goes away mid-answer is counted, not
+    client dropped after http_timeout, and each whose request is not in after
+    header_deadline (a byte every few seconds); a client that goes away mid-answer is counted, not
     worth a traceback."""
 
     request_queue_size = 128
@@ -507,8 +508,10 @@ class _Server(ThreadingHTTPServer):
             b"Connection: close\r\n\r\n{\"error\": \"too many connections\"}\n")
 
     def __init__(self, address: tuple[str, int], handler: type, max_connections: int,
-                 max_per_client: int):
+                 max_per_client: int, header_deadline: float = 30.0):
         self.max_connections, self.max_per_client = max_connections, max_per_client
+        self.header_deadline = header_deadline
+        self.timed_out = 0                  # closed: no whole request within header_deadline
         self.open: dict[str, int] = {}      # client address -> connections being served
         self.count_lock = threading.Lock()
         # connections waiting for a request line (a new one, or kept alive between two),
@@ -526,6 +529,23 @@ class _Server(ThreadingHTTPServer):
                 self.waiting[connection] = time.monotonic()
             else:
                 self.waiting.pop(connection, None)
+
+    def service_actions(self) -> None:
+        """Between two polls of the accept loop (every 0.5 s): close the connections that
+        have been sending their request for longer than header_deadline. http_timeout bounds
+        each silence; a client sending a byte every few seconds would hold its connection
+        (and thread) for as long as it likes."""
+        horizon = time.monotonic() - self.header_deadline
+        with self.count_lock:
+            late = [c for c, since in self.waiting.items() if since < horizon]
+            for connection in late:
+                del self.waiting[connection]
+                try:   # its thread wakes up to an end of file and finishes
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self.closing.add(id(connection))
+                self.timed_out += 1
 
     def _take(self, client: str) -> bool:
         with self.count_lock:
@@ -585,7 +605,8 @@ def http_server(agent: Agent, auth: TokenAuth | None = None) -> ThreadingHTTPSer
     try:
         handler = type("Handler", (_Handler,), {"agent": agent, "auth": auth,
                                                 "timeout": options.http_timeout})
-        server = _Server((host, port), handler, options.max_connections, options.max_per_client)
+        server = _Server((host, port), handler, options.max_connections, options.max_per_client,
+                         options.http_header_deadline)
     except OSError as exc:
         raise NsnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return server

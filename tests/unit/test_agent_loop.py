@@ -549,6 +549,41 @@ def test_idle_connections_are_capped_per_client_and_dropped_after_the_timeout():
         agent.close()
 
 
+def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_header_deadline():
+    """Each byte comes well within http_timeout; the whole request never does: the
+    connection is closed once header_deadline has passed, and the agent answers others."""
+    import socket as socketlib
+
+    agent, server, base = limited(http_timeout=5.0, http_header_deadline=1.0)
+    port = server.server_address[1]
+    slow = socketlib.create_connection(("127.0.0.1", port))
+    try:
+        agent.step()
+        started = time.monotonic()
+        closed_after = None
+        for byte in b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"a" * 200:
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            slow.settimeout(0.2)
+            try:
+                if slow.recv(4096) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except socketlib.timeout:
+                pass
+        assert closed_after is not None and 1.0 <= closed_after < 4.0, closed_after
+        assert server.timed_out == 1
+        assert get_json(base + "/healthz")[0] == 200
+    finally:
+        slow.close()
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
 def test_when_full_the_longest_waiting_connection_makes_room_for_a_probe():
     """Idle and slow clients from many addresses fill every connection: a probe that sends
     its request at once is still answered, the connections that waited longest (idle, or
