@@ -11,6 +11,7 @@ namespace has 65,536 uids, and must not turn the cap into one series per uid.
 """
 from __future__ import annotations
 
+import ipaddress
 import platform
 import threading
 from collections.abc import Callable, Iterator
@@ -163,11 +164,71 @@ class EdgeCollector(Collector):
         yield from (*families.all(), dropped)
 
 
+ADDRESS_LABELS = ("node", "address", "interface", "netns", "kind", "namespace", "pod",
+                  "pod_uid")
+Latest = Callable[[], "Snapshot | None"]
+
+
+def _unique_address(addr: str, prefix: int) -> bool:
+    """An address that names one namespace of one node: one host address (not a local
+    range), neither loopback nor link-local (every namespace has 127.0.0.1 and ::1, and
+    link-local addresses repeat across links)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return prefix == ip.max_prefixlen and not (ip.is_loopback or ip.is_link_local
+                                               or ip.is_unspecified)
+
+
+class AddressCollector(Collector):
+    """nsnet_address_info: each namespace's own addresses and whose they are (a pod, the
+    host, another namespace), from the latest sample -- what joins the edges of two nodes:
+    an edge's peer address on one node is a pod's address on the other. One series per
+    address and namespace; the host's addresses are kind="host" (hostNetwork pods share
+    them, and are not named), a namespace several pods claim (or none) kind="netns"."""
+
+    def __init__(self, node: str, latest: Latest):
+        self.node = node
+        self.latest = latest
+        self._built: tuple[object, list[Metric]] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snap = self.latest()
+            if self._built is None or self._built[0] is not snap:
+                self._built = (snap, [self._build(snap)])
+            return iter(self._built[1])
+
+    def _build(self, snap: Snapshot | None) -> Metric:
+        family = GaugeMetricFamily(
+            "nsnet_address_info", "An address of a network namespace of this node, and whose "
+            "it is: kind=pod (the pod's own namespace), host, or netns", labels=ADDRESS_LABELS)
+        if snap is None:
+            return family
+        for key, ns in sorted(snap.namespaces.items()):
+            pods = [snap.pods[u] for u in snap.pods_of_netns.get(key, ()) if u in snap.pods]
+            pod = pods[0] if len(pods) == 1 and not ns.host else None
+            kind = "host" if ns.host else "pod" if pod is not None else "netns"
+            netns = "host" if ns.host else ns.name or key
+            seen: set[str] = set()
+            for a in ns.addresses or ():
+                if a.addr in seen or not _unique_address(a.addr, a.prefix):
+                    continue
+                seen.add(a.addr)
+                family.add_metric(
+                    (self.node, a.addr, a.interface or "", netns, kind,
+                     (pod.namespace or "") if pod else "", (pod.name or "") if pod else "",
+                     pod.uid if pod else ""), 1.0)
+        return family
+
+
 class AgentMetrics:
     """The agent's registry: its own health, and the edges (EdgeCollector)."""
 
     def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
-                 version: Callable[[], int] | None = None):
+                 version: Callable[[], int] | None = None, latest: Latest | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.sample_duration = Histogram(
@@ -211,6 +272,7 @@ class AgentMetrics:
         for reason in REASONS:   # both series from the start: rate() sees the first refusal
             self.http_unauthorized.labels(reason)
         r.register(EdgeCollector(node, rows, services, max_series, version))
+        r.register(AddressCollector(node, latest or (lambda: None)))
         Info("nsnet_build", "The agent's version and interpreter", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...:

@@ -119,7 +119,8 @@ class Agent:
         self.stop = threading.Event()
         self.book = EdgeBook(options.retention)
         self.metrics = AgentMetrics(options.node, self.edge_rows, self.services,
-                                    options.max_series, version=lambda: self.book.version)
+                                    options.max_series, version=lambda: self.book.version,
+                                    latest=self.latest)
         # shared with the HTTP threads, under self.lock
         self._snapshot: Snapshot | None = None
         self._samples = 0

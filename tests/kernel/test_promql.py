@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from depnode import APP_A, SIDECAR_A, SVC_A, Conn, DepNode
+from depnode import APP_A, POD_A_IP, SIDECAR_A, SVC_A, Conn, DepNode
 
 REPO = Path(__file__).resolve().parents[2]
 README_PEER, README_PORT = 'peer="10.0.0.5"', 'port="3306"'
@@ -138,6 +138,13 @@ def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
             assert opening[str(APP_A)] > 0 and opening.get(str(SIDECAR_A), 0.0) == 0.0
             # leaving out the guesses: the app only
             assert by_user(prom.query(queries[3])) == {str(APP_A): 3.0}
+            # addresses join nodes: pod A's own address is pod A's, the service namespace's
+            # is a namespace's (no pod), each once
+            (pod_addr,) = prom.query(f'nsnet_address_info{{address="{POD_A_IP}"}}')
+            assert {k: pod_addr["metric"][k] for k in ("kind", "namespace", "pod")} == \
+                {"kind": "pod", "namespace": "shop", "pod": "tenant-a"}
+            (svc_addr,) = prom.query(f'nsnet_address_info{{address="{SVC_A}"}}')
+            assert svc_addr["metric"]["kind"] == "netns" and "pod" not in svc_addr["metric"]
             # Prometheus scraped OpenMetrics (it asks for it first): the agent's self-metrics
             assert prom.query("nsnet_build_info")[0]["metric"]["version"]
             assert float(prom.query("process_resident_memory_bytes")[0]["value"][1]) > 0

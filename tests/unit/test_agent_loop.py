@@ -326,6 +326,40 @@ def test_metrics_negotiate_openmetrics_and_gzip_as_prometheus_asks(served):
     assert names == {"nsnet_sockets", "nsnet_build_info"}   # the text parser keeps _info
 
 
+def test_address_info_maps_each_unique_address_to_its_pod_or_the_host():
+    from nsnet.model import netns_key
+    from nsnet.netparse import Address
+
+    snap = tenants(pod=True)
+    addresses = {
+        A: [Address("10.1.0.1", 32, None), Address("127.0.0.1", 32, None),
+            Address("127.0.0.0", 8, None), Address("fd00::1:1", 128, "eth0"),
+            Address("fe80::1", 128, "eth0"), Address("10.1.0.1", 32, None)],
+        B: [Address("10.1.0.2", 32, None), Address("::1", 128, "lo")],
+        HOST_INODE: [Address("192.168.1.5", 32, None), Address("10.1.0.0", 24, None)],
+    }
+    for inode, addrs in addresses.items():
+        snap.namespaces[netns_key(inode)].addresses = addrs
+    agent = Agent(options(), io.StringIO(), scanner=FixedScanner([snap]))
+    assert "nsnet_address_info{" not in generate_latest(agent.metrics.registry).decode()
+    agent.step()
+    text = generate_latest(agent.metrics.registry).decode()
+    got = {(s.labels["address"], s.labels["kind"], s.labels["namespace"], s.labels["pod"],
+            s.labels["interface"]): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples
+           if s.name == "nsnet_address_info"}
+    b_name = snap.namespaces[netns_key(B)].name or netns_key(B)
+    assert got == {("10.1.0.1", "pod", "shop", "api", ""): 1.0,
+                   ("fd00::1:1", "pod", "shop", "api", "eth0"): 1.0,
+                   ("10.1.0.2", "netns", "", "", ""): 1.0,
+                   ("192.168.1.5", "host", "", "", ""): 1.0}, got
+    netns = {s.labels["address"]: s.labels["netns"]
+             for f in text_string_to_metric_families(text) for s in f.samples
+             if s.name == "nsnet_address_info"}
+    assert netns["10.1.0.2"] == b_name and netns["192.168.1.5"] == "host"
+    agent.close()
+
+
 def test_dropped_destroy_events_count_up_from_the_watcher_total():
     agent = Agent(options(), io.StringIO(), scanner=FixedScanner([]))
     for total in (0, 3, 3, 10):
