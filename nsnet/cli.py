@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO, cast
 
 from . import __version__
@@ -38,7 +38,16 @@ SNAPSHOT, AGENT = SnapshotOptions(), AgentOptions()
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse prints a usage block and exits; we want one line and our own exit."""
+    """argparse prints a usage block and exits; we want one line and our own exit. The
+    epilog (vocabulary, colours, column names) is made when help is shown: it needs the
+    renderers, which a command that prints JSON never imports."""
+
+    epilog_of: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.epilog_of is not None:
+            self.epilog = self.epilog_of()
+        return super().format_help()
 
     def error(self, message: str) -> None:   # type: ignore[override]
         raise UsageError(f"{message} (see 'nsnet {self.prog.split()[-1]} --help')"
@@ -255,21 +264,29 @@ def _epilog(columns: Sequence[str] = ()) -> str:
     return "\n".join(parts)
 
 
-def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    from .report import COLUMN_NAMES
+def _command_epilog(name: str) -> Callable[[], str]:
+    def epilog() -> str:
+        from .report import COLUMN_NAMES
 
+        return _epilog(COLUMN_NAMES.get(name, ()))
+    return epilog
+
+
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     common = _common(env)
     parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
                      "its sockets, and the pids and users behind them. Without a command: "
                      "one line per namespace (nsnet summary).",
-                     epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.epilog_of = _epilog
     parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        made: argparse.ArgumentParser = sub.add_parser(
-            name, parents=[common], help=help_text, epilog=_epilog(COLUMN_NAMES.get(name, ())),
+        made: _Parser = sub.add_parser(
+            name, parents=[common], help=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter)
+        made.epilog_of = _command_epilog(name)
         return made
 
     command("summary", "the node at a glance: one line per namespace (the default)")
@@ -313,13 +330,13 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
 
 def _fields(args: argparse.Namespace) -> tuple[str, ...]:
     """The columns chosen with -o COL,COL or --columns, checked against the command's."""
-    from .report import COLUMN_NAMES
-    from .table import unknown_columns
-
     chosen = args.columns or (args.output if args.output not in (None, "wide", "json",
                                                                   "ndjson") else None)
     if chosen is None:
         return ()
+    from .report import COLUMN_NAMES
+    from .table import unknown_columns
+
     known = COLUMN_NAMES.get(args.command, [])
     if not known:
         raise UsageError(f"nsnet {args.command} draws no table: -o takes wide, json or ndjson "
