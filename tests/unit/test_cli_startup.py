@@ -49,3 +49,18 @@ def test_verbose_is_an_option_of_every_command():
 
 def test_the_default_source_is_auto():
     assert build_parser().parse_args(["sockets"]).source == "auto"
+
+
+def test_a_json_command_does_not_import_the_renderers():
+    code = ("import sys\nfrom nsnet import cli\n"
+            "code = cli.main(['sockets', '--json', '--proc', '/nonexistent-proc'])\n"
+            "print(code, 'nsnet.report' in sys.modules, 'nsnet.table' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    exit_code, report, _ = run.stdout.split()
+    assert exit_code == "1" and report == "False", (run.stdout, run.stderr)
+    assert "--proc /nonexistent-proc" in run.stderr or "nonexistent-proc" in run.stderr
+    # help still has the vocabulary and the columns
+    helped = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--help"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    assert "columns for -o / --columns: NETNS,PROTO,STATE" in helped
