@@ -132,6 +132,9 @@ class Agent:
         self._views: dict[str, tuple[Snapshot, Encoded]] = {}   # the API's answers, per sample
         self._views_lock = threading.Lock()
         self._building = threading.BoundedSemaphore(2)
+        # /metrics renders at once: each formats every edge series (thousands of lines,
+        # holding the GIL); a burst of scrapers must queue, not starve the sampler
+        self.rendering = threading.BoundedSemaphore(2)
         self.views_built = 0
         self._http_cpu = 0.0       # CPU seconds the finished HTTP requests used
         self._http_live: dict[int, float] = {}    # thread -> its CPU clock at the start
@@ -457,8 +460,9 @@ class _Handler(BaseHTTPRequestHandler):
         # text, ~14x less gzipped), only the families of name[] when given
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         registry = self.agent.metrics.registry
-        data = encoder(registry.restricted_registry(query["name[]"]) if "name[]" in query
-                       else registry)
+        with self.agent.rendering:
+            data = encoder(registry.restricted_registry(query["name[]"]) if "name[]" in query
+                           else registry)
         headers: tuple[tuple[str, str], ...] = ()
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
             data, headers = gzip.compress(data, compresslevel=6), (("Content-Encoding", "gzip"),)

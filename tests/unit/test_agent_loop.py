@@ -583,6 +583,43 @@ def test_idle_connections_are_capped_per_client_and_dropped_after_the_timeout():
         agent.close()
 
 
+def test_a_burst_of_scrapes_renders_two_at_a_time():
+    """Each /metrics render formats every edge series holding the GIL: 8 scrapers at once
+    are rendered two at a time (the others wait without using the CPU), all answered."""
+    from prometheus_client.registry import Collector
+
+    class Slow(Collector):
+        def __init__(self) -> None:
+            self.now, self.most, self.lock = 0, 0, threading.Lock()
+
+        def collect(self):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.2)
+            with self.lock:
+                self.now -= 1
+            return iter(())
+
+    agent, server, base = limited()
+    slow = Slow()
+    agent.metrics.registry.register(slow)
+    try:
+        agent.step()
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda: codes.append(get(base + "/metrics")[0]))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert codes == [200] * 8 and slow.most == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
 def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_header_deadline():
     """Each byte comes well within http_timeout; the whole request never does: the
     connection is closed once header_deadline has passed, and the agent answers others."""
