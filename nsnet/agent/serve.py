@@ -542,15 +542,19 @@ class _Server(ThreadingHTTPServer):
         (and thread) for as long as it likes."""
         horizon = time.monotonic() - self.header_deadline
         with self.count_lock:
-            late = [c for c, since in self.waiting.items() if since < horizon]
-            for connection in late:
-                del self.waiting[connection]
-                try:   # its thread wakes up to an end of file and finishes
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                self.closing.add(id(connection))
+            for connection in [c for c, since in self.waiting.items() if since < horizon]:
+                self._close_waiting(connection)
                 self.timed_out += 1
+
+    def _close_waiting(self, connection: Any) -> None:
+        """Close a connection still waiting for its request (count_lock held): its thread
+        wakes up to an end of file and finishes."""
+        del self.waiting[connection]
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.closing.add(id(connection))
 
     def _take(self, client: str) -> bool:
         with self.count_lock:
@@ -561,13 +565,7 @@ class _Server(ThreadingHTTPServer):
                 if not self.waiting:
                     self.refused += 1
                     return False
-                oldest = next(iter(self.waiting))   # dicts keep insertion order
-                del self.waiting[oldest]
-                try:   # its thread wakes up to an end of file and finishes
-                    oldest.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                self.closing.add(id(oldest))
+                self._close_waiting(next(iter(self.waiting)))   # the oldest: insertion order
                 self.evicted += 1
             self.open[client] = self.open.get(client, 0) + 1
             return True

@@ -30,13 +30,17 @@ def test_version_among_other_arguments_goes_through_argparse(capsys):
     assert "unrecognized arguments: --version" in capsys.readouterr().err
 
 
+def python(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter (what it imports is all its own)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+
+
 def test_importing_the_cli_loads_no_command_machinery():
-    code = ("import sys, nsnet.cli; loaded = sorted(m for m in sys.modules if m.startswith("
-            "('nsnet', 'psutil', 'nsenter', 'prometheus_client', 'socket', 'json', "
-            "'concurrent'))); print(' '.join(loaded))")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True)
-    loaded = set(run.stdout.split())
+    loaded = set(python(
+        "import sys, nsnet.cli; loaded = sorted(m for m in sys.modules if m.startswith("
+        "('nsnet', 'psutil', 'nsenter', 'prometheus_client', 'socket', 'json', "
+        "'concurrent'))); print(' '.join(loaded))").stdout.split())
     assert loaded == {"nsnet", "nsnet._stdlib_guard", "nsnet.cli", "nsnet.errors",
                       "nsnet.model", "nsnet.options"}, loaded
 
@@ -52,14 +56,12 @@ def test_the_default_source_is_auto():
 
 
 def test_a_json_command_does_not_import_the_renderers():
-    code = ("import sys\nfrom nsnet import cli\n"
-            "code = cli.main(['sockets', '--json', '--proc', '/nonexistent-proc'])\n"
-            "print(code, 'nsnet.report' in sys.modules, 'nsnet.table' in sys.modules)\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True)
-    exit_code, report, _ = run.stdout.split()
+    run = python("import sys\nfrom nsnet import cli\n"
+                 "code = cli.main(['sockets', '--json', '--proc', '/nonexistent-proc'])\n"
+                 "print(code, 'nsnet.report' in sys.modules)\n")
+    exit_code, report = run.stdout.split()
     assert exit_code == "1" and report == "False", (run.stdout, run.stderr)
-    assert "--proc /nonexistent-proc" in run.stderr or "nonexistent-proc" in run.stderr
+    assert "nonexistent-proc" in run.stderr
     # help still has the vocabulary and the columns
     helped = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
