@@ -543,8 +543,8 @@ class _Server(ThreadingHTTPServer):
         horizon = time.monotonic() - self.header_deadline
         with self.count_lock:
             for connection in [c for c, since in self.waiting.items() if since < horizon]:
+                self.timed_out += 1      # counted first: the client may see the close at once
                 self._close_waiting(connection)
-                self.timed_out += 1
 
     def _close_waiting(self, connection: Any) -> None:
         """Close a connection still waiting for its request (count_lock held): its thread
@@ -565,8 +565,8 @@ class _Server(ThreadingHTTPServer):
                 if not self.waiting:
                     self.refused += 1
                     return False
-                self._close_waiting(next(iter(self.waiting)))   # the oldest: insertion order
                 self.evicted += 1
+                self._close_waiting(next(iter(self.waiting)))   # the oldest: insertion order
             self.open[client] = self.open.get(client, 0) + 1
             return True
 
