@@ -136,13 +136,3 @@ def _addresses(files: dict[str, bytes]) -> tuple[list[Address] | None, int]:
     v4, bad4 = parse_fib_trie_local(files.get("fib_trie", b""))
     v6, bad6 = parse_if_inet6(files.get("if_inet6", b""))
     return v4 + v6, bad4 + bad6
-
-
-def read_addresses_via_task(proc: str, key: str, task: str) -> list[Address] | None:
-    """A namespace's own addresses through one of its tasks (a source that reads its
-    sockets another way): None when the task left the namespace or could not be read."""
-    try:
-        fds = _open_tables(f"{proc}/{task}", key, ADDRESS_FILES)
-        return None if fds is None else _addresses(_read_all(fds))[0]
-    except ProcError:
-        return None
