@@ -93,18 +93,12 @@ def _fold(into: EdgeState | None, state: EdgeState) -> EdgeState:
     return into
 
 
-class EdgeCollector(Collector):
-    """The edge series, built from a copy of the edges (`rows`) once per change of the edges
-    (`version`: once per sample), whoever scrapes and however often: a burst of scrapes costs
-    one build (one at a time), not a copy of every edge each under the agent's lock, which
-    the sampler waits on."""
+class _PerVersion(Collector):
+    """Families built once per change of `version` (once per sample), under a lock, whoever
+    scrapes and however often: a burst of scrapes costs one build, one at a time. Without a
+    version, built at every collect. Only the families are kept, never what they came from."""
 
-    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
-                 version: Callable[[], int] | None = None):
-        self.node = node
-        self.rows = rows
-        self.services = services
-        self.max_series = max_series
+    def __init__(self, version: Callable[[], int] | None):
         self.version = version
         self._built: tuple[int, list[Metric]] | None = None
         self._lock = threading.Lock()
@@ -118,6 +112,23 @@ class EdgeCollector(Collector):
                     return iter(built)
                 self._built = (version, built)
             return iter(self._built[1])
+
+    def _build(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class EdgeCollector(_PerVersion):
+    """The edge series, built from a copy of the edges (`rows`) once per change of the edges
+    (`version`): not a copy of every edge per scrape under the agent's lock, which the
+    sampler waits on."""
+
+    def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
+                 version: Callable[[], int] | None = None):
+        super().__init__(version)
+        self.node = node
+        self.rows = rows
+        self.services = services
+        self.max_series = max_series
 
     def _user(self, key: EdgeKey) -> tuple[str, str]:
         """uid and user labels. A uid without a passwd entry (every tenant inside the agent's
@@ -181,27 +192,22 @@ def _unique_address(addr: str, prefix: int) -> bool:
                                                or ip.is_unspecified)
 
 
-class AddressCollector(Collector):
+class AddressCollector(_PerVersion):
     """nsnet_address_info: each namespace's own addresses and whose they are (a pod, the
     host, another namespace), from the latest sample -- what joins the edges of two nodes:
     an edge's peer address on one node is a pod's address on the other. One series per
     address and namespace; the host's addresses are kind="host" (hostNetwork pods share
     them, and are not named), a namespace several pods claim (or none) kind="netns"."""
 
-    def __init__(self, node: str, latest: Latest):
+    def __init__(self, node: str, latest: Latest, version: Callable[[], int] | None = None):
+        super().__init__(version)
         self.node = node
         self.latest = latest
-        self._built: tuple[object, list[Metric]] | None = None
-        self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            snap = self.latest()
-            if self._built is None or self._built[0] is not snap:
-                self._built = (snap, [self._build(snap)])
-            return iter(self._built[1])
+    def _build(self) -> Iterator[Metric]:
+        yield self._family(self.latest())
 
-    def _build(self, snap: Snapshot | None) -> Metric:
+    def _family(self, snap: Snapshot | None) -> Metric:
         family = GaugeMetricFamily(
             "nsnet_address_info", "An address of a network namespace of this node, and whose "
             "it is: kind=pod (the pod's own namespace), host, or netns", labels=ADDRESS_LABELS)
@@ -228,7 +234,8 @@ class AgentMetrics:
     """The agent's registry: its own health, and the edges (EdgeCollector)."""
 
     def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
-                 version: Callable[[], int] | None = None, latest: Latest | None = None):
+                 version: Callable[[], int] | None = None, latest: Latest | None = None,
+                 samples: Callable[[], int] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.sample_duration = Histogram(
@@ -272,7 +279,8 @@ class AgentMetrics:
         for reason in REASONS:   # both series from the start: rate() sees the first refusal
             self.http_unauthorized.labels(reason)
         r.register(EdgeCollector(node, rows, services, max_series, version))
-        r.register(AddressCollector(node, latest or (lambda: None)))
+        # the addresses change with the sample (`samples`: how many were taken)
+        r.register(AddressCollector(node, latest or (lambda: None), samples))
         Info("nsnet_build", "The agent's version and interpreter", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...:

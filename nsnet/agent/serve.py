@@ -120,7 +120,7 @@ class Agent:
         self.book = EdgeBook(options.retention)
         self.metrics = AgentMetrics(options.node, self.edge_rows, self.services,
                                     options.max_series, version=lambda: self.book.version,
-                                    latest=self.latest)
+                                    latest=self.latest, samples=self.sample_count)
         # shared with the HTTP threads, under self.lock
         self._snapshot: Snapshot | None = None
         self._samples = 0
@@ -190,6 +190,10 @@ class Agent:
     def latest(self) -> Snapshot | None:
         with self.lock:
             return self._snapshot
+
+    def sample_count(self) -> int:
+        with self.lock:
+            return self._samples
 
     def status(self) -> dict[str, Any]:
         with self.lock:
