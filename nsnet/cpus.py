@@ -20,7 +20,7 @@ import posixpath
 from dataclasses import dataclass
 
 from .errors import NsnetError
-from .mountinfo import unescape
+from .mountinfo import mount_fields, unescape
 from .procfs import MAX_MOUNTINFO, MAX_TASK_TEXT, read_text
 
 OWN_PROC = "/proc/self"
@@ -87,22 +87,17 @@ def parse_cgroup_paths(text: str) -> dict[int, str]:
 def parse_cgroup_mounts(data: bytes) -> list[CgroupMount]:
     """cgroup2 mounts and cgroup (v1) mounts with the cpu controller, from mountinfo."""
     mounts: list[CgroupMount] = []
-    for line in data.splitlines():
-        fields = line.split(b" ")
-        try:
-            sep = fields.index(b"-", 6)
-        except ValueError:
+    for found in mount_fields(data):
+        if found is None:
             continue
-        if len(fields) < sep + 3:
-            continue
-        fstype = fields[sep + 1]
-        options = fields[sep + 3].split(b",") if len(fields) > sep + 3 else []
-        root = unescape(fields[3]).decode("utf-8", "surrogateescape")
-        point = unescape(fields[4]).decode("utf-8", "surrogateescape")
-        if fstype == b"cgroup2":
-            mounts.append(CgroupMount(2, root, point))
-        elif fstype == b"cgroup" and b"cpu" in options:
-            mounts.append(CgroupMount(1, root, point))
+        fields, sep = found
+        fstype, options = fields[sep + 1], fields[sep + 3].split(b",")
+        version = 2 if fstype == b"cgroup2" else 1 if (fstype == b"cgroup"
+                                                        and b"cpu" in options) else 0
+        if version:
+            mounts.append(CgroupMount(version,
+                                      unescape(fields[3]).decode("utf-8", "surrogateescape"),
+                                      unescape(fields[4]).decode("utf-8", "surrogateescape")))
     return mounts
 
 

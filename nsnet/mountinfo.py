@@ -23,6 +23,7 @@ verified here and is not recognised.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _NET_ROOT = re.compile(rb"net:\[([0-9]+)\]\Z")
@@ -46,14 +47,14 @@ def unescape(field: bytes) -> bytes:
     return _ESCAPE.sub(lambda m: bytes((int(m.group(1), 8),)), field)
 
 
-def parse_mountinfo(data: bytes) -> tuple[list[NsfsMount], int]:
-    """Return the nsfs mounts of network namespaces, in file order, and the
-    number of lines that do not have the mountinfo layout.
+MountFields = tuple[list[bytes], int]   # a line's fields, and the index of its "-"
 
-    One namespace may be pinned at several paths; every mount is returned.
-    """
-    mounts: list[NsfsMount] = []
-    malformed = 0
+
+def mount_fields(data: bytes) -> Iterator[MountFields | None]:
+    """Each line of a mountinfo: its fields (escaped as the kernel prints them) and where
+    the "-" separator is, so that fields[3] is the root, fields[4] the mount point,
+    fields[sep + 1] the filesystem type and fields[sep + 3] its super options; None for a
+    line that does not have the mountinfo layout."""
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -62,12 +63,28 @@ def parse_mountinfo(data: bytes) -> tuple[list[NsfsMount], int]:
         try:
             sep = fields.index(b"-", _FIRST_SEPARATOR_INDEX)
         except ValueError:
-            malformed += 1
+            yield None
             continue
         if (len(fields) < sep + 4 or not fields[0].isdigit() or not fields[1].isdigit()
                 or not _DEVICE.match(fields[2])):
+            yield None
+            continue
+        yield fields, sep
+
+
+def parse_mountinfo(data: bytes) -> tuple[list[NsfsMount], int]:
+    """Return the nsfs mounts of network namespaces, in file order, and the
+    number of lines that do not have the mountinfo layout.
+
+    One namespace may be pinned at several paths; every mount is returned.
+    """
+    mounts: list[NsfsMount] = []
+    malformed = 0
+    for found in mount_fields(data):
+        if found is None:
             malformed += 1
             continue
+        fields, sep = found
         if fields[sep + 1] != b"nsfs":
             continue
         root = fields[3]
