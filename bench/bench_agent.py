@@ -44,7 +44,11 @@ def status_kib(pid: int, field: str) -> int:
 
 def metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=300) as resp:
-        text = resp.read().decode()
+        return parse_metrics(resp.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The agent's unlabelled nsnet_* samples of a text exposition: name -> value."""
     out = {}
     for line in text.splitlines():
         if line.startswith("nsnet_") and "{" not in line:

@@ -495,7 +495,7 @@ def main() -> int:
             "targets": {"ss_loop_over_nsnet": ">= 10", "nsnet_over_bare": "<= 1.3"},
             "nsnet_threads": threads, "nsnet_snapshot": snap_info, "nsnet_error": nsnet_err or None,
             "bare_impl": bare.note, "nsenter": nsenter, "python": sys.executable,
-            "errors": errors, "loadavg": open("/proc/loadavg").read().split()[:3],
+            "errors": errors, "loadavg": synthnode.loadavg(),
         }
         if trees:   # each measured in a fresh python, see --baseline
             doc["current_subprocess"] = trees["current"]

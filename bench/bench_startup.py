@@ -69,11 +69,6 @@ def timed(argv: list[str], cwd: str = REPO) -> tuple[float, str]:
     return dt, run.stdout
 
 
-def loadavg() -> list[str]:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
-
-
 def imports(top: int = 12) -> list[tuple[float, str]]:
     run = subprocess.run([sys.executable, "-X", "importtime", "-m", "nsnet", "sockets",
                           "--json"], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -136,7 +131,7 @@ def main() -> int:
     doc = {"median_s": med, "runs_s": runs, "repeat": a.repeat, "sockets": info.get("sockets"),
            "source": info.get("source"), "startup_overhead_s": overhead,
            "cli_over_work": med["cli"] / med["work"], "version_over_bare": med["version"] / med["bare"],
-           "imports_s": slow, "loadavg": loadavg(), "baseline": a.baseline,
+           "imports_s": slow, "loadavg": synthnode.loadavg(), "baseline": a.baseline,
            "baseline_median_s": base_med}
     if a.json:
         print(json.dumps(doc, indent=1))

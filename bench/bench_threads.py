@@ -37,11 +37,6 @@ import synthnode  # noqa: E402
 DEFAULT_DIR = "/tmp/nsnt-bench-threads"
 
 
-def loadavg() -> list[str]:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
-
-
 def fit(points: list[tuple[int, float]], cores: int) -> tuple[float, float]:
     """T(K) = serial + parallel / min(K, cores), least squares over the points."""
     xs = [1.0 / min(k, cores) for k, _ in points]
@@ -108,7 +103,7 @@ def main() -> int:
         if built and not a.keep_node:
             synthnode.down(a.dir, quiet=True)
     doc: dict = {"cpus": budget.describe(), "max_readers": MAX_READERS, "node": size,
-                 "repeat": a.repeat, "loadavg": loadavg(),
+                 "repeat": a.repeat, "loadavg": synthnode.loadavg(),
                  "sources": {}}
     for src in sources:
         med = {k: statistics.median(wall[(src, k)]) for k in readers}

@@ -74,6 +74,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import bench_agent  # noqa: E402
 import synthnode  # noqa: E402
 
 DEFAULT_DIR = "/tmp/nsnt-soak-agent"
@@ -337,12 +338,7 @@ def self_metrics(port: int) -> dict[str, float]:
         text = conn.getresponse().read().decode()
     finally:
         conn.close()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("nsnet_") and "{" not in line:
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+    return bench_agent.parse_metrics(text)
 
 
 def start_agent(a: argparse.Namespace, errlog: str, tmp: str) -> tuple[subprocess.Popen, int, str]:

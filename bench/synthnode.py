@@ -81,6 +81,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 # ------------------------------------------------------------------------------------- helpers
+def loadavg() -> list[str]:
+    """The machine's 1, 5 and 15 minute load averages (every bench prints them: a busy VM
+    shows in every wall time)."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
 def _chk(ret: int, what: str) -> None:
     if ret != 0:
         e = ctypes.get_errno()
