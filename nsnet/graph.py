@@ -25,9 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import NsnetError
-from .options import GRAPH_FORMATS
 
-FORMATS = GRAPH_FORMATS
 FONT = "Helvetica"
 LEGEND = ("arrow from user @ where to a service: connects to it (tcp x23: the most "
           "connections open at once) | from a service to user @ where: served by it | "
