@@ -27,7 +27,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from .model import Socket
+from .model import NOT_IP, PORTLESS, Socket
 from .netparse import is_loopback
 
 _WILDCARDS = frozenset(("0.0.0.0", "::"))
@@ -115,7 +115,7 @@ class Classifier:
         bound_exact, bound_wild, addr_owners = self.bound_exact, self.bound_wild, self.addr_owners
         for s in sockets:
             proto = s.proto
-            if proto == "unix":
+            if proto in NOT_IP:
                 continue
             addr = s.local_addr
             wild = addr in _WILDCARDS
@@ -147,19 +147,21 @@ class Classifier:
         no_listeners: dict[int | None, set[str]] = {}
         for s in sockets:
             proto, state = s.proto, s.state
-            if proto == "unix":
+            if proto in NOT_IP:   # packet and netlink sockets take part in no connection
                 s.direction = "listening" if state == "LISTEN" else None
                 continue
             if state == "LISTEN" or (proto != "tcp" and state == "UNCONN"):
-                s.direction = "listening" if (s.local_port or proto == "raw") else None
+                # a ping socket's "port" is its echo id: it answers nobody
+                s.direction = "listening" if (s.local_port and proto != "icmp") \
+                    or proto == "raw" else None
                 continue
             if proto == "tcp":
                 bound = listeners.get(s.netns_key, no_listeners).get(s.local_port)
                 s.direction = ("inbound" if bound and _listens_on(bound, s.local_addr)
                                else "outbound")
             else:
-                s.direction = "outbound" if s.remote_port or proto == "raw" else None
-            if not s.remote_port and proto != "raw":
+                s.direction = "outbound" if s.remote_port or proto in PORTLESS else None
+            if not s.remote_port and proto not in PORTLESS:
                 continue
             key = s.netns_key
             others = by_tuple_get((proto, s.remote_addr, s.remote_port, s.local_addr,

@@ -234,10 +234,28 @@ def _serve_options(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> No
     _sampling_options(serve, AGENT.sampling)
 
 
+# One option per socket kind (model.PROTOS, in its order: a unit test holds them equal; the
+# CLI does not import the model to build its parser).
+KIND_HELP = {
+    "tcp": "TCP sockets", "udp": "UDP sockets", "udplite": "UDP-Lite sockets",
+    "icmp": "ICMP ping sockets (SOCK_DGRAM, IPPROTO_ICMP/ICMPV6): LOCAL's port is the echo id",
+    "raw": "raw IP sockets: LOCAL's port is the IP protocol",
+    "unix": "unix sockets",
+    "packet": "packet sockets (tcpdump, DHCP clients, sniffers): LOCAL is the interface "
+              "('*': all) and the ethertype received",
+    "netlink": "netlink sockets: LOCAL is the protocol and port id (0: the kernel's)",
+}
+
+
 def _sockets_options(socks: argparse.ArgumentParser) -> None:
     socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
-    for proto in ("tcp", "udp", "unix", "raw"):
-        socks.add_argument(f"--{proto}", action="store_true", help=f"{proto} sockets (combinable)")
+    kinds = socks.add_argument_group(
+        "socket kinds", "combinable; none given: every kind but netlink (control-plane "
+        "sockets: every namespace has the kernel's own, most daemons a few)")
+    for proto, what in KIND_HELP.items():
+        kinds.add_argument(f"--{proto}", action="store_true", help=what)
+    kinds.add_argument("--all-kinds", "-A", action="store_true",
+                       help="every kind, netlink included")
     socks.add_argument("--listening", "-l", action="store_true", help="listening sockets only")
     socks.add_argument("--state", type=_state, metavar="S",
                        help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
@@ -539,7 +557,9 @@ def _snapshot_doc(args: argparse.Namespace, snap: Snapshot, only_uid: int | None
     from . import views
 
     if args.command == "sockets":
-        protos = frozenset(p for p in ("tcp", "udp", "unix", "raw") if getattr(args, p))
+        protos = frozenset(p for p in KIND_HELP if getattr(args, p))
+        if not protos and not args.all_kinds:
+            protos = frozenset(KIND_HELP) - {"netlink"}
         only_ns = _only_netns(args.netns, snap)
         keep = views.SocketFilter(protos, args.listening, args.state, args.port, args.pid,
                                   only_ns.key if only_ns is not None else None)

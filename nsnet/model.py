@@ -184,9 +184,77 @@ class OneHolder(Mapping[int, list[int]]):
         return f"{{{self.pid}: [{self.fd}]}}"
 
 
+# Socket kinds (Socket.proto). The IP ones have addresses and ports (icmp: a ping socket,
+# whose "port" is its echo identifier; raw: the IP protocol number); the others do not.
+IP_PROTOS = ("tcp", "udp", "udplite", "icmp", "raw")
+LINK_PROTOS = ("packet", "netlink")
+PROTOS = IP_PROTOS + ("unix",) + LINK_PROTOS
+# A listed socket of these kinds is nobody's connection: no direction, no peer, no edge.
+NOT_IP = frozenset({"unix", *LINK_PROTOS})
+# A port-less IP kind: its remote "port" is 0 even when connected (the tables print 0).
+PORTLESS = frozenset({"raw", "icmp"})
+
+# Ethertypes a packet socket is most often opened for (linux/if_ether.h), for display.
+ETHERTYPES = {0x0003: "all", 0x0800: "ip", 0x0806: "arp", 0x86DD: "ipv6", 0x88CC: "lldp",
+              0x8100: "8021q", 0x888E: "eapol", 0x0004: "802.2", 0x0001: "802.3"}
+# Netlink protocols (linux/netlink.h), for display.
+NETLINK_PROTOCOLS = {0: "route", 2: "usersock", 4: "sock_diag", 5: "nflog", 6: "xfrm",
+                     7: "selinux", 8: "iscsi", 9: "audit", 10: "fib_lookup", 11: "connector",
+                     12: "netfilter", 13: "ip6_fw", 14: "dnrtmsg", 15: "kobject_uevent",
+                     16: "generic", 18: "scsitransport", 19: "ecryptfs", 20: "rdma",
+                     21: "crypto", 22: "smc"}
+
+
+def ethertype_name(protocol: int) -> str:
+    return ETHERTYPES.get(protocol) or f"0x{protocol:04x}"
+
+
+def netlink_protocol_name(protocol: int) -> str:
+    return NETLINK_PROTOCOLS.get(protocol) or str(protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class PacketInfo:
+    """What a packet socket (AF_PACKET: tcpdump, a DHCP client, a sniffer) listens to. The
+    Socket shows its interface as local_addr ("*": every interface) and no ports."""
+    type: str                   # raw (frames with their link-layer header) | dgram | packet
+    protocol: int               # the ethertype it receives, host order (3, ETH_P_ALL: all)
+    # the interface it is bound to; 0: every interface; -1: the interface it was bound to
+    # is gone (the kernel's packet_notifier on NETDEV_UNREGISTER)
+    ifindex: int
+    # the interface's name in the socket's namespace; None: the source could not name it
+    # (the tables name an interface only when it has an IPv6 address: README)
+    interface: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NetlinkInfo:
+    """A netlink socket (AF_NETLINK: route/uevent listeners, `ip monitor`, the kernel's
+    own end). The Socket shows its protocol's name as local_addr and its port id as
+    local_port (0: the kernel's socket of that protocol in the namespace)."""
+    protocol: int               # NETLINK_ROUTE 0, NETLINK_AUDIT 9, NETLINK_GENERIC 16 ...
+    portid: int
+    groups: int                 # the first 32 multicast groups it has joined (a bitmask)
+
+
+def packet_socket(type_: str, protocol: int, ifindex: int, interface: str | None, inode: int,
+                  uid: int | None) -> Socket:
+    """A packet socket as every source lists it (state UNCONN: packet sockets have none)."""
+    shown = "*" if not ifindex else interface or (f"if{ifindex}" if ifindex > 0 else "gone")
+    return Socket("packet", "packet", "UNCONN", shown, None, "", None, inode, uid,
+                  info=PacketInfo(type_, protocol, ifindex, interface))
+
+
+def netlink_socket(protocol: int, portid: int, groups: int, inode: int) -> Socket:
+    """A netlink socket as every source lists it: no uid (neither /proc/net/netlink nor
+    netlink_diag says one), state UNCONN (/proc/net/netlink does not say connected)."""
+    return Socket("netlink", "netlink", "UNCONN", netlink_protocol_name(protocol), portid,
+                  "", None, inode, None, info=NetlinkInfo(protocol, portid, groups))
+
+
 @dataclass(slots=True)
 class Socket:
-    proto: str                      # tcp | udp | raw | unix
+    proto: str                      # PROTOS: tcp | udp | udplite | icmp | raw | unix | packet | netlink
     family: str                     # inet | inet6 | unix
     state: str                      # kernel name: LISTEN, ESTABLISHED, TIME_WAIT, ... UNCONN
     local_addr: str
@@ -215,6 +283,8 @@ class Socket:
     # True: a /proc/net/unix line a bound name could have forged that nothing confirmed
     # (netparse.parse_unix, unixcheck): shown flagged, never as a fact
     unconfirmed: bool = False
+    # what a packet or netlink socket is (PacketInfo, NetlinkInfo); None for the other kinds
+    info: PacketInfo | NetlinkInfo | None = None
 
 
 @dataclass(slots=True)

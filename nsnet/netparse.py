@@ -1,4 +1,4 @@
-"""Pure parsers for /proc/<pid>/net/{tcp,tcp6,udp,udp6,raw,raw6,unix}.
+"""Pure parsers for /proc/<pid>/net/{tcp,udp,udplite,icmp,raw}{,6}, unix, packet, netlink.
 
 Input is the raw bytes of one file, output the sockets it lists plus the number of
 lines that could not be parsed. No I/O here, so the parsers are tested on captured text.
@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .model import Socket
+from .model import PacketInfo, Socket, netlink_socket, packet_socket
 
 TCP_STATES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -33,12 +33,17 @@ _UNIX_ACCEPTCON = 0x10000          # __SO_ACCEPTCON: a listening stream socket
 # established, SS_DISCONNECTING (4) when not.
 _UNIX_STATES = {1: "UNCONN", 2: "ESTABLISHED", 3: "ESTABLISHED", 4: "UNCONN"}
 
-INET_FILES = {   # file -> (proto, family)
+INET_FILES = {   # file -> (proto, family); all in one layout (tcp4_seq_show and its kin)
     "tcp": ("tcp", "inet"), "tcp6": ("tcp", "inet6"),
     "udp": ("udp", "inet"), "udp6": ("udp", "inet6"),
+    "udplite": ("udplite", "inet"), "udplite6": ("udplite", "inet6"),
+    "icmp": ("icmp", "inet"), "icmp6": ("icmp", "inet6"),     # ping sockets (ping_seq_show)
     "raw": ("raw", "inet"), "raw6": ("raw", "inet6"),
 }
-NET_FILES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix")
+NET_FILES = ("tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "icmp", "icmp6", "raw",
+             "raw6", "unix", "packet", "netlink")
+# socket type numbers (linux/net.h) of packet sockets
+PACKET_TYPES = {3: "raw", 2: "dgram", 10: "packet"}
 
 
 @dataclass(slots=True)
@@ -200,10 +205,76 @@ def parse_unix(data: bytes) -> ParseResult:
     return result
 
 
+# packet_seq_show: "%pK %-6d %-4d %04x   %-5d %1d %-6u %-6u %-8lu": sk, refcount, type,
+# protocol (host order), ifindex, running, rmem, uid, inode.
+_PACKET_LINE = re.compile(
+    rb"[0-9a-fA-F]+ +-?[0-9]+ +([0-9]+) +([0-9a-fA-F]{4}) +(-?[0-9]+) +[01] +[0-9]+ +([0-9]+) "
+    rb"+([0-9]+) *\Z")
+# netlink_seq_show: "%pK %-3d %-10u %08x %-8d %-8d %-5d %-8d %-8u %-8lu": sk, protocol,
+# portid, first 32 groups, rmem, wmem, dump running, refcount, drops, inode.
+_NETLINK_LINE = re.compile(
+    rb"[0-9a-fA-F]+ +([0-9]+) +([0-9]+) +([0-9a-fA-F]{8}) +-?[0-9]+ +-?[0-9]+ +-?[0-9]+ "
+    rb"+-?[0-9]+ +[0-9]+ +([0-9]+) *\Z")
+
+
+def parse_packet(data: bytes) -> ParseResult:
+    """Parse /proc/net/packet. Interfaces come as indexes: named later (name_interfaces)."""
+    result = ParseResult()
+    for line in _complete_lines(data, result):
+        m = _PACKET_LINE.match(line)
+        type_ = PACKET_TYPES.get(int(m.group(1))) if m else None
+        if m is None or type_ is None or int(m.group(3)) < -1:
+            if line.strip():
+                result.bad(line)
+            continue
+        result.sockets.append(packet_socket(type_, int(m.group(2), 16), int(m.group(3)), None,
+                                            int(m.group(5)), int(m.group(4))))
+    return result
+
+
+def parse_netlink(data: bytes) -> ParseResult:
+    """Parse /proc/net/netlink."""
+    result = ParseResult()
+    for line in _complete_lines(data, result):
+        m = _NETLINK_LINE.match(line)
+        if m is None:
+            if line.strip():
+                result.bad(line)
+            continue
+        result.sockets.append(netlink_socket(int(m.group(1)), int(m.group(2)),
+                                             int(m.group(3), 16), int(m.group(4))))
+    return result
+
+
+def interface_names(data: bytes) -> dict[int, str]:
+    """ifindex -> name of the interfaces /proc/net/if_inet6 lists (those with an IPv6
+    address); lines that do not parse are parse_if_inet6's to count."""
+    names: dict[int, str] = {}
+    for line in data.split(b"\n"):
+        m = _IF_INET6_INDEX.match(line.strip())
+        if m is not None:
+            names[int(m.group(1), 16)] = m.group(2).decode("utf-8", "surrogateescape")
+    return names
+
+
+def name_interfaces(sockets: list[Socket], names: dict[int, str]) -> None:
+    """Give the packet sockets among `sockets` their interface's name, where known."""
+    for i, sock in enumerate(sockets):
+        info = sock.info
+        if isinstance(info, PacketInfo) and info.ifindex and info.interface is None \
+                and info.ifindex in names:
+            named = packet_socket(info.type, info.protocol, info.ifindex,
+                                  names[info.ifindex], sock.inode, sock.uid)
+            named.source = sock.source
+            sockets[i] = named
+
+
 PARSERS: dict[str, Callable[[bytes], ParseResult]] = {
     name: functools.partial(parse_inet, name=name) for name in INET_FILES
 }
 PARSERS["unix"] = parse_unix
+PARSERS["packet"] = parse_packet
+PARSERS["netlink"] = parse_netlink
 
 
 def parse_net_file(name: str, data: bytes) -> ParseResult:
@@ -219,6 +290,7 @@ _FIB_LEAF = re.compile(rb" *\|-- ([0-9.]+)\Z")
 _FIB_ALIAS = re.compile(rb" *\/([0-9]+) host LOCAL\Z")
 # if_inet6 (if6_seq_show): "%pi6 %02x %02x %02x %02x %8s": address, ifindex, prefix length,
 # scope, flags, interface name.
+_IF_INET6_INDEX = re.compile(rb"[0-9a-f]{32} ([0-9a-f]{2,}) [0-9a-f]{2} [0-9a-f]{2} [0-9a-f]{2} +(\S+)\Z")
 _IF_INET6 = re.compile(rb"([0-9a-f]{32}) [0-9a-f]{2,} ([0-9a-f]{2}) [0-9a-f]{2} [0-9a-f]{2} +(\S+)\Z")
 
 

@@ -189,8 +189,11 @@ class _Attribution:
             return
         sock.pod_uids = own
         ns = snap.namespaces.get(sock.netns_key)
-        if sock.proto == "unix" or ns is None or ns.host or not ns.owners:
-            return   # nobody to say: the host's namespace has every system user
+        if sock.proto == "unix" or sock.proto == "netlink" or ns is None or ns.host \
+                or not ns.owners:
+            # nobody to say: the host's namespace has every system user; an unheld netlink
+            # socket is the kernel's own end of its protocol in the namespace
+            return
         sock.users = self.shared(ns.owners)
         sock.attribution = NAMESPACE_OWNER if len(ns.owners) == 1 else NAMESPACE_OWNERS
 

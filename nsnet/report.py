@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from .model import LINK_PROTOS, NOT_IP
 from .palette import GUESS_STYLE, UNHELD_STYLE, address_style, state_style
 from .sanitize import SafeText, join_cmdline, printable
 from .table import (
@@ -214,6 +215,17 @@ def _proto(s: dict) -> str:
     return s["proto"] + ("6" if s.get("family") == "inet6" else "")
 
 
+def _link_local(s: dict) -> str:
+    """A packet socket's interface and what it receives ("eth0 (all)": every frame; "*":
+    every interface); a netlink socket's protocol and port id ("route:0": the kernel's)."""
+    if s.get("packet"):
+        return printable(f"{s['local_addr']} ({s['packet']['protocol_name']})")
+    if s.get("netlink"):
+        kernel = " (kernel)" if s["netlink"]["kernel"] else ""
+        return printable(f"{s['local_addr']}:{s['local_port']}{kernel}")
+    return printable(s["local_addr"])
+
+
 def _names(names: Sequence[str | None]) -> str:
     return printable(",".join(n for n in names if n))
 
@@ -333,12 +345,13 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[
         Column("STATE", lambda s: s["state"] + (GUESS_MARK if s.get("unconfirmed") else ""),
                style=lambda s: GUESS_STYLE if s.get("unconfirmed") else state_style(s["state"])),
         Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
+               else _link_local(s) if s["proto"] in LINK_PROTOS
                else _with_service(r.ep(s["local_addr"], s["local_port"], s["proto"]), s)
                if s["direction"] == "listening"
                else r.ep(s["local_addr"], s["local_port"], s["proto"]),
                wrap=True, min_width=21,
                style=lambda s: address_style(s["local_addr"], s["direction"] == "listening")),
-        Column("REMOTE", lambda s: "" if s["proto"] == "unix" or s["direction"] == "listening"
+        Column("REMOTE", lambda s: "" if s["proto"] in NOT_IP or s["direction"] == "listening"
                else r.ep(s["remote_addr"], s["remote_port"], s["proto"]), wrap=True,
                min_width=21,
                style=lambda s: address_style(s["remote_addr"], s["peer"] == "external")),

@@ -13,8 +13,11 @@ the netlink source prove each on a live namespace):
     not accepted yet (/proc/net/unix lists it with inode 0 and the listener's path).
   * a TCP request socket (SYN_RECV, e.g. under TCP_DEFER_ACCEPT) has uid 0 in sock_diag;
     /proc/net/tcp prints its listener's uid.
-  * raw sockets need raw_diag (CONFIG_INET_RAW_DIAG); without it the kernel ends the dump
-    with ENOENT (in NLMSG_DONE), which the dump reports in its errors and goes on.
+  * raw sockets need raw_diag (CONFIG_INET_RAW_DIAG), packet sockets packet_diag, netlink
+    sockets netlink_diag; without one the kernel ends the dump with ENOENT (in NLMSG_DONE).
+    Ping sockets (icmp) have no sock_diag handler in any kernel: always ENOENT. The netlink
+    source reads what ENOENT refused from the namespace's /proc tables.
+  * UDP-Lite sockets come from udp_diag, asked for IPPROTO_UDPLITE.
   * TCP sockets bound but neither listening nor connecting are in no /proc table; sock_diag
     lists them (Linux >= 6.5) only when TCPF_BOUND_INACTIVE is asked for, which ALL leaves
     out (asking walks the whole bind hash). The kernel then reports their sk_state, CLOSE.
@@ -24,10 +27,11 @@ from __future__ import annotations
 import errno as _errno
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 
-from .model import Socket
-from .netparse import DGRAM_STATES, TCP_STATES, UNIX_TYPES
+from .model import PORTLESS, Socket, netlink_socket, packet_socket
+from .netparse import DGRAM_STATES, PACKET_TYPES, TCP_STATES, UNIX_TYPES
 
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18            # legacy request: one walk for TCP over IPv4 and IPv6
@@ -51,13 +55,31 @@ ALL = sum(TCPF.values()) & ~TCPF_BOUND_INACTIVE
 # FIN_WAIT1/2, CLOSING, LAST_ACK orphans also exist but share their states with held sockets).
 UNHELD = TCPF["TIME_WAIT"] | TCPF["SYN_RECV"] | TCPF["NEW_SYN_RECV"]
 ANY_STATE = 0xFFFFFFFF          # UDP, raw and unix requests
-PROTOS = ("tcp", "udp", "raw", "unix")
+PROTOS = ("tcp", "udp", "udplite", "icmp", "raw", "unix", "packet", "netlink")
+IPPROTO_UDPLITE = 136
+# packet_diag (linux/packet_diag.h): show the ifindex (PACKET_DIAG_INFO) and the uid
+PACKET_SHOW_INFO = 0x01
+PACKET_DIAG_INFO, PACKET_DIAG_UID = 0, 5
+# netlink_diag (linux/netlink_diag.h): every protocol, with the groups bitmap
+NDIAG_PROTO_ALL = 0xFF
+NDIAG_SHOW_GROUPS = 0x02
+NETLINK_DIAG_GROUPS = 1
 
 
 _NLMSGHDR = struct.Struct("=IHHII")                    # len, type, flags, seq, pid
 _INET_REQ = struct.Struct("=IHHII BBBBI 48x")          # nlmsghdr + inet_diag_req_v2
 _LEGACY_REQ = struct.Struct("=IHHII BBBB 48x II")      # nlmsghdr + inet_diag_req
 _UNIX_REQ = struct.Struct("=IHHII BBHIII8x")           # nlmsghdr + unix_diag_req
+# nlmsghdr + packet_diag_req / netlink_diag_req: family, protocol, pad, ino, show, cookie
+_LINK_REQ = struct.Struct("=IHHII BBHII8x")
+_PACKET_MSG = struct.Struct("=xBHI8x")   # packet_diag_msg: type, num (host order), ino
+PACKET_MSG_LEN = _NLMSGHDR.size + _PACKET_MSG.size      # 32
+_PACKET_INFO = struct.Struct("=i")       # packet_diag_info: pdi_index first (-1: gone)
+# netlink_diag_msg: type, protocol, state, portid, dst portid, dst group, ino, cookie
+_NETLINK_MSG = struct.Struct("=xxBxIIII8x")
+NETLINK_MSG_LEN = _NLMSGHDR.size + _NETLINK_MSG.size    # 44
+_U32 = struct.Struct("=I")
+_LONG = struct.calcsize("@L")            # the groups bitmap's word
 _NLATTR_U32 = struct.Struct("=HHI")
 # inet_diag_msg after the header: family, state, (timer, retrans), sport, dport (network
 # order, read natively and swapped), src[16], dst[16], (if, cookie, expires, rqueue,
@@ -120,6 +142,18 @@ def build_unix_request(states: int = ANY_STATE, *, seq: int = 1,
                           seq, 0, socket.AF_UNIX, 0, 0, states & 0xFFFFFFFF, 0, show)
 
 
+def build_packet_request(*, seq: int = 1) -> bytes:
+    """Every packet socket of the namespace, with its interface and uid."""
+    return _LINK_REQ.pack(_LINK_REQ.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                          seq, 0, socket.AF_PACKET, 0, 0, 0, PACKET_SHOW_INFO)
+
+
+def build_netlink_request(*, seq: int = 1) -> bytes:
+    """Every netlink socket of the namespace (all protocols), with its groups."""
+    return _LINK_REQ.pack(_LINK_REQ.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                          seq, 0, socket.AF_NETLINK, NDIAG_PROTO_ALL, 0, 0, NDIAG_SHOW_GROUPS)
+
+
 # ------------------------------------------------------------------------------ replies
 
 _addr4_cache: dict[bytes, str] = {}
@@ -177,6 +211,8 @@ def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDu
     """
     if proto == "unix":
         _parse_unix(buf, end, seq, res)
+    elif proto == "packet" or proto == "netlink":
+        _parse_link(buf, end, proto, seq, res)
     else:
         _parse_inet(buf, end, proto, seq, res)
 
@@ -198,7 +234,7 @@ def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int |
 
 def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
-    raw = proto == "raw"        # /proc prints 0 as a raw socket's remote "port"
+    raw = proto in PORTLESS     # /proc prints 0 as a raw or ping socket's remote "port"
     append = res.sockets.append
     unpack_hdr = _NLMSGHDR.unpack_from
     unpack_full = _INET_FULL.unpack_from
@@ -282,6 +318,82 @@ def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump) -> None
         off += (length + 3) & ~3
     if off < end:
         res.malformed += 1
+
+
+def _attributes(buf: Buffer, start: int, stop: int) -> dict[int, bytes] | None:
+    """A message's attributes after its fixed part (type -> payload); None when one runs
+    past the message."""
+    found: dict[int, bytes] = {}
+    while start + 4 <= stop:
+        nla_len, nla_type = _NLATTR.unpack_from(buf, start)
+        if nla_len < 4 or start + nla_len > stop:
+            return None
+        found[nla_type & NLA_TYPE_MASK] = bytes(buf[start + 4:start + nla_len])
+        start += (nla_len + 3) & ~3
+    return found
+
+
+def _parse_link(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
+    """packet_diag or netlink_diag replies: few sockets per namespace, so plain code."""
+    fixed = PACKET_MSG_LEN if proto == "packet" else NETLINK_MSG_LEN
+    off = 0
+    while off + 16 <= end:
+        length, mtype, flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+        if length < 16 or off + length > end:
+            res.malformed += 1
+            return
+        if mtype == SOCK_DIAG_BY_FAMILY and (seq is None or mseq == seq):
+            if flags & NLM_F_DUMP_INTR:
+                res.interrupted = True
+            attrs = _attributes(buf, off + fixed, off + length) if length >= fixed else None
+            sock = None if attrs is None else (
+                _packet(buf, off, attrs) if proto == "packet" else _netlink(buf, off, attrs))
+            if sock is None:
+                res.malformed += 1
+            else:
+                res.sockets.append(sock)
+        elif _other(buf, off, length, mtype, mseq, seq, res):
+            return
+        off += (length + 3) & ~3
+    if off < end:
+        res.malformed += 1
+
+
+def _packet(buf: Buffer, off: int, attrs: dict[int, bytes]) -> Socket | None:
+    type_no, protocol, inode = _PACKET_MSG.unpack_from(buf, off + _NLMSGHDR.size)
+    type_ = PACKET_TYPES.get(type_no)
+    info, uid = attrs.get(PACKET_DIAG_INFO, b""), attrs.get(PACKET_DIAG_UID, b"")
+    if type_ is None or len(info) < _PACKET_INFO.size or len(uid) < _U32.size:
+        return None     # asked with PACKET_SHOW_INFO: the kernel always sends both
+    return packet_socket(type_, protocol, _PACKET_INFO.unpack_from(info)[0], None, inode,
+                         _U32.unpack_from(uid)[0])
+
+
+def _netlink(buf: Buffer, off: int, attrs: dict[int, bytes]) -> Socket | None:
+    protocol, portid, _dst_portid, _dst_group, inode = \
+        _NETLINK_MSG.unpack_from(buf, off + _NLMSGHDR.size)
+    groups = attrs.get(NETLINK_DIAG_GROUPS, b"")   # absent: no groups joined
+    # the bitmap is an array of unsigned longs: its first 32 bits are /proc/net/netlink's
+    first = int.from_bytes(groups[:_LONG], sys.byteorder) & 0xFFFFFFFF \
+        if len(groups) >= _LONG else 0
+    return netlink_socket(protocol, portid, first, inode)
+
+
+def drop_multicast_repeats(res: ParsedDump) -> int:
+    """netlink_diag lists a socket that joined multicast groups twice: from the protocol's
+    port-id hash, then again from its multicast list, whose walk skips only sockets
+    sk_hashed() says are hashed -- never a netlink socket, which is hashed elsewhere
+    (rhashtable). Seen on Linux 6.18 (tests/data/kinds_diag_netlink.bin). Keeps the first
+    of each inode; returns how many were dropped."""
+    seen: set[int] = set()
+    kept = []
+    for sock in res.sockets:
+        if sock.inode not in seen:
+            seen.add(sock.inode)
+            kept.append(sock)
+    dropped = len(res.sockets) - len(kept)
+    res.sockets = kept
+    return dropped
 
 
 def parse_dump(data: bytes, proto: str, seq: int | None = None) -> ParsedDump:

@@ -14,16 +14,21 @@ from dataclasses import asdict, dataclass
 from . import SCHEMA
 from .model import (
     CLOSED_STATES,
+    IP_PROTOS,
     OPEN_STATES,
     STRENGTH,
     Container,
     Namespace,
+    NetlinkInfo,
+    PacketInfo,
     Pod,
     Process,
     Snapshot,
     Socket,
+    ethertype_name,
     is_guess,
     key_inode,
+    netlink_protocol_name,
 )
 from .ownership import (
     namespace_pods,
@@ -118,10 +123,26 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
             "peer": s.peer, "peer_netns": s.peer_netns,
             "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
-            "unix_type": s.unix_type, "source": s.source, "unconfirmed": s.unconfirmed,
+            "unix_type": s.unix_type, "packet": packet_doc(s.info),
+            "netlink": netlink_doc(s.info), "source": s.source, "unconfirmed": s.unconfirmed,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
             "containers": [container_ref(c) for c in socket_containers(s, snap)],
             "service": socket_service(s, snap)}
+
+
+def packet_doc(info: PacketInfo | NetlinkInfo | None) -> dict | None:
+    if not isinstance(info, PacketInfo):
+        return None
+    return {"type": info.type, "protocol": info.protocol,
+            "protocol_name": ethertype_name(info.protocol), "ifindex": info.ifindex,
+            "interface": info.interface}
+
+
+def netlink_doc(info: PacketInfo | NetlinkInfo | None) -> dict | None:
+    if not isinstance(info, NetlinkInfo):
+        return None
+    return {"protocol": info.protocol, "protocol_name": netlink_protocol_name(info.protocol),
+            "portid": info.portid, "groups": info.groups, "kernel": info.portid == 0}
 
 
 def user_names(snap: Snapshot) -> dict[str, str | None]:
@@ -155,7 +176,8 @@ class SocketFilter:
             return False
         if self.state is not None and s.state != self.state:
             return False
-        if self.port is not None and self.port not in (s.local_port, s.remote_port):
+        if self.port is not None and (s.proto not in IP_PROTOS
+                                      or self.port not in (s.local_port, s.remote_port)):
             return False
         if self.pid is not None and self.pid not in s.pids:
             return False

@@ -36,6 +36,9 @@ class TableRead:
     addresses: list[Address] | None = None
     # protocols sock_diag could not dump (no diag module), read from /proc instead
     from_proc: list[str] = field(default_factory=list)
+    # ifindex -> name of the namespace's interfaces that /proc/net/if_inet6 lists (None: not
+    # read), to name packet sockets' interfaces
+    interfaces: dict[int, str] | None = None
 
 
 Pending = Union["Future[TableRead]", TableRead]

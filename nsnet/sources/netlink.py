@@ -27,17 +27,21 @@ from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
 from ..model import Namespace, Socket, key_inode
-from ..netparse import ADDRESS_FILES
+from ..netparse import ADDRESS_FILES, name_interfaces
 from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
     ANY_STATE,
+    IPPROTO_UDPLITE,
     NETLINK_SOCK_DIAG,
     PROTOS,
     ParsedDump,
     build_inet_request,
+    build_netlink_request,
+    build_packet_request,
     build_tcp_legacy_request,
     build_unix_request,
+    drop_multicast_repeats,
     parse_into,
 )
 from ..walk import Pin
@@ -86,7 +90,7 @@ class NetlinkSource(TableSource):
                 return read
             try:    # what this kernel's sock_diag cannot list, from the namespace's tables
                 return _merged(read, proc_source.read_pinned(
-                    pin, ns.inode, proc_source.files_of(read.from_proc)))
+                    pin, ns.inode, proc_source.files_of(read.from_proc) + ADDRESS_FILES))
             except (EnterError, ProcError) as exc:
                 error = str(exc)
         ns.error = error   # this namespace's own failure, not the latest logged
@@ -155,6 +159,8 @@ def _merged(read: TableRead, tables: TableRead) -> TableRead:
     read.sockets.extend(tables.sockets or ())
     read.malformed += tables.malformed
     read.addresses = tables.addresses
+    if tables.interfaces is not None:
+        name_interfaces(read.sockets, tables.interfaces)
     return read
 
 
@@ -257,7 +263,7 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     """Every socket of the namespace `sock` was created in, as netparse would list them.
 
     tcp_states: a TCPF bitmask (ALL, UNHELD, or e.g. TCPF["TIME_WAIT"] | ...). protos: any of
-    tcp, udp, raw, unix. legacy_tcp: True forces one TCPDIAG_GETSOCK request for TCP over
+    sockdiag.PROTOS. legacy_tcp: True forces one TCPDIAG_GETSOCK request for TCP over
     both families, False one inet_diag_req_v2 per family; None (the default) uses
     TCPDIAG_GETSOCK while the kernel accepts it: each TCP request walks the whole
     established hash (shared by every namespace unless tcp_child_ehash_entries is set), so
@@ -271,15 +277,25 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
         for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
             _ask(sock, result, label, "udp",
                  partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE))
-    if "raw" in protos:
-        for family, label in ((socket.AF_INET, "raw"), (socket.AF_INET6, "raw6")):
-            error = _ask(sock, result, label, "raw",
-                         partial(build_inet_request, family, socket.IPPROTO_RAW, ANY_STATE,
-                                 raw_protocol=socket.IPPROTO_RAW))
+    for proto, number in (("udplite", IPPROTO_UDPLITE), ("icmp", socket.IPPROTO_ICMP),
+                          ("raw", socket.IPPROTO_RAW)):
+        if proto not in protos:
+            continue
+        for family, label in ((socket.AF_INET, proto), (socket.AF_INET6, proto + "6")):
+            error = _ask(sock, result, label, proto,
+                         partial(build_inet_request, family, number, ANY_STATE,
+                                 raw_protocol=number if proto == "raw" else 0))
             if error == _errno.ENOENT and family == socket.AF_INET:
-                break           # raw_diag serves both families: no need to ask again
+                break   # no handler (the kernel looks it up by protocol): not for IPv6 either
     if "unix" in protos:
         _ask(sock, result, "unix", "unix", partial(build_unix_request, ANY_STATE))
+    if "packet" in protos:
+        _ask(sock, result, "packet", "packet", build_packet_request)
+    if "netlink" in protos:
+        seq = _next_seq()
+        parsed = run_dump(sock, build_netlink_request(seq=seq), seq, "netlink")
+        drop_multicast_repeats(parsed)
+        result.take("netlink", parsed, "netlink")
     return result
 
 

@@ -56,9 +56,12 @@ Differences from /proc/<pid>/net/*, documented and tested (tests/kernel/test_pid
     raw socket is UNCONN with a wildcard remote here, ESTABLISHED in /proc/net/raw.
   - only sockets a process holds: TIME_WAIT, orphans and not-yet-accepted connections are in
     no fd table; PidfdSource completes the picture from a table pass.
-  - families other than inet/inet6/unix (netlink, packet, vsock...) are skipped and counted;
-    inet sockets that are not tcp/udp/raw (udplite, ping, sctp, mptcp) are counted apart:
-    they live in tables netparse does not read (udplite, icmp, sctp).
+  - ping sockets (icmp): getpeername refuses as for raw, so a connected one is UNCONN here.
+  - packet sockets: the interface is named with SIOCGIFNAME on the duplicate (a query,
+    answered in the socket's namespace), where the tables name only interfaces that have
+    an IPv6 address (if_inet6).
+  - families other than inet/inet6/unix/packet/netlink (vsock...) are skipped and counted;
+    inet sockets that are not tcp/udp/udplite/icmp/raw (sctp, mptcp) are counted apart.
 """
 from __future__ import annotations
 
@@ -74,9 +77,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..model import Socket, netns_key
-from ..netparse import TCP_STATES, UNIX_TYPES
-from ..sockdiag import UNHELD
+from ..model import Socket, netlink_socket, netns_key, packet_socket
+from ..netparse import PACKET_TYPES, TCP_STATES, UNIX_TYPES
+from ..sockdiag import IPPROTO_UDPLITE, UNHELD
 from ..sockdiag import unix_name as _diag_unix_name
 from ..walk import Discovery
 from .base import Batch, ReadContext, TableSource
@@ -85,6 +88,13 @@ from .proc import ProcSource
 
 SYS_pidfd_getfd = 438            # the same number on every architecture
 SIOCGSKNS = 0x894C
+SIOCGIFNAME = 0x8910
+_IFREQ = struct.Struct("=16si20x")             # struct ifreq: name, ifindex (a union of 24)
+_SOCKADDR_LL = struct.Struct("=HHi")           # sll_family, sll_protocol (network), ifindex
+_AF_PACKET, _AF_NETLINK = socket.AF_PACKET, socket.AF_NETLINK
+_LINK_FAMILIES = frozenset({_AF_PACKET, _AF_NETLINK})
+_UDP_PROTOCOLS = frozenset({socket.IPPROTO_UDP, IPPROTO_UDPLITE})
+_PING_PROTOCOLS = frozenset({socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6})
 SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
 TCP_LISTEN = 10
 
@@ -141,8 +151,8 @@ class BorrowResult:
     tcp_info: dict[int, TcpInfo] = field(default_factory=dict)   # socket inode -> TcpInfo
     borrowed: int = 0          # described: one Socket each
     already_seen: int = 0      # described earlier through another holder (inode in `seen`)
-    skipped_family: int = 0    # netlink, packet, vsock, ...: not in the tables nsnet reads
-    skipped_protocol: int = 0  # inet but not tcp/udp/raw: udplite, ping (icmp), sctp, mptcp
+    skipped_family: int = 0    # vsock, bluetooth, can, alg ...: not in the tables nsnet reads
+    skipped_protocol: int = 0  # inet but not tcp/udp/udplite/icmp/raw: sctp, mptcp
     vanished: int = 0          # process exited (ESRCH), fd closed (EBADF) or reused meanwhile
     denied: int = 0            # pidfd_getfd refused (EPERM/EACCES): no CAP_SYS_PTRACE
     unsafe: int = 0            # not borrowed: borrowing would re-tag them (cgroup v1, below)
@@ -377,7 +387,7 @@ class _Describer:
                 append(sock)
                 result.borrowed += 1
 
-    def describe(self, h: _socket.socket, inode: int, uid: int) -> Socket | None:  # noqa: C901
+    def describe(self, h: _socket.socket, inode: int, uid: int) -> Socket | None:  # noqa: C901, PLR0912
         """One borrowed socket -> Socket, or None when skipped (counted).
 
         One branch per kind in one body, not a method per kind: it runs once per held
@@ -387,8 +397,10 @@ class _Describer:
         family = h.getsockopt(_SOL_SOCKET, _SO_DOMAIN)
         if family == _AF_UNIX:
             return self.describe_unix(h, inode, h.getsockname())
+        if family in _LINK_FAMILIES:
+            return self.describe_link(h, family, inode, uid)
         if family != _AF_INET and family != _AF_INET6:
-            self.result.skipped_family += 1   # netlink, packet, vsock, ...
+            self.result.skipped_family += 1   # vsock, bluetooth, can, alg ...
             return None
         local = h.getsockname()
         kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
@@ -410,7 +422,7 @@ class _Describer:
                 _, rtt, rttvar, retrans, acked, received = _TCP_INFO_LAYOUT.unpack(info)
                 self.result.tcp_info[inode] = TcpInfo(rtt, rttvar, retrans, acked, received)
             name = "tcp"
-        elif kind == _DGRAM and proto == _IPPROTO_UDP:
+        elif kind == _DGRAM and proto in _UDP_PROTOCOLS:
             state = "UNCONN"
             try:
                 peer = h.getpeername()
@@ -419,7 +431,12 @@ class _Describer:
             except OSError as exc:
                 if exc.errno != _ENOTCONN:
                     raise
-            name = "udp"
+            name = "udp" if proto == _IPPROTO_UDP else "udplite"
+        elif kind == _DGRAM and proto in _PING_PROTOCOLS:
+            # a ping socket: its "port" is its echo identifier, as /proc/net/icmp prints
+            # it; getpeername refuses (no destination port), as for raw: UNCONN here
+            state = "UNCONN"
+            name = "icmp"
         elif kind == _RAW:
             # /proc/net/raw{,6} print the protocol number as the local port and 0 as remote
             local_port, state = proto, "UNCONN"
@@ -435,6 +452,31 @@ class _Describer:
         netns = self.netns(h)
         return Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
                       remote_port, inode, uid, netns, _key(netns))
+
+    def describe_link(self, h: _socket.socket, family: int, inode: int, uid: int
+                      ) -> Socket | None:
+        """A packet or netlink socket, as /proc/net/packet and /proc/net/netlink list it."""
+        if family == _AF_NETLINK:
+            portid, groups = h.getsockname()      # sockaddr_nl: nl_pid, nl_groups
+            sock = netlink_socket(h.getsockopt(_SOL_SOCKET, _SO_PROTOCOL), portid, groups,
+                                  inode)
+        else:
+            # sockaddr_ll raw (the socket module names the interface but drops its index)
+            buf = ctypes.create_string_buffer(_SOCKADDR_LL.size + 8)
+            size = ctypes.c_uint(len(buf))
+            if _libc.getsockname(h.fileno(), buf, ctypes.byref(size)) != 0:
+                raise OSError(_get_errno(), "getsockname")
+            _fam, protocol, ifindex = _SOCKADDR_LL.unpack_from(buf.raw)
+            kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
+            type_ = PACKET_TYPES.get(kind)
+            if type_ is None:
+                self.result.skipped_protocol += 1
+                return None
+            sock = packet_socket(type_, socket.ntohs(protocol), ifindex,
+                                 _interface_name(h.fileno(), ifindex), inode, uid)
+        netns = self.netns(h)
+        sock.netns, sock.netns_key = netns, _key(netns)
+        return sock
 
     def describe_unix(self, h: _socket.socket, inode: int, local: str | bytes) -> Socket:
         kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
@@ -489,6 +531,18 @@ class _Describer:
         return netns
 
 
+def _interface_name(fd: int, ifindex: int) -> str | None:
+    """The name of interface `ifindex` in the namespace of socket `fd`: SIOCGIFNAME, a query
+    the kernel answers in the socket's own namespace (sock_net); None when there is none."""
+    if ifindex <= 0:
+        return None
+    try:
+        answer = fcntl.ioctl(fd, SIOCGIFNAME, _IFREQ.pack(b"", ifindex))
+    except OSError:
+        return None         # gone meanwhile
+    return answer[:16].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
 def _key(netns: int | None) -> str:
     return netns_key(netns) if netns is not None else ""
 
@@ -525,7 +579,9 @@ class PidfdSource:
     def __init__(self, unheld_via: str, cache: DiagSockets | None = None):
         self.cache = cache
         if unheld_via == "netlink":
-            self.unheld: TableSource = NetlinkSource(cache, tcp_states=UNHELD, protos=("tcp",))
+            # the kernel's own netlink sockets are held by no process
+            self.unheld: TableSource = NetlinkSource(cache, tcp_states=UNHELD,
+                                                     protos=("tcp", "netlink"))
             self.full: TableSource = NetlinkSource(cache)
         else:
             self.unheld = self.full = ProcSource()

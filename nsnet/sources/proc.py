@@ -1,4 +1,5 @@
-"""The proc source: /proc/<pid>/net/{tcp,tcp6,udp,udp6,raw,raw6,unix} once per namespace.
+"""The proc source: /proc/<pid>/net/{tcp,udp,udplite,icmp,raw}{,6}, unix, packet and netlink
+once per namespace.
 
 Needs no privilege for the tables. Costs namespaces x host size: each tcp/tcp6 read walks the
 host-wide TCP established hash, whatever the namespace holds. The reference the other sources
@@ -22,6 +23,8 @@ from ..netparse import (
     ADDRESS_FILES,
     NET_FILES,
     Address,
+    interface_names,
+    name_interfaces,
     parse_fib_trie_local,
     parse_if_inet6,
     parse_net_file,
@@ -32,14 +35,15 @@ from ..walk import Pin, namespace_key
 from .base import Pending, ReadContext, TableRead, TableSource
 
 # A kernel without IPv6 has no tcp6, udp6, raw6, if_inet6; without CONFIG_IP_FIB_TRIE-style
-# procfs (or IPv4) no fib_trie.
-_OPTIONAL = frozenset(name for name in NET_FILES if name.endswith("6")) | frozenset(ADDRESS_FILES)
+# procfs (or IPv4) no fib_trie; UDP-Lite, ping sockets, packet sockets are options too (and
+# UDP-Lite is on its way out of the kernel). Only tcp, udp, raw and unix must be there.
+_OPTIONAL = frozenset(NET_FILES) - {"tcp", "udp", "raw", "unix"} | frozenset(ADDRESS_FILES)
 _FILES = NET_FILES + ADDRESS_FILES
 
 
 def files_of(protos: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The /proc/<pid>/net tables that list these protocols (tcp -> tcp, tcp6; unix -> unix)."""
-    return tuple(name for name in NET_FILES if name.rstrip("6") in protos)
+    return tuple(name for name in NET_FILES if name.removesuffix("6") in protos)
 
 
 class ProcSource(TableSource):
@@ -127,6 +131,9 @@ def _parse(tables: dict[str, bytes], via: str) -> TableRead:
             read.malformed += parsed.malformed
     read.addresses, malformed = _addresses(tables)
     read.malformed += malformed
+    if "if_inet6" in tables:
+        read.interfaces = interface_names(tables["if_inet6"])
+        name_interfaces(read.sockets, read.interfaces)
     return read
 
 

@@ -1,0 +1,187 @@
+"""The socket kinds beyond tcp/udp/raw/unix, built for real in the calling thread's (scratch)
+network namespace: packet sockets (a sniffer on lo, a cooked IPv4 listener on every
+interface), netlink sockets (a route listener with groups, an unbound generic one), ping
+sockets (IPv4 and IPv6, one connected) and UDP-Lite sockets (one bound, one connected).
+
+The kernel tier (tests/kernel/test_socket_kinds.py) builds it in a fresh namespace and holds
+every source to it; the capture (run by hand, as root) wrote tests/data/kinds_* from it:
+
+    unshare -n python3 tests/support/link_scenario.py capture
+
+Each socket's expectations come from what it was made to do and from fstat() (its inode),
+never from nsnet's parsers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __name__ == "__main__":      # run from a checkout: nsnet is two levels up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 0x1, 0x10
+IPPROTO_UDPLITE = 136
+NETLINK_GENERIC = 16
+PING_ID = 4242          # the kernel picks a ping socket's id when bound to port 0; we ask one
+UDPLITE_PORT = 4343
+
+
+@dataclass
+class Built:
+    """The live sockets, and the rows every source must list for them."""
+    held: list[socket.socket] = field(default_factory=list)
+    # (proto, family, state, local_addr, local_port, remote_addr, remote_port, inode, uid)
+    expected: list[tuple] = field(default_factory=list)
+    packet: dict[int, tuple] = field(default_factory=dict)    # inode -> (type, proto, ifindex)
+    netlink: dict[int, tuple] = field(default_factory=dict)   # inode -> (protocol, portid, groups)
+
+    def close(self) -> None:
+        for s in self.held:
+            s.close()
+
+
+def allow_ping() -> None:
+    """Ping sockets are refused to every group by default (ping_group_range "1 0"); the range
+    is per namespace: open it in this scratch one."""
+    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+        f.write("0 2147483647")
+
+
+def lo_up() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def build() -> Built:
+    """In the calling thread's namespace (fresh: lo is its only interface, ifindex 1)."""
+    lo_up()
+    allow_ping()
+    b = Built()
+    uid = os.geteuid()
+
+    def keep(s: socket.socket) -> int:
+        b.held.append(s)
+        return os.fstat(s.fileno()).st_ino
+
+    sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sniffer.bind(("lo", ETH_P_ALL))
+    ino = keep(sniffer)
+    b.packet[ino] = ("raw", ETH_P_ALL, 1)
+    b.expected.append(("packet", "packet", "UNCONN", "lo", None, "", None, ino, uid))
+    cooked = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    ino = keep(cooked)
+    b.packet[ino] = ("dgram", ETH_P_IP, 0)
+    b.expected.append(("packet", "packet", "UNCONN", "*", None, "", None, ino, uid))
+
+    route = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    route.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
+    ino = keep(route)
+    portid = route.getsockname()[0]
+    b.netlink[ino] = (0, portid, RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+    b.expected.append(("netlink", "netlink", "UNCONN", "route", portid, "", None, ino, None))
+    generic = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+    generic.bind((0, 0))
+    ino = keep(generic)
+    portid = generic.getsockname()[0]
+    b.netlink[ino] = (16, portid, 0)
+    b.expected.append(("netlink", "netlink", "UNCONN", "generic", portid, "", None, ino, None))
+
+    ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+    ping.bind(("127.0.0.1", PING_ID))
+    ino = keep(ping)
+    b.expected.append(("icmp", "inet", "UNCONN", "127.0.0.1", PING_ID, "0.0.0.0", 0, ino, uid))
+    ping6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+    ping6.bind(("::1", PING_ID + 1))
+    ino = keep(ping6)
+    b.expected.append(("icmp", "inet6", "UNCONN", "::1", PING_ID + 1, "::", 0, ino, uid))
+
+    lite = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+    lite.bind(("127.0.0.1", UDPLITE_PORT))
+    ino = keep(lite)
+    b.expected.append(("udplite", "inet", "UNCONN", "127.0.0.1", UDPLITE_PORT, "0.0.0.0", 0,
+                       ino, uid))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+    client.connect(("127.0.0.1", UDPLITE_PORT))
+    ino = keep(client)
+    port = client.getsockname()[1]
+    b.expected.append(("udplite", "inet", "ESTABLISHED", "127.0.0.1", port, "127.0.0.1",
+                       UDPLITE_PORT, ino, uid))
+    return b
+
+
+def row(s) -> tuple:
+    return (s.proto, s.family, s.state, s.local_addr, s.local_port, s.remote_addr,
+            s.remote_port, s.inode, s.uid)
+
+
+# ============================================================== capture (run by hand)
+
+NLMSGHDR = struct.Struct("=IHHII")
+SEQ = {"packet": 7001, "netlink": 7002, "udplite4": 7003, "icmp_enoent": 7004}
+TABLES = ("packet", "netlink", "icmp", "icmp6", "udplite", "udplite6")
+
+
+def _dump(sock: socket.socket, request: bytes) -> tuple[bytes, int]:
+    sock.send(request)
+    out, datagrams = b"", 0
+    while True:
+        data = sock.recv(1 << 20)
+        datagrams += 1
+        out += data
+        off, done = 0, False
+        while off < len(data):
+            length, mtype = NLMSGHDR.unpack_from(data, off)[:2]
+            done = done or mtype in (2, 3)
+            off += (length + 3) & ~3
+        if done:
+            return out, datagrams
+
+
+def capture() -> None:
+    """In a fresh namespace (run under `unshare -n`), build() and write each table and each
+    reply."""
+    from nsnet.sockdiag import (
+        ANY_STATE, NETLINK_SOCK_DIAG, build_inet_request, build_netlink_request,
+        build_packet_request,
+    )
+    with open("/proc/net/dev") as f:
+        if len(f.read().splitlines()) != 3:     # two header lines and lo
+            sys.exit("run me in a fresh namespace: unshare -n python3 " + __file__ + " capture")
+    b = build()
+    diag = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    diag_ino = os.fstat(diag.fileno()).st_ino
+    record: dict = {"expected": b.expected, "packet": {str(k): v for k, v in b.packet.items()},
+                    "netlink": {str(k): v for k, v in b.netlink.items()},
+                    "diag_inode": diag_ino, "diag_portid": None, "seq": SEQ, "datagrams": {}}
+    requests = {
+        "packet": build_packet_request(seq=SEQ["packet"]),
+        "netlink": build_netlink_request(seq=SEQ["netlink"]),
+        "udplite4": build_inet_request(socket.AF_INET, IPPROTO_UDPLITE, ANY_STATE,
+                                       seq=SEQ["udplite4"]),
+        "icmp_enoent": build_inet_request(socket.AF_INET, socket.IPPROTO_ICMP, ANY_STATE,
+                                          seq=SEQ["icmp_enoent"]),
+    }
+    for name, request in requests.items():
+        data, datagrams = _dump(diag, request)
+        record["datagrams"][name] = datagrams
+        (DATA / f"kinds_diag_{name}.bin").write_bytes(data)
+    record["diag_portid"] = diag.getsockname()[0]   # bound (autobind) by the first send
+    for name in TABLES:
+        with open(f"/proc/thread-self/net/{name}", "rb") as f:
+            (DATA / f"kinds_proc_net_{name}.txt").write_bytes(f.read())
+    with open("/proc/thread-self/net/if_inet6", "rb") as f:
+        (DATA / "kinds_proc_net_if_inet6.txt").write_bytes(f.read())
+    (DATA / "kinds_capture.json").write_text(json.dumps(record, indent=1) + "\n")
+    b.close()
+    diag.close()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["capture"]:
+    capture()

@@ -1,0 +1,247 @@
+"""Packet, netlink, ping (icmp) and UDP-Lite sockets: the /proc parsers and the sock_diag codec
+on captured text and replies, malformed input, and how the views show them.
+
+The captures (tests/data/kinds_*, Linux 6.18, x86-64) were written by
+`unshare -n python3 tests/support/link_scenario.py capture` as root: a fresh namespace with the
+sockets link_scenario.build() makes, each table of it and each sock_diag reply, byte for byte.
+kinds_capture.json holds what the capture knew without parsing: each socket's fstat() inode,
+its port id (netlink), what it was bound to. The kernel tier holds every source to the same
+scenario live (tests/kernel/test_socket_kinds.py).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from diag_scenario import frames
+from link_scenario import NLMSGHDR, row
+from nsnet import netparse
+from nsnet.model import (
+    IP_PROTOS,
+    PROTOS,
+    NetlinkInfo,
+    PacketInfo,
+    Snapshot,
+    Stats,
+    ethertype_name,
+    netlink_protocol_name,
+    netlink_socket,
+    packet_socket,
+)
+from nsnet.sockdiag import (
+    build_netlink_request,
+    build_packet_request,
+    drop_multicast_repeats,
+    parse_dump,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+little_endian_only = pytest.mark.skipif(
+    sys.byteorder != "little", reason="captures were taken on a little-endian host")
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return json.loads((DATA / "kinds_capture.json").read_text())
+
+
+def table(name: str) -> bytes:
+    return (DATA / f"kinds_proc_net_{name}.txt").read_bytes()
+
+
+def reply(name: str) -> bytes:
+    return (DATA / f"kinds_diag_{name}.bin").read_bytes()
+
+
+def expected(record: dict, proto: str) -> set[tuple]:
+    return {tuple(r) for r in record["expected"] if r[0] == proto}
+
+
+# ---------------------------------------------------------------------- /proc tables
+
+def test_packet_table(record: dict) -> None:
+    parsed = netparse.parse_packet(table("packet"))
+    assert parsed.malformed == 0
+    assert {row(s) for s in parsed.sockets} == {
+        # unnamed yet: the table gives an index; lo comes from if_inet6 (below)
+        r if r[3] == "*" else r[:3] + ("if1",) + r[4:] for r in expected(record, "packet")}
+    for s in parsed.sockets:
+        type_, proto, ifindex = record["packet"][str(s.inode)]
+        assert s.info == PacketInfo(type_, proto, ifindex, None)
+    names = netparse.interface_names(table("if_inet6"))
+    assert names == {1: "lo"}
+    netparse.name_interfaces(parsed.sockets, names)
+    assert {row(s) for s in parsed.sockets} == expected(record, "packet")
+    assert {s.info.interface for s in parsed.sockets if isinstance(s.info, PacketInfo)} == \
+        {"lo", None}   # the unbound one has no interface to name
+
+
+def test_netlink_table(record: dict) -> None:
+    parsed = netparse.parse_netlink(table("netlink"))
+    assert parsed.malformed == 0
+    got = {row(s) for s in parsed.sockets}
+    assert expected(record, "netlink") <= got
+    for s in parsed.sockets:
+        if str(s.inode) in record["netlink"]:
+            assert s.info == NetlinkInfo(*record["netlink"][str(s.inode)])
+    # the capture's own sock_diag socket, and the kernel's end of each protocol (port id 0)
+    assert ("netlink", "netlink", "UNCONN", "sock_diag", record["diag_portid"], "", None,
+            record["diag_inode"], None) in got
+    kernel = {s.local_addr for s in parsed.sockets if s.local_port == 0}
+    assert {"route", "sock_diag", "generic", "audit"} <= kernel
+    assert len(got) == len(parsed.sockets) == len(table("netlink").splitlines()) - 1
+
+
+@pytest.mark.parametrize("proto, names", [("icmp", ("icmp", "icmp6")),
+                                          ("udplite", ("udplite", "udplite6"))])
+def test_inet_layout_tables(record: dict, proto: str, names: tuple[str, str]) -> None:
+    got = set()
+    for name in names:
+        parsed = netparse.parse_net_file(name, table(name))
+        assert parsed.malformed == 0
+        got |= {row(s) for s in parsed.sockets}
+    assert got == expected(record, proto)
+
+
+@pytest.mark.parametrize("text", [
+    b"000000000c73a207 3      3    0003   1     1 0      0      \n",       # no inode
+    b"000000000c73a207 3      9    0003   1     1 0      0      5\n",      # no such type
+    b"000000000c73a207 3      3    zz03   1     1 0      0      5\n",      # not hex
+    b"000000000c73a207 3      3    0003   -7    1 0      0      5\n",      # not an ifindex
+    b"000000000c73a207 3      3    0003   1     1 0      0      5 \x1b[2J\n",
+])
+def test_packet_malformed_lines(text: bytes) -> None:
+    good = b"000000000c73a207 3      3    0003   1     1 0      0      13879556\n"
+    parsed = netparse.parse_packet(table("packet").splitlines(True)[0] + good + text)
+    assert (len(parsed.sockets), parsed.malformed) == (1, 1)
+
+
+def test_packet_of_a_gone_interface() -> None:
+    """packet_notifier sets ifindex -1 when the bound interface is unregistered."""
+    parsed = netparse.parse_packet(table("packet").splitlines(True)[0]
+                                   + b"000000000c73a207 3      3    0003   -1    0 0      0      77\n")
+    assert parsed.malformed == 0
+    (s,) = parsed.sockets
+    assert (s.local_addr, s.info) == ("gone", PacketInfo("raw", 3, -1, None))
+
+
+def test_cut_tables_count_the_cut_line() -> None:
+    for name, parse in (("packet", netparse.parse_packet), ("netlink", netparse.parse_netlink)):
+        data = table(name)
+        cut = data[:data.rindex(b"\n", 0, len(data) - 1) + 12]    # mid-way into the last line
+        parsed = parse(cut)
+        assert parsed.malformed == 1
+        assert len(parsed.sockets) == len(data.splitlines()) - 2
+        assert parse(b"").sockets == [] and parse(b"").malformed == 0
+        assert parse(data.splitlines(True)[0]).sockets == []
+
+
+def test_netlink_malformed_lines() -> None:
+    header = table("netlink").splitlines(True)[0]
+    bad = [b"00000000b33582a7 0   0          0000000g 0        0        0     2        0        5\n",
+           b"00000000b33582a7 0   0          00000000 0        0        0     2        0\n",
+           b"garbage\n"]
+    parsed = netparse.parse_netlink(header + b"".join(bad))
+    assert (parsed.sockets, parsed.malformed) == ([], 3)
+
+
+# ---------------------------------------------------------------------- sock_diag
+
+def test_link_request_layouts() -> None:
+    req = build_packet_request(seq=5)
+    assert len(req) == 16 + 20 and NLMSGHDR.unpack_from(req) == (36, 20, 0x301, 5, 0)
+    assert struct.unpack_from("=BBHII", req, 16) == (socket.AF_PACKET, 0, 0, 0, 1)
+    req = build_netlink_request(seq=6)
+    assert len(req) == 16 + 20 and NLMSGHDR.unpack_from(req) == (36, 20, 0x301, 6, 0)
+    assert struct.unpack_from("=BBHII", req, 16) == (socket.AF_NETLINK, 255, 0, 0, 2)
+
+
+@little_endian_only
+def test_diag_replies_match_the_tables(record: dict) -> None:
+    """packet_diag and netlink_diag list what the tables list, with the same details."""
+    for name, proto, parse in (("packet", "packet", netparse.parse_packet),
+                               ("netlink", "netlink", netparse.parse_netlink)):
+        dump = parse_dump(reply(name), proto, record["seq"][name])
+        assert (dump.malformed, dump.done, dump.error, dump.stale) == (0, True, 0, 0)
+        # the route socket with groups comes twice from netlink_diag (sockdiag's docstring)
+        assert drop_multicast_repeats(dump) == (1 if proto == "netlink" else 0)
+        tables = parse(table(name)).sockets
+        assert sorted(map(row, dump.sockets)) == sorted(map(row, tables))
+        assert {s.inode: s.info for s in dump.sockets} == {s.inode: s.info for s in tables}
+    lite = parse_dump(reply("udplite4"), "udplite", record["seq"]["udplite4"])
+    assert {row(s) for s in lite.sockets} == \
+        {r for r in expected(record, "udplite") if r[1] == "inet"}
+
+
+def test_ping_has_no_diag_handler(record: dict) -> None:
+    dump = parse_dump(reply("icmp_enoent"), "icmp", record["seq"]["icmp_enoent"])
+    assert (dump.sockets, dump.done, dump.error) == ([], True, errno.ENOENT)
+
+
+@little_endian_only
+@pytest.mark.parametrize("name, proto", [("packet", "packet"), ("netlink", "netlink")])
+def test_diag_replies_cut_or_broken(record: dict, name: str, proto: str) -> None:
+    data = reply(name)
+    first_len = NLMSGHDR.unpack_from(data)[0]
+    cut = parse_dump(data[:first_len - 4], proto, record["seq"][name])
+    assert cut.sockets == [] and cut.malformed == 1 and not cut.done
+    # an attribute whose length runs past its message: that socket is malformed, the rest read
+    broken = bytearray(data)
+    fixed = 32 if proto == "packet" else 44
+    at, length = next((off, n) for off, n, _ in frames(data) if n > fixed)
+    struct.pack_into("=H", broken, at + fixed, length)
+    parsed = parse_dump(bytes(broken), proto, record["seq"][name])
+    assert parsed.malformed == 1 and parsed.done
+    assert len(parsed.sockets) == len(parse_dump(data, proto).sockets) - 1
+    # a stale message of another request is skipped, not parsed
+    stale = parse_dump(data, proto, record["seq"][name] + 1)
+    assert stale.sockets == [] and stale.stale > 0
+
+
+# ---------------------------------------------------------------------- model and views
+
+def test_kind_names() -> None:
+    assert ethertype_name(3) == "all" and ethertype_name(0x88B5) == "0x88b5"
+    assert netlink_protocol_name(0) == "route" and netlink_protocol_name(99) == "99"
+    assert set(IP_PROTOS) < set(PROTOS)
+    from nsnet.cli import KIND_HELP
+    assert tuple(KIND_HELP) == PROTOS
+
+
+def _snap(sockets: list) -> Snapshot:
+    return Snapshot("/proc", {}, {}, sockets, Stats())
+
+
+def test_views_document_the_kinds() -> None:
+    from nsnet.views import SocketFilter, socket_doc
+    sniff = packet_socket("raw", 3, 4, "eth0\x1b[31m", 11, 1000)
+    nl = netlink_socket(0, 0, 0, 12)
+    snap = _snap([sniff, nl])
+    doc = socket_doc(sniff, snap)
+    assert doc["packet"] == {"type": "raw", "protocol": 3, "protocol_name": "all",
+                             "ifindex": 4, "interface": "eth0\x1b[31m"}
+    assert doc["netlink"] is None
+    doc = socket_doc(nl, snap)
+    assert doc["netlink"] == {"protocol": 0, "protocol_name": "route", "portid": 0,
+                              "groups": 0, "kernel": True}
+    # a port filter is about IP ports: a netlink port id 0 is not port 0
+    assert not SocketFilter(port=0)(nl)
+    assert SocketFilter(protos=frozenset({"packet"}))(sniff)
+
+
+def test_tables_show_the_kinds_sanitized() -> None:
+    from nsnet import report, views
+    from nsnet.report import Renderer
+    sniff = packet_socket("raw", 3, 4, "eth0\x1b[31m", 11, 1000)
+    nl = netlink_socket(0, 0, 0, 12)
+    doc = views.sockets_view(_snap([sniff, nl]))
+    text = report.render_sockets(doc, Renderer(None, False))
+    assert "\x1b" not in text
+    assert "eth0\\x1b[31m (all)" in text
+    assert "route:0 (kernel)" in text
