@@ -8,7 +8,7 @@ to is not decided here: nsnet.ownership says it, for every view, edge and metric
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from . import SCHEMA
@@ -124,7 +124,7 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "peer": s.peer, "peer_netns": s.peer_netns,
             "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
             "unix_type": s.unix_type, "packet": packet_doc(s.info),
-            "netlink": netlink_doc(s.info), "source": s.source, "unconfirmed": s.unconfirmed,
+            "netlink": netlink_doc(s.info, s.pids), "source": s.source, "unconfirmed": s.unconfirmed,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
             "containers": [container_ref(c) for c in socket_containers(s, snap)],
             "service": socket_service(s, snap)}
@@ -138,11 +138,14 @@ def packet_doc(info: PacketInfo | NetlinkInfo | None) -> dict | None:
             "interface": info.interface}
 
 
-def netlink_doc(info: PacketInfo | NetlinkInfo | None) -> dict | None:
+def netlink_doc(info: PacketInfo | NetlinkInfo | None, pids: Sequence[int] = ()) -> dict | None:
     if not isinstance(info, NetlinkInfo):
         return None
+    # port id 0 in a table is the kernel's socket (a process's socket is listed once bound,
+    # with its own id); a held one with id 0 is a process's socket never bound (pidfd)
     return {"protocol": info.protocol, "protocol_name": netlink_protocol_name(info.protocol),
-            "portid": info.portid, "groups": info.groups, "kernel": info.portid == 0}
+            "portid": info.portid, "groups": info.groups,
+            "kernel": info.portid == 0 and not pids}
 
 
 def user_names(snap: Snapshot) -> dict[str, str | None]:

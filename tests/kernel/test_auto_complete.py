@@ -52,11 +52,11 @@ def _sockets(source: str) -> dict:
     return json.loads(run.stdout)
 
 
-def _raw_diag_missing() -> bool:
+def _diag_missing(proto: str = "raw") -> bool:
     from nsnet.sources.netlink import dump_namespace, open_diag_socket
 
     with open_diag_socket() as sock:
-        return "raw" in dump_namespace(sock, protos=("raw",)).missing
+        return proto in dump_namespace(sock, protos=(proto,)).missing
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +97,14 @@ def test_every_source_lists_the_raw_sockets(raw_node, source):
     assert pinned["netns"] == raw_node["pinned_netns"] and pid in pinned["pids"]
     assert pinned["local_port"] == 89          # /proc/net/raw prints the protocol as the port
     assert {got[i]["family"] for i in raw_node["own"]} == {"inet", "inet6"}
-    missing = _raw_diag_missing()
+    missing = _diag_missing()
     if source == "proc":
         assert doc["stats"]["tables_from_proc"] == []
     else:
         assert doc["stats"]["source"] == "netlink"
-        assert doc["stats"]["tables_from_proc"] == (["raw"] if missing else [])
+        # ping sockets have no sock_diag handler in any kernel: icmp always comes from /proc
+        assert _diag_missing("icmp")
+        assert doc["stats"]["tables_from_proc"] == ["icmp"] + (["raw"] if missing else [])
         assert doc["stats"]["source_errors"] == []
         want = "proc" if missing else "netlink"
         assert {got[i]["source"] for i in [*raw_node["own"], raw_node["pinned"]]} == {want}
@@ -130,7 +132,8 @@ def test_the_default_is_auto_and_verbose_says_what_read_the_node(raw_node):
     assert len(said) == 1, run.stderr
     line = said[0]
     assert line.startswith(f"nsnet: source netlink ({stats['source_reason']})")
-    assert ("raw from /proc" in line) == (stats["tables_from_proc"] == ["raw"])
+    assert (", raw from /proc" in line) == (stats["tables_from_proc"] == ["icmp", "raw"])
+    assert "icmp" in stats["tables_from_proc"]   # ping sockets: no sock_diag handler
     assert f"{stats['reader_threads']} reader thread(s): {stats['reader_threads_reason']}" in line
     assert f"{stats['namespaces']} namespaces, {stats['sockets']} sockets in " in line
     quiet = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--raw", "--json"],

@@ -51,7 +51,13 @@ def effective_uid(uid: int):
         os.seteuid(0)
 
 
-def _proc_rows(names=netparse.NET_FILES) -> list[netparse.Socket]:
+# The kinds this scenario builds and compares (packet, netlink, ping and UDP-Lite sockets have
+# their own: link_scenario.py): the tables and the sock_diag protocols that list them.
+CLASSIC_FILES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix")
+CLASSIC_PROTOS = ("tcp", "udp", "raw", "unix")
+
+
+def _proc_rows(names=CLASSIC_FILES) -> list[netparse.Socket]:
     out = []
     for name in names:
         with open(f"/proc/thread-self/net/{name}", "rb") as f:

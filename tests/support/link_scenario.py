@@ -148,7 +148,10 @@ def capture() -> None:
     """In a fresh namespace (run under `unshare -n`), build() and write each table and each
     reply."""
     from nsnet.sockdiag import (
-        ANY_STATE, NETLINK_SOCK_DIAG, build_inet_request, build_netlink_request,
+        ANY_STATE,
+        NETLINK_SOCK_DIAG,
+        build_inet_request,
+        build_netlink_request,
         build_packet_request,
     )
     with open("/proc/net/dev") as f:

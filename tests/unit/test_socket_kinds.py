@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from diag_scenario import frames
 from link_scenario import NLMSGHDR, row
+
 from nsnet import netparse
 from nsnet.model import (
     IP_PROTOS,
