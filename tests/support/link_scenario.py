@@ -3,7 +3,7 @@ network namespace: packet sockets (a sniffer on lo, a cooked IPv4 listener on ev
 interface), netlink sockets (a route listener with groups, an unbound generic one), ping
 sockets (IPv4 and IPv6, one connected) and UDP-Lite sockets (one bound, one connected).
 
-The kernel tier (tests/kernel/test_socket_kinds.py) builds it in a fresh namespace and holds
+The kernel tier (tests/kernel/test_socket_kinds_live.py) builds it in a fresh namespace and holds
 every source to it; the capture (run by hand, as root) wrote tests/data/kinds_* from it:
 
     unshare -n python3 tests/support/link_scenario.py capture

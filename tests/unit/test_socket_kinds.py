@@ -6,7 +6,7 @@ The captures (tests/data/kinds_*, Linux 6.18, x86-64) were written by
 sockets link_scenario.build() makes, each table of it and each sock_diag reply, byte for byte.
 kinds_capture.json holds what the capture knew without parsing: each socket's fstat() inode,
 its port id (netlink), what it was bound to. The kernel tier holds every source to the same
-scenario live (tests/kernel/test_socket_kinds.py).
+scenario live (tests/kernel/test_socket_kinds_live.py).
 """
 from __future__ import annotations
 
