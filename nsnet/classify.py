@@ -33,10 +33,18 @@ from .netparse import is_loopback
 _WILDCARDS = frozenset(("0.0.0.0", "::"))
 
 
+# How a [::] listener that takes IPv6 only (IPV6_V6ONLY; sock_diag and pidfd tell, the
+# /proc tables do not: then it counts as dual-stack, the kernel's default) is filed among a
+# port's listening addresses: a string no address can be.
+V6ONLY_WILDCARD = "::/v6only"
+
+
 def _listens_on(bound: set[str], addr: str) -> bool:
     if addr in bound or "::" in bound:
         return True   # a dual-stack [::] listener accepts IPv4 too (shown unmapped)
-    return "0.0.0.0" in bound and ":" not in addr
+    if ":" in addr:
+        return V6ONLY_WILDCARD in bound
+    return "0.0.0.0" in bound
 
 
 class OwnAddresses:
@@ -124,7 +132,8 @@ class Classifier:
             state = s.state
             if state == "LISTEN" or state == "UNCONN":
                 if proto == "tcp":
-                    listeners[s.netns_key][s.local_port].add(addr)
+                    listeners[s.netns_key][s.local_port].add(
+                        V6ONLY_WILDCARD if s.v6only and addr == "::" else addr)
                 if not wild:
                     bound_exact[(proto, addr, s.local_port)].append(s)
                 else:

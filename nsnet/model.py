@@ -285,6 +285,12 @@ class Socket:
     unconfirmed: bool = False
     # what a packet or netlink socket is (PacketInfo, NetlinkInfo); None for the other kinds
     info: PacketInfo | NetlinkInfo | None = None
+    # an IPv6 socket bound to [::] or listening: True when it takes IPv6 only (IPV6_V6ONLY),
+    # False when IPv4 too; None where the source cannot tell (the /proc tables never say)
+    v6only: bool | None = None
+    # the interface it is bound to (SO_BINDTODEVICE, or the scope of a link-local address),
+    # an index into its namespace's interfaces; 0: none, or the source cannot tell (/proc)
+    bound_if: int = 0
 
 
 @dataclass(slots=True)
@@ -337,6 +343,13 @@ class Namespace:
     note: str | None = None         # what this entry is, when it is not simply a namespace
     # its own addresses (netparse.Address), read with its tables; None: not read
     addresses: list | None = None
+    # ifindex -> name of its interfaces that have an IPv6 address (if_inet6); None: not read
+    interfaces: dict[int, str] | None = None
+
+    def interface_name(self, ifindex: int) -> str:
+        """How an interface of this namespace is shown: its name, else `if<index>`."""
+        known = self.interfaces.get(ifindex) if self.interfaces else None
+        return known or f"if{ifindex}"
 
     @property
     def found_by(self) -> list[str]:

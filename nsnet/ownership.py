@@ -121,9 +121,14 @@ def socket_users(sock: Socket, snap: Snapshot) -> list[int]:
 
 def _listens_on(listener: Socket, addr: str) -> bool:
     """Whether a connection to local address `addr` was accepted by this listener: the same
-    address, or a wildcard (IPv4 0.0.0.0; a dual-stack [::] takes IPv4 too, shown unmapped)."""
+    address, or a wildcard (IPv4 0.0.0.0; a dual-stack [::] takes IPv4 too, shown unmapped;
+    one known to be IPv6-only does not)."""
     bound = listener.local_addr
-    return bound == addr or bound == "::" or (bound == "0.0.0.0" and ":" not in addr)
+    if bound == addr:
+        return True
+    if bound == "::":
+        return listener.v6only is not True or ":" in addr
+    return bound == "0.0.0.0" and ":" not in addr
 
 
 class _Attribution:

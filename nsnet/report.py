@@ -42,7 +42,12 @@ VOCABULARY = """words (the same in every table):
   OPEN/CLOSED connections open now / closed recently (TIME_WAIT, FIN_WAIT...)
   USERS       a user's name, else its uid; ? marks a guess (no process holds the socket)
   KNOWN BY    holder, table-uid, listener, namespace-owner, namespace-owners? (a guess)
-  DIR         in (accepted), out (connected), listen"""
+  DIR         in (accepted), out (connected), listen
+  [::]:P (+IPv4) / (v6only)   an IPv6 wildcard that takes IPv4 too / only IPv6 (the /proc
+              tables do not say: then neither is written)
+  ADDR%IF     bound to interface IF (SO_BINDTODEVICE, a link-local address's scope)"""
+V6ONLY_MARK = " (v6only)"
+DUAL_STACK_MARK = " (+IPv4)"
 GUESS_MARK = "?"
 GUESS_LEGEND = ("? a guess: no process holds those sockets, and their namespace has several "
                 "owners; each is shown")
@@ -78,14 +83,23 @@ class Renderer:
         self.hidden: list[str] = []
 
     # ------------------------------------------------------------------ cells
-    def ep(self, addr: str | None, port: int | None, proto: str = "tcp") -> str:
+    def ep(self, addr: str | None, port: int | None, proto: str = "tcp",
+           scope: str | None = None) -> str:
         if addr is None:
             return ""
         if port is not None and self.resolve and proto in ("tcp", "udp"):
             name = _service(port, proto)
             if name:
-                return f"[{addr}]:{name}" if ":" in addr else f"{addr}:{name}"
-        return endpoint(addr, port)
+                return endpoint(addr, 0, scope)[:-1] + name
+        return endpoint(addr, port, scope)
+
+    def local(self, addr: str, port: int | None, doc: dict) -> str:
+        """A socket's own end: its bound interface after the address, and for an IPv6
+        wildcard whether it takes IPv4 too -- where the source could tell (not /proc)."""
+        text = self.ep(addr, port, doc["proto"], doc.get("bound_interface"))
+        if addr == "::" and doc.get("v6only") is not None:
+            text += V6ONLY_MARK if doc["v6only"] else DUAL_STACK_MARK
+        return text
 
     def user(self, uid: int | None) -> str:
         """A user as every table shows it: its name, else its uid."""
@@ -346,9 +360,9 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[
                style=lambda s: GUESS_STYLE if s.get("unconfirmed") else state_style(s["state"])),
         Column("LOCAL", lambda s: printable(s["local_addr"]) if s["proto"] == "unix"
                else _link_local(s) if s["proto"] in LINK_PROTOS
-               else _with_service(r.ep(s["local_addr"], s["local_port"], s["proto"]), s)
+               else _with_service(r.local(s["local_addr"], s["local_port"], s), s)
                if s["direction"] == "listening"
-               else r.ep(s["local_addr"], s["local_port"], s["proto"]),
+               else r.local(s["local_addr"], s["local_port"], s),
                wrap=True, min_width=21,
                style=lambda s: address_style(s["local_addr"], s["direction"] == "listening")),
         Column("REMOTE", lambda s: "" if s["proto"] in NOT_IP or s["direction"] == "listening"
@@ -443,7 +457,7 @@ def _listening_columns(r: Renderer, *, netns: bool = False) -> list[Column]:
         Column("ADDRESS", lambda s: printable(s["addr"]) + (GUESS_MARK if s.get("unconfirmed")
                                                               else "")
                if s["proto"] == "unix"
-               else _with_service(r.ep(s["addr"], s["port"], s["proto"]), s), wrap=True,
+               else _with_service(r.local(s["addr"], s["port"], s), s), wrap=True,
                min_width=21, style=lambda s: GUESS_STYLE if s.get("unconfirmed")
                else address_style(s["addr"], True)),
         *([Column("NETNS", lambda s: printable(s.get("netns_name") or _ns(s["netns"])),

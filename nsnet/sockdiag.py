@@ -57,6 +57,10 @@ UNHELD = TCPF["TIME_WAIT"] | TCPF["SYN_RECV"] | TCPF["NEW_SYN_RECV"]
 ANY_STATE = 0xFFFFFFFF          # UDP, raw and unix requests
 PROTOS = ("tcp", "udp", "udplite", "icmp", "raw", "unix", "packet", "netlink")
 IPPROTO_UDPLITE = 136
+# inet_diag_msg_attrs_fill sends INET_DIAG_SKV6ONLY for every IPv6 socket in LISTEN or CLOSE
+# (a listener, an unconnected datagram socket): whether it takes IPv4 too
+INET_DIAG_SKV6ONLY = 11
+V6ONLY_STATES = frozenset({10, 7})
 # packet_diag (linux/packet_diag.h): show the ifindex (PACKET_DIAG_INFO) and the uid
 PACKET_SHOW_INFO = 0x01
 PACKET_DIAG_INFO, PACKET_DIAG_UID = 0, 5
@@ -82,9 +86,9 @@ _U32 = struct.Struct("=I")
 _LONG = struct.calcsize("@L")            # the groups bitmap's word
 _NLATTR_U32 = struct.Struct("=HHI")
 # inet_diag_msg after the header: family, state, (timer, retrans), sport, dport (network
-# order, read natively and swapped), src[16], dst[16], (if, cookie, expires, rqueue,
-# wqueue), uid, inode.
-_INET_MSG = struct.Struct("=BB2xHH16s16s24xII")
+# order, read natively and swapped), src[16], dst[16], if (sk_bound_dev_if), (cookie,
+# expires, rqueue, wqueue), uid, inode.
+_INET_MSG = struct.Struct("=BB2xHH16s16sI20xII")
 INET_MSG_LEN = _NLMSGHDR.size + _INET_MSG.size          # 88
 _INET_FULL = struct.Struct("=IHHII" + _INET_MSG.format[1:])
 _UNIX_MSG = struct.Struct("=xBBxI8x")                   # unix_diag_msg: type, state, ino
@@ -240,15 +244,16 @@ def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedD
     unpack_full = _INET_FULL.unpack_from
     ntohs = socket.ntohs
     c4, c6 = _addr4_cache, _addr6_cache
-    AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+    families = {socket.AF_INET: ("inet", c4, _addr4, True),
+                socket.AF_INET6: ("inet6", c6, _addr6, False)}
     diag_types = _DIAG_TYPES
     off = 0
     while off + 16 <= end:
         # one unpack for header and inet_diag_msg when the bytes are there (the common case);
         # the body fields are used only after the length says they belong to this message
         if off + INET_MSG_LEN <= end:
-            length, mtype, flags, mseq, _pid, fam, st, sport, dport, src, dst, uid, inode = \
-                unpack_full(buf, off)
+            length, mtype, flags, mseq, _pid, fam, st, sport, dport, src, dst, ifindex, uid, \
+                inode = unpack_full(buf, off)
         else:
             length, mtype, flags, mseq, _pid = unpack_hdr(buf, off)
         if length < 16 or off + length > end:
@@ -258,23 +263,36 @@ def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedD
             if flags & NLM_F_DUMP_INTR:
                 res.interrupted = True
             state = states.get(st) if length >= INET_MSG_LEN else None
-            if state is None:
+            if state is None or (known := families.get(fam)) is None:
                 res.malformed += 1
-            elif fam == AF_INET:
-                append(Socket(proto, "inet", state, c4.get(src) or _addr4(src), ntohs(sport),
-                              c4.get(dst) or _addr4(dst), 0 if raw else ntohs(dport),
-                              inode, uid))
-            elif fam == AF_INET6:
-                append(Socket(proto, "inet6", state, c6.get(src) or _addr6(src), ntohs(sport),
-                              c6.get(dst) or _addr6(dst), 0 if raw else ntohs(dport),
-                              inode, uid))
             else:
-                res.malformed += 1
+                family, cache, decode, v4 = known
+                sock = Socket(proto, family, state,
+                              cache.get(src) or decode(src), ntohs(sport),
+                              cache.get(dst) or decode(dst), 0 if raw else ntohs(dport),
+                              inode, uid)
+                append(sock)
+                if ifindex:
+                    sock.bound_if = ifindex
+                if not v4 and st in V6ONLY_STATES and length > INET_MSG_LEN:
+                    sock.v6only = _v6only(buf, off + INET_MSG_LEN, off + length)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return
         off += (length + 3) & ~3
     if off < end:
         res.malformed += 1      # bytes too few for a header: a cut datagram
+
+
+def _v6only(buf: Buffer, start: int, stop: int) -> bool | None:
+    """INET_DIAG_SKV6ONLY among an inet6 socket's attributes (None: not there)."""
+    while start + 4 <= stop:
+        nla_len, nla_type = _NLATTR.unpack_from(buf, start)
+        if nla_len < 4 or start + nla_len > stop:
+            return None
+        if nla_type & NLA_TYPE_MASK == INET_DIAG_SKV6ONLY and nla_len >= 5:
+            return buf[start + 4] != 0
+        start += (nla_len + 3) & ~3
+    return None
 
 
 def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump) -> None:

@@ -58,10 +58,13 @@ def normalize_state(text: str) -> str:
     return STATE_ALIASES.get(state, state)
 
 
-def endpoint(addr: str, port: int | None) -> str:
-    if port is None:
-        return addr
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+def endpoint(addr: str, port: int | None, scope: str | None = None) -> str:
+    """addr:port, an IPv6 address in brackets; `scope` (a bound interface) as ss prints it,
+    after the address: [fe80::1]%eth0:80."""
+    shown = f"[{addr}]" if ":" in addr and port is not None else addr
+    if scope:
+        shown = f"{shown}%{scope}"
+    return shown if port is None else f"{shown}:{port}"
 
 
 def pod_ref(pod: Pod) -> dict:
@@ -123,6 +126,7 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
             "peer": s.peer, "peer_netns": s.peer_netns,
             "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
+            "v6only": s.v6only, **bound_interface_doc(s, ns),
             "unix_type": s.unix_type, "packet": packet_doc(s.info),
             "netlink": netlink_doc(s.info, s.pids), "source": s.source, "unconfirmed": s.unconfirmed,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
@@ -239,8 +243,18 @@ def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
     return docs
 
 
+def bound_interface_doc(s: Socket, ns: Namespace | None) -> dict:
+    """The interface a socket is bound to (SO_BINDTODEVICE, a link-local address's scope),
+    by index and by its name in the socket's namespace."""
+    if not s.bound_if:
+        return {"bound_ifindex": None, "bound_interface": None}
+    return {"bound_ifindex": s.bound_if,
+            "bound_interface": ns.interface_name(s.bound_if) if ns else f"if{s.bound_if}"}
+
+
 def listener_doc(s: Socket, snap: Snapshot) -> dict:
     return {"proto": s.proto, "family": s.family, "addr": s.local_addr, "port": s.local_port,
+            "v6only": s.v6only, **bound_interface_doc(s, snap.namespaces.get(s.netns_key)),
             "state": s.state, "unconfirmed": s.unconfirmed, "inode": s.inode, "netns": s.netns,
             "netns_name": netns_name(s.netns, snap), "pids": list(s.pids),
             "users": socket_users(s, snap), "attribution": s.attribution,

@@ -178,6 +178,8 @@ def _accept(ctx: ReadContext, ns: Namespace, read: TableRead | None) -> list[Soc
     ns.read_via = read.via
     if read.addresses is not None:
         ns.addresses = read.addresses
+    if read.interfaces is not None:
+        ns.interfaces = read.interfaces
     ns.error = None
     stats.malformed_lines += read.malformed
     for proto in read.from_proc:

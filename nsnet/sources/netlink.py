@@ -159,6 +159,7 @@ def _merged(read: TableRead, tables: TableRead) -> TableRead:
     read.sockets.extend(tables.sockets or ())
     read.malformed += tables.malformed
     read.addresses = tables.addresses
+    read.interfaces = tables.interfaces
     if tables.interfaces is not None:
         name_interfaces(read.sockets, tables.interfaces)
     return read

@@ -93,6 +93,10 @@ _IFREQ = struct.Struct("=16si20x")             # struct ifreq: name, ifindex (a 
 _SOCKADDR_LL = struct.Struct("=HHi")           # sll_family, sll_protocol (network), ifindex
 _AF_PACKET, _AF_NETLINK = socket.AF_PACKET, socket.AF_NETLINK
 _LINK_FAMILIES = frozenset({_AF_PACKET, _AF_NETLINK})
+_IPPROTO_IPV6, _IPV6_V6ONLY = socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+_SO_BINDTOIFINDEX = getattr(socket, "SO_BINDTOIFINDEX", 62)     # Linux >= 5.0
+_V6ONLY_KINDS = frozenset({"tcp", "udp", "udplite"})
+_V6ONLY_STATES = frozenset({"LISTEN", "UNCONN"})
 _UDP_PROTOCOLS = frozenset({socket.IPPROTO_UDP, IPPROTO_UDPLITE})
 _PING_PROTOCOLS = frozenset({socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6})
 SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
@@ -387,7 +391,7 @@ class _Describer:
                 append(sock)
                 result.borrowed += 1
 
-    def describe(self, h: _socket.socket, inode: int, uid: int) -> Socket | None:  # noqa: C901, PLR0912
+    def describe(self, h: _socket.socket, inode: int, uid: int) -> Socket | None:  # noqa: C901, PLR0912, PLR0915
         """One borrowed socket -> Socket, or None when skipped (counted).
 
         One branch per kind in one body, not a method per kind: it runs once per held
@@ -450,8 +454,10 @@ class _Describer:
             self.result.skipped_protocol += 1
             return None
         netns = self.netns(h)
-        return Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
+        sock = Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
                       remote_port, inode, uid, netns, _key(netns))
+        _scope(h, sock, family == _AF_INET6)
+        return sock
 
     def describe_link(self, h: _socket.socket, family: int, inode: int, uid: int
                       ) -> Socket | None:
@@ -529,6 +535,16 @@ class _Describer:
                 _netns_by_cookie.clear()
             _netns_by_cookie[cookie] = netns
         return netns
+
+
+def _scope(h: _socket.socket, sock: Socket, v6: bool) -> None:
+    """The bound interface, and whether an IPv6 listener takes IPv4 too: what sock_diag says
+    of the same sockets (idiag_if, INET_DIAG_SKV6ONLY), no more."""
+    if v6 and sock.proto in _V6ONLY_KINDS and sock.state in _V6ONLY_STATES:
+        sock.v6only = h.getsockopt(_IPPROTO_IPV6, _IPV6_V6ONLY) != 0
+    bound = h.getsockopt(_SOL_SOCKET, _SO_BINDTOIFINDEX)   # sk_bound_dev_if
+    if bound:
+        sock.bound_if = bound
 
 
 def _interface_name(fd: int, ifindex: int) -> str | None:

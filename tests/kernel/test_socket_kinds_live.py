@@ -143,3 +143,76 @@ def test_default_view_leaves_netlink_out(kinds_node):
     only = {s["proto"] for s in _there(_sockets("--packet", "--netlink", "--source", "proc"),
                                        kinds_node)}
     assert only == {"packet", "netlink"}
+
+
+# ------------------------------------------------------------ IPv6-only, bound interfaces
+
+SCOPED_HOLDER = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import link_scenario
+built, scoped = link_scenario.build_scoped()
+print(json.dumps({"pid": os.getpid(), "scoped": {str(k): v for k, v in scoped.items()}}),
+      flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def scoped_node():
+    require_root("unshare", "nsenter", "ss", "ip")
+    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", SCOPED_HOLDER,
+                               str(SUPPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None
+        truth = json.loads(holder.stdout.readline())
+        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+        yield truth
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("source", ["proc", "netlink", "pidfd", "auto"])
+def test_v6only_and_bound_interface(scoped_node, source):
+    there = {s["inode"]: s for s in _there(_sockets("--source", source, "--tcp", "--udp"),
+                                           scoped_node)}
+    for inode, (v6only, bound) in scoped_node["scoped"].items():
+        got = there[int(inode)]
+        if source == "proc":     # the tables say neither
+            assert (got["v6only"], got["bound_interface"]) == (None, None)
+        else:
+            assert (got["v6only"], got["bound_interface"]) == (v6only, bound), got
+
+
+def test_classifier_and_tables_against_ss(scoped_node):
+    """ss prints a dual-stack wildcard as *, an IPv6-only one as [::], a bound interface as
+    %IF after the address; nsnet's table says the same of the same sockets."""
+    pid = str(scoped_node["pid"])
+    ss = subprocess.run(["nsenter", "-t", pid, "-n", "ss", "-tulnH"], capture_output=True,
+                        text=True, check=True).stdout
+    ss_local = {int(m.group(2)): m.group(1)
+                for m in re.finditer(r"^\S+\s+\S+\s+\d+\s+\d+\s+(\S+):(\d+)\s", ss, re.M)}
+    run = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--tcp", "--udp",
+                          "--listening", "--netns", str(scoped_node["netns"]),
+                          "--color", "never"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    ours = {}
+    for m in re.finditer(r"(\[?[0-9a-f.:*]+\]?(?:%\S+)?):(\d+)( \((?:v6only|\+IPv4)\))?",
+                         run.stdout):
+        ours[int(m.group(2))] = (m.group(1), m.group(3))
+    from link_scenario import SCOPED_PORTS
+    assert ss_local[SCOPED_PORTS["dual"]] == "*"
+    assert ours[SCOPED_PORTS["dual"]] == ("[::]", " (+IPv4)")
+    assert ss_local[SCOPED_PORTS["v6only"]] == "[::]"
+    assert ours[SCOPED_PORTS["v6only"]] == ("[::]", " (v6only)")
+    for name in ("link_local", "bound_v4"):
+        assert ours[SCOPED_PORTS[name]][0] == ss_local[SCOPED_PORTS[name]], name
+    assert ss_local[SCOPED_PORTS["link_local"]] == "[fe80::1]%nsnt0"
+    # the IPv4 connection the dual-stack listener accepted is inbound to it
+    doc = _there(_sockets("--tcp"), scoped_node)
+    accepted = [s for s in doc if s["local_port"] == SCOPED_PORTS["dual"]
+                and s["state"] == "ESTABLISHED"]
+    assert accepted and all(s["direction"] == "inbound" for s in accepted)

@@ -1,7 +1,8 @@
 """The socket kinds beyond tcp/udp/raw/unix, built for real in the calling thread's (scratch)
 network namespace: packet sockets (a sniffer on lo, a cooked IPv4 listener on every
-interface), netlink sockets (a route listener with groups, an unbound generic one), ping
-sockets (IPv4 and IPv6, one connected) and UDP-Lite sockets (one bound, one connected).
+interface), netlink sockets (a route listener with groups, a bound generic one), ping
+sockets (IPv4 and IPv6) and UDP-Lite sockets (one bound, one connected) -- build(); and
+build_scoped(): IPv6 wildcards with and without IPV6_V6ONLY, sockets bound to an interface.
 
 The kernel tier (tests/kernel/test_socket_kinds_live.py) builds it in a fresh namespace and holds
 every source to it; the capture (run by hand, as root) wrote tests/data/kinds_* from it:
@@ -116,6 +117,57 @@ def build() -> Built:
     return b
 
 
+SCOPED_PORTS = {"v6only": 4500, "dual": 4501, "udp_v6only": 4502, "link_local": 4503,
+                "bound_v4": 4504}
+DUMMY, PEER = "nsnt0", "nsnt1"    # a veth pair: nsnt0 gets a link-local and an IPv4 address
+
+
+def build_scoped() -> tuple[Built, dict[int, tuple]]:
+    """IPv6 wildcards with and without IPV6_V6ONLY, and sockets bound to an interface (a
+    link-local address's scope, SO_BINDTODEVICE), in the calling thread's fresh namespace;
+    and inode -> (v6only, bound interface name) for each (None: the kernel says nothing)."""
+    lo_up()
+    subprocess.run(["ip", "link", "add", DUMMY, "type", "veth", "peer", "name", PEER],
+                   check=True)
+    subprocess.run(["ip", "link", "set", PEER, "up"], check=True)
+    subprocess.run(["ip", "addr", "add", "fe80::1/64", "dev", DUMMY, "nodad"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.9.0.1/24", "dev", DUMMY], check=True)
+    subprocess.run(["ip", "link", "set", DUMMY, "up"], check=True)
+    ifindex = socket.if_nametoindex(DUMMY)
+    b, scoped = Built(), {}
+
+    def keep(s: socket.socket, v6only: bool | None, bound: str | None) -> int:
+        b.held.append(s)
+        ino = os.fstat(s.fileno()).st_ino
+        scoped[ino] = (v6only, bound)
+        return ino
+
+    for name, v6only in (("v6only", 1), ("dual", 0)):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        s.bind(("::", SCOPED_PORTS[name]))
+        s.listen(8)
+        keep(s, bool(v6only), None)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::", SCOPED_PORTS["udp_v6only"]))
+    keep(s, True, None)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.bind(("fe80::1", SCOPED_PORTS["link_local"], 0, ifindex))   # the scope binds the device
+    s.listen(8)
+    keep(s, True, DUMMY)       # bound to an IPv6 address: the kernel sets ipv6only (bind)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, DUMMY.encode())
+    s.bind(("0.0.0.0", SCOPED_PORTS["bound_v4"]))
+    s.listen(8)
+    keep(s, None, DUMMY)
+    # an IPv4 connection the dual-stack listener accepts (its local address: IPv4, unmapped)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.connect(("127.0.0.1", SCOPED_PORTS["dual"]))
+    keep(client, None, None)
+    return b, scoped
+
+
 def row(s) -> tuple:
     return (s.proto, s.family, s.state, s.local_addr, s.local_port, s.remote_addr,
             s.remote_port, s.inode, s.uid)
@@ -125,6 +177,7 @@ def row(s) -> tuple:
 
 NLMSGHDR = struct.Struct("=IHHII")
 SEQ = {"packet": 7001, "netlink": 7002, "udplite4": 7003, "icmp_enoent": 7004}
+SCOPED_SEQ = {"tcp6": 7101, "tcp4": 7102, "udp6": 7103}
 TABLES = ("packet", "netlink", "icmp", "icmp6", "udplite", "udplite6")
 
 
@@ -183,6 +236,19 @@ def capture() -> None:
         (DATA / "kinds_proc_net_if_inet6.txt").write_bytes(f.read())
     (DATA / "kinds_capture.json").write_text(json.dumps(record, indent=1) + "\n")
     b.close()
+    scoped_built, scoped = build_scoped()
+    record = {"scoped": {str(k): v for k, v in scoped.items()}, "ports": SCOPED_PORTS,
+              "ifindex": socket.if_nametoindex(DUMMY), "seq": SCOPED_SEQ, "datagrams": {}}
+    for name, (family, proto) in (("tcp6", (socket.AF_INET6, socket.IPPROTO_TCP)),
+                                  ("tcp4", (socket.AF_INET, socket.IPPROTO_TCP)),
+                                  ("udp6", (socket.AF_INET6, socket.IPPROTO_UDP))):
+        data, record["datagrams"][name] = _dump(diag, build_inet_request(
+            family, proto, ANY_STATE, seq=SCOPED_SEQ[name]))
+        (DATA / f"scoped_diag_{name}.bin").write_bytes(data)
+    with open("/proc/thread-self/net/if_inet6", "rb") as f:
+        (DATA / "scoped_proc_net_if_inet6.txt").write_bytes(f.read())
+    (DATA / "scoped_capture.json").write_text(json.dumps(record, indent=1) + "\n")
+    scoped_built.close()
     diag.close()
 
 

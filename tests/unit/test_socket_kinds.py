@@ -245,3 +245,103 @@ def test_tables_show_the_kinds_sanitized() -> None:
     assert "\x1b" not in text
     assert "eth0\\x1b[31m (all)" in text
     assert "route:0 (kernel)" in text
+
+
+# ---------------------------------------------------------------------- scope: v6only, interface
+
+@pytest.fixture(scope="module")
+def scoped() -> dict:
+    return json.loads((DATA / "scoped_capture.json").read_text())
+
+
+@little_endian_only
+def test_diag_says_v6only_and_the_bound_interface(scoped: dict) -> None:
+    """INET_DIAG_SKV6ONLY for IPv6 listeners and unconnected sockets, idiag_if for bound ones,
+    exactly as each socket was made (link_scenario.build_scoped)."""
+    got = {}
+    for name, proto in (("tcp6", "tcp"), ("tcp4", "tcp"), ("udp6", "udp")):
+        data = (DATA / f"scoped_diag_{name}.bin").read_bytes()
+        dump = parse_dump(data, proto, scoped["seq"][name])
+        assert (dump.malformed, dump.done, dump.error) == (0, True, 0)
+        got.update({s.inode: s for s in dump.sockets if s.inode})
+    names = netparse.interface_names((DATA / "scoped_proc_net_if_inet6.txt").read_bytes())
+    assert names[scoped["ifindex"]] == "nsnt0"
+    assert set(got) == {int(i) for i in scoped["scoped"]}
+    for inode, (v6only, bound) in scoped["scoped"].items():
+        s = got[int(inode)]
+        assert s.v6only is v6only, s
+        assert (names.get(s.bound_if) if s.bound_if else None) == bound, s
+
+
+def test_proc_tables_do_not_say_v6only() -> None:
+    parsed = netparse.parse_net_file("tcp6", (DATA / "proc_net_tcp6.txt").read_bytes())
+    assert parsed.sockets and all(s.v6only is None and s.bound_if == 0
+                                  for s in parsed.sockets)
+
+
+def test_v6only_attribute_malformed() -> None:
+    """An attribute whose length runs past the message: v6only stays unknown, the socket is
+    kept (the fixed part was whole)."""
+    data = bytearray((DATA / "scoped_diag_tcp6.bin").read_bytes())
+    first_len = NLMSGHDR.unpack_from(data)[0]
+    assert first_len > 88
+    struct.pack_into("=H", data, 88, first_len)      # the first attribute's nla_len
+    dump = parse_dump(bytes(data), "tcp", None)
+    assert dump.malformed == 0 and dump.sockets[0].v6only is None
+
+
+def _listener_and_conn(v6only: bool | None) -> list:
+    from nsnet.model import Socket
+    listener = Socket("tcp", "inet6", "LISTEN", "::", 80, "::", 0, 1, 0, 1, "net:[1]")
+    listener.v6only = v6only
+    conn = Socket("tcp", "inet", "ESTABLISHED", "10.0.0.1", 80, "10.0.0.2", 5555, 2, 0, 1,
+                  "net:[1]")
+    conn6 = Socket("tcp", "inet6", "ESTABLISHED", "fd00::1", 80, "fd00::2", 5555, 3, 0, 1,
+                   "net:[1]")
+    return [listener, conn, conn6]
+
+
+@pytest.mark.parametrize("v6only, ipv4_direction", [
+    (None, "inbound"),      # unknown: the kernel's default, dual-stack
+    (False, "inbound"),
+    (True, "outbound"),     # an IPv6-only listener accepted no IPv4 connection
+])
+def test_classifier_uses_v6only(v6only, ipv4_direction) -> None:
+    from nsnet.classify import classify
+    listener, conn, conn6 = _listener_and_conn(v6only)
+    classify([listener, conn, conn6])
+    assert (conn.direction, conn6.direction) == (ipv4_direction, "inbound")
+
+
+@pytest.mark.parametrize("v6only, local", [
+    (None, "[::]:80"), (False, "[::]:80 (+IPv4)"), (True, "[::]:80 (v6only)")])
+def test_tables_say_v6only_when_known(v6only, local) -> None:
+    from nsnet import report, views
+    from nsnet.report import Renderer
+    listener = _listener_and_conn(v6only)[0]
+    listener.direction = "listening"
+    text = report.render_sockets(views.sockets_view(_snap([listener])), Renderer(None, False))
+    line = next(x for x in text.splitlines() if "LISTEN" in x)
+    assert local in line
+    assert [m for m in ("(v6only)", "(+IPv4)") if m in line] == \
+        [m for m in ("(v6only)", "(+IPv4)") if m in local]
+
+
+def test_bound_interface_shown_as_ss_does() -> None:
+    from nsnet import report, views
+    from nsnet.model import Namespace, Socket
+    from nsnet.report import Renderer
+    s = Socket("tcp", "inet6", "LISTEN", "fe80::1", 4503, "::", 0, 5, 0, 1, "net:[1]")
+    s.bound_if, s.direction = 3, "listening"
+    v4 = Socket("tcp", "inet", "LISTEN", "0.0.0.0", 4504, "0.0.0.0", 0, 6, 0, 1, "net:[1]")
+    v4.bound_if, v4.direction = 9, "listening"
+    ns = Namespace("net:[1]", 1, interfaces={3: "nsnt0\x1b]0;x\x07"})
+    snap = Snapshot("/proc", {"net:[1]": ns}, {}, [s, v4], Stats())
+    doc = views.sockets_view(snap)
+    by_inode = {d["inode"]: d for d in doc["sockets"]}
+    assert (by_inode[5]["bound_ifindex"], by_inode[5]["bound_interface"]) == (3, "nsnt0\x1b]0;x\x07")
+    assert (by_inode[6]["bound_ifindex"], by_inode[6]["bound_interface"]) == (9, "if9")
+    text = report.render_sockets(doc, Renderer(None, False))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "[fe80::1]%nsnt0\\x1b]0;x\\x07:4503" in text
+    assert "0.0.0.0%if9:4504" in text
