@@ -256,6 +256,15 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
         kinds.add_argument(f"--{proto}", action="store_true", help=what)
     kinds.add_argument("--all-kinds", "-A", action="store_true",
                        help="every kind, netlink included")
+    detail = socks.add_argument_group(
+        "details", "read besides the sockets, at a cost (README: Socket details); in the JSON "
+        "as each socket's `detail`, in the tables as columns")
+    detail.add_argument("-e", "--extended", action="store_true",
+                        help="Recv-Q and Send-Q (a listener: accept queue and backlog), the "
+                             "timer, the socket cookie")
+    detail.add_argument("-i", "--info", action="store_true",
+                        help="TCP internals: rtt, cwnd, retransmits, bytes each way, delivery "
+                             "rate, last send/receive, congestion algorithm")
     socks.add_argument("--listening", "-l", action="store_true", help="listening sockets only")
     socks.add_argument("--state", type=_state, metavar="S",
                        help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
@@ -343,7 +352,14 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
                            enter_pinned=not args.no_enter, host_root=args.host_root,
                            services=load_services(args.services),
                            max_fds_per_user=args.max_fds_per_user,
-                           deadline=args.deadline)
+                           deadline=args.deadline, details=_details(args))
+
+
+def _details(args: argparse.Namespace) -> frozenset[str]:
+    """-e: queues, timers, cookie; -i: TCP_INFO and the congestion algorithm (sockets)."""
+    return frozenset(name for name, asked in (("queues", getattr(args, "extended", False)),
+                                              ("tcp_info", getattr(args, "info", False)))
+                     if asked)
 
 
 def _fields(args: argparse.Namespace) -> tuple[str, ...]:

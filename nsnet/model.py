@@ -252,6 +252,48 @@ def netlink_socket(protocol: int, portid: int, groups: int, inode: int) -> Socke
                   "", None, inode, None, info=NetlinkInfo(protocol, portid, groups))
 
 
+# What SnapshotOptions.details may ask the sources for (off by default: the default snapshot
+# pays nothing for them).
+QUEUES = "queues"        # Recv-Q / Send-Q, timers, the socket cookie
+TCP_INFO = "tcp_info"    # TCP_INFO and the congestion algorithm
+DETAILS = (QUEUES, TCP_INFO)
+
+# The timer a TCP socket has running (the tables' `tr`, sock_diag's idiag_timer)
+TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "probe"}
+
+
+@dataclass(frozen=True, slots=True)
+class TcpDetail:
+    """What TCP_INFO (and INET_DIAG_CONG) say of a TCP connection; None: the kernel's
+    tcp_info is too short to have the field (older kernels)."""
+    congestion: str | None        # the congestion control algorithm (cubic, bbr ...)
+    rtt_us: int                   # smoothed round-trip time, microseconds
+    rttvar_us: int
+    cwnd: int                     # congestion window, segments
+    retransmits: int              # retransmissions of the current unacked segment
+    total_retrans: int            # segments retransmitted over the connection's life
+    bytes_acked: int | None       # bytes sent and acknowledged (Linux >= 4.1)
+    bytes_received: int | None    # bytes received (Linux >= 4.2)
+    delivery_rate: int | None     # bytes per second, the latest estimate (Linux >= 4.9)
+    last_send_ms: int             # since data was last sent
+    last_recv_ms: int             # since data was last received
+
+
+@dataclass(slots=True)
+class SocketDetail:
+    """A socket's queues, timer and TCP internals (SnapshotOptions.details). A field is None
+    where the source cannot tell (README: which source says what)."""
+    # bytes waiting to be read / not yet acknowledged by the peer (datagram sockets: memory
+    # queued); a listener: connections waiting to be accepted / the most it will queue
+    recv_q: int | None = None
+    send_q: int | None = None
+    timer: str | None = None          # TIMERS: off | on (retransmit) | keepalive | timewait | probe
+    timer_ms: int | None = None       # until it fires
+    timer_retransmits: int | None = None   # unrecovered retransmission timeouts so far
+    cookie: int | None = None         # the kernel's 64-bit id of the socket (SO_COOKIE)
+    tcp: TcpDetail | None = None
+
+
 @dataclass(slots=True)
 class Socket:
     proto: str                      # PROTOS: tcp | udp | udplite | icmp | raw | unix | packet | netlink
@@ -291,6 +333,8 @@ class Socket:
     # the interface it is bound to (SO_BINDTODEVICE, or the scope of a link-local address),
     # an index into its namespace's interfaces; 0: none, or the source cannot tell (/proc)
     bound_if: int = 0
+    # queues, timer, TCP internals: only when SnapshotOptions.details asks
+    detail: SocketDetail | None = None
 
 
 @dataclass(slots=True)

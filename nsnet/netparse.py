@@ -10,13 +10,21 @@ decoding; ports are printed in host order already.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .model import PacketInfo, Socket, netlink_socket, packet_socket
+from .model import (
+    TIMERS,
+    PacketInfo,
+    Socket,
+    SocketDetail,
+    netlink_socket,
+    packet_socket,
+)
 
 TCP_STATES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -102,18 +110,33 @@ def _complete_lines(data: bytes, result: ParseResult) -> list[bytes]:
 # least the two fields every table prints after the inode (ref, pointer) -- so a line cut
 # short by a truncated read never passes with a shortened inode.
 _H = rb"[0-9A-Fa-f]"
-_INET_LINE = re.compile(
-    rb" *[0-9]+: (" + _H + rb"{8}|" + _H + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{8}|" + _H
-    + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{2}) " + _H + rb"{8}:" + _H + rb"{8} " + _H
-    + rb"{2}:" + _H + rb"{8,16} " + _H + rb"{8} +([0-9]+) +-?[0-9]+ +([0-9]+) +-?[0-9]+ +"
-    + _H + rb"+(?: |\Z)")
 
 
-def parse_inet(data: bytes, name: str) -> ParseResult:
-    """Parse tcp, tcp6, udp, udp6, raw or raw6 (they share one layout).
+def _inet_line(queues: bytes) -> re.Pattern[bytes]:
+    return re.compile(
+        rb" *[0-9]+: (" + _H + rb"{8}|" + _H + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{8}|"
+        + _H + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{2}) " + queues + rb" +([0-9]+) "
+        rb"+-?[0-9]+ +([0-9]+) +-?[0-9]+ +" + _H + rb"+(?: |\Z)")
 
-    For raw sockets the kernel prints the IP protocol number where a port would be.
+
+_INET_LINE = _inet_line(_H + rb"{8}:" + _H + rb"{8} " + _H + rb"{2}:" + _H + rb"{8,16} "
+                        + _H + rb"{8}")
+# ... and the queues and the timer, when asked (model.QUEUES): tx_queue:rx_queue tr:tm->when
+# retrnsmt (get_tcp4_sock; the datagram tables print the same columns, the timer 0).
+_INET_LINE_QUEUES = _inet_line(rb"(" + _H + rb"{8}):(" + _H + rb"{8}) (" + _H + rb"{2}):("
+                               + _H + rb"{8,16}) (" + _H + rb"{8})")
+# tm->when is in clock ticks (jiffies_delta_to_clock_t: USER_HZ, whatever the kernel's HZ)
+_MS_PER_TICK = 1000 / (os.sysconf("SC_CLK_TCK") or 100)
+
+
+def parse_inet(data: bytes, name: str, queues: bool = False) -> ParseResult:
+    """Parse tcp, tcp6, udp, udp6, udplite{,6}, icmp{,6}, raw or raw6 (one layout).
+
+    For raw sockets the kernel prints the IP protocol number where a port would be; for ping
+    sockets the echo id. queues: also the queues and the timer (Socket.detail).
     """
+    if queues:
+        return _parse_inet_queues(data, name)
     proto, family = INET_FILES[name]
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     result = ParseResult()
@@ -134,6 +157,32 @@ def parse_inet(data: bytes, name: str) -> ParseResult:
         append(Socket(proto, family, state, cache.get(laddr) or decode_address(laddr),
                       int(lport, 16), cache.get(raddr) or decode_address(raddr),
                       int(rport, 16), int(inode), int(uid)))
+    return result
+
+
+def _parse_inet_queues(data: bytes, name: str) -> ParseResult:
+    """parse_inet with the queues and the timer. A listener's rx_queue is its accept queue
+    (sk_ack_backlog); the table does not print its backlog: send_q None."""
+    proto, family = INET_FILES[name]
+    states = TCP_STATES if proto == "tcp" else DGRAM_STATES
+    result = ParseResult()
+    for line in _complete_lines(data, result):
+        m = _INET_LINE_QUEUES.match(line)
+        state = states.get(int(m.group(5), 16)) if m else None
+        timer = TIMERS.get(int(m.group(8), 16)) if m else None
+        if m is None or state is None or timer is None:
+            if line.strip():
+                result.bad(line)
+            continue
+        laddr, lport, raddr, rport, _st, tx, rx, _tr, when, retr, uid, inode = m.groups()
+        sock = Socket(proto, family, state, decode_address(laddr), int(lport, 16),
+                      decode_address(raddr), int(rport, 16), int(inode), int(uid))
+        listening = state == "LISTEN"
+        sock.detail = SocketDetail(
+            recv_q=int(rx, 16), send_q=None if listening else int(tx, 16), timer=timer,
+            timer_ms=round(int(when, 16) * _MS_PER_TICK) if timer != "off" else None,
+            timer_retransmits=int(retr, 16) if timer != "off" else None)
+        result.sockets.append(sock)
     return result
 
 
@@ -277,7 +326,10 @@ PARSERS["packet"] = parse_packet
 PARSERS["netlink"] = parse_netlink
 
 
-def parse_net_file(name: str, data: bytes) -> ParseResult:
+def parse_net_file(name: str, data: bytes, queues: bool = False) -> ParseResult:
+    """One table; queues: with each inet socket's queues and timer (model.QUEUES)."""
+    if queues and name in INET_FILES:
+        return _parse_inet_queues(data, name)
     return PARSERS[name](data)
 
 

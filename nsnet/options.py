@@ -31,6 +31,8 @@ class SnapshotOptions:
     # seconds the process walk may take (the agent's paced sleeps not counted); the
     # processes left are counted, not walked. None: no deadline
     deadline: float | None = None
+    # model.DETAILS to read besides the sockets (queues and timers, TCP_INFO): off by default
+    details: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -349,8 +349,67 @@ def _known_by(g: dict) -> str:
 
 # ---------------------------------------------------------------------------- sockets
 
-def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[Column]:
-    """The columns of `nsnet sockets` (``-o`` chooses among them by name)."""
+def _timer(d: dict | None) -> str:
+    """ss -o's timer:(keepalive,119sec,0): the kind, when it fires, its retransmits."""
+    if not d or d["timer"] in (None, "off"):
+        return ""
+    ms = d["timer_ms"]
+    when = "" if ms is None else f" {ms / 1000:.1f}s" if ms < 60_000 else f" {ms // 60_000}min"
+    retrans = f"/{d['timer_retransmits']}" if d["timer_retransmits"] else ""
+    return f"{d['timer']}{when}{retrans}"
+
+
+def _tcp(d: dict | None, field: str) -> Any:
+    tcp = d.get("tcp") if d else None
+    return None if not tcp else tcp[field]
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return ""
+
+
+def _detail_columns() -> list[Column]:
+    """-e and -i (shown when the document has details; -o names them too)."""
+    def q(key: str) -> Callable[[dict], str]:
+        return lambda s: "" if not s.get("detail") or s["detail"][key] is None \
+            else str(s["detail"][key])
+    return [
+        Column("RECV-Q", q("recv_q"), align="right"),
+        Column("SEND-Q", q("send_q"), align="right"),
+        Column("TIMER", lambda s: _timer(s.get("detail")), priority=2),
+        Column("RTT", lambda s: "" if _tcp(s.get("detail"), "rtt_us") is None else
+               f"{_tcp(s['detail'], 'rtt_us') / 1000:.1f}ms", align="right", priority=2),
+        Column("CWND", lambda s: str(_tcp(s.get("detail"), "cwnd") or ""), align="right",
+               priority=3),
+        Column("RETRANS", lambda s: str(_tcp(s.get("detail"), "total_retrans") or ""),
+               align="right", priority=2),
+        Column("SENT", lambda s: _bytes(_tcp(s.get("detail"), "bytes_acked")), align="right",
+               priority=3),
+        Column("RCVD", lambda s: _bytes(_tcp(s.get("detail"), "bytes_received")),
+               align="right", priority=3),
+        Column("CONG", lambda s: printable(_tcp(s.get("detail"), "congestion") or ""),
+               priority=3),
+        Column("COOKIE", lambda s: "" if not s.get("detail") or s["detail"]["cookie"] is None
+               else f"{s['detail']['cookie']:x}", priority=0),
+    ]
+
+
+DETAIL_COLUMN_NAMES = [c.name for c in _detail_columns()]
+TCP_INFO_COLUMNS = frozenset({"RTT", "CWND", "RETRANS", "SENT", "RCVD", "CONG"})
+
+
+def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool,
+                   detail: bool = False, tcp_info: bool = False) -> list[Column]:
+    """The columns of `nsnet sockets` (``-o`` chooses among them by name); detail: -e's,
+    tcp_info: -i's."""
+    extra = [c for c in _detail_columns()
+             if (tcp_info if c.name in TCP_INFO_COLUMNS else detail)]
     return [
         *([Column("NETNS", lambda s: printable(s.get("netns_name") or
                                                _ns(s["netns"], s["netns_key"])), wrap=True,
@@ -373,13 +432,15 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool) -> list[
         Column("OTHER END", _socket_other_end, wrap=True, min_width=10, priority=3),
         _users_column("USERS", r, lambda s: s["users"], lambda s: s["guess"]),
         _pids_column(),
+        *extra,
         Column("INODE", "inode", align="right", priority=0),
         Column("PROCESS", lambda s: _holders(s, procs), shrink=True, min_width=16,
                priority=1),
     ]
 
 
-SOCKET_COLUMN_NAMES = [c.name for c in socket_columns(Renderer(None, False), {}, netns=True)]
+SOCKET_COLUMN_NAMES = [c.name for c in socket_columns(Renderer(None, False), {}, netns=True,
+                                                      detail=True, tcp_info=True)]
 
 
 def render_sockets(doc: dict, r: Renderer) -> str:
@@ -388,14 +449,19 @@ def render_sockets(doc: dict, r: Renderer) -> str:
     unheld = {"row_style": lambda s: None if s["pids"] else UNHELD_STYLE}
     out: list[str] = []
     flat = r.columns is not None and "NETNS" in (c.upper() for c in r.columns)
+    details = [s["detail"] for s in doc["sockets"] if s.get("detail")]
+    chosen = {c.upper() for c in r.columns or ()}
+    kw = {"detail": bool(details) or bool(chosen & set(DETAIL_COLUMN_NAMES)),
+          "tcp_info": any(d["tcp"] for d in details) or bool(chosen & TCP_INFO_COLUMNS)}
     if flat:
-        out.append(r.table(socket_columns(r, procs, netns=True), doc["sockets"], **unheld))
+        out.append(r.table(socket_columns(r, procs, netns=True, **kw), doc["sockets"],
+                           **unheld))
     else:
         names = {ns["key"]: ns for ns in doc["namespaces"]}
         groups: dict[str, list[dict]] = {}
         for s in doc["sockets"]:
             groups.setdefault(s["netns_key"], []).append(s)
-        cols = socket_columns(r, procs, netns=False)
+        cols = socket_columns(r, procs, netns=False, **kw)
         if r.columns is None:
             cols = [c for c in cols if c.name != "INODE"]   # -o INODE asks for it
         for key, socks in groups.items():

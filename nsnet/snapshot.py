@@ -63,7 +63,8 @@ class Snapshotter:
         explicit source they do not allow fails that snapshot, and the next ones."""
         if self._chosen is None:
             choice = sources.choose(self.options.source)
-            self._chosen = (choice, sources.create(choice, keep=self.keep))
+            self._chosen = (choice, sources.create(choice, keep=self.keep,
+                                                   details=self.options.details))
         return self._chosen
 
     def take(self, pace: Pace | None = None) -> Snapshot:

@@ -30,7 +30,15 @@ import struct
 import sys
 from dataclasses import dataclass, field
 
-from .model import PORTLESS, Socket, netlink_socket, packet_socket
+from .model import (
+    PORTLESS,
+    TIMERS,
+    Socket,
+    SocketDetail,
+    TcpDetail,
+    netlink_socket,
+    packet_socket,
+)
 from .netparse import DGRAM_STATES, PACKET_TYPES, TCP_STATES, UNIX_TYPES
 
 NETLINK_SOCK_DIAG = 4
@@ -41,8 +49,8 @@ NLM_F_REQUEST = 0x01
 NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300              # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_REQ_PROTOCOL = 3      # u32 protocol, for protocols that do not fit sdiag_protocol
-UNIX_DIAG_NAME = 0
-UDIAG_SHOW_NAME = 0x01
+UNIX_DIAG_NAME, UNIX_DIAG_RQLEN = 0, 4
+UDIAG_SHOW_NAME, UDIAG_SHOW_RQLEN = 0x01, 0x10
 NLA_TYPE_MASK = 0x3FFF          # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _DIAG_TYPES = frozenset({SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK})   # an inet_diag_msg reply
 Buffer = bytes | bytearray | memoryview
@@ -83,6 +91,7 @@ _PACKET_INFO = struct.Struct("=i")       # packet_diag_info: pdi_index first (-1
 _NETLINK_MSG = struct.Struct("=xxBxIIII8x")
 NETLINK_MSG_LEN = _NLMSGHDR.size + _NETLINK_MSG.size    # 44
 _U32 = struct.Struct("=I")
+_RQLEN = struct.Struct("=II")
 _LONG = struct.calcsize("@L")            # the groups bitmap's word
 _NLATTR_U32 = struct.Struct("=HHI")
 # inet_diag_msg after the header: family, state, (timer, retrans), sport, dport (network
@@ -91,7 +100,7 @@ _NLATTR_U32 = struct.Struct("=HHI")
 _INET_MSG = struct.Struct("=BB2xHH16s16sI20xII")
 INET_MSG_LEN = _NLMSGHDR.size + _INET_MSG.size          # 88
 _INET_FULL = struct.Struct("=IHHII" + _INET_MSG.format[1:])
-_UNIX_MSG = struct.Struct("=xBBxI8x")                   # unix_diag_msg: type, state, ino
+_UNIX_MSG = struct.Struct("=xBBxIII")       # unix_diag_msg: type, state, ino, cookie (lo, hi)
 UNIX_MSG_LEN = _NLMSGHDR.size + _UNIX_MSG.size          # 32
 _NLATTR = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
@@ -133,11 +142,11 @@ def build_inet_request(family: int, protocol: int, states: int = ALL, *, seq: in
                           family, protocol, ext, raw_protocol, states & 0xFFFFFFFF) + attr
 
 
-def build_tcp_legacy_request(states: int = ALL, *, seq: int = 1) -> bytes:
+def build_tcp_legacy_request(states: int = ALL, *, seq: int = 1, ext: int = 0) -> bytes:
     """TCPDIAG_GETSOCK dump request (struct inet_diag_req): the kernel treats it as family
     AF_UNSPEC, so one walk of the TCP hashes returns both IPv4 and IPv6 sockets."""
     return _LEGACY_REQ.pack(_LEGACY_REQ.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP,
-                            seq, 0, socket.AF_INET, 0, 0, 0, states & 0xFFFFFFFF, 0)
+                            seq, 0, socket.AF_INET, 0, 0, ext, states & 0xFFFFFFFF, 0)
 
 
 def build_unix_request(states: int = ANY_STATE, *, seq: int = 1,
@@ -205,7 +214,8 @@ def _control(buf: Buffer, off: int, length: int, mtype: int, res: ParsedDump) ->
         res.error = _errno.EBADMSG
 
 
-def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
+def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
+               detail: bool = False) -> None:
     """Decode the netlink messages in buf[:end] (one recv) into res.
 
     proto is what the request asked for (tcp, udp, raw, unix): inet_diag_msg does not say.
@@ -214,11 +224,11 @@ def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDu
     needs, is counted as malformed; after a broken length nothing more can be framed.
     """
     if proto == "unix":
-        _parse_unix(buf, end, seq, res)
+        _parse_unix(buf, end, seq, res, detail)
     elif proto == "packet" or proto == "netlink":
         _parse_link(buf, end, proto, seq, res)
     else:
-        _parse_inet(buf, end, proto, seq, res)
+        _parse_inet(buf, end, proto, seq, res, detail)
 
 
 def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int | None,
@@ -236,7 +246,8 @@ def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int |
     return False
 
 
-def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
+def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
+                detail: bool = False) -> None:
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     raw = proto in PORTLESS     # /proc prints 0 as a raw or ping socket's remote "port"
     append = res.sockets.append
@@ -276,11 +287,65 @@ def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedD
                     sock.bound_if = ifindex
                 if not v4 and st in V6ONLY_STATES and length > INET_MSG_LEN:
                     sock.v6only = _v6only(buf, off + INET_MSG_LEN, off + length)
+                if detail:
+                    sock.detail = _inet_detail(buf, off, length)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return
         off += (length + 3) & ~3
     if off < end:
         res.malformed += 1      # bytes too few for a header: a cut datagram
+
+
+# struct tcp_info (include/uapi/linux/tcp.h), native order: retransmits (2), unacked and
+# sacked (24, 28: a listener's accept queue and backlog), last_data_sent (44),
+# last_data_recv (52), rtt, rttvar (68, 72, us), snd_cwnd (80), total_retrans (100); then
+# bytes_acked, bytes_received (120, 128: Linux >= 4.1/4.2), delivery_rate (160: >= 4.9).
+_TCP_INFO_BASE = struct.Struct("=2xB21xII12xI4xI12xII4xI16xI")
+_TCP_INFO_BYTES = struct.Struct("=QQ")       # at 120
+_TCP_INFO_RATE = struct.Struct("=Q")         # at 160
+TCP_INFO_MIN = _TCP_INFO_BASE.size           # 104
+
+
+def parse_tcp_info(data: bytes, congestion: str | None = None) -> tuple[TcpDetail, int, int] | None:
+    """A struct tcp_info (TCP_INFO, INET_DIAG_INFO) as a TcpDetail, with tcpi_unacked and
+    tcpi_sacked (a listener's accept queue and backlog); None when too short to be one."""
+    if len(data) < TCP_INFO_MIN:
+        return None
+    (retransmits, unacked, sacked, last_send, last_recv, rtt, rttvar, cwnd,
+     total_retrans) = _TCP_INFO_BASE.unpack_from(data)
+    acked = received = rate = None
+    if len(data) >= 136:
+        acked, received = _TCP_INFO_BYTES.unpack_from(data, 120)
+    if len(data) >= 168:
+        rate = _TCP_INFO_RATE.unpack_from(data, 160)[0]
+    return (TcpDetail(congestion, rtt, rttvar, cwnd, retransmits, total_retrans, acked,
+                      received, rate, last_send, last_recv), unacked, sacked)
+
+
+# inet_diag_msg's timer (2), retrans (3), cookie (44, two u32: low, high), expires (52, ms),
+# rqueue, wqueue (56, 60; a listener: accept queue, backlog)
+_INET_DETAIL = struct.Struct("=2xBB40xIIIII")
+INET_DIAG_INFO, INET_DIAG_CONG = 2, 4
+# idiag_ext bits: ask for tcp_info and the congestion algorithm (model.TCP_INFO)
+EXT_TCP_INFO = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
+
+
+def _inet_detail(buf: Buffer, off: int, length: int) -> SocketDetail:
+    timer_no, retrans, cookie_lo, cookie_hi, expires, rqueue, wqueue = \
+        _INET_DETAIL.unpack_from(buf, off + _NLMSGHDR.size)
+    timer = TIMERS.get(timer_no, str(timer_no))
+    detail = SocketDetail(rqueue, wqueue, timer, expires if timer_no else None,
+                          retrans if timer_no else None, cookie_lo | cookie_hi << 32)
+    if length > INET_MSG_LEN:
+        attrs = _attributes(buf, off + INET_MSG_LEN, off + length) or {}
+        info = attrs.get(INET_DIAG_INFO)
+        if info is not None:
+            cong = attrs.get(INET_DIAG_CONG)
+            name = cong.split(b"\0", 1)[0].decode("ascii", "replace") if cong else None
+            parsed = parse_tcp_info(info, name)
+            if parsed is not None:
+                detail.tcp = parsed[0]
+    return detail
 
 
 def _v6only(buf: Buffer, start: int, stop: int) -> bool | None:
@@ -295,11 +360,10 @@ def _v6only(buf: Buffer, start: int, stop: int) -> bool | None:
     return None
 
 
-def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump) -> None:
+def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump,
+                detail: bool = False) -> None:
     append = res.sockets.append
     unpack_hdr = _NLMSGHDR.unpack_from
-    unpack_unix = _UNIX_MSG.unpack_from
-    unpack_nla = _NLATTR.unpack_from
     off = 0
     while off + 16 <= end:
         length, mtype, flags, mseq, _pid = unpack_hdr(buf, off)
@@ -309,33 +373,47 @@ def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump) -> None
         if mtype == SOCK_DIAG_BY_FAMILY and (seq is None or mseq == seq):
             if flags & NLM_F_DUMP_INTR:
                 res.interrupted = True
-            kind = None
-            if length >= UNIX_MSG_LEN:
-                type_, st, inode = unpack_unix(buf, off + 16)
-                kind = UNIX_TYPES.get(type_)
-                name = ""
-                a = off + UNIX_MSG_LEN
-                stop = off + length
-                while a + 4 <= stop:        # attributes: UNIX_DIAG_NAME, UNIX_DIAG_SHUTDOWN
-                    nla_len, nla_type = unpack_nla(buf, a)
-                    if nla_len < 4 or a + nla_len > stop:
-                        kind = None
-                        break
-                    if nla_type & NLA_TYPE_MASK == UNIX_DIAG_NAME:
-                        name = unix_name(bytes(buf[a + 4:a + nla_len]))
-                    a += (nla_len + 3) & ~3
-            if kind is None:
+            sock = _unix(buf, off, length, detail) if length >= UNIX_MSG_LEN else None
+            if sock is None:
                 res.malformed += 1
             else:
-                # sk_state is LISTEN, ESTABLISHED or CLOSE for every unix socket; anything
-                # else would be new: shown as UNCONN, as netparse does with the St column.
-                append(Socket("unix", "unix", _UNIX_SK_STATES.get(st, "UNCONN"), name,
-                              None, "", None, inode, None, unix_type=kind))
+                append(sock)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return
         off += (length + 3) & ~3
     if off < end:
         res.malformed += 1
+
+
+def _unix(buf: Buffer, off: int, length: int, detail: bool) -> Socket | None:
+    """One unix_diag_msg and its attributes (UNIX_DIAG_NAME, UNIX_DIAG_RQLEN, ...); None
+    when its type is unknown or an attribute runs past it."""
+    type_, st, inode, cookie_lo, cookie_hi = _UNIX_MSG.unpack_from(buf, off + 16)
+    kind = UNIX_TYPES.get(type_)
+    if kind is None:
+        return None
+    name = ""
+    queues = None
+    a, stop = off + UNIX_MSG_LEN, off + length
+    while a + 4 <= stop:
+        nla_len, nla_type = _NLATTR.unpack_from(buf, a)
+        if nla_len < 4 or a + nla_len > stop:
+            return None
+        if nla_type & NLA_TYPE_MASK == UNIX_DIAG_NAME:
+            name = unix_name(bytes(buf[a + 4:a + nla_len]))
+        elif nla_type & NLA_TYPE_MASK == UNIX_DIAG_RQLEN and nla_len >= 12:
+            # unix_diag_rqlen: a listener's accept queue and backlog, else the bytes queued
+            # each way (unix_inq_len, unix_outq_len)
+            queues = _RQLEN.unpack_from(buf, a + 4)
+        a += (nla_len + 3) & ~3
+    # sk_state is LISTEN, ESTABLISHED or CLOSE for every unix socket; anything else would
+    # be new: shown as UNCONN, as netparse does with the St column.
+    sock = Socket("unix", "unix", _UNIX_SK_STATES.get(st, "UNCONN"), name, None, "", None,
+                  inode, None, unix_type=kind)
+    if detail:
+        recv_q, send_q = queues if queues else (None, None)
+        sock.detail = SocketDetail(recv_q, send_q, cookie=cookie_lo | cookie_hi << 32)
+    return sock
 
 
 def _attributes(buf: Buffer, start: int, stop: int) -> dict[int, bytes] | None:

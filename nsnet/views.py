@@ -25,6 +25,7 @@ from .model import (
     Process,
     Snapshot,
     Socket,
+    SocketDetail,
     ethertype_name,
     is_guess,
     key_inode,
@@ -126,7 +127,7 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
             "peer": s.peer, "peer_netns": s.peer_netns,
             "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
-            "v6only": s.v6only, **bound_interface_doc(s, ns),
+            "v6only": s.v6only, **bound_interface_doc(s, ns), "detail": detail_doc(s.detail),
             "unix_type": s.unix_type, "packet": packet_doc(s.info),
             "netlink": netlink_doc(s.info, s.pids), "source": s.source, "unconfirmed": s.unconfirmed,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
@@ -241,6 +242,11 @@ def _holder_docs(pids: Iterable[int], snap: Snapshot) -> list[dict]:
         docs.append({"pid": pid, "uid": p.uid, "comm": p.comm, "cmdline": list(p.cmdline),
                      "container": container.name if container else None})
     return docs
+
+
+def detail_doc(detail: SocketDetail | None) -> dict | None:
+    """A socket's queues, timer and TCP internals; None when they were not asked for."""
+    return None if detail is None else asdict(detail)
 
 
 def bound_interface_doc(s: Socket, ns: Namespace | None) -> dict:

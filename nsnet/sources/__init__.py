@@ -67,13 +67,16 @@ def choose(requested: str, caps: int | None = None) -> Choice:
                           "/proc tables for sockets nobody holds)")
 
 
-def create(choice: Choice, keep: bool = False) -> Source:
+def create(choice: Choice, keep: bool = False, details: frozenset[str] = frozenset()
+           ) -> Source:
     """The source a choice names. keep: keep what can be kept across snapshots (the
-    agent's sock_diag sockets, one per namespace) until forget()/close()."""
+    agent's sock_diag sockets, one per namespace) until forget()/close(). details: the
+    model.DETAILS to read besides the sockets."""
     if choice.source == "netlink":
-        return NetlinkSource(DiagSockets() if keep else None)
+        return NetlinkSource(DiagSockets() if keep else None, details=details)
     if choice.source == "pidfd":
         from .pidfd import PidfdSource
 
-        return PidfdSource(choice.unheld_via or "proc", DiagSockets() if keep else None)
-    return ProcSource()
+        return PidfdSource(choice.unheld_via or "proc", DiagSockets() if keep else None,
+                           details)
+    return ProcSource(details)

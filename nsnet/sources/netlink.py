@@ -26,15 +26,18 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
-from ..model import Namespace, Socket, key_inode
+from ..model import QUEUES, TCP_INFO, Namespace, Socket, key_inode
 from ..netparse import ADDRESS_FILES, name_interfaces
 from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
     ANY_STATE,
+    EXT_TCP_INFO,
     IPPROTO_UDPLITE,
     NETLINK_SOCK_DIAG,
     PROTOS,
+    UDIAG_SHOW_NAME,
+    UDIAG_SHOW_RQLEN,
     ParsedDump,
     build_inet_request,
     build_netlink_request,
@@ -63,15 +66,17 @@ class NetlinkSource(TableSource):
     name = "netlink"
 
     def __init__(self, cache: DiagSockets | None = None, *, tcp_states: int = ALL,
-                 protos: tuple[str, ...] = PROTOS):
+                 protos: tuple[str, ...] = PROTOS, details: frozenset[str] = frozenset()):
         self.cache = cache
         self.tcp_states = tcp_states
         self.protos = protos
+        self.details = details    # model.DETAILS asked for
 
     def read_via_task(self, ctx: ReadContext, key: str, task: str) -> Pending:
         inode = key_inode(key)
         if inode is None:   # a stand-in key: no ns/net to enter, only its /proc tables
-            return ctx.run(proc_source.read_via_task, ctx.proc, key, task)
+            return ctx.run(proc_source.read_via_task, ctx.proc, key, task,
+                           proc_source.ALL_FILES, QUEUES in self.details)
         sock, _, kept = self._diag_socket(ctx, f"{ctx.proc}/{task}/ns/net", inode)
         if sock is None:
             return TableRead(None, retries=1)
@@ -90,7 +95,8 @@ class NetlinkSource(TableSource):
                 return read
             try:    # what this kernel's sock_diag cannot list, from the namespace's tables
                 return _merged(read, proc_source.read_pinned(
-                    pin, ns.inode, proc_source.files_of(read.from_proc) + ADDRESS_FILES))
+                    pin, ns.inode, proc_source.files_of(read.from_proc) + ADDRESS_FILES,
+                    QUEUES in self.details))
             except (EnterError, ProcError) as exc:
                 error = str(exc)
         ns.error = error   # this namespace's own failure, not the latest logged
@@ -132,7 +138,8 @@ class NetlinkSource(TableSource):
         if read.sockets is None:
             return read
         names = proc_source.files_of(read.from_proc)
-        tables = proc_source.read_via_task(proc, key, task, names + ADDRESS_FILES)
+        tables = proc_source.read_via_task(proc, key, task, names + ADDRESS_FILES,
+                                           QUEUES in self.details)
         if tables.sockets is None and names:
             return TableRead(None, retries=1)   # the task left: the next member is asked
         return _merged(read, tables)
@@ -141,7 +148,8 @@ class NetlinkSource(TableSource):
         """Runs in a reader thread: one namespace's sockets through its sock_diag socket
         (closed after the dump unless it is kept)."""
         try:
-            result = dump_namespace(sock, tcp_states=self.tcp_states, protos=self.protos)
+            result = dump_namespace(sock, tcp_states=self.tcp_states, protos=self.protos,
+                                    details=self.details)
         except OSError as exc:
             return TableRead(None, errors=[f"sock_diag: {exc}"])
         finally:
@@ -216,7 +224,8 @@ def _buffer() -> tuple[bytearray, memoryview]:
     return pair
 
 
-def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str) -> ParsedDump:
+def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
+             detail: bool = False) -> ParsedDump:
     """Send one dump request and read its replies to the end.
 
     If an earlier dump on this socket was abandoned half way (an exception between recv
@@ -233,7 +242,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str) -> Parse
         if n > size:            # cannot happen with 1 MiB buffers; never parse a cut datagram
             res.malformed += 1
             continue
-        parse_into(view, n, proto, seq, res)
+        parse_into(view, n, proto, seq, res, detail)
         if res.done:
             if res.error == _errno.EBUSY and not retried:
                 retried = True
@@ -241,7 +250,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str) -> Parse
                 res.done, res.error = False, 0
                 while not res.stale_done:
                     n = sock.recv_into(buf, size, socket.MSG_TRUNC)
-                    parse_into(view, min(n, size), proto, seq, res)
+                    parse_into(view, min(n, size), proto, seq, res, detail)
                 sock.send(request)
                 continue
             return res
@@ -259,8 +268,8 @@ _NO_LEGACY = (_errno.EINVAL, _errno.ENOENT, _errno.EOPNOTSUPP)
 
 
 def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
-                   protos: Iterable[str] = PROTOS, legacy_tcp: bool | None = None
-                   ) -> DiagResult:
+                   protos: Iterable[str] = PROTOS, legacy_tcp: bool | None = None,
+                   details: frozenset[str] = frozenset()) -> DiagResult:
     """Every socket of the namespace `sock` was created in, as netparse would list them.
 
     tcp_states: a TCPF bitmask (ALL, UNHELD, or e.g. TCPF["TIME_WAIT"] | ...). protos: any of
@@ -272,12 +281,14 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     """
     protos = set(protos)
     result = DiagResult()
+    detail = bool(details)
+    ext = EXT_TCP_INFO if TCP_INFO in details else 0
     if "tcp" in protos and tcp_states:
-        _dump_tcp(sock, result, tcp_states, legacy_tcp)
+        _dump_tcp(sock, result, tcp_states, legacy_tcp, detail, ext)
     if "udp" in protos:
         for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
             _ask(sock, result, label, "udp",
-                 partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE))
+                 partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE), detail)
     for proto, number in (("udplite", IPPROTO_UDPLITE), ("icmp", socket.IPPROTO_ICMP),
                           ("raw", socket.IPPROTO_RAW)):
         if proto not in protos:
@@ -285,11 +296,13 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
         for family, label in ((socket.AF_INET, proto), (socket.AF_INET6, proto + "6")):
             error = _ask(sock, result, label, proto,
                          partial(build_inet_request, family, number, ANY_STATE,
-                                 raw_protocol=number if proto == "raw" else 0))
+                                 raw_protocol=number if proto == "raw" else 0), detail)
             if error == _errno.ENOENT and family == socket.AF_INET:
                 break   # no handler (the kernel looks it up by protocol): not for IPv6 either
     if "unix" in protos:
-        _ask(sock, result, "unix", "unix", partial(build_unix_request, ANY_STATE))
+        show = UDIAG_SHOW_NAME | (UDIAG_SHOW_RQLEN if detail else 0)
+        _ask(sock, result, "unix", "unix", partial(build_unix_request, ANY_STATE, show=show),
+             detail)
     if "packet" in protos:
         _ask(sock, result, "packet", "packet", build_packet_request)
     if "netlink" in protos:
@@ -301,20 +314,21 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
 
 
 def _ask(sock: socket.socket, result: DiagResult, label: str, proto: str,
-         build: Callable[..., bytes]) -> int:
+         build: Callable[..., bytes], detail: bool = False) -> int:
     """One dump request (build(seq=...) makes it), its replies taken into result; the errno
     the kernel answered."""
     seq = _next_seq()
-    return result.take(label, run_dump(sock, build(seq=seq), seq, proto), proto)
+    return result.take(label, run_dump(sock, build(seq=seq), seq, proto, detail), proto)
 
 
 def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
-              legacy_tcp: bool | None) -> None:
+              legacy_tcp: bool | None, detail: bool = False, ext: int = 0) -> None:
     global _legacy_tcp
     per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
     if not per_family:
         seq = _next_seq()
-        parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq), seq, "tcp")
+        parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq, ext=ext), seq,
+                          "tcp", detail)
         if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
             _legacy_tcp, per_family = False, True
         else:
@@ -322,7 +336,8 @@ def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
     if per_family:
         for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
             _ask(sock, result, label, "tcp",
-                 partial(build_inet_request, family, socket.IPPROTO_TCP, tcp_states))
+                 partial(build_inet_request, family, socket.IPPROTO_TCP, tcp_states, ext=ext),
+                 detail)
 
 
 def kept_socket_limit() -> int:

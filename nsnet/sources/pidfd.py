@@ -77,9 +77,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..model import Socket, netlink_socket, netns_key, packet_socket
+from ..model import (
+    QUEUES,
+    TCP_INFO,
+    Socket,
+    SocketDetail,
+    netlink_socket,
+    netns_key,
+    packet_socket,
+)
 from ..netparse import PACKET_TYPES, TCP_STATES, UNIX_TYPES
-from ..sockdiag import IPPROTO_UDPLITE, UNHELD
+from ..sockdiag import IPPROTO_UDPLITE, UNHELD, parse_tcp_info
 from ..sockdiag import unix_name as _diag_unix_name
 from ..walk import Discovery
 from .base import Batch, ReadContext, TableSource
@@ -93,6 +101,12 @@ _IFREQ = struct.Struct("=16si20x")             # struct ifreq: name, ifindex (a 
 _SOCKADDR_LL = struct.Struct("=HHi")           # sll_family, sll_protocol (network), ifindex
 _AF_PACKET, _AF_NETLINK = socket.AF_PACKET, socket.AF_NETLINK
 _LINK_FAMILIES = frozenset({_AF_PACKET, _AF_NETLINK})
+_SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
+_SO_MEMINFO = 55
+_MEMINFO = struct.Struct("=9I")       # SK_MEMINFO_*: rmem_alloc, rcvbuf, wmem_alloc, ...
+_TCP_CONGESTION = socket.TCP_CONGESTION
+_SIOCINQ, _SIOCOUTQ = 0x541B, 0x5411   # FIONREAD, TIOCOUTQ
+_MEMORY_QUEUED = frozenset({"udp", "udplite", "icmp", "raw"})
 _IPPROTO_IPV6, _IPV6_V6ONLY = socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
 _SO_BINDTOIFINDEX = getattr(socket, "SO_BINDTOIFINDEX", 62)     # Linux >= 5.0
 _V6ONLY_KINDS = frozenset({"tcp", "udp", "udplite"})
@@ -190,7 +204,8 @@ def unix_name(name: str | bytes) -> str:
 
 def describe_process_sockets(pid: int, socket_fds: dict[int, int], *, seen: set[int],
                              pidfd: int | None = None, tcp_info: bool = True,
-                             allow_cgroup_retag: bool = False) -> BorrowResult:
+                             allow_cgroup_retag: bool = False,
+                             details: frozenset[str] = frozenset()) -> BorrowResult:
     """Describe the sockets of one process whose inode is not in `seen` yet.
 
     socket_fds: fd -> socket inode, from the process's /proc/<pid>/fd (the walk). A socket
@@ -229,7 +244,7 @@ def describe_process_sockets(pid: int, socket_fds: dict[int, int], *, seen: set[
             return result
     assert pidfd is not None
     try:
-        _Describer(result, seen, tcp_info).run(pidfd, todo)
+        _Describer(result, seen, tcp_info, details).run(pidfd, todo)
     finally:
         if own_pidfd:
             os.close(pidfd)
@@ -332,12 +347,14 @@ class _Describer:
     """The per-call state: result, counters and the namespace lookups of one process.
     Not shared between calls, so concurrent callers (threads) share nothing but the
     cookie cache, whose single get/set operations are atomic under the GIL."""
-    __slots__ = ("result", "seen", "want_tcp_info", "cookies", "refused")
+    __slots__ = ("result", "seen", "want_tcp_info", "cookies", "refused", "details")
 
-    def __init__(self, result: BorrowResult, seen: set[int], want_tcp_info: bool) -> None:
+    def __init__(self, result: BorrowResult, seen: set[int], want_tcp_info: bool,
+                 details: frozenset[str] = frozenset()) -> None:
         self.result = result
         self.seen = seen
         self.want_tcp_info = want_tcp_info
+        self.details = details
         self.cookies = True              # False once the kernel says it has no netns cookie
         self.refused: set[int] = set()   # cookies whose SIOCGSKNS was refused (EPERM)
 
@@ -375,6 +392,8 @@ class _Describer:
                     seen.add(inode)
                     continue
                 sock = describe(handle, inode, st.st_uid)
+                if sock is not None and self.details:
+                    sock.detail = self.detail(handle, sock)
             except OSError as exc:
                 result.failed += 1
                 result.note(f"fd {fd}", exc.errno or 0)
@@ -459,6 +478,35 @@ class _Describer:
         _scope(h, sock, family == _AF_INET6)
         return sock
 
+    def detail(self, h: _socket.socket, sock: Socket) -> SocketDetail:
+        """What SnapshotOptions.details asked for, from the borrowed socket: queries only
+        (getsockopt, SIOCINQ/SIOCOUTQ). Timers: no query says them (None)."""
+        detail = SocketDetail(cookie=int.from_bytes(
+            h.getsockopt(_SOL_SOCKET, _SO_COOKIE, 8), sys.byteorder))
+        info = None
+        if sock.proto == "tcp" and sock.state != "TIME_WAIT":
+            cong = h.getsockopt(_IPPROTO_TCP, _TCP_CONGESTION, 16).split(b"\0", 1)[0]
+            info = parse_tcp_info(h.getsockopt(_IPPROTO_TCP, _TCP_INFO, 256),
+                                  cong.decode("ascii", "replace"))
+            if TCP_INFO in self.details and info is not None:
+                detail.tcp = info[0]
+        if QUEUES not in self.details:
+            return detail
+        if sock.state == "LISTEN":
+            # TCP_INFO of a listener: tcpi_unacked is its accept queue, tcpi_sacked its
+            # backlog (tcp_get_info); a unix listener says neither to a query
+            if info is not None:
+                detail.recv_q, detail.send_q = info[1], info[2]
+        elif sock.proto in ("tcp", "unix"):
+            detail.recv_q = _ioctl_int(h.fileno(), _SIOCINQ)     # unread bytes
+            detail.send_q = _ioctl_int(h.fileno(), _SIOCOUTQ)    # unacknowledged (TCP)
+        elif sock.proto in _MEMORY_QUEUED:
+            # the tables print a datagram socket's memory in use each way: SO_MEMINFO's
+            # rmem_alloc and wmem_alloc (SIOCINQ would say the next datagram's size)
+            mem = _MEMINFO.unpack(h.getsockopt(_SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
+            detail.recv_q, detail.send_q = mem[0], mem[2]
+        return detail
+
     def describe_link(self, h: _socket.socket, family: int, inode: int, uid: int
                       ) -> Socket | None:
         """A packet or netlink socket, as /proc/net/packet and /proc/net/netlink list it."""
@@ -537,6 +585,15 @@ class _Describer:
         return netns
 
 
+def _ioctl_int(fd: int, request: int) -> int | None:
+    """SIOCINQ / SIOCOUTQ: a read of the socket's queue length (None: refused)."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, request, b"\0\0\0\0"), sys.byteorder,
+                              signed=True)
+    except OSError:
+        return None
+
+
 def _scope(h: _socket.socket, sock: Socket, v6: bool) -> None:
     """The bound interface, and whether an IPv6 listener takes IPv4 too: what sock_diag says
     of the same sockets (idiag_if, INET_DIAG_SKV6ONLY), no more."""
@@ -592,15 +649,18 @@ class PidfdSource:
 
     name = "pidfd"
 
-    def __init__(self, unheld_via: str, cache: DiagSockets | None = None):
+    def __init__(self, unheld_via: str, cache: DiagSockets | None = None,
+                 details: frozenset[str] = frozenset()):
         self.cache = cache
+        self.details = details
         if unheld_via == "netlink":
             # the kernel's own netlink sockets are held by no process
             self.unheld: TableSource = NetlinkSource(cache, tcp_states=UNHELD,
-                                                     protos=("tcp", "netlink"))
-            self.full: TableSource = NetlinkSource(cache)
+                                                     protos=("tcp", "netlink"),
+                                                     details=details)
+            self.full: TableSource = NetlinkSource(cache, details=details)
         else:
-            self.unheld = self.full = ProcSource()
+            self.unheld = self.full = ProcSource(details)
 
     def met(self, ctx: ReadContext, key: str, pid: int) -> None:
         pass   # nothing is read namespace by namespace before the walk ends
@@ -643,7 +703,7 @@ class PidfdSource:
             if not process.socket_fds:
                 continue
             result = describe_process_sockets(pid, process.socket_fds, seen=seen,
-                                              tcp_info=False)
+                                              tcp_info=False, details=self.details)
             stats.pidfd_borrowed += result.borrowed
             stats.pidfd_vanished += result.vanished
             stats.pidfd_denied += result.denied

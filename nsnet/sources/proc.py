@@ -18,7 +18,7 @@ import os
 from functools import partial
 
 from ..errors import EnterError, ProcError
-from ..model import Namespace, Stats
+from ..model import QUEUES, Namespace, Stats
 from ..netparse import (
     ADDRESS_FILES,
     NET_FILES,
@@ -38,7 +38,7 @@ from .base import Pending, ReadContext, TableRead, TableSource
 # procfs (or IPv4) no fib_trie; UDP-Lite, ping sockets, packet sockets are options too (and
 # UDP-Lite is on its way out of the kernel). Only tcp, udp, raw and unix must be there.
 _OPTIONAL = frozenset(NET_FILES) - {"tcp", "udp", "raw", "unix"} | frozenset(ADDRESS_FILES)
-_FILES = NET_FILES + ADDRESS_FILES
+_FILES = ALL_FILES = NET_FILES + ADDRESS_FILES
 
 
 def files_of(protos: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -47,31 +47,38 @@ def files_of(protos: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 class ProcSource(TableSource):
+    """details: model.DETAILS asked for; the tables give the queues and timers (QUEUES)."""
     name = "proc"
 
+    def __init__(self, details: frozenset[str] = frozenset()):
+        self.queues = QUEUES in details
+
     def read_via_task(self, ctx: ReadContext, key: str, task: str) -> Pending:
-        return ctx.run(read_via_task, ctx.proc, key, task)
+        return ctx.run(read_via_task, ctx.proc, key, task, _FILES, self.queues)
 
     def read_pinned(self, ctx: ReadContext, ns: Namespace, pins: list[Pin]) -> TableRead:
         assert ns.inode is not None   # pins are found by inode
         for pin in pins:
             try:
-                return read_pinned(pin, ns.inode)
+                return read_pinned(pin, ns.inode, _FILES, self.queues)
             except (EnterError, ProcError) as exc:
                 ns.error = str(exc)
         return TableRead(None)
 
 
-def read_pinned(pin: Pin, inode: int, names: tuple[str, ...] = _FILES) -> TableRead:
+def read_pinned(pin: Pin, inode: int, names: tuple[str, ...] = _FILES,
+                queues: bool = False) -> TableRead:
     """A namespace only a bind mount keeps, entered through `pin` (main thread): the tables
-    `names`. EnterError or ProcError when it cannot be entered or read."""
+    `names` (queues: with the queues and timers). EnterError or ProcError when it cannot be
+    entered or read."""
     tables = _read_all(run_in_namespace(pin.opener, inode, partial(_open_own_tables, names)))
-    return _parse(tables, f"setns {pin.shown}")
+    return _parse(tables, f"setns {pin.shown}", queues)
 
 
-def read_via_task(proc: str, key: str, task: str, names: tuple[str, ...] = _FILES) -> TableRead:
+def read_via_task(proc: str, key: str, task: str, names: tuple[str, ...] = _FILES,
+                  queues: bool = False) -> TableRead:
     """Runs in a reader thread: touches nothing shared, returns what it found (the tables
-    `names`: all of them unless told)."""
+    `names`: all of them unless told; queues: with the queues and timers)."""
     try:
         fds = _open_tables(f"{proc}/{task}", key, names)
     except ProcError:
@@ -83,7 +90,7 @@ def read_via_task(proc: str, key: str, task: str, names: tuple[str, ...] = _FILE
     except ProcError:
         return TableRead(None, retries=1)
     pid, _, tid = task.partition("/task/")
-    return _parse(tables, f"task {tid} of pid {pid}" if tid else f"pid {pid}")
+    return _parse(tables, f"task {tid} of pid {pid}" if tid else f"pid {pid}", queues)
 
 
 def _open_tables(path: str, expected_key: str, names: tuple[str, ...] = _FILES
@@ -121,12 +128,12 @@ def _read_all(fds: dict[str, int]) -> dict[str, bytes]:
         close_all(fds)
 
 
-def _parse(tables: dict[str, bytes], via: str) -> TableRead:
+def _parse(tables: dict[str, bytes], via: str, queues: bool = False) -> TableRead:
     read = TableRead([], via=via)
     assert read.sockets is not None
     for name in NET_FILES:
         if name in tables:
-            parsed = parse_net_file(name, tables[name])
+            parsed = parse_net_file(name, tables[name], queues)
             read.sockets.extend(parsed.sockets)
             read.malformed += parsed.malformed
     read.addresses, malformed = _addresses(tables)

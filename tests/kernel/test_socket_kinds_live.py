@@ -216,3 +216,97 @@ def test_classifier_and_tables_against_ss(scoped_node):
     accepted = [s for s in doc if s["local_port"] == SCOPED_PORTS["dual"]
                 and s["state"] == "ESTABLISHED"]
     assert accepted and all(s["direction"] == "inbound" for s in accepted)
+
+
+# ------------------------------------------------------------ queues, timers, TCP_INFO
+
+QUEUES_HOLDER = r"""
+import json, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import link_scenario
+built, inodes = link_scenario.build_queues(tempfile.mkdtemp())
+print(json.dumps({"pid": os.getpid(), "inodes": inodes}), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def queues_node():
+    require_root("unshare", "nsenter", "ss")
+    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", QUEUES_HOLDER,
+                               str(SUPPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None
+        truth = json.loads(holder.stdout.readline())
+        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+        yield truth
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _details(node: dict, source: str) -> dict[int, dict]:
+    doc = _sockets("--source", source, "-e", "-i", "--tcp", "--unix", "--udp")
+    return {s["inode"]: s["detail"] for s in _there(doc, node) if s["inode"]}
+
+
+@pytest.mark.parametrize("source", ["proc", "netlink", "pidfd", "auto"])
+def test_queues_and_tcp_info_from_every_source(queues_node, source):
+    from link_scenario import (
+        ANSWERED,
+        BACKLOG,
+        PENDING,
+        SENT,
+        UNIX_BACKLOG,
+        UNIX_PENDING,
+        UNIX_UNREAD,
+        UNREAD,
+    )
+    ino = queues_node["inodes"]
+    got = _details(queues_node, source)
+    tables = source == "proc"
+    assert got[ino["backlog"]]["recv_q"] == PENDING
+    # the tables do not print a listener's backlog; sock_diag and TCP_INFO do
+    assert got[ino["backlog"]]["send_q"] == (None if tables else BACKLOG)
+    assert got[ino["unread_reader"]]["recv_q"] == UNREAD
+    client, server = got[ino["traffic_client"]], got[ino["traffic_server"]]
+    if tables:      # neither TCP_INFO nor a cookie in /proc
+        assert client["tcp"] is None and client["cookie"] is None
+    else:
+        assert (client["tcp"]["bytes_acked"], client["tcp"]["bytes_received"]) == \
+            (SENT + 1, ANSWERED)
+        assert (server["tcp"]["bytes_acked"], server["tcp"]["bytes_received"]) == \
+            (ANSWERED, SENT)
+        assert client["tcp"]["congestion"] and client["tcp"]["cwnd"] > 0
+    # unix queues: sock_diag (UNIX_DIAG_RQLEN) and the borrowed socket (SIOCINQ) say them;
+    # a unix listener's queue only sock_diag
+    unix_listener, right = got.get(ino["unix_backlog"]), got.get(ino["unix_right"])
+    if source in ("netlink", "auto"):
+        assert (unix_listener["recv_q"], unix_listener["send_q"]) == (UNIX_PENDING, UNIX_BACKLOG)
+    if source != "proc":
+        assert right["recv_q"] == UNIX_UNREAD
+    # timers: the tables and sock_diag; a query cannot read one
+    assert (got[ino["backlog"]]["timer"] is None) == (source == "pidfd")
+
+
+def test_cookies_agree(queues_node):
+    """The cookie sock_diag reports is the one SO_COOKIE gives for the same socket."""
+    netlink, pidfd = _details(queues_node, "netlink"), _details(queues_node, "pidfd")
+    both = [i for i in queues_node["inodes"].values() if i in netlink and i in pidfd]
+    assert len(both) >= 10
+    assert all(netlink[i]["cookie"] == pidfd[i]["cookie"] and netlink[i]["cookie"]
+               for i in both)
+
+
+def test_ss_agrees_on_queues(queues_node):
+    from link_scenario import BACKLOG, PENDING, QUEUE_PORTS
+    ss = subprocess.run(["nsenter", "-t", str(queues_node["pid"]), "-n", "ss", "-ltnH"],
+                        capture_output=True, text=True, check=True).stdout
+    row = next(line.split() for line in ss.splitlines()
+               if f":{QUEUE_PORTS['backlog']} " in line + " ")
+    assert (int(row[1]), int(row[2])) == (PENDING, BACKLOG)
+    doc = _sockets("--source", "auto", "-e", "--tcp", "--listening")
+    ours = next(s for s in _there(doc, queues_node)
+                if s["local_port"] == QUEUE_PORTS["backlog"])
+    assert (ours["detail"]["recv_q"], ours["detail"]["send_q"]) == (int(row[1]), int(row[2]))

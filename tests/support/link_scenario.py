@@ -168,6 +168,72 @@ def build_scoped() -> tuple[Built, dict[int, tuple]]:
     return b, scoped
 
 
+QUEUE_PORTS = {"backlog": 4600, "traffic": 4601, "unread": 4602, "udp": 4603}
+BACKLOG, PENDING = 7, 3          # the listener that never accepts: its backlog, connects
+SENT, ANSWERED, UNREAD = 1000, 300, 500
+UNIX_BACKLOG, UNIX_PENDING, UNIX_UNREAD = 5, 2, 123
+
+
+def build_queues(unix_dir: str) -> tuple[Built, dict[str, int]]:
+    """Queues with known lengths, in the calling thread's fresh namespace: a TCP listener
+    that never accepts (PENDING connections waiting, backlog BACKLOG), a connection that
+    carried SENT bytes one way and ANSWERED back (each read), an accepted connection with
+    UNREAD bytes its reader never read, a UDP socket with one datagram queued, a unix
+    listener that never accepts and a unix pair with bytes unread. Returns the sockets and
+    name -> inode."""
+    lo_up()
+    b, ino = Built(), {}
+
+    def keep(name: str, s: socket.socket) -> socket.socket:
+        b.held.append(s)
+        ino[name] = os.fstat(s.fileno()).st_ino
+        return s
+
+    lst = keep("backlog", socket.socket())
+    lst.bind(("127.0.0.1", QUEUE_PORTS["backlog"]))
+    lst.listen(BACKLOG)
+    for i in range(PENDING):
+        keep(f"pending{i}", socket.create_connection(("127.0.0.1", QUEUE_PORTS["backlog"])))
+    srv = keep("traffic_listener", socket.socket())
+    srv.bind(("127.0.0.1", QUEUE_PORTS["traffic"]))
+    srv.listen(8)
+    client = keep("traffic_client", socket.create_connection(("127.0.0.1",
+                                                               QUEUE_PORTS["traffic"])))
+    server = keep("traffic_server", srv.accept()[0])
+    client.sendall(b"x" * SENT)
+    got = 0
+    while got < SENT:
+        got += len(server.recv(SENT - got))
+    server.sendall(b"y" * ANSWERED)
+    got = 0
+    while got < ANSWERED:
+        got += len(client.recv(ANSWERED - got))
+    srv2 = keep("unread_listener", socket.socket())
+    srv2.bind(("127.0.0.1", QUEUE_PORTS["unread"]))
+    srv2.listen(8)
+    writer = keep("unread_writer", socket.create_connection(("127.0.0.1",
+                                                             QUEUE_PORTS["unread"])))
+    keep("unread_reader", srv2.accept()[0])
+    writer.sendall(b"z" * UNREAD)
+    udp = keep("udp", socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    udp.bind(("127.0.0.1", QUEUE_PORTS["udp"]))
+    sender = keep("udp_sender", socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sender.sendto(b"d" * 200, ("127.0.0.1", QUEUE_PORTS["udp"]))
+    ulst = keep("unix_backlog", socket.socket(socket.AF_UNIX))
+    ulst.bind(f"{unix_dir}/backlog.sock")
+    ulst.listen(UNIX_BACKLOG)
+    for i in range(UNIX_PENDING):
+        c = keep(f"unix_pending{i}", socket.socket(socket.AF_UNIX))
+        c.connect(f"{unix_dir}/backlog.sock")
+    left, right = socket.socketpair()
+    keep("unix_left", left)
+    keep("unix_right", right)
+    left.sendall(b"u" * UNIX_UNREAD)
+    import time
+    time.sleep(0.2)      # loopback delivery and the ACKs settle before anything reads
+    return b, ino
+
+
 def row(s) -> tuple:
     return (s.proto, s.family, s.state, s.local_addr, s.local_port, s.remote_addr,
             s.remote_port, s.inode, s.uid)
@@ -178,6 +244,7 @@ def row(s) -> tuple:
 NLMSGHDR = struct.Struct("=IHHII")
 SEQ = {"packet": 7001, "netlink": 7002, "udplite4": 7003, "icmp_enoent": 7004}
 SCOPED_SEQ = {"tcp6": 7101, "tcp4": 7102, "udp6": 7103}
+QUEUE_SEQ = {"tcp4": 7201, "udp4": 7202, "unix": 7203}
 TABLES = ("packet", "netlink", "icmp", "icmp6", "udplite", "udplite6")
 
 
@@ -249,6 +316,27 @@ def capture() -> None:
         (DATA / "scoped_proc_net_if_inet6.txt").write_bytes(f.read())
     (DATA / "scoped_capture.json").write_text(json.dumps(record, indent=1) + "\n")
     scoped_built.close()
+    import tempfile
+    with tempfile.TemporaryDirectory() as unix_dir:
+        queues_built, inodes = build_queues(unix_dir)
+        record = {"inodes": inodes, "ports": QUEUE_PORTS, "seq": QUEUE_SEQ, "unix_dir": unix_dir}
+        from nsnet.sockdiag import EXT_TCP_INFO, build_unix_request
+        for name, request in (
+                ("tcp4", build_inet_request(socket.AF_INET, socket.IPPROTO_TCP,
+                                            seq=QUEUE_SEQ["tcp4"], ext=EXT_TCP_INFO)),
+                ("udp4", build_inet_request(socket.AF_INET, socket.IPPROTO_UDP, ANY_STATE,
+                                            seq=QUEUE_SEQ["udp4"])),
+                ("unix", build_unix_request(seq=QUEUE_SEQ["unix"], show=0x11))):
+            data, _ = _dump(diag, request)
+            (DATA / f"queues_diag_{name}.bin").write_bytes(data)
+        for name in ("tcp", "udp"):
+            with open(f"/proc/thread-self/net/{name}", "rb") as f:
+                (DATA / f"queues_proc_net_{name}.txt").write_bytes(f.read())
+        ss = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True,
+                            text=True, check=True).stdout
+        record["ss_tcp_info"] = ss
+        (DATA / "queues_capture.json").write_text(json.dumps(record, indent=1) + "\n")
+        queues_built.close()
     diag.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import struct
 import sys
@@ -345,3 +346,108 @@ def test_bound_interface_shown_as_ss_does() -> None:
     assert "\x1b" not in text and "\x07" not in text
     assert "[fe80::1]%nsnt0\\x1b]0;x\\x07:4503" in text
     assert "0.0.0.0%if9:4504" in text
+
+
+# ---------------------------------------------------------------------- queues, timers, TCP_INFO
+
+@pytest.fixture(scope="module")
+def queues() -> dict:
+    return json.loads((DATA / "queues_capture.json").read_text())
+
+
+def _detailed(name: str, proto: str, record: dict) -> dict[int, object]:
+    from nsnet.sockdiag import ParsedDump, parse_into
+    data = (DATA / f"queues_diag_{name}.bin").read_bytes()
+    res = ParsedDump()
+    parse_into(memoryview(data), len(data), proto, record["seq"][name], res, detail=True)
+    assert (res.malformed, res.done, res.error) == (0, True, 0)
+    return {s.inode: s for s in res.sockets if s.inode}
+
+
+@little_endian_only
+def test_diag_queues_and_tcp_info(queues: dict) -> None:
+    """Each queue as the scenario made it (link_scenario.build_queues), and the bytes each
+    way as TCP_INFO counts them -- the same numbers ss -ti printed at the capture."""
+    from link_scenario import ANSWERED, BACKLOG, PENDING, SENT, UNREAD
+    ino = queues["inodes"]
+    tcp = _detailed("tcp4", "tcp", queues)
+    backlog = tcp[ino["backlog"]].detail
+    assert (backlog.recv_q, backlog.send_q, backlog.timer) == (PENDING, BACKLOG, "off")
+    assert tcp[ino["unread_reader"]].detail.recv_q == UNREAD
+    client, server = tcp[ino["traffic_client"]].detail, tcp[ino["traffic_server"]].detail
+    # the connecting side counts its SYN among the bytes acked (tcp_ack from SYN_SENT)
+    assert (client.tcp.bytes_acked, client.tcp.bytes_received) == (SENT + 1, ANSWERED)
+    assert (server.tcp.bytes_acked, server.tcp.bytes_received) == (ANSWERED, SENT)
+    assert f"bytes_acked:{SENT + 1} bytes_received:{ANSWERED}" in queues["ss_tcp_info"]
+    assert client.tcp.congestion in queues["ss_tcp_info"] and client.tcp.cwnd > 0
+    assert client.tcp.rtt_us > 0 and client.cookie and client.cookie != server.cookie
+    assert all(s.detail.cookie for s in tcp.values())
+
+
+@little_endian_only
+def test_diag_unix_and_udp_queues(queues: dict) -> None:
+    from link_scenario import UNIX_BACKLOG, UNIX_PENDING, UNIX_UNREAD
+    ino = queues["inodes"]
+    unix = _detailed("unix", "unix", queues)
+    assert (unix[ino["unix_backlog"]].detail.recv_q,
+            unix[ino["unix_backlog"]].detail.send_q) == (UNIX_PENDING, UNIX_BACKLOG)
+    assert unix[ino["unix_right"]].detail.recv_q == UNIX_UNREAD
+    udp = _detailed("udp4", "udp", queues)
+    assert udp[ino["udp"]].detail.recv_q > 200     # the datagram's memory (truesize)
+
+
+def test_proc_queues_and_timers(queues: dict) -> None:
+    """The tables print a listener's accept queue (not its backlog) and bytes unread."""
+    from link_scenario import PENDING, UNREAD
+    ino = queues["inodes"]
+    parsed = netparse.parse_net_file("tcp", (DATA / "queues_proc_net_tcp.txt").read_bytes(),
+                                     queues=True)
+    assert parsed.malformed == 0
+    by = {s.inode: s.detail for s in parsed.sockets}
+    assert (by[ino["backlog"]].recv_q, by[ino["backlog"]].send_q) == (PENDING, None)
+    assert by[ino["unread_reader"]].recv_q == UNREAD
+    assert all(d.timer == "off" and d.cookie is None and d.tcp is None for d in by.values())
+    assert netparse.parse_net_file("tcp", (DATA / "queues_proc_net_tcp.txt").read_bytes()
+                                   ).sockets[0].detail is None      # not asked: nothing
+
+
+def test_proc_timer_line() -> None:
+    head = (DATA / "queues_proc_net_tcp.txt").read_bytes().splitlines(True)[0]
+    line = (b"   4: 0100007F:11F8 0100007F:B5FE 06 00000000:00000000 03:00000BB8 00000000     0"
+            b"        0 0 3 0000000088cd8db0\n")
+    keep = (b"   5: 0100007F:11F8 0100007F:B5FF 01 00000010:00000000 02:00001770 00000002     0"
+            b"        0 77 3 0000000088cd8db0\n")
+    bad = (b"   6: 0100007F:11F8 0100007F:B5FF 01 00000010:00000000 09:00001770 00000002     0"
+           b"        0 78 3 0000000088cd8db0\n")
+    parsed = netparse.parse_net_file("tcp", head + line + keep + bad, queues=True)
+    assert parsed.malformed == 1                    # timer 9: no such timer
+    tw, ka = (s.detail for s in parsed.sockets)
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    assert (tw.timer, tw.timer_ms) == ("timewait", round(0xBB8 * tick))
+    assert (ka.timer, ka.timer_ms, ka.timer_retransmits, ka.send_q) == \
+        ("keepalive", round(0x1770 * tick), 2, 16)
+
+
+def test_tcp_info_too_short() -> None:
+    from nsnet.sockdiag import TCP_INFO_MIN, parse_tcp_info
+    assert parse_tcp_info(b"\0" * (TCP_INFO_MIN - 1)) is None
+    detail, unacked, sacked = parse_tcp_info(b"\0" * TCP_INFO_MIN, "cubic")
+    assert (detail.bytes_acked, detail.delivery_rate, detail.congestion) == (None, None, "cubic")
+
+
+def test_details_in_json_and_tables() -> None:
+    from nsnet import report, views
+    from nsnet.model import Socket, SocketDetail, TcpDetail
+    from nsnet.report import Renderer
+    s = Socket("tcp", "inet", "ESTABLISHED", "10.0.0.1", 5, "10.0.0.2", 80, 9, 0, 1, "net:[1]")
+    s.detail = SocketDetail(3, 4, "keepalive", 7_200_000, 0, 0xABC,
+                            TcpDetail("cubic\x1b[2J", 1500, 700, 10, 0, 2, 2048, 999, 5, 1, 2))
+    doc = views.sockets_view(_snap([s]))
+    assert doc["sockets"][0]["detail"]["tcp"]["bytes_acked"] == 2048
+    text = report.render_sockets(doc, Renderer(None, False, columns=None))
+    line = next(x for x in text.splitlines() if "10.0.0.1" in x)
+    assert "keepalive 120min" in line and "1.5ms" in line and "2.0K" in line
+    assert "\x1b" not in text
+    bare = report.render_sockets(views.sockets_view(_snap([netlink_socket(0, 5, 0, 1)])),
+                                 Renderer(None, False))
+    assert "RECV-Q" not in bare       # no details asked: no columns for them
