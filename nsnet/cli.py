@@ -265,6 +265,10 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
     detail.add_argument("-i", "--info", action="store_true",
                         help="TCP internals: rtt, cwnd, retransmits, bytes each way, delivery "
                              "rate, last send/receive, congestion algorithm")
+    detail.add_argument("--options", action="store_true",
+                        help="socket options, knetstat-style (SO_REUSEADDR=1,SO_KEEPALIVE=0,"
+                             "...): read with getsockopt on a borrowed fd (pidfd_getfd, "
+                             "CAP_SYS_PTRACE; never changed)")
     socks.add_argument("--listening", "-l", action="store_true", help="listening sockets only")
     socks.add_argument("--state", type=_state, metavar="S",
                        help="only this state (LISTEN, ESTABLISHED, time-wait, ...)")
@@ -356,9 +360,11 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
 
 
 def _details(args: argparse.Namespace) -> frozenset[str]:
-    """-e: queues, timers, cookie; -i: TCP_INFO and the congestion algorithm (sockets)."""
+    """-e: queues, timers, cookie; -i: TCP_INFO and the congestion algorithm; --options:
+    socket options (sockets)."""
     return frozenset(name for name, asked in (("queues", getattr(args, "extended", False)),
-                                              ("tcp_info", getattr(args, "info", False)))
+                                              ("tcp_info", getattr(args, "info", False)),
+                                              ("options", getattr(args, "options", False)))
                      if asked)
 
 

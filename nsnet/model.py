@@ -256,7 +256,8 @@ def netlink_socket(protocol: int, portid: int, groups: int, inode: int) -> Socke
 # pays nothing for them).
 QUEUES = "queues"        # Recv-Q / Send-Q, timers, the socket cookie
 TCP_INFO = "tcp_info"    # TCP_INFO and the congestion algorithm
-DETAILS = (QUEUES, TCP_INFO)
+OPTIONS = "options"      # socket options, read with getsockopt on a borrowed fd (knetstat)
+DETAILS = (QUEUES, TCP_INFO, OPTIONS)
 
 # The timer a TCP socket has running (the tables' `tr`, sock_diag's idiag_timer)
 TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "probe"}
@@ -292,6 +293,9 @@ class SocketDetail:
     timer_retransmits: int | None = None   # unrecovered retransmission timeouts so far
     cookie: int | None = None         # the kernel's 64-bit id of the socket (SO_COOKIE)
     tcp: TcpDetail | None = None
+    # option name -> value (SO_REUSEADDR: 1, TCP_CONGESTION: "cubic", SO_LINGER: None when
+    # off, else seconds); None: not read (not asked, no holder, or borrowing refused)
+    options: dict[str, int | str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -491,6 +495,8 @@ class Stats:
     pidfd_denied: int = 0
     pidfd_netns_unknown: int = 0
     pidfd_unsafe: int = 0            # not borrowed: it would re-tag the socket's cgroup-v1 classid
+    options_read: int = 0            # sockets whose options were read (details "options")
+    options_unread: int = 0          # ... asked for, but could not be (no holder, refused)
     pods: int = 0
     containers: int = 0
     kubelet_errors: list[str] = field(default_factory=list)   # /var/log/pods unreadable, ...

@@ -397,19 +397,32 @@ def _detail_columns() -> list[Column]:
                priority=3),
         Column("COOKIE", lambda s: "" if not s.get("detail") or s["detail"]["cookie"] is None
                else f"{s['detail']['cookie']:x}", priority=0),
+        Column("OPTIONS", lambda s: _options(s.get("detail")), wrap=True, min_width=20,
+               priority=2),
     ]
+
+
+def _options(d: dict | None) -> str:
+    """knetstat's SO_REUSEADDR=1,SO_KEEPALIVE=0,...; SO_LINGER=off when it is."""
+    options = d.get("options") if d else None
+    if not options:
+        return ""
+    return printable(",".join(f"{k}={'off' if v is None else v}" for k, v in options.items()))
 
 
 DETAIL_COLUMN_NAMES = [c.name for c in _detail_columns()]
 TCP_INFO_COLUMNS = frozenset({"RTT", "CWND", "RETRANS", "SENT", "RCVD", "CONG"})
+OPTION_COLUMNS = frozenset({"OPTIONS"})
 
 
 def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool,
-                   detail: bool = False, tcp_info: bool = False) -> list[Column]:
+                   detail: bool = False, tcp_info: bool = False, options: bool = False
+                   ) -> list[Column]:
     """The columns of `nsnet sockets` (``-o`` chooses among them by name); detail: -e's,
-    tcp_info: -i's."""
+    tcp_info: -i's, options: --options'."""
     extra = [c for c in _detail_columns()
-             if (tcp_info if c.name in TCP_INFO_COLUMNS else detail)]
+             if (tcp_info if c.name in TCP_INFO_COLUMNS
+                 else options if c.name in OPTION_COLUMNS else detail)]
     return [
         *([Column("NETNS", lambda s: printable(s.get("netns_name") or
                                                _ns(s["netns"], s["netns_key"])), wrap=True,
@@ -440,7 +453,8 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool,
 
 
 SOCKET_COLUMN_NAMES = [c.name for c in socket_columns(Renderer(None, False), {}, netns=True,
-                                                      detail=True, tcp_info=True)]
+                                                      detail=True, tcp_info=True,
+                                                      options=True)]
 
 
 def render_sockets(doc: dict, r: Renderer) -> str:
@@ -452,7 +466,8 @@ def render_sockets(doc: dict, r: Renderer) -> str:
     details = [s["detail"] for s in doc["sockets"] if s.get("detail")]
     chosen = {c.upper() for c in r.columns or ()}
     kw = {"detail": bool(details) or bool(chosen & set(DETAIL_COLUMN_NAMES)),
-          "tcp_info": any(d["tcp"] for d in details) or bool(chosen & TCP_INFO_COLUMNS)}
+          "tcp_info": any(d["tcp"] for d in details) or bool(chosen & TCP_INFO_COLUMNS),
+          "options": any(d["options"] for d in details) or bool(chosen & OPTION_COLUMNS)}
     if flat:
         out.append(r.table(socket_columns(r, procs, netns=True, **kw), doc["sockets"],
                            **unheld))

@@ -24,7 +24,7 @@ from functools import partial
 from . import classify, kubelet, pods, sources, walk
 from .caps import own_capabilities, privilege_notes
 from .cpus import CpuBudget, available_cpus
-from .model import Snapshot, Socket, Stats
+from .model import OPTIONS, Snapshot, Socket, Stats
 from .options import SnapshotOptions
 from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
@@ -135,6 +135,14 @@ class Snapshotter:
         logs = kubelet.load_kubelet_logs(options.host_root) \
             if options.host_root is not None else None
         snap = assemble(found, sockets, stats, joined, options, logs=logs)
+        if OPTIONS in options.details:
+            # options come from the socket itself, whatever listed it: borrowed from a holder
+            # (the pidfd source has read those it borrowed already)
+            from .sources.pidfd import read_options
+
+            rest = [s for s in sockets if s.detail is None or s.detail.options is None]
+            stats.options_read += len(sockets) - len(rest)
+            read_options(rest, stats)
         stats.elapsed_seconds = round(time.perf_counter() - started, 6)
         return snap
 

@@ -78,10 +78,12 @@ import time
 from dataclasses import dataclass, field
 
 from ..model import (
+    OPTIONS,
     QUEUES,
     TCP_INFO,
     Socket,
     SocketDetail,
+    Stats,
     netlink_socket,
     netns_key,
     packet_socket,
@@ -490,6 +492,8 @@ class _Describer:
                                   cong.decode("ascii", "replace"))
             if TCP_INFO in self.details and info is not None:
                 detail.tcp = info[0]
+        if OPTIONS in self.details:
+            detail.options = socket_options(h, sock)
         if QUEUES not in self.details:
             return detail
         if sock.state == "LISTEN":
@@ -583,6 +587,89 @@ class _Describer:
                 _netns_by_cookie.clear()
             _netns_by_cookie[cookie] = netns
         return netns
+
+
+# knetstat's options: (name, level, option, kinds it applies to). IP_TOS for IPv4 sockets,
+# IPV6_TCLASS and IPV6_V6ONLY for IPv6 ones; every kind has the SOL_SOCKET ones.
+_ANY, _TCP_ONLY = None, frozenset({"tcp"})
+_OPTIONS: tuple[tuple[str, int, int, frozenset[str] | None], ...] = (
+    ("SO_REUSEADDR", socket.SOL_SOCKET, socket.SO_REUSEADDR, _ANY),
+    ("SO_REUSEPORT", socket.SOL_SOCKET, socket.SO_REUSEPORT, _ANY),
+    ("SO_KEEPALIVE", socket.SOL_SOCKET, socket.SO_KEEPALIVE, _ANY),
+    ("SO_RCVBUF", socket.SOL_SOCKET, socket.SO_RCVBUF, _ANY),
+    ("SO_SNDBUF", socket.SOL_SOCKET, socket.SO_SNDBUF, _ANY),
+    ("SO_MARK", socket.SOL_SOCKET, getattr(socket, "SO_MARK", 36), _ANY),
+    ("TCP_NODELAY", socket.IPPROTO_TCP, socket.TCP_NODELAY, _TCP_ONLY),
+    ("TCP_KEEPIDLE", socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _TCP_ONLY),
+    ("TCP_KEEPINTVL", socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _TCP_ONLY),
+    ("TCP_KEEPCNT", socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _TCP_ONLY),
+    ("TCP_USER_TIMEOUT", socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18),
+     _TCP_ONLY),
+)
+_INET_KINDS = frozenset({"tcp", "udp", "udplite", "icmp", "raw"})
+_LINGER = struct.Struct("=ii")
+
+
+def socket_options(h: _socket.socket, sock: Socket) -> dict[str, int | str | None]:
+    """knetstat's view of one borrowed socket: getsockopt only (never setsockopt, nothing
+    that changes it). An option the socket's kind does not have is left out."""
+    found: dict[str, int | str | None] = {}
+    for name, level, option, kinds in _OPTIONS:
+        if kinds is None or sock.proto in kinds:
+            found[name] = h.getsockopt(level, option)
+    onoff, seconds = _LINGER.unpack(h.getsockopt(_SOL_SOCKET, socket.SO_LINGER, _LINGER.size))
+    found["SO_LINGER"] = seconds if onoff else None
+    if sock.proto == "tcp":
+        found["TCP_CONGESTION"] = h.getsockopt(_IPPROTO_TCP, _TCP_CONGESTION, 16).split(
+            b"\0", 1)[0].decode("ascii", "replace")
+    if sock.proto in _INET_KINDS:
+        if sock.family == "inet":
+            found["IP_TOS"] = h.getsockopt(socket.IPPROTO_IP, socket.IP_TOS)
+        else:
+            found["IPV6_TCLASS"] = h.getsockopt(_IPPROTO_IPV6, socket.IPV6_TCLASS)
+            found["IPV6_V6ONLY"] = h.getsockopt(_IPPROTO_IPV6, _IPV6_V6ONLY)
+    return found
+
+
+def read_options(sockets: list[Socket], stats: Stats) -> None:
+    """The options of every held socket (details "options", under any source): borrowed
+    from one of its holders, as the pidfd source borrows (pidfd_getfd, with its cgroup-v1
+    guard); counted in stats.options_read / options_unread, one line saying why the others
+    could not be read."""
+    by_holder: dict[int, dict[int, int]] = {}
+    want: dict[int, Socket] = {}
+    for sock in sockets:
+        if not sock.pids or not sock.inode or sock.proto in ("packet", "netlink"):
+            continue
+        pid = sock.pids[0]
+        held = sock.fds.get(pid)
+        if held:
+            by_holder.setdefault(pid, {})[held[0]] = sock.inode
+            want[sock.inode] = sock
+    why: dict[str, int] = {}
+    read = 0
+    for pid, fds in sorted(by_holder.items()):
+        result = describe_process_sockets(pid, fds, seen=set(), tcp_info=False,
+                                          details=frozenset({OPTIONS}))
+        for got in result.sockets:
+            target = want.get(got.inode)
+            if target is None or got.detail is None or got.detail.options is None:
+                continue
+            if target.detail is None:
+                target.detail = SocketDetail()
+            target.detail.options = got.detail.options
+            read += 1
+        for count, reason in ((result.denied, "pidfd_getfd refused (needs CAP_SYS_PTRACE)"),
+                              (result.unsafe, result.unsafe_reason or "cgroup v1 re-tag"),
+                              (result.vanished, "the process or fd went away")):
+            if count:
+                why[reason] = why.get(reason, 0) + count
+    stats.options_read += read
+    stats.options_unread += len(want) - read
+    if len(want) > read:
+        reasons = "; ".join(f"{n}: {r}" for r, n in sorted(why.items())) or "not borrowed"
+        stats.privileges.append(f"socket options not read for {len(want) - read} "
+                                f"socket(s) ({reasons})")
 
 
 def _ioctl_int(fd: int, request: int) -> int | None:

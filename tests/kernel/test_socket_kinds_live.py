@@ -310,3 +310,93 @@ def test_ss_agrees_on_queues(queues_node):
     ours = next(s for s in _there(doc, queues_node)
                 if s["local_port"] == QUEUE_PORTS["backlog"])
     assert (ours["detail"]["recv_q"], ours["detail"]["send_q"]) == (int(row[1]), int(row[2]))
+
+
+# ------------------------------------------------------------ socket options (knetstat)
+
+OPTIONS_HOLDER = r"""
+import json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import link_scenario
+built, inodes = link_scenario.build_options()
+print(json.dumps({"pid": os.getpid(), "inodes": inodes}), flush=True)
+sys.stdin.readline()        # then: each option read back by the holder itself
+back = {}
+for s in built.held:
+    ino = os.fstat(s.fileno()).st_ino
+    back[ino] = [s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR),
+                 s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                 s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), s.getblocking()]
+print(json.dumps(back), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def options_node():
+    require_root("unshare", "nsenter", "ss")
+    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", OPTIONS_HOLDER,
+                               str(SUPPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None
+        truth = json.loads(holder.stdout.readline())
+        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+        truth["holder"] = holder
+        yield truth
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("source", ["proc", "netlink", "pidfd", "auto"])
+def test_every_option_set_and_unset(options_node, source):
+    from link_scenario import OPTIONS_SET
+    doc = _sockets("--source", source, "--options", "--tcp", "--udp")
+    got = {s["inode"]: s["detail"]["options"] for s in _there(doc, options_node)
+           if s["inode"] in options_node["inodes"].values()}
+    ino = options_node["inodes"]
+    assert got[ino["set"]] == {**OPTIONS_SET, "SO_LINGER": 5}
+    unset = got[ino["unset"]]
+    assert unset["SO_LINGER"] is None and unset["TCP_NODELAY"] == 0
+    assert all(unset[k] == 0 for k in ("SO_REUSEADDR", "SO_REUSEPORT", "SO_KEEPALIVE",
+                                       "SO_MARK", "TCP_USER_TIMEOUT", "IP_TOS"))
+    assert unset["TCP_CONGESTION"] != "reno" and unset["TCP_KEEPIDLE"] == 7200
+    six = got[ino["set6"]]
+    assert (six["IPV6_TCLASS"], six["IPV6_V6ONLY"]) == (0x20, 1) and "IP_TOS" not in six
+    udp = got[ino["udp_set"]]
+    assert udp["SO_REUSEADDR"] == 1 and "TCP_NODELAY" not in udp
+    assert doc["stats"]["options_read"] >= 4
+
+
+def test_options_oracle_and_nothing_changed(options_node):
+    """ss -e shows the mark (fwmark) the options say; the holder reads its sockets back
+    unchanged after every borrow (and still blocking: nothing touched the description)."""
+    pid = str(options_node["pid"])
+    ss = subprocess.run(["nsenter", "-t", pid, "-n", "ss", "-ltneH"], capture_output=True,
+                        text=True, check=True).stdout
+    line = next(x for x in ss.splitlines() if ":4700 " in x)
+    assert "fwmark:0x42" in line
+    holder = options_node["holder"]
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    back = json.loads(holder.stdout.readline())
+    ino = options_node["inodes"]
+    assert back[str(ino["set"])] == [1, 1, 2 * 65536, True]
+    assert back[str(ino["unset"])][:2] == [0, 0] and back[str(ino["unset"])][3] is True
+
+
+def test_options_not_read_say_why(options_node):
+    """A holder that is gone: its sockets' options stay null and the output says why once."""
+    from nsnet.model import Socket, Stats
+    from nsnet.sources.pidfd import read_options
+    s = Socket("tcp", "inet", "LISTEN", "127.0.0.1", 1, "0.0.0.0", 0, 1, 0)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    s.pids, s.fds = [dead.pid], {dead.pid: [3]}
+    stats = Stats()
+    read_options([s], stats)
+    assert (stats.options_read, stats.options_unread) == (0, 1)
+    assert s.detail is None
+    assert len(stats.privileges) == 1 and "socket options not read for 1 socket" in \
+        stats.privileges[0]

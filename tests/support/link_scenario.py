@@ -234,6 +234,59 @@ def build_queues(unix_dir: str) -> tuple[Built, dict[str, int]]:
     return b, ino
 
 
+OPTION_PORTS = {"set": 4700, "unset": 4701, "set6": 4702, "udp_set": 4703}
+# What build_options() sets, as getsockopt reads it back: the kernel doubles SO_RCVBUF and
+# SO_SNDBUF (sock_setsockopt: "we double it on the way in")
+OPTIONS_SET = {"SO_REUSEADDR": 1, "SO_REUSEPORT": 1, "SO_KEEPALIVE": 1, "SO_RCVBUF": 2 * 65536,
+               "SO_SNDBUF": 2 * 32768, "SO_MARK": 0x42, "TCP_NODELAY": 1, "TCP_KEEPIDLE": 33,
+               "TCP_KEEPINTVL": 7, "TCP_KEEPCNT": 4, "TCP_USER_TIMEOUT": 12345,
+               "SO_LINGER": 5, "TCP_CONGESTION": "reno", "IP_TOS": 0x10}
+
+
+def build_options() -> tuple[Built, dict[str, int]]:
+    """Sockets with every option knetstat shows set (OPTIONS_SET), one with none set, an
+    IPv6 one with IPV6_TCLASS and IPV6_V6ONLY, a UDP one; name -> inode."""
+    lo_up()
+    b, ino = Built(), {}
+
+    def keep(name: str, s: socket.socket) -> socket.socket:
+        b.held.append(s)
+        ino[name] = os.fstat(s.fileno()).st_ino
+        return s
+
+    s = keep("set", socket.socket())
+    for level, option, value in (
+            (socket.SOL_SOCKET, socket.SO_REUSEADDR, 1),
+            (socket.SOL_SOCKET, socket.SO_REUSEPORT, 1),
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.SOL_SOCKET, socket.SO_RCVBUF, 65536),
+            (socket.SOL_SOCKET, socket.SO_SNDBUF, 32768),
+            (socket.SOL_SOCKET, socket.SO_MARK, 0x42),
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4),
+            (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 12345),
+            (socket.IPPROTO_IP, socket.IP_TOS, 0x10)):
+        s.setsockopt(level, option, value)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 5))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
+    s.bind(("127.0.0.1", OPTION_PORTS["set"]))
+    s.listen(4)
+    s = keep("unset", socket.socket())
+    s.bind(("127.0.0.1", OPTION_PORTS["unset"]))
+    s.listen(4)
+    s = keep("set6", socket.socket(socket.AF_INET6))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0x20)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::", OPTION_PORTS["set6"]))
+    s.listen(4)
+    s = keep("udp_set", socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", OPTION_PORTS["udp_set"]))
+    return b, ino
+
+
 def row(s) -> tuple:
     return (s.proto, s.family, s.state, s.local_addr, s.local_port, s.remote_addr,
             s.remote_port, s.inode, s.uid)
