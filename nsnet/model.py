@@ -476,6 +476,9 @@ class Stats:
     sockets: int = 0
     sockets_without_pid: int = 0
     socket_fds_not_in_tables: int = 0   # fd points at a socket no table of ours listed
+    # ... by the kind sockfs says it is and the holder's namespace: {"kind", "netns_key",
+    # "count"} (snapshot.explain_unlisted)
+    not_in_tables: list[dict] = field(default_factory=list)
     malformed_lines: int = 0
     sockets_listed_twice: int = 0    # a table read listed a socket again (kept once)
     unix_lines_dropped: int = 0      # /proc/net/unix lines the socket they name contradicts
@@ -547,6 +550,29 @@ class Snapshot:
     pods_of_netns: dict[str, list[str]] = field(default_factory=dict)
     # the operator's names for endpoints (SnapshotOptions.services), given when it is taken
     services: ServiceMap = NO_SERVICES
+
+
+# Why a held socket of a kind (sockfs' protocol name, system.sockprotoname) is in no table
+UNLISTED_WHY = {
+    "NETLINK": "never bound: the kernel lists a netlink socket once bound",
+    "PING": "never bound: the kernel lists a ping socket once bound",
+    "PINGv6": "never bound: the kernel lists a ping socket once bound",
+    "TCP": "bound but neither listening nor connecting, or made after its tables were read",
+    "TCPv6": "bound but neither listening nor connecting, or made after its tables were read",
+}
+NOT_LISTED_YET = "a kind nsnet does not list yet"
+
+
+def unlisted_line(rows: list[dict]) -> str | None:
+    """One warning line for the held sockets no table listed, by kind, with why."""
+    by_kind: dict[str, int] = {}
+    for row in rows:
+        by_kind[row["kind"]] = by_kind.get(row["kind"], 0) + row["count"]
+    if not by_kind:
+        return None
+    parts = [f"{n} {kind} ({UNLISTED_WHY.get(kind, NOT_LISTED_YET)})"
+             for kind, n in sorted(by_kind.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return f"{sum(by_kind.values())} held socket(s) in no table: " + "; ".join(parts)
 
 
 def condition_of(warning: str) -> str:

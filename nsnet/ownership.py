@@ -84,6 +84,11 @@ class HolderJoin:
         """Socket fds whose socket no table of ours listed."""
         return len(self.holders) - len(self.listed)
 
+    def unlisted(self) -> dict[int, list[tuple[int, int]]]:
+        """inode -> its (pid, fd) holders, for the sockets no table of ours listed."""
+        return {inode: held for inode, held in self.holders.items()
+                if inode not in self.listed}
+
 
 def assign_owners(namespaces: dict[str, Namespace], processes: dict[int, Process]) -> None:
     """Each namespace's owners: the uids of its member processes that are not sandboxes."""

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from . import classify, kubelet, pods, sources, walk
+from . import classify, kubelet, pods, procfs, sources, walk
 from .caps import own_capabilities, privilege_notes
 from .cpus import CpuBudget, available_cpus
-from .model import OPTIONS, Snapshot, Socket, Stats
+from .model import OPTIONS, Snapshot, Socket, Stats, unlisted_line
 from .options import SnapshotOptions
 from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
@@ -135,6 +135,7 @@ class Snapshotter:
         logs = kubelet.load_kubelet_logs(options.host_root) \
             if options.host_root is not None else None
         snap = assemble(found, sockets, stats, joined, options, logs=logs)
+        explain_unlisted(self.proc, found, joined.join.unlisted(), stats)
         if OPTIONS in options.details:
             # options come from the socket itself, whatever listed it: borrowed from a holder
             # (the pidfd source has read those it borrowed already)
@@ -207,6 +208,29 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     name_namespaces(snap)
     attribute(snap)
     return snap
+
+
+MAX_UNLISTED_ASKED = 4096   # sockfs lookups per snapshot (~5 us each): a bound, not a goal
+
+
+def explain_unlisted(proc: str, found: walk.Discovery,
+                     unlisted: dict[int, list[tuple[int, int]]], stats: Stats) -> None:
+    """The held sockets no table listed, by the kind sockfs says they are
+    (system.sockprotoname through one holder's /proc/<pid>/fd) and the holder's
+    namespace: stats.not_in_tables, and one warning line saying which and why."""
+    counts: dict[tuple[str, str], int] = {}
+    for n, (inode, held) in enumerate(sorted(unlisted.items())):
+        pid, fd = held[0]
+        kind = procfs.socket_protocol(proc, pid, fd, inode) if n < MAX_UNLISTED_ASKED \
+            else None
+        process = found.processes.get(pid)
+        key = (kind or "unknown", process.netns_key if process else "")
+        counts[key] = counts.get(key, 0) + 1
+    stats.not_in_tables = [{"kind": kind, "netns_key": netns, "count": count}
+                           for (kind, netns), count in sorted(counts.items())]
+    line = unlisted_line(stats.not_in_tables)
+    if line is not None:
+        stats.privileges.append(line)
 
 
 def snapshot_from(found: walk.Discovery, sockets: list[Socket],

@@ -89,7 +89,13 @@ from ..model import (
     packet_socket,
 )
 from ..netparse import PACKET_TYPES, TCP_STATES, UNIX_TYPES
-from ..sockdiag import IPPROTO_UDPLITE, UNHELD, parse_tcp_info
+from ..sockdiag import (
+    IPPROTO_UDPLITE,
+    ORPHAN_STATES,
+    UNACCEPTED_STATES,
+    UNHELD,
+    parse_tcp_info,
+)
 from ..sockdiag import unix_name as _diag_unix_name
 from ..walk import Discovery
 from .base import Batch, ReadContext, TableSource
@@ -137,6 +143,7 @@ _HANDLE_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 # tcpi_bytes_acked and tcpi_bytes_received (120, 128; Linux >= 4.1 / 4.2).
 _TCP_INFO_LAYOUT = struct.Struct("=B67xII24xI16xQQ")
 _TCP_INFO_LEN = _TCP_INFO_LAYOUT.size
+_U32_AT_24 = struct.Struct("=I")     # tcpi_unacked: a listener's accept queue (tcp_get_info)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -180,6 +187,9 @@ class BorrowResult:
     netns_unknown: int = 0     # described, but SIOCGSKNS refused (no CAP_NET_ADMIN)
     process_gone: bool = False
     process_denied: bool = False
+    # namespaces (inodes) with a listener whose accept queue is not empty: connections no
+    # process holds yet are there (TCP_INFO's tcpi_unacked of a listener)
+    pending_accept: set[int] = field(default_factory=set)
     unsafe_reason: str | None = None
     errors: list[str] = field(default_factory=list)   # the first few unexpected errors
 
@@ -432,6 +442,7 @@ class _Describer:
         proto = h.getsockopt(_SOL_SOCKET, _SO_PROTOCOL)
         local_addr, local_port = ip_text(local[0]), local[1]
         remote_addr, remote_port = _WILDCARD[family], 0
+        pending = False
         if kind == _STREAM and proto == _IPPROTO_TCP:
             info = h.getsockopt(_IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
             state_no = info[0]
@@ -443,6 +454,8 @@ class _Describer:
                 except OSError as exc:
                     if exc.errno != _ENOTCONN:
                         raise
+            elif len(info) >= 28 and _U32_AT_24.unpack_from(info, 24)[0]:
+                pending = True          # a listener with connections waiting in its queue
             if self.want_tcp_info and len(info) == _TCP_INFO_LEN:
                 _, rtt, rttvar, retrans, acked, received = _TCP_INFO_LAYOUT.unpack(info)
                 self.result.tcp_info[inode] = TcpInfo(rtt, rttvar, retrans, acked, received)
@@ -475,6 +488,8 @@ class _Describer:
             self.result.skipped_protocol += 1
             return None
         netns = self.netns(h)
+        if pending and netns is not None:
+            self.result.pending_accept.add(netns)
         sock = Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
                       remote_port, inode, uid, netns, _key(netns))
         _scope(h, sock, family == _AF_INET6)
@@ -730,9 +745,11 @@ def pidfd_getfd_works() -> bool:
 
 class PidfdSource:
     """Held sockets borrowed one by one; then, from a table pass, what pidfd cannot see:
-    sockets no process holds (TIME_WAIT, request sockets) in every namespace, restricted to
-    those states where sock_diag allows (unheld_via "netlink"), and -- for a namespace with a
-    member whose fds could not be borrowed -- everything, in full."""
+    sockets no process holds in every namespace -- TIME_WAIT, request sockets, orphans
+    (FIN_WAIT1/2, CLOSING, LAST_ACK), the kernel's netlink sockets, and where a listener's
+    accept queue is not empty (its TCP_INFO says so) the connections waiting in it --
+    restricted to those states where sock_diag allows (unheld_via "netlink"), and -- for a
+    namespace with a member whose fds could not be borrowed -- everything, in full."""
 
     name = "pidfd"
 
@@ -741,13 +758,18 @@ class PidfdSource:
         self.cache = cache
         self.details = details
         if unheld_via == "netlink":
-            # the kernel's own netlink sockets are held by no process
-            self.unheld: TableSource = NetlinkSource(cache, tcp_states=UNHELD,
-                                                     protos=("tcp", "netlink"),
-                                                     details=details)
+            # the kernel's own netlink sockets are held by no process; orphans are in states
+            # held sockets can be in too (the held ones are dropped by inode)
+            self.unheld: TableSource = NetlinkSource(
+                cache, tcp_states=UNHELD | ORPHAN_STATES, protos=("tcp", "netlink"),
+                details=details)
+            # ... and where a listener has connections waiting to be accepted, those too
+            self.pending: TableSource = NetlinkSource(
+                cache, tcp_states=UNHELD | ORPHAN_STATES | UNACCEPTED_STATES,
+                protos=("tcp", "netlink"), details=details)
             self.full: TableSource = NetlinkSource(cache, details=details)
         else:
-            self.unheld = self.full = ProcSource(details)
+            self.unheld = self.pending = self.full = ProcSource(details)
 
     def met(self, ctx: ReadContext, key: str, pid: int) -> None:
         pass   # nothing is read namespace by namespace before the walk ends
@@ -761,7 +783,7 @@ class PidfdSource:
             self.cache.close()
 
     def collect(self, ctx: ReadContext, found: Discovery, on_batch: Batch) -> list[Socket]:
-        sockets, blind = self._borrow_all(ctx, found)
+        sockets, blind, pending = self._borrow_all(ctx, found)
         held = {s.inode for s in sockets}
         keys = set()
         for key, ns in found.namespaces.items():
@@ -769,7 +791,9 @@ class PidfdSource:
                 keys.add(key)
             elif ns.held_sockets:   # only a held socket keeps it: no task to read it through
                 ns.read_via = "pidfd (its held sockets only)"
-        for source, chosen in ((self.unheld, keys - blind), (self.full, keys & blind)):
+        waiting = {key for key in keys - blind if found.namespaces[key].inode in pending}
+        for source, chosen in ((self.unheld, keys - blind - waiting), (self.pending, waiting),
+                               (self.full, keys & blind)):
             if not chosen:
                 continue
             namespaces = {k: found.namespaces[k] for k in sorted(chosen)}
@@ -779,11 +803,14 @@ class PidfdSource:
         on_batch(sockets)
         return sockets
 
-    def _borrow_all(self, ctx: ReadContext, found: Discovery) -> tuple[list[Socket], set[str]]:
-        """Every held socket, asked itself; and the namespaces that must be read in full
-        because a member's sockets could not all be borrowed (or its fds not even listed)."""
+    def _borrow_all(self, ctx: ReadContext, found: Discovery
+                    ) -> tuple[list[Socket], set[str], set[int]]:
+        """Every held socket, asked itself; the namespaces that must be read in full
+        because a member's sockets could not all be borrowed (or its fds not even listed);
+        and those (inodes) with a listener whose accept queue is not empty."""
         stats = ctx.stats
         seen: set[int] = set()
+        pending: set[int] = set()
         sockets: list[Socket] = []
         blind = {p.netns_key for p in found.processes.values() if not p.fds_readable}
         for pid, process in found.processes.items():
@@ -798,6 +825,7 @@ class PidfdSource:
             stats.pidfd_unsafe += result.unsafe
             if result.denied or result.unsafe or result.failed or result.netns_unknown:
                 blind.add(process.netns_key)   # what it holds comes from its namespace's tables
+            pending |= result.pending_accept
             for err in result.errors:
                 ctx.note_error(f"pid {pid}: {err}")
             for sock in result.sockets:
@@ -806,4 +834,4 @@ class PidfdSource:
                     continue   # counted in pidfd_netns_unknown: never guess the namespace
                 found.namespace(sock.netns_key).held_sockets = True
                 sockets.append(sock)
-        return sockets, blind
+        return sockets, blind, pending

@@ -400,3 +400,19 @@ def test_options_not_read_say_why(options_node):
     assert s.detail is None
     assert len(stats.privileges) == 1 and "socket options not read for 1 socket" in \
         stats.privileges[0]
+
+
+def test_pidfd_lists_every_unheld_state(queues_node):
+    """What no process holds -- connections waiting in a listener's accept queue (inode 0,
+    ESTABLISHED), an orphan in FIN_WAIT2 -- pidfd lists as proc does."""
+    from link_scenario import PENDING, QUEUE_PORTS
+
+    def unheld(source: str) -> set[tuple]:
+        doc = _sockets("--source", source, "--tcp")
+        return {(s["state"], s["local_port"], s["remote_port"]) for s in _there(doc, queues_node)
+                if not s["inode"]}
+    proc = unheld("proc")
+    waiting = {x for x in proc if x[0] == "ESTABLISHED" and x[1] == QUEUE_PORTS["backlog"]}
+    assert len(waiting) == PENDING
+    assert ("FIN_WAIT2", QUEUE_PORTS["orphan"]) in {x[:2] for x in proc}
+    assert unheld("pidfd") == proc

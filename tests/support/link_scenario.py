@@ -168,7 +168,7 @@ def build_scoped() -> tuple[Built, dict[int, tuple]]:
     return b, scoped
 
 
-QUEUE_PORTS = {"backlog": 4600, "traffic": 4601, "unread": 4602, "udp": 4603}
+QUEUE_PORTS = {"backlog": 4600, "traffic": 4601, "unread": 4602, "udp": 4603, "orphan": 4604}
 BACKLOG, PENDING = 7, 3          # the listener that never accepts: its backlog, connects
 SENT, ANSWERED, UNREAD = 1000, 300, 500
 UNIX_BACKLOG, UNIX_PENDING, UNIX_UNREAD = 5, 2, 123
@@ -215,6 +215,13 @@ def build_queues(unix_dir: str) -> tuple[Built, dict[str, int]]:
                                                              QUEUE_PORTS["unread"])))
     keep("unread_reader", srv2.accept()[0])
     writer.sendall(b"z" * UNREAD)
+    # an orphan: the server closes its end first, the client does not answer with its FIN:
+    # the server's socket lives on, held by nobody, in FIN_WAIT2 (tcp_fin_timeout)
+    srv3 = keep("orphan_listener", socket.socket())
+    srv3.bind(("127.0.0.1", QUEUE_PORTS["orphan"]))
+    srv3.listen(8)
+    keep("orphan_client", socket.create_connection(("127.0.0.1", QUEUE_PORTS["orphan"])))
+    srv3.accept()[0].close()
     udp = keep("udp", socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     udp.bind(("127.0.0.1", QUEUE_PORTS["udp"]))
     sender = keep("udp_sender", socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
