@@ -27,7 +27,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from .model import NOT_IP, PORTLESS, Socket
+from .model import NOT_IP, PORTLESS, STREAM_PROTOS, Socket
 from .netparse import is_loopback
 
 _WILDCARDS = frozenset(("0.0.0.0", "::"))
@@ -131,7 +131,7 @@ class Classifier:
                 addr_owners[addr][s.netns_key] = s.netns
             state = s.state
             if state == "LISTEN" or state == "UNCONN":
-                if proto == "tcp":
+                if proto in STREAM_PROTOS:
                     listeners[s.netns_key][s.local_port].add(
                         V6ONLY_WILDCARD if s.v6only and addr == "::" else addr)
                 if not wild:
@@ -159,12 +159,12 @@ class Classifier:
             if proto in NOT_IP:   # packet and netlink sockets take part in no connection
                 s.direction = "listening" if state == "LISTEN" else None
                 continue
-            if state == "LISTEN" or (proto != "tcp" and state == "UNCONN"):
+            if state == "LISTEN" or (proto not in STREAM_PROTOS and state == "UNCONN"):
                 # a ping socket's "port" is its echo id: it answers nobody
                 s.direction = "listening" if (s.local_port and proto != "icmp") \
                     or proto == "raw" else None
                 continue
-            if proto == "tcp":
+            if proto in STREAM_PROTOS:
                 bound = listeners.get(s.netns_key, no_listeners).get(s.local_port)
                 s.direction = ("inbound" if bound and _listens_on(bound, s.local_addr)
                                else "outbound")

@@ -240,10 +240,12 @@ KIND_HELP = {
     "tcp": "TCP sockets", "udp": "UDP sockets", "udplite": "UDP-Lite sockets",
     "icmp": "ICMP ping sockets (SOCK_DGRAM, IPPROTO_ICMP/ICMPV6): LOCAL's port is the echo id",
     "raw": "raw IP sockets: LOCAL's port is the IP protocol",
+    "mptcp": "MPTCP sockets (the connection; its TCP subflows are listed as tcp)",
     "unix": "unix sockets",
     "packet": "packet sockets (tcpdump, DHCP clients, sniffers): LOCAL is the interface "
               "('*': all) and the ethertype received",
     "netlink": "netlink sockets: LOCAL is the protocol and port id (0: the kernel's)",
+    "vsock": "vsock sockets (VM sockets): LOCAL is cid:port ('*': any cid)",
 }
 
 

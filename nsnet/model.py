@@ -186,11 +186,19 @@ class OneHolder(Mapping[int, list[int]]):
 
 # Socket kinds (Socket.proto). The IP ones have addresses and ports (icmp: a ping socket,
 # whose "port" is its echo identifier; raw: the IP protocol number); the others do not.
-IP_PROTOS = ("tcp", "udp", "udplite", "icmp", "raw")
+IP_PROTOS = ("tcp", "udp", "udplite", "icmp", "raw", "mptcp")
 LINK_PROTOS = ("packet", "netlink")
-PROTOS = IP_PROTOS + ("unix",) + LINK_PROTOS
+PROTOS = IP_PROTOS + ("unix",) + LINK_PROTOS + ("vsock",)
 # A listed socket of these kinds is nobody's connection: no direction, no peer, no edge.
-NOT_IP = frozenset({"unix", *LINK_PROTOS})
+NOT_IP = frozenset({"unix", *LINK_PROTOS, "vsock"})
+# Connection-oriented IP kinds: listeners, accepted (inbound) and connected (outbound) ones
+STREAM_PROTOS = frozenset({"tcp", "mptcp"})
+VMADDR_CID_ANY = 0xFFFFFFFF
+
+
+def vsock_cid(cid: int) -> str:
+    """A vsock context id as shown: "*" for VMADDR_CID_ANY (bound to every cid)."""
+    return "*" if cid == VMADDR_CID_ANY else str(cid)
 # A port-less IP kind: its remote "port" is 0 even when connected (the tables print 0).
 PORTLESS = frozenset({"raw", "icmp"})
 
@@ -300,7 +308,7 @@ class SocketDetail:
 
 @dataclass(slots=True)
 class Socket:
-    proto: str                      # PROTOS: tcp | udp | udplite | icmp | raw | unix | packet | netlink
+    proto: str                      # PROTOS: tcp, udp, udplite, icmp, raw, mptcp, unix, ...
     family: str                     # inet | inet6 | unix
     state: str                      # kernel name: LISTEN, ESTABLISHED, TIME_WAIT, ... UNCONN
     local_addr: str
@@ -555,12 +563,18 @@ class Snapshot:
 # Why a held socket of a kind (sockfs' protocol name, system.sockprotoname) is in no table
 UNLISTED_WHY = {
     "NETLINK": "never bound: the kernel lists a netlink socket once bound",
+    "AF_VSOCK": "vsock has no table, and this kernel no vsock_diag",
+    "MPTCP": "no table lists MPTCP, and this kernel has no mptcp_diag",
+    "MPTCPv6": "no table lists MPTCP, and this kernel has no mptcp_diag",
     "PING": "never bound: the kernel lists a ping socket once bound",
     "PINGv6": "never bound: the kernel lists a ping socket once bound",
     "TCP": "bound but neither listening nor connecting, or made after its tables were read",
     "TCPv6": "bound but neither listening nor connecting, or made after its tables were read",
 }
 NOT_LISTED_YET = "a kind nsnet does not list yet"
+# sockfs kinds no table of a namespace lists (or not until bound) that a held fd can still
+# describe: the netlink source (and auto) borrows them from their holder
+BORROWABLE_KINDS = frozenset({"AF_VSOCK", "MPTCP", "MPTCPv6", "NETLINK", "PING", "PINGv6"})
 
 
 def unlisted_line(rows: list[dict]) -> str | None:

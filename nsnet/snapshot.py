@@ -24,7 +24,7 @@ from functools import partial
 from . import classify, kubelet, pods, procfs, sources, walk
 from .caps import own_capabilities, privilege_notes
 from .cpus import CpuBudget, available_cpus
-from .model import OPTIONS, Snapshot, Socket, Stats, unlisted_line
+from .model import BORROWABLE_KINDS, OPTIONS, Snapshot, Socket, Stats, unlisted_line
 from .options import SnapshotOptions
 from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
@@ -127,6 +127,11 @@ class Snapshotter:
                               deadline=options.deadline)
         joined = Joined(found, stats)
         sockets = source.collect(ctx, found, joined.add)
+        if choice.source == "netlink":
+            extra = borrow_unlisted(self.proc, found, joined.join.unlisted(), stats)
+            if extra:
+                joined.add(extra)
+                sockets.extend(extra)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
         booted = boot_time(self.proc)
         if booted is not None:
@@ -211,6 +216,36 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
 
 
 MAX_UNLISTED_ASKED = 4096   # sockfs lookups per snapshot (~5 us each): a bound, not a goal
+
+
+def borrow_unlisted(proc: str, found: walk.Discovery,
+                    unlisted: dict[int, list[tuple[int, int]]], stats: Stats) -> list[Socket]:
+    """Held sockets of kinds no table lists (vsock; MPTCP without mptcp_diag; netlink and
+    ping sockets never bound), asked themselves through one holder's fd, as the pidfd
+    source asks (model.BORROWABLE_KINDS): so that `auto` lists what a process holds."""
+    by_pid: dict[int, dict[int, int]] = {}
+    for n, (inode, held) in enumerate(sorted(unlisted.items())):
+        if n >= MAX_UNLISTED_ASKED:
+            break
+        pid, fd = held[0]
+        if procfs.socket_protocol(proc, pid, fd, inode) in BORROWABLE_KINDS:
+            by_pid.setdefault(pid, {})[fd] = inode
+    if not by_pid:
+        return []
+    from .sources.pidfd import describe_process_sockets
+
+    extra: list[Socket] = []
+    seen: set[int] = set()
+    for pid, fds in sorted(by_pid.items()):
+        result = describe_process_sockets(pid, fds, seen=seen, tcp_info=False)
+        for sock in result.sockets:
+            if sock.netns is None:
+                continue     # SIOCGSKNS refused: never guess the namespace
+            sock.source = "pidfd"
+            found.namespace(sock.netns_key).held_sockets = True
+            extra.append(sock)
+    stats.pidfd_borrowed += len(extra)
+    return extra
 
 
 def explain_unlisted(proc: str, found: walk.Discovery,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from .model import (
     PORTLESS,
+    STREAM_PROTOS,
     TIMERS,
     Socket,
     SocketDetail,
@@ -71,8 +72,9 @@ ORPHAN_STATES = TCPF["FIN_WAIT1"] | TCPF["FIN_WAIT2"] | TCPF["CLOSING"] | TCPF["
 # namespaces with a listener whose accept queue is not empty (TCP_INFO's tcpi_unacked).
 UNACCEPTED_STATES = TCPF["ESTABLISHED"] | TCPF["CLOSE_WAIT"]
 ANY_STATE = 0xFFFFFFFF          # UDP, raw and unix requests
-PROTOS = ("tcp", "udp", "udplite", "icmp", "raw", "unix", "packet", "netlink")
+PROTOS = ("tcp", "udp", "udplite", "icmp", "raw", "mptcp", "unix", "packet", "netlink")
 IPPROTO_UDPLITE = 136
+IPPROTO_MPTCP = 262     # asked in an INET_DIAG_REQ_PROTOCOL attribute (mptcp_diag)
 # inet_diag_msg_attrs_fill sends INET_DIAG_SKV6ONLY for every IPv6 socket in LISTEN or CLOSE
 # (a listener, an unconnected datagram socket): whether it takes IPv4 too
 INET_DIAG_SKV6ONLY = 11
@@ -256,7 +258,7 @@ def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int |
 
 def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
                 detail: bool = False) -> None:
-    states = TCP_STATES if proto == "tcp" else DGRAM_STATES
+    states = TCP_STATES if proto in STREAM_PROTOS else DGRAM_STATES
     raw = proto in PORTLESS     # /proc prints 0 as a raw or ping socket's remote "port"
     append = res.sockets.append
     unpack_hdr = _NLMSGHDR.unpack_from

@@ -33,6 +33,7 @@ from ..sockdiag import (
     ALL,
     ANY_STATE,
     EXT_TCP_INFO,
+    IPPROTO_MPTCP,
     IPPROTO_UDPLITE,
     NETLINK_SOCK_DIAG,
     PROTOS,
@@ -290,12 +291,13 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
             _ask(sock, result, label, "udp",
                  partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE), detail)
     for proto, number in (("udplite", IPPROTO_UDPLITE), ("icmp", socket.IPPROTO_ICMP),
-                          ("raw", socket.IPPROTO_RAW)):
+                          ("raw", socket.IPPROTO_RAW), ("mptcp", IPPROTO_MPTCP)):
         if proto not in protos:
             continue
         for family, label in ((socket.AF_INET, proto), (socket.AF_INET6, proto + "6")):
+            states = ALL if proto == "mptcp" else ANY_STATE
             error = _ask(sock, result, label, proto,
-                         partial(build_inet_request, family, number, ANY_STATE,
+                         partial(build_inet_request, family, number, states,
                                  raw_protocol=number if proto == "raw" else 0), detail)
             if error == _errno.ENOENT and family == socket.AF_INET:
                 break   # no handler (the kernel looks it up by protocol): not for IPv6 either

@@ -87,6 +87,7 @@ from ..model import (
     netlink_socket,
     netns_key,
     packet_socket,
+    vsock_cid,
 )
 from ..netparse import PACKET_TYPES, TCP_STATES, UNIX_TYPES
 from ..sockdiag import (
@@ -109,6 +110,8 @@ _IFREQ = struct.Struct("=16si20x")             # struct ifreq: name, ifindex (a 
 _SOCKADDR_LL = struct.Struct("=HHi")           # sll_family, sll_protocol (network), ifindex
 _AF_PACKET, _AF_NETLINK = socket.AF_PACKET, socket.AF_NETLINK
 _LINK_FAMILIES = frozenset({_AF_PACKET, _AF_NETLINK})
+_AF_VSOCK = getattr(socket, "AF_VSOCK", 40)
+_IPPROTO_MPTCP = 262
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 _SO_MEMINFO = 55
 _MEMINFO = struct.Struct("=9I")       # SK_MEMINFO_*: rmem_alloc, rcvbuf, wmem_alloc, ...
@@ -434,6 +437,8 @@ class _Describer:
             return self.describe_unix(h, inode, h.getsockname())
         if family in _LINK_FAMILIES:
             return self.describe_link(h, family, inode, uid)
+        if family == _AF_VSOCK:
+            return self.describe_vsock(h, inode, uid)
         if family != _AF_INET and family != _AF_INET6:
             self.result.skipped_family += 1   # vsock, bluetooth, can, alg ...
             return None
@@ -475,6 +480,18 @@ class _Describer:
             # it; getpeername refuses (no destination port), as for raw: UNCONN here
             state = "UNCONN"
             name = "icmp"
+        elif kind == _STREAM and proto == _IPPROTO_MPTCP:
+            # the MPTCP connection (its subflows are kernel TCP sockets, in the tables)
+            state = "LISTEN" if h.getsockopt(_SOL_SOCKET, _SO_ACCEPTCONN) else "CLOSE"
+            if state != "LISTEN":
+                try:
+                    peer = h.getpeername()
+                    remote_addr, remote_port = ip_text(peer[0]), peer[1]
+                    state = "ESTABLISHED"
+                except OSError as exc:
+                    if exc.errno != _ENOTCONN:
+                        raise
+            name = "mptcp"
         elif kind == _RAW:
             # /proc/net/raw{,6} print the protocol number as the local port and 0 as remote
             local_port, state = proto, "UNCONN"
@@ -550,6 +567,24 @@ class _Describer:
         netns = self.netns(h)
         sock.netns, sock.netns_key = netns, _key(netns)
         return sock
+
+    def describe_vsock(self, h: _socket.socket, inode: int, uid: int) -> Socket:
+        """A vsock socket: (cid, port) each end (no table lists vsock)."""
+        cid, port = h.getsockname()
+        kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
+        remote_cid, remote_port, state = "", None, "UNCONN"
+        if kind != _DGRAM and h.getsockopt(_SOL_SOCKET, _SO_ACCEPTCONN):
+            state = "LISTEN"
+        else:
+            try:
+                peer_cid, remote_port = h.getpeername()
+                remote_cid, state = vsock_cid(peer_cid), "ESTABLISHED"
+            except OSError as exc:
+                if exc.errno != _ENOTCONN:
+                    raise
+        netns = self.netns(h)
+        return Socket("vsock", "vsock", state, vsock_cid(cid), port, remote_cid, remote_port,
+                      inode, uid, netns, _key(netns), unix_type=UNIX_TYPES.get(kind))
 
     def describe_unix(self, h: _socket.socket, inode: int, local: str | bytes) -> Socket:
         kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
@@ -784,7 +819,8 @@ class PidfdSource:
 
     def collect(self, ctx: ReadContext, found: Discovery, on_batch: Batch) -> list[Socket]:
         sockets, blind, pending = self._borrow_all(ctx, found)
-        held = {s.inode for s in sockets}
+        # by kind too: an MPTCP socket's first TCP subflow has its inode, and no fd of its own
+        held = {(s.proto, s.inode) for s in sockets}
         keys = set()
         for key, ns in found.namespaces.items():
             if ns.pids or ns.threads or ns.inode in found.pins:
@@ -798,7 +834,7 @@ class PidfdSource:
                 continue
             namespaces = {k: found.namespaces[k] for k in sorted(chosen)}
             for sock in source.read_namespaces(ctx, found, namespaces):
-                if sock.inode == 0 or sock.inode not in held:
+                if sock.inode == 0 or (sock.proto, sock.inode) not in held:
                     sockets.append(sock)
         on_batch(sockets)
         return sockets

@@ -416,3 +416,89 @@ def test_pidfd_lists_every_unheld_state(queues_node):
     assert len(waiting) == PENDING
     assert ("FIN_WAIT2", QUEUE_PORTS["orphan"]) in {x[:2] for x in proc}
     assert unheld("pidfd") == proc
+
+
+# ------------------------------------------------------------ in no table: MPTCP, vsock, unbound
+
+UNLISTED_HOLDER = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import link_scenario
+built, inodes = link_scenario.build_unlisted(int(sys.argv[2]))
+print(json.dumps({"pid": os.getpid(), "inodes": inodes}), flush=True)
+sys.stdin.read()
+"""
+
+
+def _free_vsock_port() -> int:
+    import socket as _socket
+    for port in range(40000 + os.getpid() % 5000, 60000):
+        probe = _socket.socket(_socket.AF_VSOCK, _socket.SOCK_STREAM)
+        try:
+            probe.bind((_socket.VMADDR_CID_ANY, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise AssertionError("no free vsock port")
+
+
+@pytest.fixture(scope="module")
+def unlisted_node():
+    require_root("unshare")
+    port = _free_vsock_port()
+    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", UNLISTED_HOLDER,
+                               str(SUPPORT), str(port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        truth = json.loads(holder.stdout.readline())
+        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+        truth["vsock_port"] = port
+        yield truth
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("source", ["netlink", "pidfd", "auto"])
+def test_what_no_table_lists_is_listed(unlisted_node, source):
+    from link_scenario import MPTCP_PORT
+    doc = _sockets("-A", "--source", source)
+    there = _there(doc, unlisted_node)
+    ino = unlisted_node["inodes"]
+    held = {(s["proto"], s["inode"]): s for s in there if unlisted_node["pid"] in s["pids"]}
+    assert held[("mptcp", ino["mptcp_listener"])]["state"] == "LISTEN"
+    assert held[("mptcp", ino["mptcp_listener"])]["local_port"] == MPTCP_PORT
+    client = held[("mptcp", ino["mptcp_client"])]
+    assert (client["state"], client["remote_port"], client["direction"]) == \
+        ("ESTABLISHED", MPTCP_PORT, "outbound")
+    assert held[("mptcp", ino["mptcp_server"])]["direction"] == "inbound"
+    vsock = held[("vsock", ino["vsock"])]
+    assert (vsock["state"], vsock["local_addr"], vsock["local_port"], vsock["unix_type"]) == \
+        ("LISTEN", "*", unlisted_node["vsock_port"], "stream")
+    assert ("netlink", ino["netlink_unbound"]) in held
+    assert held[("icmp", ino["ping_unbound"])]["local_port"] == 0
+    # the MPTCP listener's first subflow: a TCP listener with its inode
+    assert held[("tcp", ino["mptcp_listener"])]["state"] == "LISTEN"
+    # what is still in no table: the idle TCP socket, said by kind and namespace
+    key = f"net:[{unlisted_node['netns']}]"
+    assert [r for r in doc["stats"]["not_in_tables"] if r["netns_key"] == key] == \
+        [{"kind": "TCP", "netns_key": key, "count": 1}]
+
+
+def test_proc_lists_the_tables_and_says_what_they_miss(unlisted_node):
+    run = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "-A", "--json",
+                          "--source", "proc"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    there = _there(doc, unlisted_node)
+    assert not [s for s in there if s["proto"] in ("mptcp", "vsock")]
+    key = f"net:[{unlisted_node['netns']}]"
+    rows = {r["kind"]: r["count"] for r in doc["stats"]["not_in_tables"]
+            if r["netns_key"] == key}
+    assert rows == {"AF_VSOCK": 1, "NETLINK": 1, "PING": 1, "TCP": 1}
+    line = next(x for x in run.stderr.splitlines() if "held socket(s) in no table" in x)
+    assert "AF_VSOCK (vsock has no table" in line and "NETLINK (never bound" in line

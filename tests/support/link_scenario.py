@@ -294,6 +294,41 @@ def build_options() -> tuple[Built, dict[str, int]]:
     return b, ino
 
 
+MPTCP_PORT = 4800
+IPPROTO_MPTCP = 262
+
+
+def build_unlisted(vsock_port: int) -> tuple[Built, dict[str, int]]:
+    """Held sockets no /proc table lists: an MPTCP listener and an MPTCP connection (both
+    ends), a vsock listener (vsock ports are global: the caller picks a free one), a netlink
+    and a ping socket never bound, a TCP socket bound but idle; name -> inode."""
+    lo_up()
+    allow_ping()
+    b, ino = Built(), {}
+
+    def keep(name: str, s: socket.socket) -> socket.socket:
+        b.held.append(s)
+        ino[name] = os.fstat(s.fileno()).st_ino
+        return s
+
+    lst = keep("mptcp_listener", socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                                               IPPROTO_MPTCP))
+    lst.bind(("127.0.0.1", MPTCP_PORT))
+    lst.listen(4)
+    client = keep("mptcp_client", socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                                                IPPROTO_MPTCP))
+    client.connect(("127.0.0.1", MPTCP_PORT))
+    keep("mptcp_server", lst.accept()[0])
+    v = keep("vsock", socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM))
+    v.bind((socket.VMADDR_CID_ANY, vsock_port))
+    v.listen(4)
+    keep("netlink_unbound", socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    keep("ping_unbound", socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP))
+    idle = keep("tcp_idle", socket.socket())
+    idle.bind(("127.0.0.1", 4801))
+    return b, ino
+
+
 def row(s) -> tuple:
     return (s.proto, s.family, s.state, s.local_addr, s.local_port, s.remote_addr,
             s.remote_port, s.inode, s.uid)
