@@ -10,7 +10,8 @@ the same run, each --repeat times, interleaved, median reported:
 
   nsnet        take_snapshot(SnapshotOptions(proc="/proc", source=S)), in-process, for each
                --sources S (from nsnet.options import SnapshotOptions;
-                            from nsnet.snapshot import take_snapshot)
+                            from nsnet.snapshot import take_snapshot); S may name details
+               after a +: auto+queues+tcp_info is `nsnet sockets -e -i`'s snapshot
   nsnet CLI    python -m nsnet sockets --json > /dev/null                        (end to end)
   ss loop      ONE bash loop: for p in PIDS; do nsenter -t $p -n ss -tuanp; done > /dev/null
                (one pid per network namespace; the pids are integers this script collected)
@@ -210,8 +211,11 @@ def load_nsnet():
     except Exception as e:  # noqa: BLE001 - the references are still worth measuring
         return None, f"{type(e).__name__}: {e}"
 
-    def snapshot(source: str = "proc"):
-        return take_snapshot(SnapshotOptions(proc="/proc", source=source))
+    def snapshot(spec: str = "proc"):
+        # "auto+queues+tcp_info": a source and the details asked besides (-e, -i)
+        source, *details = spec.split("+")
+        return take_snapshot(SnapshotOptions(proc="/proc", source=source,
+                                             details=frozenset(details)))
     return snapshot, ""
 
 
