@@ -67,10 +67,7 @@ UNHELD = TCPF["TIME_WAIT"] | TCPF["SYN_RECV"] | TCPF["NEW_SYN_RECV"]
 # keep-alive closed server side leaves FIN_WAIT2); a held socket can be in these states
 # too (after shutdown()), so a per-fd source asks for them all and drops the held ones.
 ORPHAN_STATES = TCPF["FIN_WAIT1"] | TCPF["FIN_WAIT2"] | TCPF["CLOSING"] | TCPF["LAST_ACK"]
-# Connections a listener has not accepted yet: no fd, inode 0, any state a connection can be
-# in before accept() (the peer may have closed meanwhile: CLOSE_WAIT). Asked for only in
-# namespaces with a listener whose accept queue is not empty (TCP_INFO's tcpi_unacked).
-UNACCEPTED_STATES = TCPF["ESTABLISHED"] | TCPF["CLOSE_WAIT"]
+
 ANY_STATE = 0xFFFFFFFF          # UDP, raw and unix requests
 PROTOS = ("tcp", "udp", "udplite", "icmp", "raw", "mptcp", "unix", "packet", "netlink")
 IPPROTO_UDPLITE = 136

@@ -91,9 +91,9 @@ from ..model import (
 )
 from ..netparse import PACKET_TYPES, TCP_STATES, UNIX_TYPES
 from ..sockdiag import (
+    ALL,
     IPPROTO_UDPLITE,
     ORPHAN_STATES,
-    UNACCEPTED_STATES,
     UNHELD,
     parse_tcp_info,
 )
@@ -190,8 +190,9 @@ class BorrowResult:
     netns_unknown: int = 0     # described, but SIOCGSKNS refused (no CAP_NET_ADMIN)
     process_gone: bool = False
     process_denied: bool = False
-    # namespaces (inodes) with a listener whose accept queue is not empty: connections no
-    # process holds yet are there (TCP_INFO's tcpi_unacked of a listener)
+    # namespaces (inodes) where TCP sockets no process holds may be in any state: a
+    # listener's accept queue is not empty (TCP_INFO's tcpi_unacked), or an MPTCP socket
+    # lives there (its subflows are the kernel's TCP sockets)
     pending_accept: set[int] = field(default_factory=set)
     unsafe_reason: str | None = None
     errors: list[str] = field(default_factory=list)   # the first few unexpected errors
@@ -492,6 +493,7 @@ class _Describer:
                     if exc.errno != _ENOTCONN:
                         raise
             name = "mptcp"
+            pending = True              # its subflows: unheld TCP sockets, any state
         elif kind == _RAW:
             # /proc/net/raw{,6} print the protocol number as the local port and 0 as remote
             local_port, state = proto, "UNCONN"
@@ -782,7 +784,8 @@ class PidfdSource:
     """Held sockets borrowed one by one; then, from a table pass, what pidfd cannot see:
     sockets no process holds in every namespace -- TIME_WAIT, request sockets, orphans
     (FIN_WAIT1/2, CLOSING, LAST_ACK), the kernel's netlink sockets, and where a listener's
-    accept queue is not empty (its TCP_INFO says so) the connections waiting in it --
+    accept queue is not empty (its TCP_INFO says so) or MPTCP sockets live, every unheld TCP
+    socket (the connections waiting to be accepted, MPTCP's subflows) --
     restricted to those states where sock_diag allows (unheld_via "netlink"), and -- for a
     namespace with a member whose fds could not be borrowed -- everything, in full."""
 
@@ -798,10 +801,10 @@ class PidfdSource:
             self.unheld: TableSource = NetlinkSource(
                 cache, tcp_states=UNHELD | ORPHAN_STATES, protos=("tcp", "netlink"),
                 details=details)
-            # ... and where a listener has connections waiting to be accepted, those too
+            # ... and where a listener has connections waiting to be accepted, or MPTCP
+            # sockets have subflows, every TCP state (held ones dropped by kind and inode)
             self.pending: TableSource = NetlinkSource(
-                cache, tcp_states=UNHELD | ORPHAN_STATES | UNACCEPTED_STATES,
-                protos=("tcp", "netlink"), details=details)
+                cache, tcp_states=ALL, protos=("tcp", "netlink"), details=details)
             self.full: TableSource = NetlinkSource(cache, details=details)
         else:
             self.unheld = self.pending = self.full = ProcSource(details)
