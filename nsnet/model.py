@@ -496,6 +496,7 @@ class Stats:
     source: str = "proc"             # the source used: proc | netlink | pidfd
     source_reason: str = ""
     sockets_by_source: dict[str, int] = field(default_factory=dict)
+    sockets_by_kind: dict[str, int] = field(default_factory=dict)   # proto -> sockets
     source_errors: list[str] = field(default_factory=list)   # first few errors of the source
     # protocols this kernel's sock_diag cannot dump (no diag module): read from /proc/net
     tables_from_proc: list[str] = field(default_factory=list)

@@ -16,6 +16,7 @@ take_snapshot() is one snapshot with nothing kept.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -185,8 +186,10 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     sockets built in memory (snapshot_from)."""
     joined.finish(sockets)
     stats.socket_fds_not_in_tables = joined.join.not_listed()
+    by_source, by_kind = stats.sockets_by_source, stats.sockets_by_kind
     for sock in sockets:
-        stats.sockets_by_source[sock.source] = stats.sockets_by_source.get(sock.source, 0) + 1
+        by_source[sock.source] = by_source.get(sock.source, 0) + 1
+        by_kind[sock.proto] = by_kind.get(sock.proto, 0) + 1
     if logs is not None:
         stats.kubelet_errors.extend(logs.errors)
     containers, pod_map, pods_of_netns, misfits = pods.assemble(
@@ -224,9 +227,15 @@ def borrow_unlisted(proc: str, found: walk.Discovery,
     ping sockets never bound), asked themselves through one holder's fd, as the pidfd
     source asks (model.BORROWABLE_KINDS): so that `auto` lists what a process holds."""
     by_pid: dict[int, dict[int, int]] = {}
+    ours = os.getpid()
     for n, (inode, held) in enumerate(sorted(unlisted.items())):
         if n >= MAX_UNLISTED_ASKED:
             break
+        # not our own: a sock_diag socket we keep for a namespace that is gone would keep
+        # that namespace in the snapshot, and so itself open (DiagSockets.prune)
+        held = [(pid, fd) for pid, fd in held if pid != ours]
+        if not held:
+            continue
         pid, fd = held[0]
         if procfs.socket_protocol(proc, pid, fd, inode) in BORROWABLE_KINDS:
             by_pid.setdefault(pid, {})[fd] = inode
@@ -239,10 +248,10 @@ def borrow_unlisted(proc: str, found: walk.Discovery,
     for pid, fds in sorted(by_pid.items()):
         result = describe_process_sockets(pid, fds, seen=seen, tcp_info=False)
         for sock in result.sockets:
-            if sock.netns is None:
-                continue     # SIOCGSKNS refused: never guess the namespace
+            if sock.netns_key not in found.namespaces:
+                continue     # SIOCGSKNS refused (never guess), or a namespace the walk and
+                             # the tables did not see: the pidfd source's business
             sock.source = "pidfd"
-            found.namespace(sock.netns_key).held_sockets = True
             extra.append(sock)
     stats.pidfd_borrowed += len(extra)
     return extra

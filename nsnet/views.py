@@ -333,6 +333,16 @@ def _finish_group(g: dict, snap: Snapshot) -> dict:
     return g
 
 
+# The namespace, user and pod views count every kind `nsnet sockets` shows unasked: all but
+# netlink (the kernel's own in every namespace, a few per daemon; stats.sockets_by_kind
+# counts them all).
+UNCOUNTED_KINDS = frozenset({"netlink"})
+
+
+def counted_sockets(snap: Snapshot) -> Iterable[Socket]:
+    return (s for s in snap.sockets if s.proto not in UNCOUNTED_KINDS)
+
+
 def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter] = defaultdict(Counter)
     for s in socks:
@@ -342,7 +352,7 @@ def _counts(socks: Iterable[Socket]) -> dict[str, dict[str, int]]:
 
 def by_namespace_view(snap: Snapshot, only: Namespace | None = None) -> dict:
     per_ns: dict[str, list[Socket]] = defaultdict(list)
-    for s in snap.sockets:
+    for s in counted_sockets(snap):
         per_ns[s.netns_key].append(s)
     docs = []
     for ns in sorted_namespaces(snap):
@@ -365,7 +375,7 @@ def by_namespace_view(snap: Snapshot, only: Namespace | None = None) -> dict:
 
 def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
     socks_of: dict[int, list[Socket]] = defaultdict(list)
-    for s in snap.sockets:
+    for s in counted_sockets(snap):
         for uid in s.users:
             socks_of[uid].append(s)
     procs_of: dict[int, list[int]] = defaultdict(list)
@@ -432,7 +442,7 @@ def by_pod_view(snap: Snapshot, only: Pod | None = None) -> dict:
     """Per pod: containers, namespace(s), owners, listeners and dependencies. A pod's sockets
     are those of its own namespace plus those its processes hold elsewhere (hostNetwork)."""
     socks_of: dict[str, list[Socket]] = defaultdict(list)
-    for s in snap.sockets:
+    for s in counted_sockets(snap):
         for uid in s.pod_uids:
             socks_of[uid].append(s)
     docs = []
@@ -467,7 +477,7 @@ def summary_view(snap: Snapshot) -> dict:
     """The node at a glance, one row per namespace (what `lsns -t net` is for one namespace
     type, with the sockets counted): `nsnet` with no command."""
     per_ns: dict[str, list[Socket]] = defaultdict(list)
-    for s in snap.sockets:
+    for s in counted_sockets(snap):
         per_ns[s.netns_key].append(s)
     rows = []
     for ns in sorted_namespaces(snap):

@@ -69,14 +69,19 @@ def test_json_document_and_trailing_slash_proc():
 
 
 def test_ndjson_stream():
-    run = nsnet("sockets", "--ndjson")
+    run = nsnet("sockets", "--ndjson", "--all-kinds")
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     kinds = [line["type"] for line in lines]
     assert kinds[-1] == "stats" and kinds.count("stats") == 1
     assert kinds == sorted(kinds, key=["namespace", "socket", "stats"].index)
     assert all(line["schema"] == "nsnet/1" for line in lines)
-    assert kinds.count("socket") == lines[-1]["stats"]["sockets"]
+    stats = lines[-1]["stats"]
+    assert kinds.count("socket") == stats["sockets"] == sum(stats["sockets_by_kind"].values())
+    # no kind asked: every kind but netlink (the kernel's own in every namespace)
+    default = [json.loads(line) for line in nsnet("sockets", "--ndjson").stdout.splitlines()]
+    shown = {line["proto"] for line in default if line["type"] == "socket"}
+    assert "netlink" not in shown and "netlink" in stats["sockets_by_kind"]
 
 
 def test_closed_pipe_is_not_an_error():

@@ -194,7 +194,8 @@ def test_legacy_request_equals_one_request_per_family(live: Live) -> None:
 def test_falls_back_when_the_kernel_refuses_the_legacy_request(live: Live, monkeypatch) -> None:
     """A kernel without TCPDIAG_GETSOCK answers like this one does for DCCPDIAG_GETSOCK (19),
     whose handler is gone: dump_namespace must then ask per family, and remember."""
-    dccp = lambda states, *, seq: _patch(build_tcp_legacy_request(states, seq=seq), 4, "=H", 19)
+    dccp = lambda states, *, seq, ext=0: _patch(build_tcp_legacy_request(states, seq=seq, ext=ext),
+                                                4, "=H", 19)
     seq = 777
     refused = netlink.run_dump(live.diag, dccp(ALL, seq=seq), seq, "tcp")
     assert refused.error in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP) and not refused.sockets
