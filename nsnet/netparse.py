@@ -295,6 +295,32 @@ def parse_netlink(data: bytes) -> ParseResult:
     return result
 
 
+# /proc/<pid>/net/protocols (proto_seq_show): one line per protocol, its name and the
+# namespace's count of sockets in use (sock_prot_inuse_get: hashed ones, those a table or
+# a dump would list). Kinds whose count is zero need no dump.
+PROTOCOL_NAMES = {"udplite": ("UDP-Lite", "UDPLITEv6"), "mptcp": ("MPTCP", "MPTCPv6"),
+                  "icmp": ("PING", "PINGv6"), "raw": ("RAW", "RAWv6"), "packet": ("PACKET",)}
+
+
+def parse_protocols(data: bytes) -> dict[str, int]:
+    """protocol name -> sockets in use in the namespace; lines that do not parse are left
+    out (a kind not found counts as present: asked for, never lost)."""
+    found: dict[str, int] = {}
+    for line in data.split(b"\n")[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].lstrip(b"-").isdigit():
+            found[fields[0].decode("ascii", "replace")] = int(fields[2])
+    return found
+
+
+def kinds_in_use(counts: dict[str, int] | None) -> set[str] | None:
+    """The kinds of PROTOCOL_NAMES with a socket in use; None: counts unknown (ask all)."""
+    if counts is None:
+        return None
+    return {kind for kind, names in PROTOCOL_NAMES.items()
+            if any(counts.get(name, 1) != 0 for name in names)}
+
+
 def interface_names(data: bytes) -> dict[int, str]:
     """ifindex -> name of the interfaces /proc/net/if_inet6 lists (those with an IPv6
     address); lines that do not parse are parse_if_inet6's to count."""

@@ -39,6 +39,8 @@ class TableRead:
     # ifindex -> name of the namespace's interfaces that /proc/net/if_inet6 lists (None: not
     # read), to name packet sockets' interfaces
     interfaces: dict[int, str] | None = None
+    # /proc/net/protocols: sockets in use per protocol (None: not read)
+    in_use: dict[str, int] | None = None
 
 
 Pending = Union["Future[TableRead]", TableRead]

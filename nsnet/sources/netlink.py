@@ -27,7 +27,7 @@ from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
 from ..model import QUEUES, TCP_INFO, Namespace, Socket, key_inode
-from ..netparse import ADDRESS_FILES, name_interfaces
+from ..netparse import ADDRESS_FILES, PROTOCOL_NAMES, kinds_in_use, name_interfaces
 from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
@@ -51,12 +51,17 @@ from ..sockdiag import (
 from ..walk import Pin
 from . import proc as proc_source
 from .base import Pending, ReadContext, TableRead, TableSource
+from .proc import PROTOCOLS_FILE
 
 RECV_BUFFER = 1 << 20           # the kernel sends at most ~32 KiB per datagram of a dump
 RECV_TIMEOUT = 5.0              # seconds; SO_RCVTIMEO, so blocking recv() without Python's poll
 
 _seq = itertools.count(1)
 _local = threading.local()
+# Protocols this kernel's sock_diag has no handler for (it answered ENOENT once): not asked
+# again, read from the /proc tables from then on (a diag module loaded later is not seen
+# until restart). Set.add is atomic under the GIL: reader threads share it.
+_no_diag: set[str] = set()
 
 
 class NetlinkSource(TableSource):
@@ -91,15 +96,30 @@ class NetlinkSource(TableSource):
             sock, error, kept = self._diag_socket(ctx, pin.opener, ns.inode)
             if sock is None:
                 continue
-            read = self._dump(sock, kept, f"setns {pin.shown}")
-            if read.sockets is None or not read.from_proc:
-                return read
-            try:    # what this kernel's sock_diag cannot list, from the namespace's tables
-                return _merged(read, proc_source.read_pinned(
-                    pin, ns.inode, proc_source.files_of(read.from_proc) + ADDRESS_FILES,
-                    QUEUES in self.details))
+            asked = sorted(_no_diag & set(self.protos))
+            try:    # what this kernel's sock_diag cannot list, and which kinds are there
+                tables = proc_source.read_pinned(
+                    pin, ns.inode,
+                    (PROTOCOLS_FILE,) + proc_source.files_of(asked) + ADDRESS_FILES,
+                    QUEUES in self.details)
             except (EnterError, ProcError) as exc:
                 error = str(exc)
+                tables, asked = TableRead([]), []
+            read = self._dump(sock, kept, f"setns {pin.shown}", kinds_in_use(tables.in_use),
+                              asked)
+            if read.sockets is None:
+                return read
+            new = [p for p in read.from_proc if p not in asked]
+            _no_diag.update(new)
+            if new:
+                try:
+                    more = proc_source.read_pinned(pin, ns.inode, proc_source.files_of(new),
+                                                   QUEUES in self.details)
+                except (EnterError, ProcError) as exc:
+                    error = str(exc)
+                    continue
+                tables.sockets = (tables.sockets or []) + (more.sockets or [])
+            return _merged(read, tables)
         ns.error = error   # this namespace's own failure, not the latest logged
         return TableRead(None)
 
@@ -132,24 +152,47 @@ class NetlinkSource(TableSource):
 
     def _dump_with_addresses(self, sock: socket.socket, kept: bool, via: str, proc: str,
                              key: str, task: str) -> TableRead:
-        """In a reader thread: the dump, and through the task the namespace's addresses --
-        and the tables of protocols this kernel's sock_diag cannot dump (no diag module:
-        raw_diag is often not built), so that nothing /proc lists is missing here."""
-        read = self._dump(sock, kept, via)
+        """In a reader thread: through the task, the namespace's addresses, its protocols'
+        socket counts (kinds with none are not dumped: an mptcp_diag dump walks the node's
+        whole TCP hashes, ~0.9 ms, in every namespace) and the tables of protocols this
+        kernel's sock_diag cannot dump (no diag module: raw_diag is often not built; ping
+        sockets have none), so that nothing /proc lists is missing here; then the dump."""
+        queues = QUEUES in self.details
+        asked = sorted(_no_diag & set(self.protos))     # read from /proc: no handler
+        tables = proc_source.read_via_task(
+            proc, key, task, (PROTOCOLS_FILE,) + proc_source.files_of(asked) + ADDRESS_FILES,
+            queues)
+        if tables.sockets is None:
+            if not kept:
+                sock.close()
+            return TableRead(None, retries=1)   # the task left: the next member is asked
+        read = self._dump(sock, kept, via, kinds_in_use(tables.in_use), asked)
         if read.sockets is None:
             return read
-        names = proc_source.files_of(read.from_proc)
-        tables = proc_source.read_via_task(proc, key, task, names + ADDRESS_FILES,
-                                           QUEUES in self.details)
-        if tables.sockets is None and names:
-            return TableRead(None, retries=1)   # the task left: the next member is asked
+        # (not "not in _no_diag": another reader thread may have added it meanwhile)
+        new = [p for p in read.from_proc if p not in asked]
+        _no_diag.update(new)
+        if new:     # the first namespace to meet a missing handler reads its tables too
+            more = proc_source.read_via_task(proc, key, task, proc_source.files_of(new),
+                                             queues)
+            if more.sockets is None:
+                return TableRead(None, retries=1)
+            tables.sockets = (tables.sockets or []) + more.sockets
+            tables.malformed += more.malformed
         return _merged(read, tables)
 
-    def _dump(self, sock: socket.socket, kept: bool, via: str) -> TableRead:
+    def _dump(self, sock: socket.socket, kept: bool, via: str,
+              in_use: set[str] | None = None, from_proc: list[str] | None = None
+              ) -> TableRead:
         """Runs in a reader thread: one namespace's sockets through its sock_diag socket
-        (closed after the dump unless it is kept)."""
+        (closed after the dump unless it is kept). in_use: the kinds with sockets in use
+        there (netparse.kinds_in_use; None: unknown, every kind is asked); from_proc: kinds
+        read from its /proc tables instead (no sock_diag handler)."""
+        skip = set(from_proc or ())
+        protos = [p for p in self.protos if p not in skip
+                  and (in_use is None or p not in PROTOCOL_NAMES or p in in_use)]
         try:
-            result = dump_namespace(sock, tcp_states=self.tcp_states, protos=self.protos,
+            result = dump_namespace(sock, tcp_states=self.tcp_states, protos=protos,
                                     details=self.details)
         except OSError as exc:
             return TableRead(None, errors=[f"sock_diag: {exc}"])
@@ -159,7 +202,7 @@ class NetlinkSource(TableSource):
         for s in result.sockets:
             s.source = "netlink"
         return TableRead(result.sockets, result.malformed, via, errors=result.errors,
-                         from_proc=sorted(result.missing))
+                         from_proc=sorted(result.missing | skip))
 
 
 def _merged(read: TableRead, tables: TableRead) -> TableRead:

@@ -28,6 +28,7 @@ from ..netparse import (
     parse_fib_trie_local,
     parse_if_inet6,
     parse_net_file,
+    parse_protocols,
 )
 from ..procfs import close_all, open_dir, open_files_at, read_fd
 from ..setns import OWN_PROC, run_in_namespace
@@ -37,7 +38,9 @@ from .base import Pending, ReadContext, TableRead, TableSource
 # A kernel without IPv6 has no tcp6, udp6, raw6, if_inet6; without CONFIG_IP_FIB_TRIE-style
 # procfs (or IPv4) no fib_trie; UDP-Lite, ping sockets, packet sockets are options too (and
 # UDP-Lite is on its way out of the kernel). Only tcp, udp, raw and unix must be there.
-_OPTIONAL = frozenset(NET_FILES) - {"tcp", "udp", "raw", "unix"} | frozenset(ADDRESS_FILES)
+PROTOCOLS_FILE = "protocols"     # sockets in use per protocol: which kinds to dump at all
+_OPTIONAL = frozenset(NET_FILES) - {"tcp", "udp", "raw", "unix"} | frozenset(ADDRESS_FILES) \
+    | {PROTOCOLS_FILE}
 _FILES = ALL_FILES = NET_FILES + ADDRESS_FILES
 
 
@@ -141,6 +144,8 @@ def _parse(tables: dict[str, bytes], via: str, queues: bool = False) -> TableRea
     if "if_inet6" in tables:
         read.interfaces = interface_names(tables["if_inet6"])
         name_interfaces(read.sockets, read.interfaces)
+    if PROTOCOLS_FILE in tables:
+        read.in_use = parse_protocols(tables[PROTOCOLS_FILE])
     return read
 
 

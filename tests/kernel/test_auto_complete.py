@@ -102,9 +102,10 @@ def test_every_source_lists_the_raw_sockets(raw_node, source):
         assert doc["stats"]["tables_from_proc"] == []
     else:
         assert doc["stats"]["source"] == "netlink"
-        # ping sockets have no sock_diag handler in any kernel: icmp always comes from /proc
+        # ping sockets have no sock_diag handler in any kernel: icmp comes from /proc, where
+        # a namespace has ping sockets (its /proc/net/protocols says which kinds are there)
         assert _diag_missing("icmp")
-        assert doc["stats"]["tables_from_proc"] == ["icmp"] + (["raw"] if missing else [])
+        assert set(doc["stats"]["tables_from_proc"]) - {"icmp"} == ({"raw"} if missing else set())
         assert doc["stats"]["source_errors"] == []
         want = "proc" if missing else "netlink"
         assert {got[i]["source"] for i in [*raw_node["own"], raw_node["pinned"]]} == {want}
@@ -132,8 +133,7 @@ def test_the_default_is_auto_and_verbose_says_what_read_the_node(raw_node):
     assert len(said) == 1, run.stderr
     line = said[0]
     assert line.startswith(f"nsnet: source netlink ({stats['source_reason']})")
-    assert (", raw from /proc" in line) == (stats["tables_from_proc"] == ["icmp", "raw"])
-    assert "icmp" in stats["tables_from_proc"]   # ping sockets: no sock_diag handler
+    assert ("raw from /proc" in line) == ("raw" in stats["tables_from_proc"])
     assert f"{stats['reader_threads']} reader thread(s): {stats['reader_threads_reason']}" in line
     assert f"{stats['namespaces']} namespaces, {stats['sockets']} sockets in " in line
     quiet = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--raw", "--json"],
