@@ -28,6 +28,7 @@ import errno as _errno
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .model import (
@@ -369,22 +370,29 @@ def _v6only(buf: Buffer, start: int, stop: int) -> bool | None:
 
 def _parse_unix(buf: Buffer, end: int, seq: int | None, res: ParsedDump,
                 detail: bool = False) -> None:
-    append = res.sockets.append
-    unpack_hdr = _NLMSGHDR.unpack_from
+    _parse_each(buf, end, seq, res, lambda off, length: _unix(buf, off, length, detail)
+                if length >= UNIX_MSG_LEN else None)
+
+
+def _parse_each(buf: Buffer, end: int, seq: int | None, res: ParsedDump,
+                decode: Callable[[int, int], Socket | None]) -> None:
+    """Frame the messages in buf[:end]; each SOCK_DIAG_BY_FAMILY reply of ours goes to
+    decode(offset, length), a Socket or None (malformed). The unix, packet and netlink
+    parsers' loop (the inet one is its own: it runs once per TCP socket of the node)."""
     off = 0
     while off + 16 <= end:
-        length, mtype, flags, mseq, _pid = unpack_hdr(buf, off)
+        length, mtype, flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
         if length < 16 or off + length > end:
             res.malformed += 1
             return
         if mtype == SOCK_DIAG_BY_FAMILY and (seq is None or mseq == seq):
             if flags & NLM_F_DUMP_INTR:
                 res.interrupted = True
-            sock = _unix(buf, off, length, detail) if length >= UNIX_MSG_LEN else None
+            sock = decode(off, length)
             if sock is None:
                 res.malformed += 1
             else:
-                append(sock)
+                res.sockets.append(sock)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return
         off += (length + 3) & ~3
@@ -437,29 +445,14 @@ def _attributes(buf: Buffer, start: int, stop: int) -> dict[int, bytes] | None:
 
 
 def _parse_link(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump) -> None:
-    """packet_diag or netlink_diag replies: few sockets per namespace, so plain code."""
+    """packet_diag or netlink_diag replies."""
     fixed = PACKET_MSG_LEN if proto == "packet" else NETLINK_MSG_LEN
-    off = 0
-    while off + 16 <= end:
-        length, mtype, flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
-        if length < 16 or off + length > end:
-            res.malformed += 1
-            return
-        if mtype == SOCK_DIAG_BY_FAMILY and (seq is None or mseq == seq):
-            if flags & NLM_F_DUMP_INTR:
-                res.interrupted = True
-            attrs = _attributes(buf, off + fixed, off + length) if length >= fixed else None
-            sock = None if attrs is None else (
-                _packet(buf, off, attrs) if proto == "packet" else _netlink(buf, off, attrs))
-            if sock is None:
-                res.malformed += 1
-            else:
-                res.sockets.append(sock)
-        elif _other(buf, off, length, mtype, mseq, seq, res):
-            return
-        off += (length + 3) & ~3
-    if off < end:
-        res.malformed += 1
+    one = _packet if proto == "packet" else _netlink
+
+    def decode(off: int, length: int) -> Socket | None:
+        attrs = _attributes(buf, off + fixed, off + length) if length >= fixed else None
+        return None if attrs is None else one(buf, off, attrs)
+    _parse_each(buf, end, seq, res, decode)
 
 
 def _packet(buf: Buffer, off: int, attrs: dict[int, bytes]) -> Socket | None:

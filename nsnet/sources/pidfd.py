@@ -467,14 +467,10 @@ class _Describer:
                 self.result.tcp_info[inode] = TcpInfo(rtt, rttvar, retrans, acked, received)
             name = "tcp"
         elif kind == _DGRAM and proto in _UDP_PROTOCOLS:
-            state = "UNCONN"
-            try:
-                peer = h.getpeername()
-                remote_addr, remote_port = ip_text(peer[0]), peer[1]
-                state = "ESTABLISHED"
-            except OSError as exc:
-                if exc.errno != _ENOTCONN:
-                    raise
+            peer = _peer(h)
+            state = "UNCONN" if peer is None else "ESTABLISHED"
+            if peer is not None:
+                remote_addr, remote_port = peer
             name = "udp" if proto == _IPPROTO_UDP else "udplite"
         elif kind == _DGRAM and proto in _PING_PROTOCOLS:
             # a ping socket: its "port" is its echo identifier, as /proc/net/icmp prints
@@ -484,14 +480,9 @@ class _Describer:
         elif kind == _STREAM and proto == _IPPROTO_MPTCP:
             # the MPTCP connection (its subflows are kernel TCP sockets, in the tables)
             state = "LISTEN" if h.getsockopt(_SOL_SOCKET, _SO_ACCEPTCONN) else "CLOSE"
-            if state != "LISTEN":
-                try:
-                    peer = h.getpeername()
-                    remote_addr, remote_port = ip_text(peer[0]), peer[1]
-                    state = "ESTABLISHED"
-                except OSError as exc:
-                    if exc.errno != _ENOTCONN:
-                        raise
+            peer = None if state == "LISTEN" else _peer(h)
+            if peer is not None:
+                (remote_addr, remote_port), state = peer, "ESTABLISHED"
             name = "mptcp"
             pending = True              # its subflows: unheld TCP sockets, any state
         elif kind == _RAW:
@@ -722,6 +713,17 @@ def read_options(sockets: list[Socket], stats: Stats) -> None:
         reasons = "; ".join(f"{n}: {r}" for r, n in sorted(why.items())) or "not borrowed"
         stats.privileges.append(f"socket options not read for {len(want) - read} "
                                 f"socket(s) ({reasons})")
+
+
+def _peer(h: _socket.socket) -> tuple[str, int] | None:
+    """The other end of a connected inet socket; None when it has none (ENOTCONN)."""
+    try:
+        peer = h.getpeername()
+    except OSError as exc:
+        if exc.errno != _ENOTCONN:
+            raise
+        return None
+    return ip_text(peer[0]), peer[1]
 
 
 def _ioctl_int(fd: int, request: int) -> int | None:

@@ -12,6 +12,7 @@ netlink out and `--all-kinds` puts it back.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,17 +46,27 @@ SS_NETLINK = {"rtnl": "route", "tcpdiag": "sock_diag", "genl": "generic", "xfrm"
 
 @pytest.fixture(scope="module")
 def kinds_node():
+    with holder(HOLDER) as truth:
+        yield truth
+
+
+@contextlib.contextmanager
+def holder(script: str, *args: str):
+    """A process in a fresh namespace running `script` (it builds sockets with link_scenario
+    and prints what it made, with its pid, as one JSON line); what it printed, with its
+    namespace's inode and the process itself ("holder")."""
     require_root("unshare", "nsenter", "ss", "ip")
-    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", HOLDER, str(SUPPORT)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["unshare", "-n", sys.executable, "-c", script, str(SUPPORT),
+                             *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None
-        truth = json.loads(holder.stdout.readline())
+        assert proc.stdout is not None
+        truth = json.loads(proc.stdout.readline())
         truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+        truth["holder"] = proc
         yield truth
     finally:
-        holder.kill()
-        holder.wait()
+        proc.kill()
+        proc.wait()
 
 
 def _sockets(*args: str) -> dict:
@@ -160,18 +171,8 @@ sys.stdin.read()
 
 @pytest.fixture(scope="module")
 def scoped_node():
-    require_root("unshare", "nsenter", "ss", "ip")
-    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", SCOPED_HOLDER,
-                               str(SUPPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None
-        truth = json.loads(holder.stdout.readline())
-        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+    with holder(SCOPED_HOLDER) as truth:
         yield truth
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("source", ["proc", "netlink", "pidfd", "auto"])
@@ -232,18 +233,8 @@ sys.stdin.read()
 
 @pytest.fixture(scope="module")
 def queues_node():
-    require_root("unshare", "nsenter", "ss")
-    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", QUEUES_HOLDER,
-                               str(SUPPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None
-        truth = json.loads(holder.stdout.readline())
-        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+    with holder(QUEUES_HOLDER) as truth:
         yield truth
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def _details(node: dict, source: str) -> dict[int, dict]:
@@ -334,19 +325,8 @@ sys.stdin.read()
 
 @pytest.fixture(scope="module")
 def options_node():
-    require_root("unshare", "nsenter", "ss")
-    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", OPTIONS_HOLDER,
-                               str(SUPPORT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None
-        truth = json.loads(holder.stdout.readline())
-        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
-        truth["holder"] = holder
+    with holder(OPTIONS_HOLDER) as truth:
         yield truth
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("source", ["proc", "netlink", "pidfd", "auto"])
@@ -446,20 +426,10 @@ def _free_vsock_port() -> int:
 
 @pytest.fixture(scope="module")
 def unlisted_node():
-    require_root("unshare")
     port = _free_vsock_port()
-    holder = subprocess.Popen(["unshare", "-n", sys.executable, "-c", UNLISTED_HOLDER,
-                               str(SUPPORT), str(port)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        truth = json.loads(holder.stdout.readline())
-        truth["netns"] = os.stat(f"/proc/{truth['pid']}/ns/net").st_ino
+    with holder(UNLISTED_HOLDER, str(port)) as truth:
         truth["vsock_port"] = port
         yield truth
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("source", ["netlink", "pidfd", "auto"])

@@ -44,6 +44,14 @@ class Built:
     packet: dict[int, tuple] = field(default_factory=dict)    # inode -> (type, proto, ifindex)
     netlink: dict[int, tuple] = field(default_factory=dict)   # inode -> (protocol, portid, groups)
 
+    inodes: dict[str, int] = field(default_factory=dict)      # name -> inode (keep())
+
+    def keep(self, name: str, s: socket.socket) -> socket.socket:
+        """Hold `s` (until close()) and note its inode under `name`."""
+        self.held.append(s)
+        self.inodes[name] = os.fstat(s.fileno()).st_ino
+        return s
+
     def close(self) -> None:
         for s in self.held:
             s.close()
@@ -182,13 +190,10 @@ def build_queues(unix_dir: str) -> tuple[Built, dict[str, int]]:
     listener that never accepts and a unix pair with bytes unread. Returns the sockets and
     name -> inode."""
     lo_up()
-    b, ino = Built(), {}
+    b = Built()
+    ino = b.inodes
 
-    def keep(name: str, s: socket.socket) -> socket.socket:
-        b.held.append(s)
-        ino[name] = os.fstat(s.fileno()).st_ino
-        return s
-
+    keep = b.keep
     lst = keep("backlog", socket.socket())
     lst.bind(("127.0.0.1", QUEUE_PORTS["backlog"]))
     lst.listen(BACKLOG)
@@ -254,13 +259,10 @@ def build_options() -> tuple[Built, dict[str, int]]:
     """Sockets with every option knetstat shows set (OPTIONS_SET), one with none set, an
     IPv6 one with IPV6_TCLASS and IPV6_V6ONLY, a UDP one; name -> inode."""
     lo_up()
-    b, ino = Built(), {}
+    b = Built()
+    ino = b.inodes
 
-    def keep(name: str, s: socket.socket) -> socket.socket:
-        b.held.append(s)
-        ino[name] = os.fstat(s.fileno()).st_ino
-        return s
-
+    keep = b.keep
     s = keep("set", socket.socket())
     for level, option, value in (
             (socket.SOL_SOCKET, socket.SO_REUSEADDR, 1),
@@ -304,13 +306,10 @@ def build_unlisted(vsock_port: int) -> tuple[Built, dict[str, int]]:
     and a ping socket never bound, a TCP socket bound but idle; name -> inode."""
     lo_up()
     allow_ping()
-    b, ino = Built(), {}
+    b = Built()
+    ino = b.inodes
 
-    def keep(name: str, s: socket.socket) -> socket.socket:
-        b.held.append(s)
-        ino[name] = os.fstat(s.fileno()).st_ino
-        return s
-
+    keep = b.keep
     lst = keep("mptcp_listener", socket.socket(socket.AF_INET, socket.SOCK_STREAM,
                                                IPPROTO_MPTCP))
     lst.bind(("127.0.0.1", MPTCP_PORT))
