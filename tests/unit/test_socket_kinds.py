@@ -451,3 +451,37 @@ def test_details_in_json_and_tables() -> None:
     bare = report.render_sockets(views.sockets_view(_snap([netlink_socket(0, 5, 0, 1)])),
                                  Renderer(None, False))
     assert "RECV-Q" not in bare       # no details asked: no columns for them
+
+
+# ---------------------------------------------------------------------- which kinds to dump
+
+def test_protocols_say_which_kinds_to_dump() -> None:
+    """/proc/net/protocols' in-use counts (captured on this kernel's host namespace, 18
+    protocols): a kind with none is not dumped; one the file does not name is."""
+    data = (DATA / "proc_net_protocols.txt").read_bytes()
+    counts = netparse.parse_protocols(data)
+    assert {"TCP", "UDP", "MPTCP", "MPTCPv6", "UDP-Lite", "PING", "PACKET", "NETLINK"} <= set(counts)
+    assert all(isinstance(n, int) and n >= 0 for n in counts.values())
+    header = data.split(b"\n", 1)[0] + b"\n"
+    line = (b"MPTCP     1936      2   -1   NI       0   yes  kernel      y  n  y  y  y  y  y  y  y"
+            b"  y  y  y  y  y  y  y  n  n  n\n")
+    assert netparse.kinds_in_use(netparse.parse_protocols(header + line)) == \
+        {"mptcp", "udplite", "icmp", "raw", "packet"}     # the others unnamed: asked
+    zero = b"".join(f"{n} 1 0 -1\n".encode() for names in netparse.PROTOCOL_NAMES.values()
+                    for n in names)
+    assert netparse.kinds_in_use(netparse.parse_protocols(header + zero)) == set()
+    assert netparse.kinds_in_use(None) is None
+    # malformed lines are left out (their kinds then count as present: never lost)
+    assert netparse.parse_protocols(header + b"garbage\nMPTCP x y\n\x1b[2J\n") == {}
+
+
+def test_unlisted_line_says_which_and_why() -> None:
+    from nsnet.model import unlisted_line
+    rows = [{"kind": "AF_VSOCK", "netns_key": "net:[1]", "count": 1},
+            {"kind": "TCP", "netns_key": "net:[1]", "count": 2},
+            {"kind": "TCP", "netns_key": "net:[2]", "count": 1},
+            {"kind": "SMC", "netns_key": "net:[2]", "count": 1}]
+    line = unlisted_line(rows)
+    assert line.startswith("5 held socket(s) in no table: 3 TCP (bound but neither")
+    assert "1 AF_VSOCK (vsock has no table" in line and "1 SMC (a kind nsnet does not list yet)" in line
+    assert unlisted_line([]) is None
