@@ -60,8 +60,10 @@ Differences from /proc/<pid>/net/*, documented and tested (tests/kernel/test_pid
   - packet sockets: the interface is named with SIOCGIFNAME on the duplicate (a query,
     answered in the socket's namespace), where the tables name only interfaces that have
     an IPv6 address (if_inet6).
-  - families other than inet/inet6/unix/packet/netlink (vsock...) are skipped and counted;
-    inet sockets that are not tcp/udp/udplite/icmp/raw (sctp, mptcp) are counted apart.
+  - vsock and MPTCP sockets, which no table lists, are described here (an MPTCP socket's
+    first TCP subflow shares its inode: the table pass keeps it, as a tcp socket).
+  - families other than inet/inet6/unix/packet/netlink/vsock (bluetooth, can, alg ...) are
+    skipped and counted; inet sockets of other protocols (sctp) are counted apart.
 """
 from __future__ import annotations
 
@@ -181,8 +183,8 @@ class BorrowResult:
     tcp_info: dict[int, TcpInfo] = field(default_factory=dict)   # socket inode -> TcpInfo
     borrowed: int = 0          # described: one Socket each
     already_seen: int = 0      # described earlier through another holder (inode in `seen`)
-    skipped_family: int = 0    # vsock, bluetooth, can, alg ...: not in the tables nsnet reads
-    skipped_protocol: int = 0  # inet but not tcp/udp/udplite/icmp/raw: sctp, mptcp
+    skipped_family: int = 0    # bluetooth, can, alg ...: not in the tables nsnet reads
+    skipped_protocol: int = 0  # inet but not tcp/udp/udplite/icmp/raw/mptcp: sctp
     vanished: int = 0          # process exited (ESRCH), fd closed (EBADF) or reused meanwhile
     denied: int = 0            # pidfd_getfd refused (EPERM/EACCES): no CAP_SYS_PTRACE
     unsafe: int = 0            # not borrowed: borrowing would re-tag them (cgroup v1, below)
@@ -441,7 +443,7 @@ class _Describer:
         if family == _AF_VSOCK:
             return self.describe_vsock(h, inode, uid)
         if family != _AF_INET and family != _AF_INET6:
-            self.result.skipped_family += 1   # vsock, bluetooth, can, alg ...
+            self.result.skipped_family += 1   # bluetooth, can, alg ...
             return None
         local = h.getsockname()
         kind = h.getsockopt(_SOL_SOCKET, _SO_TYPE)
