@@ -252,15 +252,15 @@ KIND_HELP = {
 def _sockets_options(socks: argparse.ArgumentParser) -> None:
     socks.add_argument("--ndjson", action="store_true", help="stream one JSON object per line")
     kinds = socks.add_argument_group(
-        "socket kinds", "combinable; none given: every kind but netlink (control-plane "
-        "sockets: every namespace has the kernel's own, most daemons a few)")
+        "socket kinds", "combinable; none given: every kind but netlink (the kernel's own\n"
+        "in every namespace, a few per daemon)")
     for proto, what in KIND_HELP.items():
         kinds.add_argument(f"--{proto}", action="store_true", help=what)
     kinds.add_argument("--all-kinds", "-A", action="store_true",
                        help="every kind, netlink included")
     detail = socks.add_argument_group(
-        "details", "read besides the sockets, at a cost (README: Socket details); in the JSON "
-        "as each socket's `detail`, in the tables as columns")
+        "details", "read besides the sockets, at a cost (README: Socket details);\n"
+        "each socket's `detail` in the JSON, columns in the tables")
     detail.add_argument("-e", "--extended", action="store_true",
                         help="Recv-Q and Send-Q (a listener: accept queue and backlog), the "
                              "timer, the socket cookie")
