@@ -267,6 +267,9 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
     detail.add_argument("-i", "--info", action="store_true",
                         help="TCP internals: rtt, cwnd, retransmits, bytes each way, delivery "
                              "rate, last send/receive, congestion algorithm")
+    detail.add_argument("-m", "--memory", action="store_true",
+                        help="socket memory, as ss -m's skmem: receive/send queues in use and "
+                             "their limits, reserved, queued, option memory, backlog, drops")
     detail.add_argument("--options", action="store_true",
                         help="socket options, knetstat-style (SO_REUSEADDR=1,SO_KEEPALIVE=0,"
                              "...): read with getsockopt on a borrowed fd (pidfd_getfd, "
@@ -362,11 +365,12 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
 
 
 def _details(args: argparse.Namespace) -> frozenset[str]:
-    """-e: queues, timers, cookie; -i: TCP_INFO and the congestion algorithm; --options:
-    socket options (sockets)."""
+    """-e: queues, timers, cookie; -i: TCP_INFO and the congestion algorithm; -m: socket
+    memory; --options: socket options (sockets)."""
     return frozenset(name for name, asked in (("queues", getattr(args, "extended", False)),
                                               ("tcp_info", getattr(args, "info", False)),
-                                              ("options", getattr(args, "options", False)))
+                                              ("options", getattr(args, "options", False)),
+                                              ("memory", getattr(args, "memory", False)))
                      if asked)
 
 

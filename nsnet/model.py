@@ -265,7 +265,8 @@ def netlink_socket(protocol: int, portid: int, groups: int, inode: int) -> Socke
 QUEUES = "queues"        # Recv-Q / Send-Q, timers, the socket cookie
 TCP_INFO = "tcp_info"    # TCP_INFO and the congestion algorithm
 OPTIONS = "options"      # socket options, read with getsockopt on a borrowed fd (knetstat)
-DETAILS = (QUEUES, TCP_INFO, OPTIONS)
+MEMORY = "memory"        # socket memory (sk_meminfo: ss -m's skmem)
+DETAILS = (QUEUES, TCP_INFO, OPTIONS, MEMORY)
 
 # The timer a TCP socket has running (the tables' `tr`, sock_diag's idiag_timer)
 TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "probe"}
@@ -288,6 +289,22 @@ class TcpDetail:
     last_recv_ms: int             # since data was last received
 
 
+@dataclass(frozen=True, slots=True)
+class SocketMemory:
+    """A socket's memory, the kernel's sk_meminfo (SK_MEMINFO_*: SO_MEMINFO,
+    INET_DIAG_SKMEMINFO, UNIX_DIAG_MEMINFO), bytes; ss -m prints it as skmem:(r,rb,t,tb,f,
+    w,o,bl,d)."""
+    rmem_alloc: int      # r: receive queue memory in use
+    rcvbuf: int          # rb: its limit (SO_RCVBUF as the kernel keeps it)
+    wmem_alloc: int      # t: transmit memory in use
+    sndbuf: int          # tb: its limit
+    fwd_alloc: int       # f: reserved, not yet used
+    wmem_queued: int     # w: queued to send
+    optmem: int          # o: ancillary (option) memory
+    backlog: int         # bl: the backlog queue (packets arriving while the socket is busy)
+    drops: int           # d: packets dropped
+
+
 @dataclass(slots=True)
 class SocketDetail:
     """A socket's queues, timer and TCP internals (SnapshotOptions.details). A field is None
@@ -304,6 +321,7 @@ class SocketDetail:
     # option name -> value (SO_REUSEADDR: 1, TCP_CONGESTION: "cubic", SO_LINGER: None when
     # off, else seconds); None: not read (not asked, no holder, or borrowing refused)
     options: dict[str, int | str | None] | None = None
+    memory: SocketMemory | None = None
 
 
 @dataclass(slots=True)

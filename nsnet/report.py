@@ -397,9 +397,24 @@ def _detail_columns() -> list[Column]:
                priority=3),
         Column("COOKIE", lambda s: "" if not s.get("detail") or s["detail"]["cookie"] is None
                else f"{s['detail']['cookie']:x}", priority=0),
+        Column("SKMEM", lambda s: _skmem(s.get("detail")), wrap=True, min_width=12,
+               priority=2),
         Column("OPTIONS", lambda s: _options(s.get("detail")), wrap=True, min_width=20,
                priority=2),
     ]
+
+
+SKMEM_FIELDS = (("r", "rmem_alloc"), ("rb", "rcvbuf"), ("t", "wmem_alloc"), ("tb", "sndbuf"),
+                ("f", "fwd_alloc"), ("w", "wmem_queued"), ("o", "optmem"), ("bl", "backlog"),
+                ("d", "drops"))
+
+
+def _skmem(d: dict | None) -> str:
+    """ss -m's skmem:(r0,rb131072,t0,tb16384,f0,w0,o0,bl0,d0)."""
+    memory = d.get("memory") if d else None
+    if not memory:
+        return ""
+    return ",".join(f"{short}{memory[name]}" for short, name in SKMEM_FIELDS)
 
 
 def _options(d: dict | None) -> str:
@@ -413,16 +428,18 @@ def _options(d: dict | None) -> str:
 DETAIL_COLUMN_NAMES = [c.name for c in _detail_columns()]
 TCP_INFO_COLUMNS = frozenset({"RTT", "CWND", "RETRANS", "SENT", "RCVD", "CONG"})
 OPTION_COLUMNS = frozenset({"OPTIONS"})
+MEMORY_COLUMNS = frozenset({"SKMEM"})
 
 
 def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool,
-                   detail: bool = False, tcp_info: bool = False, options: bool = False
-                   ) -> list[Column]:
+                   detail: bool = False, tcp_info: bool = False, options: bool = False,
+                   memory: bool = False) -> list[Column]:
     """The columns of `nsnet sockets` (``-o`` chooses among them by name); detail: -e's,
-    tcp_info: -i's, options: --options'."""
+    tcp_info: -i's, options: --options', memory: -m's."""
     extra = [c for c in _detail_columns()
              if (tcp_info if c.name in TCP_INFO_COLUMNS
-                 else options if c.name in OPTION_COLUMNS else detail)]
+                 else options if c.name in OPTION_COLUMNS
+                 else memory if c.name in MEMORY_COLUMNS else detail)]
     return [
         *([Column("NETNS", lambda s: printable(s.get("netns_name") or
                                                _ns(s["netns"], s["netns_key"])), wrap=True,
@@ -454,7 +471,7 @@ def socket_columns(r: Renderer, procs: dict[int, dict], *, netns: bool,
 
 SOCKET_COLUMN_NAMES = [c.name for c in socket_columns(Renderer(None, False), {}, netns=True,
                                                       detail=True, tcp_info=True,
-                                                      options=True)]
+                                                      options=True, memory=True)]
 
 
 def render_sockets(doc: dict, r: Renderer) -> str:
@@ -467,7 +484,8 @@ def render_sockets(doc: dict, r: Renderer) -> str:
     chosen = {c.upper() for c in r.columns or ()}
     kw = {"detail": bool(details) or bool(chosen & set(DETAIL_COLUMN_NAMES)),
           "tcp_info": any(d["tcp"] for d in details) or bool(chosen & TCP_INFO_COLUMNS),
-          "options": any(d["options"] for d in details) or bool(chosen & OPTION_COLUMNS)}
+          "options": any(d["options"] for d in details) or bool(chosen & OPTION_COLUMNS),
+          "memory": any(d["memory"] for d in details) or bool(chosen & MEMORY_COLUMNS)}
     if flat:
         out.append(r.table(socket_columns(r, procs, netns=True, **kw), doc["sockets"],
                            **unheld))

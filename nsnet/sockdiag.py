@@ -37,6 +37,7 @@ from .model import (
     TIMERS,
     Socket,
     SocketDetail,
+    SocketMemory,
     TcpDetail,
     netlink_socket,
     packet_socket,
@@ -51,8 +52,8 @@ NLM_F_REQUEST = 0x01
 NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300              # NLM_F_ROOT | NLM_F_MATCH
 INET_DIAG_REQ_PROTOCOL = 3      # u32 protocol, for protocols that do not fit sdiag_protocol
-UNIX_DIAG_NAME, UNIX_DIAG_RQLEN = 0, 4
-UDIAG_SHOW_NAME, UDIAG_SHOW_RQLEN = 0x01, 0x10
+UNIX_DIAG_NAME, UNIX_DIAG_RQLEN, UNIX_DIAG_MEMINFO = 0, 4, 5
+UDIAG_SHOW_NAME, UDIAG_SHOW_RQLEN, UDIAG_SHOW_MEMINFO = 0x01, 0x10, 0x20
 NLA_TYPE_MASK = 0x3FFF          # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _DIAG_TYPES = frozenset({SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK})   # an inet_diag_msg reply
 Buffer = bytes | bytearray | memoryview
@@ -333,9 +334,19 @@ def parse_tcp_info(data: bytes, congestion: str | None = None) -> tuple[TcpDetai
 # inet_diag_msg's timer (2), retrans (3), cookie (44, two u32: low, high), expires (52, ms),
 # rqueue, wqueue (56, 60; a listener: accept queue, backlog)
 _INET_DETAIL = struct.Struct("=2xBB40xIIIII")
-INET_DIAG_INFO, INET_DIAG_CONG = 2, 4
-# idiag_ext bits: ask for tcp_info and the congestion algorithm (model.TCP_INFO)
+INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO = 2, 4, 7
+# idiag_ext bits: ask for tcp_info and the congestion algorithm (model.TCP_INFO), and for
+# the socket's memory (model.MEMORY)
 EXT_TCP_INFO = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
+EXT_MEMORY = 1 << (INET_DIAG_SKMEMINFO - 1)
+_MEMINFO = struct.Struct("=9I")      # SK_MEMINFO_VARS u32s, the order SocketMemory has
+
+
+def parse_meminfo(data: bytes) -> SocketMemory | None:
+    """sk_meminfo (SO_MEMINFO, INET_DIAG_SKMEMINFO, UNIX_DIAG_MEMINFO); None: too short."""
+    if len(data) < _MEMINFO.size:
+        return None
+    return SocketMemory(*_MEMINFO.unpack_from(data))
 
 
 def _inet_detail(buf: Buffer, off: int, length: int) -> SocketDetail:
@@ -346,6 +357,9 @@ def _inet_detail(buf: Buffer, off: int, length: int) -> SocketDetail:
                           retrans if timer_no else None, cookie_lo | cookie_hi << 32)
     if length > INET_MSG_LEN:
         attrs = _attributes(buf, off + INET_MSG_LEN, off + length) or {}
+        memory = attrs.get(INET_DIAG_SKMEMINFO)
+        if memory is not None:
+            detail.memory = parse_meminfo(memory)
         info = attrs.get(INET_DIAG_INFO)
         if info is not None:
             cong = attrs.get(INET_DIAG_CONG)
@@ -408,7 +422,7 @@ def _unix(buf: Buffer, off: int, length: int, detail: bool) -> Socket | None:
     if kind is None:
         return None
     name = ""
-    queues = None
+    queues = memory = None
     a, stop = off + UNIX_MSG_LEN, off + length
     while a + 4 <= stop:
         nla_len, nla_type = _NLATTR.unpack_from(buf, a)
@@ -420,6 +434,8 @@ def _unix(buf: Buffer, off: int, length: int, detail: bool) -> Socket | None:
             # unix_diag_rqlen: a listener's accept queue and backlog, else the bytes queued
             # each way (unix_inq_len, unix_outq_len)
             queues = _RQLEN.unpack_from(buf, a + 4)
+        elif nla_type & NLA_TYPE_MASK == UNIX_DIAG_MEMINFO:
+            memory = parse_meminfo(bytes(buf[a + 4:a + nla_len]))
         a += (nla_len + 3) & ~3
     # sk_state is LISTEN, ESTABLISHED or CLOSE for every unix socket; anything else would
     # be new: shown as UNCONN, as netparse does with the St column.
@@ -427,7 +443,8 @@ def _unix(buf: Buffer, off: int, length: int, detail: bool) -> Socket | None:
                   inode, None, unix_type=kind)
     if detail:
         recv_q, send_q = queues if queues else (None, None)
-        sock.detail = SocketDetail(recv_q, send_q, cookie=cookie_lo | cookie_hi << 32)
+        sock.detail = SocketDetail(recv_q, send_q, cookie=cookie_lo | cookie_hi << 32,
+                                   memory=memory)
     return sock
 
 

@@ -26,17 +26,19 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
-from ..model import QUEUES, TCP_INFO, Namespace, Socket, key_inode
+from ..model import MEMORY, QUEUES, TCP_INFO, Namespace, Socket, key_inode
 from ..netparse import ADDRESS_FILES, PROTOCOL_NAMES, kinds_in_use, name_interfaces
 from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
     ANY_STATE,
+    EXT_MEMORY,
     EXT_TCP_INFO,
     IPPROTO_MPTCP,
     IPPROTO_UDPLITE,
     NETLINK_SOCK_DIAG,
     PROTOS,
+    UDIAG_SHOW_MEMINFO,
     UDIAG_SHOW_NAME,
     UDIAG_SHOW_RQLEN,
     ParsedDump,
@@ -326,13 +328,16 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     protos = set(protos)
     result = DiagResult()
     detail = bool(details)
-    ext = EXT_TCP_INFO if TCP_INFO in details else 0
+    ext = (EXT_TCP_INFO if TCP_INFO in details else 0) | \
+        (EXT_MEMORY if MEMORY in details else 0)
     if "tcp" in protos and tcp_states:
         _dump_tcp(sock, result, tcp_states, legacy_tcp, detail, ext)
+    memory = EXT_MEMORY if MEMORY in details else 0     # tcp_info is TCP's alone
     if "udp" in protos:
         for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
             _ask(sock, result, label, "udp",
-                 partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE), detail)
+                 partial(build_inet_request, family, socket.IPPROTO_UDP, ANY_STATE,
+                         ext=memory), detail)
     for proto, number in (("udplite", IPPROTO_UDPLITE), ("icmp", socket.IPPROTO_ICMP),
                           ("raw", socket.IPPROTO_RAW), ("mptcp", IPPROTO_MPTCP)):
         if proto not in protos:
@@ -341,11 +346,13 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
             states = ALL if proto == "mptcp" else ANY_STATE
             error = _ask(sock, result, label, proto,
                          partial(build_inet_request, family, number, states,
-                                 raw_protocol=number if proto == "raw" else 0), detail)
+                                 raw_protocol=number if proto == "raw" else 0,
+                                 ext=ext if proto == "mptcp" else memory), detail)
             if error == _errno.ENOENT and family == socket.AF_INET:
                 break   # no handler (the kernel looks it up by protocol): not for IPv6 either
     if "unix" in protos:
-        show = UDIAG_SHOW_NAME | (UDIAG_SHOW_RQLEN if detail else 0)
+        show = UDIAG_SHOW_NAME | (UDIAG_SHOW_RQLEN if detail else 0) | \
+            (UDIAG_SHOW_MEMINFO if MEMORY in details else 0)
         _ask(sock, result, "unix", "unix", partial(build_unix_request, ANY_STATE, show=show),
              detail)
     if "packet" in protos:

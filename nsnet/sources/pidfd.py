@@ -80,6 +80,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..model import (
+    MEMORY,
     OPTIONS,
     QUEUES,
     TCP_INFO,
@@ -97,6 +98,7 @@ from ..sockdiag import (
     IPPROTO_UDPLITE,
     ORPHAN_STATES,
     UNHELD,
+    parse_meminfo,
     parse_tcp_info,
 )
 from ..sockdiag import unix_name as _diag_unix_name
@@ -521,6 +523,8 @@ class _Describer:
                 detail.tcp = info[0]
         if OPTIONS in self.details:
             detail.options = socket_options(h, sock)
+        if MEMORY in self.details:
+            detail.memory = parse_meminfo(h.getsockopt(_SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
         if QUEUES not in self.details:
             return detail
         if sock.state == "LISTEN":

@@ -476,3 +476,28 @@ def test_proc_lists_the_tables_and_says_what_they_miss(unlisted_node):
     assert rows == {"AF_VSOCK": 1, "NETLINK": 1, "PING": 1, "TCP": 1}
     line = next(x for x in run.stderr.splitlines() if "held socket(s) in no table" in x)
     assert "AF_VSOCK (vsock has no table" in line and "NETLINK (never bound" in line
+
+
+def test_socket_memory_from_sock_diag_and_the_socket(queues_node):
+    """-m: the same sk_meminfo from INET_DIAG_SKMEMINFO (netlink) and SO_MEMINFO (pidfd) for
+    a socket nothing touches, and ss -m's skmem says the same; proc cannot say it."""
+    import re
+
+    from link_scenario import QUEUE_PORTS
+    ino = queues_node["inodes"]["unread_reader"]
+
+    def memory(source: str) -> dict | None:
+        doc = _sockets("--source", source, "-m", "--tcp")
+        return next((s["detail"] or {}).get("memory") for s in _there(doc, queues_node)
+                    if s["inode"] == ino)
+    netlink, pidfd = memory("netlink"), memory("pidfd")
+    assert netlink == pidfd and netlink["rmem_alloc"] > 0
+    assert memory("proc") is None
+    ss = subprocess.run(["nsenter", "-t", str(queues_node["pid"]), "-n", "ss", "-tmnH",
+                         "state", "established"], capture_output=True, text=True,
+                        check=True).stdout
+    seen = re.search(r"127\.0\.0\.1:" + str(QUEUE_PORTS["unread"]) + r" +127\.0\.0\.1:\d+\s+"
+                     r"skmem:\(r(\d+),rb(\d+),t(\d+),tb(\d+)", ss)
+    assert seen is not None, ss
+    assert [int(x) for x in seen.groups()] == [netlink[k] for k in
+                                              ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf")]

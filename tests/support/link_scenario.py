@@ -414,13 +414,14 @@ def capture() -> None:
     with tempfile.TemporaryDirectory() as unix_dir:
         queues_built, inodes = build_queues(unix_dir)
         record = {"inodes": inodes, "ports": QUEUE_PORTS, "seq": QUEUE_SEQ, "unix_dir": unix_dir}
-        from nsnet.sockdiag import EXT_TCP_INFO, build_unix_request
+        from nsnet.sockdiag import EXT_MEMORY, EXT_TCP_INFO, build_unix_request
         for name, request in (
                 ("tcp4", build_inet_request(socket.AF_INET, socket.IPPROTO_TCP,
-                                            seq=QUEUE_SEQ["tcp4"], ext=EXT_TCP_INFO)),
+                                            seq=QUEUE_SEQ["tcp4"],
+                                            ext=EXT_TCP_INFO | EXT_MEMORY)),
                 ("udp4", build_inet_request(socket.AF_INET, socket.IPPROTO_UDP, ANY_STATE,
                                             seq=QUEUE_SEQ["udp4"])),
-                ("unix", build_unix_request(seq=QUEUE_SEQ["unix"], show=0x11))):
+                ("unix", build_unix_request(seq=QUEUE_SEQ["unix"], show=0x31))):
             data, _ = _dump(diag, request)
             (DATA / f"queues_diag_{name}.bin").write_bytes(data)
         for name in ("tcp", "udp"):
@@ -429,6 +430,8 @@ def capture() -> None:
         ss = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True,
                             text=True, check=True).stdout
         record["ss_tcp_info"] = ss
+        record["ss_skmem"] = subprocess.run(["ss", "-tmnH", "state", "established"],
+                                            capture_output=True, text=True, check=True).stdout
         (DATA / "queues_capture.json").write_text(json.dumps(record, indent=1) + "\n")
         queues_built.close()
     diag.close()

@@ -485,3 +485,45 @@ def test_unlisted_line_says_which_and_why() -> None:
     assert line.startswith("5 held socket(s) in no table: 3 TCP (bound but neither")
     assert "1 AF_VSOCK (vsock has no table" in line and "1 SMC (a kind nsnet does not list yet)" in line
     assert unlisted_line([]) is None
+
+
+@little_endian_only
+def test_diag_socket_memory(queues: dict) -> None:
+    """INET_DIAG_SKMEMINFO and UNIX_DIAG_MEMINFO: the unread bytes' memory is in rmem_alloc,
+    and every field is what ss -m printed at the capture (skmem:(r,rb,t,tb,f,w,o,bl,d))."""
+    import re
+
+    from link_scenario import QUEUE_PORTS
+    ino = queues["inodes"]
+    tcp = _detailed("tcp4", "tcp", queues)
+    reader = tcp[ino["unread_reader"]].detail.memory
+    assert reader.rmem_alloc > 0 and reader.rcvbuf > 0 and reader.drops == 0
+    # ss -tmn: the line of the connection to the unread port, local end the port itself
+    seen = re.search(r"127\.0\.0\.1:" + str(QUEUE_PORTS["unread"]) + r" +127\.0\.0\.1:\d+\s+"
+                     r"skmem:\(r(\d+),rb(\d+),t(\d+),tb(\d+),f(\d+),w(\d+),o(\d+),bl(\d+),d(\d+)\)",
+                     queues["ss_skmem"])
+    assert seen is not None, queues["ss_skmem"]
+    assert tuple(int(x) for x in seen.groups()) == (
+        reader.rmem_alloc, reader.rcvbuf, reader.wmem_alloc, reader.sndbuf, reader.fwd_alloc,
+        reader.wmem_queued, reader.optmem, reader.backlog, reader.drops)
+    unix = _detailed("unix", "unix", queues)
+    assert unix[ino["unix_right"]].detail.memory.rmem_alloc > 0
+
+
+def test_meminfo_too_short() -> None:
+    from nsnet.sockdiag import parse_meminfo
+    assert parse_meminfo(b"\0" * 35) is None
+    assert parse_meminfo(bytes(range(36))).rmem_alloc == int.from_bytes(bytes(range(4)),
+                                                                         sys.byteorder)
+
+
+def test_skmem_column() -> None:
+    from nsnet import report, views
+    from nsnet.model import Socket, SocketDetail, SocketMemory
+    from nsnet.report import Renderer
+    s = Socket("tcp", "inet", "ESTABLISHED", "10.0.0.1", 5, "10.0.0.2", 80, 9, 0, 1, "net:[1]")
+    s.detail = SocketDetail(memory=SocketMemory(1, 2, 3, 4, 5, 6, 7, 8, 9))
+    doc = views.sockets_view(_snap([s]))
+    assert doc["sockets"][0]["detail"]["memory"]["drops"] == 9
+    text = report.render_sockets(doc, Renderer(None, False, columns=["LOCAL", "SKMEM"]))
+    assert "r1,rb2,t3,tb4,f5,w6,o7,bl8,d9" in text
