@@ -507,7 +507,11 @@ def test_diag_socket_memory(queues: dict) -> None:
         reader.rmem_alloc, reader.rcvbuf, reader.wmem_alloc, reader.sndbuf, reader.fwd_alloc,
         reader.wmem_queued, reader.optmem, reader.backlog, reader.drops)
     unix = _detailed("unix", "unix", queues)
-    assert unix[ino["unix_right"]].detail.memory.rmem_alloc > 0
+    # a unix stream charges the bytes in flight to the sender (skb owned by it): its
+    # wmem_alloc, which is also its Send-Q (unix_outq_len); the reader's rmem_alloc stays 0
+    left = unix[ino["unix_left"]].detail
+    assert left.memory.wmem_alloc == left.send_q > 0
+    assert unix[ino["unix_right"]].detail.memory.rmem_alloc == 0
 
 
 def test_meminfo_too_short() -> None:
