@@ -129,14 +129,12 @@ _INET_LINE_QUEUES = _inet_line(rb"(" + _H + rb"{8}):(" + _H + rb"{8}) (" + _H + 
 _MS_PER_TICK = 1000 / (os.sysconf("SC_CLK_TCK") or 100)
 
 
-def parse_inet(data: bytes, name: str, queues: bool = False) -> ParseResult:
+def parse_inet(data: bytes, name: str) -> ParseResult:
     """Parse tcp, tcp6, udp, udp6, udplite{,6}, icmp{,6}, raw or raw6 (one layout).
 
     For raw sockets the kernel prints the IP protocol number where a port would be; for ping
-    sockets the echo id. queues: also the queues and the timer (Socket.detail).
+    sockets the echo id. With the queues and the timer: parse_net_file(queues=True).
     """
-    if queues:
-        return _parse_inet_queues(data, name)
     proto, family = INET_FILES[name]
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     result = ParseResult()
