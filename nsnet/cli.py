@@ -199,6 +199,9 @@ def _history_options(p: argparse.ArgumentParser, env: Mapping[str, str], since_h
     p.add_argument("--confirmed", action="store_true",
                    help="only edges whose user is known, not guessed (no namespace-owners "
                         "guess)")
+    p.add_argument("--no-traffic", dest="traffic", action="store_false",
+                   help="do not read TCP_INFO: edges carry no bytes, retransmits or rtt "
+                        "(cheaper; the proc source never has them)")
 
 
 def _sampling_options(p: argparse.ArgumentParser, defaults: SamplingOptions) -> None:
@@ -209,6 +212,9 @@ def _sampling_options(p: argparse.ArgumentParser, defaults: SamplingOptions) -> 
     p.add_argument("--events", choices=("auto", "off"), default="auto",
                    help="TCP destroy events between samples (auto: when CAP_NET_ADMIN and "
                         "CAP_SYS_ADMIN allow)")
+    p.add_argument("--no-traffic", dest="traffic", action="store_false",
+                   help="do not read TCP_INFO: edges carry no bytes, retransmits or rtt "
+                        "(cheaper; the proc source never has them)")
 
 
 def _serve_options(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -421,7 +427,13 @@ def renderer(output: OutputOptions, out: TextIO, doc: dict | None = None) -> rep
 
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     return SamplingOptions(snapshot=snapshot_options(args), interval=args.interval,
-                           max_cpu=args.max_cpu, events=args.events != "off")
+                           max_cpu=args.max_cpu, events=args.events != "off",
+                           traffic=args.traffic)
+
+
+def traffic_options(args: argparse.Namespace) -> SamplingOptions:
+    """A live `nsnet deps` / `graph`: one snapshot, with TCP_INFO unless --no-traffic."""
+    return SamplingOptions(snapshot=snapshot_options(args), traffic=args.traffic)
 
 
 def node_name(given: str | None, env: Mapping[str, str]) -> str:
@@ -617,7 +629,7 @@ def _edges_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapp
     if args.db:
         doc = _history(args.db, since, only_uid, load_services(args.services), args.confirmed)
     else:
-        doc = _live_edges(snapshot_options(args), node_name(None, env), only_uid, err,
+        doc = _live_edges(traffic_options(args), node_name(None, env), only_uid, err,
                           args.confirmed, output)
     return _print_edges(args, output, doc, out)
 
@@ -635,21 +647,24 @@ def _history(db: str, since: float | None, uid: int | None, services: ServiceMap
     return deps_view(rows, services, since, f"history {db}", live=False, confirmed=confirmed)
 
 
-def _live_edges(options: SnapshotOptions, node: str, uid: int | None, err: TextIO,
+def _live_edges(sampling: SamplingOptions, node: str, uid: int | None, err: TextIO,
                 confirmed: bool, output: OutputOptions) -> dict:
     import time
 
-    from .agent.edges import observe, servers, state_of
+    from .agent.edges import merge, observe, servers, state_of, traffic
     from .agent.history import deps_view
+    from .agent.sampler import snapshot_options as sample_options
     from .snapshot import take_snapshot
 
-    snap = take_snapshot(options)
+    snap = take_snapshot(sample_options(sampling))
     _say_reading(err, snap, output)
     _warn(err, snap.stats.warnings(), output)
     now = round(time.time(), 3)
+    # the bytes and retransmits of the connections open now, over their lives
+    observed = merge(observe(snap), traffic(snap, {}))
     rows = [(node, key, state_of(seen, now))
-            for key, seen in observe(snap).items() if uid is None or key.uid == uid]
-    return deps_view(rows, options.services, None, "snapshot", confirmed=confirmed,
+            for key, seen in observed.items() if uid is None or key.uid == uid]
+    return deps_view(rows, sampling.snapshot.services, None, "snapshot", confirmed=confirmed,
                      servers=servers(snap))
 
 

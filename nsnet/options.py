@@ -56,6 +56,9 @@ class SamplingOptions:
     interval: float = 15.0                      # seconds between samples
     max_cpu: float = 0.05                       # CPU budget, a fraction of one core
     events: bool = True                         # TCP destroy events, when privileges allow
+    # each edge's bytes, retransmits and rtt (TCP_INFO: netlink, pidfd and auto read it;
+    # proc cannot), at the cost of reading TCP_INFO with every sample
+    traffic: bool = True
 
 
 @dataclass(frozen=True)

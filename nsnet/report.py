@@ -781,9 +781,11 @@ def edge_user(e: dict) -> str:
     return printable(e["user"] or str(e["uid"])) + (GUESS_MARK if e["guess"] else "")
 
 
-def edge_columns(r: Renderer, direction: str, live: bool) -> list[Column]:
+def edge_columns(r: Renderer, direction: str, live: bool,
+                 traffic: bool = False) -> list[Column]:
     """The columns of `nsnet deps` (and watch): outbound edges name the service connected
-    to, inbound ones the client and our port."""
+    to, inbound ones the client and our port; traffic: the bytes, rtt and retransmits of
+    edges measured from TCP_INFO."""
     where = Column("WHERE" if direction == "outbound" else "NETNS",
                    lambda e: printable(e["where"]), wrap=True, min_width=10)
     if direction == "outbound":
@@ -802,6 +804,12 @@ def edge_columns(r: Renderer, direction: str, live: bool) -> list[Column]:
         *([Column("OPEN", lambda e: e["open"], align="right"),
            Column("CLOSED", lambda e: e["closed_recently"], align="right")] if live else []),
         Column("MAX", "max_concurrent", align="right", priority=3),
+        *([Column("SENT", lambda e: _bytes(e["bytes_sent"]), align="right", priority=3),
+           Column("RECEIVED", lambda e: _bytes(e["bytes_received"]), align="right",
+                  priority=3),
+           Column("RTT", lambda e: None if e["rtt_ms"] is None else f"{e['rtt_ms']:.2f}ms",
+                  align="right", priority=2),
+           Column("RETRANS", "retransmits", align="right", priority=1)] if traffic else []),
         Column("SAMPLES", "samples", align="right", priority=2),
         Column("KNOWN BY", lambda e: (e["evidence"] or "unknown")
                + (GUESS_MARK if e["guess"] else ""), priority=4),
@@ -812,7 +820,7 @@ def edge_columns(r: Renderer, direction: str, live: bool) -> list[Column]:
 
 
 EDGE_COLUMN_NAMES = sorted({c.name for d in ("outbound", "inbound")
-                            for c in edge_columns(Renderer(None, False), d, True)})
+                            for c in edge_columns(Renderer(None, False), d, True, True)})
 
 
 def _names_of(*tables: list[Column]) -> list[str]:
@@ -847,11 +855,12 @@ def edge_tables(edges: list[dict], r: Renderer, live: bool,
                 row_style: Callable[[dict], str | None] | None = None,
                 extra: list[Column] | None = None) -> list[str]:
     out: list[str] = []
+    traffic = any(e.get("bytes_sent") is not None for e in edges)
     for direction, title in (("outbound", "Connects to"), ("inbound", "Connected from")):
         rows = [e for e in edges if e["direction"] == direction]
         if rows:
-            out += r.titled(title, [*(extra or []), *edge_columns(r, direction, live)], rows,
-                            row_style=row_style)
+            out += r.titled(title, [*(extra or []), *edge_columns(r, direction, live, traffic)],
+                            rows, row_style=row_style)
     _legend(out, any(e["guess"] for e in edges))
     if any(e.get("direction_inferred") for e in edges):
         out.append(DIRECTION_LEGEND)

@@ -509,10 +509,12 @@ def drop_multicast_repeats(res: ParsedDump) -> int:
     return dropped
 
 
-def parse_dump(data: bytes, proto: str, seq: int | None = None) -> ParsedDump:
-    """Decode captured reply bytes (one recv, or several concatenated) of one dump."""
+def parse_dump(data: bytes, proto: str, seq: int | None = None,
+               detail: bool = False) -> ParsedDump:
+    """Decode captured reply bytes (one recv, or several concatenated) of one dump (detail:
+    each socket's queues, timer and the attributes asked for, as SocketDetail)."""
     res = ParsedDump()
     view = memoryview(data)
     # Concatenated datagrams frame like one: each ends where the next header starts.
-    parse_into(view, len(view), proto, seq, res)
+    parse_into(view, len(view), proto, seq, res, detail)
     return res

@@ -10,6 +10,16 @@ those closed recently (TIME_WAIT and the other closing states) -- evidence that 
 used, never counted as open. Across samples (Memory), a 4-tuple open now that no earlier
 sample saw is a connection opened; one that ended (a destroy event, or, without events, a
 4-tuple newly in a closing state) a connection closed: the counters behind rate() in PromQL.
+
+Traffic and health (where the source gives TCP_INFO: netlink, pidfd, auto; proc does not):
+bytes each way and retransmitted segments are counted per connection as the difference
+between two samples' tcpi_bytes_acked / tcpi_bytes_received / tcpi_total_retrans (a
+connection first seen counts everything it has moved since it opened), plus, for a
+connection that closed, the difference to its destroy event's final tcp_info (the kernel
+puts INET_DIAG_INFO in SOCK_DESTROY messages: tests/kernel/test_edge_traffic.py measures
+it). Without destroy events what a connection moved after the last sample that saw it open
+is not known: the counters are then lower bounds. The rtt is the mean smoothed RTT of the
+edge's connections open in the latest sample.
 """
 from __future__ import annotations
 
@@ -74,6 +84,15 @@ class Seen:
     # and those whose direction was known (bookkeeping: not part of what a Seen equals)
     inferred: int = field(default=0, compare=False)
     exact: int = field(default=0, compare=False)
+    # traffic (TCP_INFO): bytes sent (and acknowledged) and received, segments
+    # retransmitted -- since the previous sample in the agent, over the connections' lives
+    # in one snapshot; the sum and number of smoothed RTTs of the connections open now
+    sent: int = field(default=0, compare=False)
+    received: int = field(default=0, compare=False)
+    retransmits: int = field(default=0, compare=False)
+    rtt_sum_us: int = field(default=0, compare=False)
+    rtt_count: int = field(default=0, compare=False)
+    measured: bool = field(default=False, compare=False)   # TCP_INFO told any of these
 
     def add(self, other: Seen) -> None:
         self.open += other.open
@@ -83,6 +102,28 @@ class Seen:
         self.evidence = stronger(self.evidence, other.evidence)
         self.inferred += other.inferred
         self.exact += other.exact
+        self.sent += other.sent
+        self.received += other.received
+        self.retransmits += other.retransmits
+        self.rtt_sum_us += other.rtt_sum_us
+        self.rtt_count += other.rtt_count
+        self.measured = self.measured or other.measured
+
+    def moved(self, counters: Counters, before: Counters | None) -> None:
+        """One connection's traffic since `before` (its counters in an earlier sample; None,
+        or larger than now -- another connection on the same 4-tuple -- counts them all)."""
+        self.measured = True
+        if before is None or counters[0] < before[0] or counters[1] < before[1] or \
+                counters[2] < before[2]:
+            before = (0, 0, 0)
+        self.sent += counters[0] - before[0]
+        self.received += counters[1] - before[1]
+        self.retransmits += counters[2] - before[2]
+
+    @property
+    def rtt_us(self) -> float | None:
+        """The mean smoothed RTT of the edge's connections open now, when measured."""
+        return self.rtt_sum_us / self.rtt_count if self.rtt_count else None
 
     @property
     def direction_inferred(self) -> bool:
@@ -97,6 +138,17 @@ class Seen:
 
 
 Observed = dict[EdgeKey, Seen]
+# a TCP connection's tcpi_bytes_acked, tcpi_bytes_received, tcpi_total_retrans
+Counters = tuple[int, int, int]
+
+
+def counters(sock: Socket) -> Counters | None:
+    """What a TCP socket has moved, from its TCP_INFO (None: not asked, or a kernel too old
+    for the byte counters -- Linux < 4.2)."""
+    tcp = sock.detail.tcp if sock.detail is not None else None
+    if tcp is None or tcp.bytes_acked is None or tcp.bytes_received is None:
+        return None
+    return (tcp.bytes_acked, tcp.bytes_received, tcp.total_retrans)
 
 
 def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
@@ -186,6 +238,13 @@ class EdgeState:
     closed_total: int = 0     # connections seen ending since this agent started
     # which end served was only ever inferred from the ports (Seen.direction_inferred)
     direction_inferred: bool = False
+    # traffic (TCP_INFO; Seen): totals since this agent started (one snapshot: over the
+    # lives of the connections open now); measured False: the source never told them
+    sent_total: int = 0
+    received_total: int = 0
+    retransmits_total: int = 0
+    rtt_us: float | None = None     # mean smoothed RTT of its connections open, latest sample
+    measured: bool = False
 
     @property
     def guess(self) -> bool:
@@ -197,7 +256,8 @@ def state_of(seen: Seen, ts: float) -> EdgeState:
     """An edge as one sample saw it (a live `nsnet deps`)."""
     return EdgeState(ts, ts, 1, max(seen.open, int(bool(seen.closed or seen.ended))),
                      seen.open, seen.closed, seen.evidence, seen.opened, seen.ended,
-                     seen.direction_inferred)
+                     seen.direction_inferred, seen.sent, seen.received, seen.retransmits,
+                     seen.rtt_us, seen.measured)
 
 
 class EdgeBook:
@@ -221,6 +281,7 @@ class EdgeBook:
         self.version += 1    # what was rendered of the edges (/metrics) is stale now
         for state in self.edges.values():
             state.current = state.closed = 0
+            state.rtt_us = None
         for key, seen in observed.items():
             known = self.edges.get(key)
             if known is None:
@@ -238,6 +299,12 @@ class EdgeBook:
             state.evidence = stronger(state.evidence, seen.evidence)
             state.opened_total += seen.opened
             state.closed_total += seen.ended
+            if seen.measured:
+                state.measured = True
+                state.sent_total += seen.sent
+                state.received_total += seen.received
+                state.retransmits_total += seen.retransmits
+                state.rtt_us = seen.rtt_us
         horizon = ts - self.retention
         for key in [k for k, s in self.edges.items() if s.last_seen < horizon]:
             del self.edges[key]
@@ -263,6 +330,7 @@ class _SampleTuples:
     held: dict[Tuple, Held] = field(default_factory=dict)    # held TCP connections
     open: set[Tuple] = field(default_factory=set)            # TCP 4-tuples in an open state
     closing: set[Tuple] = field(default_factory=set)         # ... in a closing state
+    moved: dict[Tuple, Counters] = field(default_factory=dict)   # their TCP_INFO counters
 
 
 def _tuple(sock: Socket) -> Tuple | None:
@@ -301,12 +369,8 @@ class Memory:
             if sock.state == "LISTEN":
                 self.listening[(key[0], key[2])] = Held(sock.users, sock.pod_uids,
                                                         socket_where(sock, snap))
-            elif sock.state in OPEN_STATES:
-                self.current.open.add(key)
-            elif sock.state in CLOSED_STATES:
-                self.current.closing.add(key)
-            if sock.pids and sock.state != "LISTEN":
-                self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap))
+            else:
+                self._learn_connection(sock, key, snap)
         for port, held in self.listening.items():
             self.listened[port] = (self.samples, held)
         if len(self.listened) > len(self.listening):
@@ -320,6 +384,21 @@ class Memory:
             if not ns.host:
                 self.owners_of_netns[ns.inode] = tuple(ns.owners)
             self.where_of_netns[ns.inode] = namespace_where(ns, snap)
+
+    def _learn_connection(self, sock: Socket, key: Tuple, snap: Snapshot) -> None:
+        if sock.state in OPEN_STATES:
+            self.current.open.add(key)
+        elif sock.state in CLOSED_STATES:
+            self.current.closing.add(key)
+        if sock.detail is not None and (moved := counters(sock)) is not None:
+            self.current.moved[key] = moved
+        if sock.pids:
+            self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap))
+
+    def moved_before(self, key: Tuple) -> Counters | None:
+        """A connection's counters in the latest sample that saw them (the current one, then
+        the previous): where a destroy event's final counters are counted from."""
+        return self.current.moved.get(key) or self.previous.moved.get(key)
 
     def recall(self, key: Tuple) -> Held | None:
         return self.current.held.get(key) or self.previous.held.get(key)
@@ -372,6 +451,28 @@ def transitions(snap: Snapshot, memory: Memory, with_events: bool) -> Observed:
     return seen
 
 
+def traffic(snap: Snapshot, before: dict[Tuple, Counters]) -> Observed:
+    """What each edge's connections moved since `before` (the previous sample's counters,
+    Memory.previous.moved after learn(); {} in a single snapshot: over their lives), and
+    the RTT of those open now. Only sockets whose TCP_INFO was read count."""
+    seen: Observed = {}
+    for sock in snap.sockets:
+        if sock.detail is None or sock.proto != "tcp":
+            continue
+        moved = counters(sock)
+        key = _tuple(sock)
+        if moved is None or key is None:
+            continue
+        tcp = sock.detail.tcp
+        for edge in edge_keys(sock, snap):
+            s = seen.setdefault(edge, Seen())
+            s.moved(moved, before.get(key))
+            if tcp is not None and sock.state in OPEN_STATES:
+                s.rtt_sum_us += tcp.rtt_us
+                s.rtt_count += 1
+    return seen
+
+
 def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
     """Edges of connections the kernel reported closed (events.Closed), after memory.learn()
     of the sample that drained them. The kernel's destroy message carries no uid and no
@@ -405,12 +506,15 @@ def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
         if not users:
             evidence = None
         was_open = key in memory.previous.open or key in memory.current.open
+        final = counters(s)      # the destroy message's tcp_info: what it moved in all
         port = s.local_port if inbound else s.remote_port
         for uid in users or (UNKNOWN_UID,):
             edge = seen.setdefault(EdgeKey(uid, where, "inbound" if inbound else "outbound",
                                            "tcp", s.remote_addr, port), Seen())
             edge.ended += 1
             edge.opened += not was_open
+            if final is not None:
+                edge.moved(final, memory.moved_before(key))
             edge.evidence = stronger(edge.evidence, evidence)
             # with neither a listener nor a sample's sight of it, only the ports said which
             # end served

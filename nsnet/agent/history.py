@@ -46,6 +46,13 @@ def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap,
             "evidence": state.evidence, "guess": state.guess,
             # which end served was only inferred from the ports (no listener seen)
             "direction_inferred": state.direction_inferred,
+            # traffic from TCP_INFO (null: not measured -- the proc source, --no-traffic):
+            # bytes we sent (and the peer acknowledged) and received, segments we
+            # retransmitted, the mean smoothed RTT of the connections open now
+            "bytes_sent": state.sent_total if state.measured else None,
+            "bytes_received": state.received_total if state.measured else None,
+            "retransmits": state.retransmits_total if state.measured else None,
+            "rtt_ms": None if state.rtt_us is None else round(state.rtt_us / 1000, 3),
             "served_by": None if served_by is None else [
                 {"uid": uid if uid >= 0 else None,
                  "user": user_name(uid) if uid >= 0 else None, "where": where}
@@ -74,7 +81,10 @@ def rows_from_store(store_rows: Iterable[EdgeRow]) -> list[tuple[str, EdgeKey, E
     return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port),
              EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
                        evidence=r.evidence, opened_total=r.opened, closed_total=r.closed,
-                       direction_inferred=bool(r.direction_inferred)))
+                       direction_inferred=bool(r.direction_inferred),
+                       sent_total=r.bytes_sent or 0, received_total=r.bytes_received or 0,
+                       retransmits_total=r.retransmits or 0, rtt_us=r.rtt_us,
+                       measured=r.bytes_sent is not None))
             for r in store_rows]
 
 

@@ -64,6 +64,19 @@ class _Families:
     ended: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
         "nsnet_edge_connections_closed", "Connections of the edge seen closing since the agent "
         "started", labels=EDGE_LABELS))
+    # traffic, from TCP_INFO: only edges whose source measured it have these series
+    sent: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
+        "nsnet_edge_sent_bytes", "Bytes the edge's connections sent (and the peer "
+        "acknowledged) since the agent started, from our side", labels=EDGE_LABELS))
+    received: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
+        "nsnet_edge_received_bytes", "Bytes the edge's connections received since the agent "
+        "started", labels=EDGE_LABELS))
+    retransmits: CounterMetricFamily = field(default_factory=lambda: CounterMetricFamily(
+        "nsnet_edge_retransmitted_segments", "TCP segments the edge's connections "
+        "retransmitted since the agent started", labels=EDGE_LABELS))
+    rtt: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "nsnet_edge_rtt_seconds", "Mean smoothed round-trip time of the edge's connections "
+        "open in the latest sample", labels=EDGE_LABELS))
 
     def add(self, labels: tuple[str, ...], state: EdgeState) -> None:
         self.open.add_metric(labels, state.current)
@@ -73,16 +86,22 @@ class _Families:
         self.samples.add_metric(labels, state.samples)
         self.opened.add_metric(labels, state.opened_total)
         self.ended.add_metric(labels, state.closed_total)
+        if state.measured:
+            self.sent.add_metric(labels, state.sent_total)
+            self.received.add_metric(labels, state.received_total)
+            self.retransmits.add_metric(labels, state.retransmits_total)
+        if state.rtt_us is not None:
+            self.rtt.add_metric(labels, state.rtt_us / 1e6)
 
     def all(self) -> tuple[Metric, ...]:
         return (self.open, self.closed, self.max_conc, self.last_seen, self.samples,
-                self.opened, self.ended)
+                self.opened, self.ended, self.sent, self.received, self.retransmits, self.rtt)
 
 
 def _fold(into: EdgeState | None, state: EdgeState) -> EdgeState:
     """Edges summed into one overflow series."""
     if into is None:
-        return replace(state, evidence=None)
+        return replace(state, evidence=None, rtt_us=None)
     into.current += state.current
     into.closed += state.closed
     into.max_concurrent = max(into.max_concurrent, state.max_concurrent)
@@ -90,6 +109,11 @@ def _fold(into: EdgeState | None, state: EdgeState) -> EdgeState:
     into.samples += state.samples
     into.opened_total += state.opened_total
     into.closed_total += state.closed_total
+    into.sent_total += state.sent_total
+    into.received_total += state.received_total
+    into.retransmits_total += state.retransmits_total
+    into.measured = into.measured or state.measured
+    into.rtt_us = None      # a mean over unrelated edges says nothing
     return into
 
 

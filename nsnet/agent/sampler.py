@@ -9,17 +9,19 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
-from ..model import Snapshot
-from ..options import SamplingOptions
+from ..model import TCP_INFO, Snapshot
+from ..options import SamplingOptions, SnapshotOptions
 from ..snapshot import Pace, Snapshotter
 from . import edges
 from .events import DestroyWatcher
 
 Say = Callable[[str], None]
+NO_TRAFFIC = ("edge traffic (bytes, retransmits, rtt): the proc source has no TCP_INFO, so the "
+              "edges carry none (--source auto or netlink reads it)")
 
 
 class Scanner(Protocol):
@@ -89,7 +91,7 @@ class Sampler:
         self.hurry = hurry
         self.say_once = say_once
         self.scanner: Scanner = scanner if scanner is not None \
-            else Snapshotter(options.snapshot, keep=True)
+            else Snapshotter(snapshot_options(options), keep=True)
         self.memory = edges.Memory()
         self.watcher = watcher if watcher is not None else _destroy_watcher(options, say_once)
 
@@ -109,12 +111,16 @@ class Sampler:
         snap = self.scanner.take(pacer)
         for line in snap.stats.warnings():
             self.say_once(line)
+        if options.traffic and snap.stats.source == "proc":
+            self.say_once(NO_TRAFFIC)
         # an unheld connection (TIME_WAIT) an earlier sample saw held keeps its holder's user
         self.memory.remember(snap)
         observed = edges.observe(snap)
         closed = self.watcher.drain() if self.watcher is not None else []
         self.memory.learn(snap)
         edges.merge(observed, edges.transitions(snap, self.memory, self.watcher is not None))
+        # bytes and retransmits since the previous sample, rtt now (TCP_INFO, when asked)
+        edges.merge(observed, edges.traffic(snap, self.memory.previous.moved))
         # a connection that closed since the last sample is an edge even if no sample saw it
         edges.merge(observed, edges.closed_edges(closed, self.memory))
         if self.watcher is not None:
@@ -135,6 +141,14 @@ class Sampler:
         self.scanner.close()
         if self.watcher is not None:
             self.watcher.close()
+
+
+def snapshot_options(options: SamplingOptions) -> SnapshotOptions:
+    """What each sample reads: the snapshot options, with TCP_INFO when the edges carry their
+    traffic (SamplingOptions.traffic)."""
+    if not options.traffic or TCP_INFO in options.snapshot.details:
+        return options.snapshot
+    return replace(options.snapshot, details=options.snapshot.details | {TCP_INFO})
 
 
 def _destroy_watcher(options: SamplingOptions, say_once: Say) -> DestroyWatcher | None:

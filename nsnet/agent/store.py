@@ -6,7 +6,9 @@ for `retention` seconds are deleted, and at most `max_edges` are kept (the stale
 
 Schema 2 adds to each edge the strongest evidence seen for its user (model.EVIDENCE) and the
 connections seen opening and closing; schema 3 whether its direction was only ever inferred
-from the ports (edges.Seen.direction_inferred). An older history is upgraded in place when the
+from the ports (edges.Seen.direction_inferred); schema 4 its traffic (bytes each way and
+segments retransmitted, summed over the samples; NULL: never measured -- no TCP_INFO) and
+the latest RTT measured. An older history is upgraded in place when the
 agent opens it (what it lacks stays unknown: NULL evidence, 0 counts, a direction taken as
 known), and read as it is by the read-only commands.
 """
@@ -23,8 +25,8 @@ from ..model import EVIDENCE
 from ..options import AgentOptions
 from .edges import Observed
 
-SCHEMA_VERSION = "3"
-_UPGRADABLE = {"1", "2"}
+SCHEMA_VERSION = "4"
+_UPGRADABLE = {"1", "2", "3"}
 DEFAULT_RETENTION = AgentOptions().retention
 DEFAULT_MAX_EDGES = 200_000
 
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS edges (
     samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
     evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
     direction_inferred INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER, bytes_received INTEGER, retransmits INTEGER, rtt_us REAL,
     PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
 CREATE TABLE IF NOT EXISTS samples (
@@ -54,10 +57,26 @@ ALTER TABLE edges ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
 _UPGRADE_2 = """
 ALTER TABLE edges ADD COLUMN direction_inferred INTEGER NOT NULL DEFAULT 0;
 """
-_UPGRADES = {"1": _UPGRADE_1 + _UPGRADE_2, "2": _UPGRADE_2}
+_UPGRADE_3 = """
+ALTER TABLE edges ADD COLUMN bytes_sent INTEGER;
+ALTER TABLE edges ADD COLUMN bytes_received INTEGER;
+ALTER TABLE edges ADD COLUMN retransmits INTEGER;
+ALTER TABLE edges ADD COLUMN rtt_us REAL;
+"""
+_UPGRADES = {"1": _UPGRADE_1 + _UPGRADE_2 + _UPGRADE_3, "2": _UPGRADE_2 + _UPGRADE_3,
+             "3": _UPGRADE_3}
 # what the read-only commands select for the columns a history of each schema lacks
-_ADDED = {"3": "evidence, opened, closed, direction_inferred",
-          "2": "evidence, opened, closed, 0", "1": "NULL, 0, 0, 0"}
+_TRAFFIC = "bytes_sent, bytes_received, retransmits, rtt_us"
+_ADDED = {"4": f"evidence, opened, closed, direction_inferred, {_TRAFFIC}",
+          "3": "evidence, opened, closed, direction_inferred, NULL, NULL, NULL, NULL",
+          "2": "evidence, opened, closed, 0, NULL, NULL, NULL, NULL",
+          "1": "NULL, 0, 0, 0, NULL, NULL, NULL, NULL"}
+
+
+def _sum(column: str) -> str:
+    """SQL: a traffic counter plus the sample's (NULL, not measured, leaves it as it was)."""
+    return (f"{column} = CASE WHEN excluded.{column} IS NULL THEN {column} "
+            f"ELSE coalesce({column}, 0) + excluded.{column} END")
 
 
 def _rank(column: str) -> str:
@@ -69,8 +88,8 @@ def _rank(column: str) -> str:
 _UPSERT = f"""
 INSERT INTO edges (node, uid, "where", direction, proto, peer_addr, port,
                    first_seen, last_seen, samples, max_concurrent, evidence, opened, closed,
-                   direction_inferred)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+                   direction_inferred, {_TRAFFIC})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen),
     last_seen = max(last_seen, excluded.last_seen),
@@ -80,7 +99,9 @@ ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SE
                     THEN excluded.evidence ELSE edges.evidence END,
     opened = opened + excluded.opened,
     closed = closed + excluded.closed,
-    direction_inferred = min(direction_inferred, excluded.direction_inferred)
+    direction_inferred = min(direction_inferred, excluded.direction_inferred),
+    {_sum("bytes_sent")}, {_sum("bytes_received")}, {_sum("retransmits")},
+    rtt_us = coalesce(excluded.rtt_us, rtt_us)
 """
 
 
@@ -152,6 +173,10 @@ class EdgeRow:
     opened: int = 0                 # connections seen opening
     closed: int = 0                 # connections seen ending
     direction_inferred: int = 0     # 1: which end served was only inferred from the ports
+    bytes_sent: int | None = None   # traffic summed over the samples (None: never measured)
+    bytes_received: int | None = None
+    retransmits: int | None = None
+    rtt_us: float | None = None     # the latest measured
 
 
 def _open_readonly(path: str) -> sqlite3.Connection:
@@ -230,7 +255,9 @@ class Store:
         ts = sample.ts
         rows = [(node, k.uid, k.where, k.direction, k.proto, k.peer_addr, k.port, ts, ts,
                  max(seen.open, int(bool(seen.closed or seen.ended))), seen.evidence,
-                 seen.opened, seen.ended, int(seen.direction_inferred))
+                 seen.opened, seen.ended, int(seen.direction_inferred),
+                 *((seen.sent, seen.received, seen.retransmits) if seen.measured
+                   else (None, None, None)), seen.rtt_us)
                 for k, seen in observed.items()]
         try:
             with self.db:

@@ -29,7 +29,7 @@ PEER, PORT = SVC_A, 5432        # pod A's app and postgres in the services names
 def readme_queries() -> list[str]:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```promql\n(.*?)```", text, re.S)
-    assert len(blocks) == 4, "the README's PromQL blocks changed: update this test"
+    assert len(blocks) == 6, "the README's PromQL blocks changed: update this test"
     return [b.replace(README_PEER, f'peer="{PEER}"').replace(README_PORT, f'port="{PORT}"')
             for b in blocks]
 
@@ -138,6 +138,13 @@ def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
             assert opening[str(APP_A)] > 0 and opening.get(str(SIDECAR_A), 0.0) == 0.0
             # leaving out the guesses: the app only
             assert by_user(prom.query(queries[3])) == {str(APP_A): 3.0}
+            # traffic: the app's connections moved bytes (their SYNs at least, counted when
+            # first seen: p2 and p3 in the second sample); a TIME_WAIT has no TCP_INFO; the
+            # app's three open connections have an rtt, the sidecar's guess none
+            sending = by_user(prom.query(queries[4]))
+            assert sending[str(APP_A)] > 0 and str(SIDECAR_A) not in sending
+            rtt = by_user(prom.query(queries[5]))
+            assert set(rtt) == {str(APP_A)} and 0 < rtt[str(APP_A)] < 1
             # addresses join nodes: pod A's own address is pod A's, the service namespace's
             # is a namespace's (no pod), each once
             (pod_addr,) = prom.query(f'nsnet_address_info{{address="{POD_A_IP}"}}')

@@ -14,13 +14,16 @@ from nsnet.agent.edges import (
     Seen,
     closed_edges,
     observe,
+    state_of,
+    traffic,
 )
 from nsnet.agent.history import by_user_history, deps_view, split_where
-from nsnet.agent.sampler import Sampler
+from nsnet.agent.sampler import NO_TRAFFIC, Sampler
 from nsnet.agent.store import EdgeRow
-from nsnet.model import NO_SERVICES, Rule, ServiceMap
+from nsnet.model import NO_SERVICES, Rule, ServiceMap, Socket, SocketDetail, TcpDetail
 from nsnet.options import SamplingOptions
 from nsnet.ownership import user_name
+from nsnet.report import Renderer
 
 A, B = 4026532300, 4026532400
 WA, WB = f"netns:{A}", f"netns:{B}"
@@ -226,8 +229,8 @@ def test_sampler_adds_closed_connections_once_and_subscribes_each_namespace():
                                  closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")]])
     scanner = FixedScanner([first, second.build()])
     said: list[str] = []
-    sampler = Sampler(SamplingOptions(events=False), said.append, scanner=scanner,
-                      watcher=watcher)
+    sampler = Sampler(SamplingOptions(events=False, traffic=False), said.append,
+                      scanner=scanner, watcher=watcher)
     one = sampler.sample()
     assert one.closed == 0 and one.observed == observe(first)
     assert watcher.subscribed == {A: "/memnode/proc/200/ns/net",
@@ -392,7 +395,7 @@ def test_a_pod_deleted_since_the_last_sample_is_no_crash():
     gone from the snapshot, so the place is the namespace's (it was a KeyError, exit 70)."""
     from memnode import FixedScanner
 
-    from nsnet.agent.sampler import Sampler
+    from nsnet.agent.sampler import NO_TRAFFIC, Sampler
     from nsnet.options import SamplingOptions
 
     pod, cid = "a365373c-1d8c-4bad-8685-301881f1abb5", "c" * 64
@@ -438,3 +441,125 @@ def test_the_deps_table_and_the_graph_mark_an_inferred_direction():
     guessed.update(direction="outbound", direction_inferred=True, guess=False)
     assert "style=dashed" in render([guessed], "dot", False)
     assert "style=dashed" not in render([dict(guessed, direction_inferred=False)], "dot", False)
+
+
+# ---------------------------------------------------------------------------- traffic
+
+def moved(sock: Socket, sent: int, received: int, retrans: int = 0, rtt_us: int = 1000) -> None:
+    """Give a socket the TCP_INFO a source that reads it would have (netlink, pidfd)."""
+    sock.detail = SocketDetail(tcp=TcpDetail("cubic", rtt_us, rtt_us // 2, 10, 0, retrans,
+                                             sent, received, None, 0, 0))
+
+
+CLIENT = EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080)
+SERVER = EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080)
+HOST_DB = EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432)
+
+
+def traffic_node(client: tuple, server: tuple, db: tuple | None = None,
+                 port: int = 40010) -> MemNode:
+    """remembering_node's connections with their counters (sent, received, retrans,
+    rtt_us); db None: the host's connection is gone."""
+    node = remembering_node(with_connection=False)
+    c, s = node.connection(f"10.1.0.2:{port}", "10.1.0.1:8080", client_netns=B,
+                           server_netns=A, client_holders=[300], server_holders=[200])
+    moved(c, *client)
+    moved(s, *server)
+    if db is not None:
+        moved(node.socket("tcp", "ESTABLISHED", "192.168.1.5:52000", "10.0.0.5:5432",
+                          holders=[400]), *db)
+    return node
+
+
+def test_traffic_of_one_snapshot_is_over_the_connections_lives_and_rtt_a_mean():
+    node = traffic_node((1000, 200, 1, 400), (200, 1000, 0, 600))
+    c2, _ = node.connection("10.1.0.2:40011", "10.1.0.1:8080", client_netns=B,
+                            server_netns=A, client_holders=[300], server_holders=[200])
+    moved(c2, 24, 6, 2, 800)
+    snap = node.build()
+    got = traffic(snap, {})
+    client = got[CLIENT]
+    assert (client.sent, client.received, client.retransmits, client.rtt_us) == \
+        (1024, 206, 3, 600.0)
+    server = state_of(got[SERVER], 1.0)
+    assert (server.sent_total, server.received_total, server.measured) == (200, 1000, True)
+    # a socket without TCP_INFO (the proc source) measures nothing
+    assert traffic(remembering_node().build(), {}) == {}
+
+
+def test_the_agent_counts_what_moved_between_samples_and_the_final_bytes_of_closed_ones():
+    first = traffic_node((1000, 200, 1, 400), (200, 1000, 0, 400), db=(50, 60, 0, 900))
+    second = traffic_node((1500, 260, 1, 500), (260, 1500, 0, 500))   # the db connection closed
+    # the same 4-tuple, a new connection (its counters are smaller): everything it moved
+    third = traffic_node((10, 5, 0, 300), (5, 10, 0, 300))
+    db_closed = closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")
+    moved(db_closed.sock, 80, 100, 2)     # the destroy event's final tcp_info
+    watcher = FixedWatcher([[], [db_closed], []])
+    said: list[str] = []
+    for node in (first, second, third):
+        node.stats.source = "netlink"
+    sampler = Sampler(SamplingOptions(events=False), said.append,
+                      scanner=FixedScanner([first.build(), second.build(), third.build()]),
+                      watcher=watcher)
+    book = EdgeBook(retention=3600)
+
+    def sample() -> dict:
+        one = sampler.sample()
+        book.update(one.observed, one.ts)
+        return {k: (s.sent, s.received, s.retransmits, s.rtt_us)
+                for k, s in one.observed.items() if s.measured}
+
+    # the first sight of a connection counts everything it moved since it opened
+    assert sample() == {CLIENT: (1000, 200, 1, 400.0), SERVER: (200, 1000, 0, 400.0),
+                        HOST_DB: (50, 60, 0, 900.0)}
+    # then the differences; a closed one its final counters less what was seen (no rtt)
+    assert sample() == {CLIENT: (500, 60, 0, 500.0), SERVER: (60, 500, 0, 500.0),
+                        HOST_DB: (30, 40, 2, None)}
+    assert sample() == {CLIENT: (10, 5, 0, 300.0), SERVER: (5, 10, 0, 300.0)}
+    totals = {k: (s.sent_total, s.received_total, s.retransmits_total, s.rtt_us)
+              for k, s in book.edges.items()}
+    assert totals == {CLIENT: (1510, 265, 1, 300.0), SERVER: (265, 1510, 0, 300.0),
+                      HOST_DB: (80, 100, 2, None)}
+    assert said == []
+    sampler.close()
+
+
+def test_the_proc_source_says_once_that_edges_carry_no_traffic():
+    said: list[str] = []
+    sampler = Sampler(SamplingOptions(events=False), said.append,
+                      scanner=FixedScanner([remembering_node().build()]), watcher=FixedWatcher())
+    sampler.sample()
+    assert said == [NO_TRAFFIC]
+    sampler.close()
+
+
+def test_an_unmeasured_edge_has_null_traffic_in_the_documents():
+    book = EdgeBook(retention=3600)
+    book.update(observe(remembering_node().build()), 10.0)
+    doc = deps_view([("n", k, s) for k, s in book.edges.items()], NO_SERVICES, None, "agent")
+    assert {(e["bytes_sent"], e["bytes_received"], e["retransmits"], e["rtt_ms"])
+            for e in doc["edges"]} == {(None, None, None, None)}
+    book.update(traffic(traffic_node((1000, 200, 1, 1500), (200, 1000, 0, 400)).build(), {}),
+                20.0)
+    doc = deps_view([("n", k, s) for k, s in book.edges.items()], NO_SERVICES, None, "agent")
+    got = {e["where"]: (e["bytes_sent"], e["bytes_received"], e["retransmits"], e["rtt_ms"])
+           for e in doc["edges"] if e["bytes_sent"] is not None}
+    assert got == {"pod:shop/client": (1000, 200, 1, 1.5), WA: (200, 1000, 0, 0.4)}
+
+
+def test_the_deps_table_shows_traffic_columns_only_when_measured():
+    from nsnet.report import render_deps
+
+    def table(observed) -> list[list[str]]:
+        doc = deps_view([("n", k, state_of(s, 10.0)) for k, s in observed.items()],
+                        NO_SERVICES, None, "agent")
+        return [line.split() for line in render_deps(doc, Renderer(None, False)).splitlines()]
+
+    plain = table(observe(remembering_node().build()))
+    assert not {"SENT", "RECEIVED", "RTT", "RETRANS"} & {w for line in plain for w in line}
+    node = traffic_node((1_572_864, 200, 1, 1500), (200, 1_572_864, 0, 400))
+    lines = table(traffic(node.build(), {}))
+    header = lines[1]
+    row = dict(zip(header, next(line for line in lines if "pod:shop/client" in line)))
+    assert (row["SENT"], row["RECEIVED"], row["RTT"], row["RETRANS"]) == \
+        ("1.5M", "200B", "1.50ms", "1")

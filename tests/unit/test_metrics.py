@@ -123,6 +123,32 @@ def test_edge_series_and_labels():
         {cart: 400, static: 300, unknown: 200, inbound: 400}
     assert got["nsnet_edge_samples_total"] == {cart: 4, static: 2, unknown: 1, inbound: 4}
     assert got["nsnet_edge_series_dropped"] == {(): 0}
+    # no traffic measured (the proc source, --no-traffic): no traffic series at all
+    assert not {"nsnet_edge_sent_bytes_total", "nsnet_edge_rtt_seconds"} & set(got)
+
+
+def test_traffic_series_only_for_measured_edges_and_rtt_only_when_open():
+    measured = EdgeKey(10002, "pod:shop/cart", "outbound", "tcp", "10.1.0.1", 8080)
+    closed = EdgeKey(10002, "pod:shop/cart", "outbound", "tcp", "10.1.0.7", 5432)
+    unmeasured = EdgeKey(10002, "pod:shop/cart", "outbound", "udp", "8.8.8.8", 53)
+    rows = [
+        (measured, EdgeState(100.0, 400.0, samples=4, max_concurrent=2, current=2,
+                             evidence="holder", sent_total=123456, received_total=789,
+                             retransmits_total=3, rtt_us=1500.0, measured=True)),
+        (closed, EdgeState(100.0, 400.0, samples=4, max_concurrent=1, evidence="holder",
+                           sent_total=10, received_total=20, measured=True)),
+        (unmeasured, EdgeState(100.0, 400.0, samples=4, max_concurrent=1, current=1,
+                               evidence="holder")),
+    ]
+    got = scrape(AgentMetrics("n1", lambda: rows, NO_SERVICES, 100).registry)
+    common = {"uid": "10002", "pod": "cart", "namespace": "shop", "direction": "outbound",
+              "evidence": "holder"}
+    m = labels(**common, proto="tcp", peer="10.1.0.1", port="8080")
+    c = labels(**common, proto="tcp", peer="10.1.0.7", port="5432")
+    assert got["nsnet_edge_sent_bytes_total"] == {m: 123456, c: 10}
+    assert got["nsnet_edge_received_bytes_total"] == {m: 789, c: 20}
+    assert got["nsnet_edge_retransmitted_segments_total"] == {m: 3, c: 0}
+    assert got["nsnet_edge_rtt_seconds"] == {m: 0.0015}
 
 
 def test_cardinality_cap_folds_the_stalest_per_user_and_direction():

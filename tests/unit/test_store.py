@@ -282,13 +282,13 @@ def test_a_schema_1_history_is_read_as_it_is_and_upgraded_by_the_agent(tmp_path)
     (old,) = Store(path, readonly=True).edges()     # nsnet deps --db on an older agent's file
     assert (old.max_concurrent, old.evidence, old.opened, old.closed) == (4, None, 0, 0)
     store = Store(path)                             # the agent: upgraded in place
-    assert store.schema == "3"
+    assert store.schema == "4"
     store.record("n", observed({DB_EDGE: 1}, evidence="holder", opened=1), sample(30.0))
     (row,) = store.edges()
     assert (row.samples, row.max_concurrent, row.evidence, row.opened) == (4, 4, "holder", 1)
     assert row.direction_inferred == 0
     store.close()
-    assert Store(path, readonly=True).schema == "3"
+    assert Store(path, readonly=True).schema == "4"
 
 
 def test_a_direction_inferred_is_kept_until_an_exact_sample(tmp_path):
@@ -310,14 +310,65 @@ def test_a_schema_2_history_is_upgraded_and_read_as_it_is(tmp_path):
     path = str(tmp_path / "v2.db")
     Store(path).close()
     with sqlite3.connect(path) as db:       # what a schema-2 agent wrote
-        db.executescript("ALTER TABLE edges DROP COLUMN direction_inferred; "
+        db.executescript(DROP_TRAFFIC + "ALTER TABLE edges DROP COLUMN direction_inferred; "
                          "UPDATE meta SET value = '2' WHERE key = 'schema'; "
                          "INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', 'outbound', "
                          "'tcp', '10.0.0.5', 3306, 10.0, 20.0, 3, 4, 'holder', 2, 1);")
     (old,) = Store(path, readonly=True).edges()
     assert (old.evidence, old.opened, old.closed, old.direction_inferred) == ("holder", 2, 1, 0)
     store = Store(path)
-    assert store.schema == "3" and store.edges() == [old]
+    assert store.schema == "4" and store.edges() == [old]
+    store.close()
+
+
+DROP_TRAFFIC = "".join(f"ALTER TABLE edges DROP COLUMN {c}; "
+                       for c in ("bytes_sent", "bytes_received", "retransmits", "rtt_us"))
+
+
+def test_a_schema_3_history_is_upgraded_and_its_traffic_is_unknown(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "v3.db")
+    Store(path).close()
+    with sqlite3.connect(path) as db:       # what a schema-3 agent wrote
+        db.executescript(DROP_TRAFFIC + "UPDATE meta SET value = '3' WHERE key = 'schema'; "
+                         "INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', 'outbound', "
+                         "'tcp', '10.0.0.5', 3306, 10.0, 20.0, 3, 4, 'holder', 2, 1, 0);")
+    (old,) = Store(path, readonly=True).edges()
+    assert (old.opened, old.bytes_sent, old.bytes_received, old.retransmits, old.rtt_us) == \
+        (2, None, None, None, None)
+    store = Store(path)
+    assert store.schema == "4" and store.edges() == [old]
+    store.record("n", {DB_EDGE: traffic_seen(100, 7, 1, rtt_us=250)}, sample(30.0))
+    (row,) = store.edges()
+    assert (row.bytes_sent, row.bytes_received, row.retransmits, row.rtt_us) == (100, 7, 1, 250.0)
+    store.close()
+
+
+def traffic_seen(sent, received, retransmits, rtt_us=None):
+    from nsnet.agent.edges import Seen
+
+    seen = Seen(open=1, evidence="holder", sent=sent, received=received,
+                retransmits=retransmits, measured=True)
+    if rtt_us is not None:
+        seen.rtt_sum_us, seen.rtt_count = rtt_us, 1
+    return seen
+
+
+def test_traffic_adds_up_over_samples_and_unmeasured_samples_leave_it_alone(tmp_path):
+    from nsnet.agent.edges import Seen
+
+    store = Store(str(tmp_path / "h.db"))
+    store.record("n", {REDIS: Seen(open=1)}, sample(1.0))        # the proc source: no TCP_INFO
+    store.record("n", {DB_EDGE: Seen(open=1)}, sample(1.0))
+    assert [(r.bytes_sent, r.rtt_us) for r in store.edges()] == [(None, None), (None, None)]
+    store.record("n", {DB_EDGE: traffic_seen(1000, 20, 0, rtt_us=300)}, sample(2.0))
+    store.record("n", {DB_EDGE: traffic_seen(500, 30, 2)}, sample(3.0))    # closed: no rtt
+    store.record("n", {DB_EDGE: Seen(open=1)}, sample(4.0))                  # unmeasured
+    rows = {r.port: r for r in store.edges()}
+    assert (rows[3306].bytes_sent, rows[3306].bytes_received, rows[3306].retransmits,
+            rows[3306].rtt_us) == (1500, 50, 2, 300.0)
+    assert rows[6379].bytes_sent is None
     store.close()
 
 
@@ -328,5 +379,5 @@ def test_an_unknown_schema_is_refused(tmp_path):
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA_1.replace("'schema', '1'", "'schema', '9'"))
     for readonly in (False, True):
-        with pytest.raises(StoreError, match="schema '9', this nsnet writes '3'"):
+        with pytest.raises(StoreError, match="schema '9', this nsnet writes '4'"):
             Store(path, readonly=readonly)
