@@ -363,6 +363,11 @@ class Socket:
     # the interface it is bound to (SO_BINDTODEVICE, or the scope of a link-local address),
     # an index into its namespace's interfaces; 0: none, or the source cannot tell (/proc)
     bound_if: int = 0
+    # MPTCP: a connection's token, or, on a TCP subflow, its connection's (None: plain
+    # TCP, or a source that cannot tell: proc); the subflow's connection, by inode, once
+    # joined (ownership.link_subflows)
+    mptcp_token: int | None = None
+    mptcp_connection: int | None = None
     # queues, timer, TCP internals: only when SnapshotOptions.details asks
     detail: SocketDetail | None = None
 

@@ -7,9 +7,13 @@ decides ownership itself.
   namespaces (a socket made in one namespace can be held by a process of another).
 * Owners of a namespace: the effective uids of the processes whose ns/net it is, excluding
   sandbox holders (pods.assemble marks them); threads visiting it do not count.
+* MPTCP subflows (link_subflows): a TCP subflow is joined to its connection, the MPTCP
+  socket of its namespace with the same token; one no process holds (every subflow after
+  the first, which shares the connection's inode) is held by the connection's holders.
 * Users and pods of a socket, and how they are known (attribute(); model.EVIDENCE), the first
   rule that applies:
-    holder            its holders' effective uids, and their pods;
+    holder            its holders' effective uids, and their pods (an MPTCP subflow: its
+                      connection's);
     table-uid         no holder can be read (no privilege) but the socket has an inode: the
                       table's uid column is then the socket's owner (sk_uid);
     listener          unheld and accepted from a listener of its namespace (TIME_WAIT,
@@ -88,6 +92,26 @@ class HolderJoin:
         """inode -> its (pid, fd) holders, for the sockets no table of ours listed."""
         return {inode: held for inode, held in self.holders.items()
                 if inode not in self.listed}
+
+
+def link_subflows(sockets: list[Socket]) -> None:
+    """Join each MPTCP subflow to its connection by token (Socket.mptcp_token: the sources
+    that can tell set it; proc cannot, and its subflows stay plain TCP). Tokens are unique
+    per namespace (the kernel's token hash rejects a duplicate); 0 is no token (a listener)."""
+    connections = {(s.netns_key, s.mptcp_token): s for s in sockets
+                   if s.proto == "mptcp" and s.mptcp_token}
+    if not connections:
+        return
+    for sock in sockets:
+        if sock.proto != "tcp" or not sock.mptcp_token:
+            continue
+        connection = connections.get((sock.netns_key, sock.mptcp_token))
+        if connection is None:
+            continue
+        sock.mptcp_connection = connection.inode
+        if not sock.pids and connection.pids:
+            # the kernel's own TCP socket, carrying the connection a process holds
+            sock.pids, sock.fds = connection.pids, connection.fds
 
 
 def assign_owners(namespaces: dict[str, Namespace], processes: dict[int, Process]) -> None:

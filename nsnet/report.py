@@ -374,6 +374,13 @@ def _bytes(n: int | None) -> str:
     return ""
 
 
+def _traffic(e: dict) -> str:
+    """An edge's bytes sent and received (TCP_INFO), '4.0K/1.2M'; empty when not measured."""
+    if e["bytes_sent"] is None:
+        return ""
+    return f"{_bytes(e['bytes_sent'])}/{_bytes(e['bytes_received'])}"
+
+
 def _detail_columns() -> list[Column]:
     """-e and -i (shown when the document has details; -o names them too)."""
     def q(key: str) -> Callable[[dict], str]:
@@ -804,9 +811,8 @@ def edge_columns(r: Renderer, direction: str, live: bool,
         *([Column("OPEN", lambda e: e["open"], align="right"),
            Column("CLOSED", lambda e: e["closed_recently"], align="right")] if live else []),
         Column("MAX", "max_concurrent", align="right", priority=3),
-        *([Column("SENT", lambda e: _bytes(e["bytes_sent"]), align="right", priority=3),
-           Column("RECEIVED", lambda e: _bytes(e["bytes_received"]), align="right",
-                  priority=3),
+        # one column for both ways: a table cut to the terminal never shows half the pair
+        *([Column("SENT/RECV", _traffic, align="right", priority=3),
            Column("RTT", lambda e: None if e["rtt_ms"] is None else f"{e['rtt_ms']:.2f}ms",
                   align="right", priority=2),
            Column("RETRANS", "retransmits", align="right", priority=1)] if traffic else []),

@@ -27,7 +27,7 @@ from .caps import own_capabilities, privilege_notes
 from .cpus import CpuBudget, available_cpus
 from .model import BORROWABLE_KINDS, OPTIONS, Snapshot, Socket, Stats, unlisted_line
 from .options import SnapshotOptions
-from .ownership import HolderJoin, assign_owners, attribute, name_namespaces
+from .ownership import HolderJoin, assign_owners, attribute, link_subflows, name_namespaces
 from .procfs import CLOCK_TICKS, boot_time, check_procfs
 from .unixcheck import UnixLineCheck
 
@@ -185,6 +185,7 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
     the privilege notes. Pure but for our own capabilities: a test gives it a Discovery and
     sockets built in memory (snapshot_from)."""
     joined.finish(sockets)
+    link_subflows(sockets)
     stats.socket_fds_not_in_tables = joined.join.not_listed()
     by_source, by_kind = stats.sockets_by_source, stats.sockets_by_kind
     for sock in sockets:

@@ -78,6 +78,16 @@ IPPROTO_MPTCP = 262     # asked in an INET_DIAG_REQ_PROTOCOL attribute (mptcp_di
 # (a listener, an unconnected datagram socket): whether it takes IPv4 too
 INET_DIAG_SKV6ONLY = 11
 V6ONLY_STATES = frozenset({10, 7})
+# An MPTCP connection and its TCP subflows share a token (net/mptcp/diag.c, mptcp_diag.c):
+# the connection's is mptcp_info.mptcpi_token (offset 12) in its INET_DIAG_INFO; a
+# subflow's, MPTCP_SUBFLOW_ATTR_TOKEN_LOC inside INET_DIAG_ULP_INFO > INET_ULP_INFO_MPTCP,
+# which tcp_diag sends only to a dumper with CAP_NET_ADMIN over the namespace.
+INET_DIAG_ULP_INFO = 19
+INET_ULP_INFO_MPTCP = 3
+MPTCP_SUBFLOW_ATTR_TOKEN_LOC = 2
+EXT_INFO = 1 << (2 - 1)        # idiag_ext bit of INET_DIAG_INFO (mptcp_diag: mptcp_info)
+_MPTCP_TOKEN = struct.Struct("=I")
+MPTCP_INFO_TOKEN_AT = 12
 # packet_diag (linux/packet_diag.h): show the ifindex (PACKET_DIAG_INFO) and the uid
 PACKET_SHOW_INFO = 0x01
 PACKET_DIAG_INFO, PACKET_DIAG_UID = 0, 5
@@ -224,7 +234,7 @@ def _control(buf: Buffer, off: int, length: int, mtype: int, res: ParsedDump) ->
 
 
 def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
-               detail: bool = False) -> None:
+               detail: bool = False, links: bool = False) -> None:
     """Decode the netlink messages in buf[:end] (one recv) into res.
 
     proto is what the request asked for (tcp, udp, raw, unix): inet_diag_msg does not say.
@@ -237,7 +247,7 @@ def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDu
     elif proto == "packet" or proto == "netlink":
         _parse_link(buf, end, proto, seq, res)
     else:
-        _parse_inet(buf, end, proto, seq, res, detail)
+        _parse_inet(buf, end, proto, seq, res, detail, links)
 
 
 def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int | None,
@@ -256,7 +266,12 @@ def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int |
 
 
 def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
-                detail: bool = False) -> None:
+                detail: bool = False, links: bool = False) -> None:
+    """links: read each socket's MPTCP token (Socket.mptcp_token): always for MPTCP, for
+    TCP where asked (a namespace with MPTCP sockets: the attributes of every TCP socket of a
+    namespace are otherwise never looked at)."""
+    links = links or proto == "mptcp"
+    extras = detail or links
     states = TCP_STATES if proto in STREAM_PROTOS else DGRAM_STATES
     raw = proto in PORTLESS     # /proc prints 0 as a raw or ping socket's remote "port"
     append = res.sockets.append
@@ -294,10 +309,8 @@ def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedD
                 append(sock)
                 if ifindex:
                     sock.bound_if = ifindex
-                if not v4 and st in V6ONLY_STATES and length > INET_MSG_LEN:
-                    sock.v6only = _v6only(buf, off + INET_MSG_LEN, off + length)
-                if detail:
-                    sock.detail = _inet_detail(buf, off, length)
+                if extras or not v4:
+                    _inet_extras(buf, off, length, sock, st, detail, links)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return
         off += (length + 3) & ~3
@@ -349,7 +362,36 @@ def parse_meminfo(data: bytes) -> SocketMemory | None:
     return SocketMemory(*_MEMINFO.unpack_from(data))
 
 
-def _inet_detail(buf: Buffer, off: int, length: int) -> SocketDetail:
+def _inet_extras(buf: Buffer, off: int, length: int, sock: Socket, st: int,
+                 detail: bool, links: bool) -> None:
+    """What a socket's attributes say besides the fixed part: IPV6_V6ONLY, the details
+    asked, the MPTCP token."""
+    if sock.family == "inet6" and st in V6ONLY_STATES and length > INET_MSG_LEN:
+        sock.v6only = _v6only(buf, off + INET_MSG_LEN, off + length)
+    if detail:
+        sock.detail = _inet_detail(buf, off, length, sock.proto)
+    if links and length > INET_MSG_LEN:
+        sock.mptcp_token = _mptcp_token(buf, off + INET_MSG_LEN, off + length, sock.proto)
+
+
+def _mptcp_token(buf: Buffer, start: int, stop: int, proto: str) -> int | None:
+    """An MPTCP connection's token (proto mptcp), or the token of the connection a TCP
+    subflow belongs to; None: not there (a plain TCP socket)."""
+    attrs = _attributes(buf, start, stop) or {}
+    if proto == "mptcp":
+        info = attrs.get(INET_DIAG_INFO)
+        if info is None or len(info) < MPTCP_INFO_TOKEN_AT + 4:
+            return None
+        return _MPTCP_TOKEN.unpack_from(info, MPTCP_INFO_TOKEN_AT)[0]
+    ulp = attrs.get(INET_DIAG_ULP_INFO)
+    mptcp = (_attributes(ulp, 0, len(ulp)) or {}).get(INET_ULP_INFO_MPTCP) if ulp else None
+    token = (_attributes(mptcp, 0, len(mptcp)) or {}).get(MPTCP_SUBFLOW_ATTR_TOKEN_LOC) \
+        if mptcp else None
+    return _MPTCP_TOKEN.unpack_from(token)[0] if token is not None and len(token) >= 4 \
+        else None
+
+
+def _inet_detail(buf: Buffer, off: int, length: int, proto: str = "tcp") -> SocketDetail:
     timer_no, retrans, cookie_lo, cookie_hi, expires, rqueue, wqueue = \
         _INET_DETAIL.unpack_from(buf, off + _NLMSGHDR.size)
     timer = TIMERS.get(timer_no, str(timer_no))
@@ -360,7 +402,8 @@ def _inet_detail(buf: Buffer, off: int, length: int) -> SocketDetail:
         memory = attrs.get(INET_DIAG_SKMEMINFO)
         if memory is not None:
             detail.memory = parse_meminfo(memory)
-        info = attrs.get(INET_DIAG_INFO)
+        # an MPTCP socket's INET_DIAG_INFO is an mptcp_info, not a tcp_info
+        info = attrs.get(INET_DIAG_INFO) if proto != "mptcp" else None
         if info is not None:
             cong = attrs.get(INET_DIAG_CONG)
             name = cong.split(b"\0", 1)[0].decode("ascii", "replace") if cong else None
@@ -510,11 +553,11 @@ def drop_multicast_repeats(res: ParsedDump) -> int:
 
 
 def parse_dump(data: bytes, proto: str, seq: int | None = None,
-               detail: bool = False) -> ParsedDump:
+               detail: bool = False, links: bool = False) -> ParsedDump:
     """Decode captured reply bytes (one recv, or several concatenated) of one dump (detail:
     each socket's queues, timer and the attributes asked for, as SocketDetail)."""
     res = ParsedDump()
     view = memoryview(data)
     # Concatenated datagrams frame like one: each ends where the next header starts.
-    parse_into(view, len(view), proto, seq, res, detail)
+    parse_into(view, len(view), proto, seq, res, detail, links)
     return res

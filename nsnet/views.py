@@ -129,10 +129,23 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "peer_netns_name": netns_name(s.peer_netns, snap), "peer_pids": list(s.peer_pids),
             "v6only": s.v6only, **bound_interface_doc(s, ns), "detail": detail_doc(s.detail),
             "unix_type": s.unix_type, "packet": packet_doc(s.info),
-            "netlink": netlink_doc(s.info, s.pids), "source": s.source, "unconfirmed": s.unconfirmed,
+            "netlink": netlink_doc(s.info, s.pids), "mptcp": mptcp_doc(s),
+            "source": s.source, "unconfirmed": s.unconfirmed,
             "pods": [pod_ref(p) for p in socket_pods(s, snap)],
             "containers": [container_ref(c) for c in socket_containers(s, snap)],
             "service": socket_service(s, snap)}
+
+
+def mptcp_doc(s: Socket) -> dict | None:
+    """An MPTCP connection's token; a TCP subflow's, and its connection (by inode) when
+    one was found in its namespace. None: not MPTCP, or the source cannot tell (proc)."""
+    if s.mptcp_token is None:
+        return None
+    # a listener has none (0)
+    doc: dict = {"token": f"{s.mptcp_token:08x}" if s.mptcp_token else None}
+    if s.proto == "tcp":
+        doc["connection"] = s.mptcp_connection
+    return doc
 
 
 def packet_doc(info: PacketInfo | NetlinkInfo | None) -> dict | None:

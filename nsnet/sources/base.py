@@ -213,9 +213,11 @@ def _once_each(sockets: list[Socket]) -> tuple[list[Socket], int]:
             key: object = (sock.inode, sock.state, sock.local_addr, sock.unix_type,
                            sock.unconfirmed)
         elif sock.inode:
-            # with its kind: an MPTCP socket and its first TCP subflow share an inode (the
-            # subflow's sk_socket is the MPTCP socket's), and both are listed
-            key = (sock.proto, sock.inode)
+            # with its kind and, for TCP, its ends: an MPTCP socket and every one of its TCP
+            # subflows share an inode (the kernel grafts each subflow onto the MPTCP socket:
+            # mptcp_sock_graft), and all are listed
+            key = (sock.proto, sock.inode, sock.local_addr, sock.local_port, sock.remote_addr,
+                   sock.remote_port) if sock.proto == "tcp" else (sock.proto, sock.inode)
         else:
             key = (sock.proto, sock.family, sock.state, sock.local_addr, sock.local_port,
                    sock.remote_addr, sock.remote_port)

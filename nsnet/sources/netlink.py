@@ -32,6 +32,7 @@ from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
     ANY_STATE,
+    EXT_INFO,
     EXT_MEMORY,
     EXT_TCP_INFO,
     IPPROTO_MPTCP,
@@ -194,8 +195,11 @@ class NetlinkSource(TableSource):
         protos = [p for p in self.protos if p not in skip
                   and (in_use is None or p not in PROTOCOL_NAMES or p in in_use)]
         try:
+            # MPTCP lives here (or nothing says it does not): its TCP subflows' tokens link
+            # them to their connections (the attributes of every TCP socket are read)
+            links = in_use is None or "mptcp" in in_use
             result = dump_namespace(sock, tcp_states=self.tcp_states, protos=protos,
-                                    details=self.details)
+                                    details=self.details, mptcp_links=links)
         except OSError as exc:
             return TableRead(None, errors=[f"sock_diag: {exc}"])
         finally:
@@ -271,7 +275,7 @@ def _buffer() -> tuple[bytearray, memoryview]:
 
 
 def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
-             detail: bool = False) -> ParsedDump:
+             detail: bool = False, links: bool = False) -> ParsedDump:
     """Send one dump request and read its replies to the end.
 
     If an earlier dump on this socket was abandoned half way (an exception between recv
@@ -288,7 +292,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
         if n > size:            # cannot happen with 1 MiB buffers; never parse a cut datagram
             res.malformed += 1
             continue
-        parse_into(view, n, proto, seq, res, detail)
+        parse_into(view, n, proto, seq, res, detail, links)
         if res.done:
             if res.error == _errno.EBUSY and not retried:
                 retried = True
@@ -296,7 +300,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
                 res.done, res.error = False, 0
                 while not res.stale_done:
                     n = sock.recv_into(buf, size, socket.MSG_TRUNC)
-                    parse_into(view, min(n, size), proto, seq, res, detail)
+                    parse_into(view, min(n, size), proto, seq, res, detail, links)
                 sock.send(request)
                 continue
             return res
@@ -315,7 +319,8 @@ _NO_LEGACY = (_errno.EINVAL, _errno.ENOENT, _errno.EOPNOTSUPP)
 
 def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
                    protos: Iterable[str] = PROTOS, legacy_tcp: bool | None = None,
-                   details: frozenset[str] = frozenset()) -> DiagResult:
+                   details: frozenset[str] = frozenset(),
+                   mptcp_links: bool = False) -> DiagResult:
     """Every socket of the namespace `sock` was created in, as netparse would list them.
 
     tcp_states: a TCPF bitmask (ALL, UNHELD, or e.g. TCPF["TIME_WAIT"] | ...). protos: any of
@@ -324,6 +329,7 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     TCPDIAG_GETSOCK while the kernel accepts it: each TCP request walks the whole
     established hash (shared by every namespace unless tcp_child_ehash_entries is set), so
     one request instead of two saves one full walk, ~40% of an empty namespace's cost here.
+    mptcp_links: read each TCP socket's MPTCP token (a subflow's connection).
     """
     protos = set(protos)
     result = DiagResult()
@@ -331,7 +337,7 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     ext = (EXT_TCP_INFO if TCP_INFO in details else 0) | \
         (EXT_MEMORY if MEMORY in details else 0)
     if "tcp" in protos and tcp_states:
-        _dump_tcp(sock, result, tcp_states, legacy_tcp, detail, ext)
+        _dump_tcp(sock, result, tcp_states, legacy_tcp, detail, ext, mptcp_links)
     memory = EXT_MEMORY if MEMORY in details else 0     # tcp_info is TCP's alone
     if "udp" in protos:
         for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
@@ -347,7 +353,8 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
             error = _ask(sock, result, label, proto,
                          partial(build_inet_request, family, number, states,
                                  raw_protocol=number if proto == "raw" else 0,
-                                 ext=ext if proto == "mptcp" else memory), detail)
+                                 # mptcp_info: the connection's token
+                                 ext=ext | EXT_INFO if proto == "mptcp" else memory), detail)
             if error == _errno.ENOENT and family == socket.AF_INET:
                 break   # no handler (the kernel looks it up by protocol): not for IPv6 either
     if "unix" in protos:
@@ -366,21 +373,25 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
 
 
 def _ask(sock: socket.socket, result: DiagResult, label: str, proto: str,
-         build: Callable[..., bytes], detail: bool = False) -> int:
+         build: Callable[..., bytes], detail: bool = False, links: bool = False) -> int:
     """One dump request (build(seq=...) makes it), its replies taken into result; the errno
     the kernel answered."""
     seq = _next_seq()
-    return result.take(label, run_dump(sock, build(seq=seq), seq, proto, detail), proto)
+    return result.take(label, run_dump(sock, build(seq=seq), seq, proto, detail, links),
+                       proto)
 
 
 def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
-              legacy_tcp: bool | None, detail: bool = False, ext: int = 0) -> None:
+              legacy_tcp: bool | None, detail: bool = False, ext: int = 0,
+              links: bool = False) -> None:
     global _legacy_tcp
+    if links:   # tcp_diag sends a subflow's INET_DIAG_ULP_INFO only with INET_DIAG_INFO
+        ext |= EXT_INFO
     per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
     if not per_family:
         seq = _next_seq()
         parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq, ext=ext), seq,
-                          "tcp", detail)
+                          "tcp", detail, links)
         if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
             _legacy_tcp, per_family = False, True
         else:
@@ -389,7 +400,7 @@ def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
         for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
             _ask(sock, result, label, "tcp",
                  partial(build_inet_request, family, socket.IPPROTO_TCP, tcp_states, ext=ext),
-                 detail)
+                 detail, links)
 
 
 def kept_socket_limit() -> int:

@@ -150,7 +150,19 @@ _HANDLE_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 # tcpi_bytes_acked and tcpi_bytes_received (120, 128; Linux >= 4.1 / 4.2).
 _TCP_INFO_LAYOUT = struct.Struct("=B67xII24xI16xQQ")
 _TCP_INFO_LEN = _TCP_INFO_LAYOUT.size
-_U32_AT_24 = struct.Struct("=I")     # tcpi_unacked: a listener's accept queue (tcp_get_info)
+# tcpi_unacked (at 24): a listener's accept queue (tcp_get_info); mptcpi_token (at 12)
+_U32 = struct.Struct("=I")
+# getsockopt(SOL_MPTCP, MPTCP_INFO): struct mptcp_info, whose mptcpi_token (offset 12) its
+# subflows carry too (Linux >= 5.16; older kernels: no token, the subflows stay unlinked)
+_SOL_MPTCP, _MPTCP_INFO = 284, 1
+
+
+def _mptcp_token(h: _socket.socket) -> int | None:
+    try:
+        info = h.getsockopt(_SOL_MPTCP, _MPTCP_INFO, 64)
+    except OSError:
+        return None
+    return _U32.unpack_from(info, 12)[0] if len(info) >= 16 else None
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -453,6 +465,7 @@ class _Describer:
         local_addr, local_port = ip_text(local[0]), local[1]
         remote_addr, remote_port = _WILDCARD[family], 0
         pending = False
+        token: int | None = None
         if kind == _STREAM and proto == _IPPROTO_TCP:
             info = h.getsockopt(_IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
             state_no = info[0]
@@ -464,7 +477,7 @@ class _Describer:
                 except OSError as exc:
                     if exc.errno != _ENOTCONN:
                         raise
-            elif len(info) >= 28 and _U32_AT_24.unpack_from(info, 24)[0]:
+            elif len(info) >= 28 and _U32.unpack_from(info, 24)[0]:
                 pending = True          # a listener with connections waiting in its queue
             if self.want_tcp_info and len(info) == _TCP_INFO_LEN:
                 _, rtt, rttvar, retrans, acked, received = _TCP_INFO_LAYOUT.unpack(info)
@@ -489,6 +502,7 @@ class _Describer:
                 (remote_addr, remote_port), state = peer, "ESTABLISHED"
             name = "mptcp"
             pending = True              # its subflows: unheld TCP sockets, any state
+            token = _mptcp_token(h)
         elif kind == _RAW:
             # /proc/net/raw{,6} print the protocol number as the local port and 0 as remote
             local_port, state = proto, "UNCONN"
@@ -506,6 +520,8 @@ class _Describer:
             self.result.pending_accept.add(netns)
         sock = Socket(name, _FAMILY_NAME[family], state, local_addr, local_port, remote_addr,
                       remote_port, inode, uid, netns, _key(netns))
+        if name == "mptcp":
+            sock.mptcp_token = token
         _scope(h, sock, family == _AF_INET6)
         return sock
 

@@ -501,3 +501,66 @@ def test_socket_memory_from_sock_diag_and_the_socket(queues_node):
     assert seen is not None, ss
     assert [int(x) for x in seen.groups()] == [netlink[k] for k in
                                               ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf")]
+
+
+# ------------------------------------------------------------ MPTCP: every subflow, linked
+
+MULTIPATH_HOLDER = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import link_scenario
+link_scenario.lo_up()
+built = link_scenario.Built()
+tokens = link_scenario.build_multipath(built)
+print(json.dumps({"pid": os.getpid(), "inodes": built.inodes, "tokens": tokens}), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def multipath_node():
+    with holder(MULTIPATH_HOLDER) as truth:
+        yield truth
+
+
+@pytest.mark.parametrize("source", ["proc", "netlink", "pidfd", "auto"])
+def test_every_subflow_of_an_mptcp_connection_is_listed_and_linked(multipath_node, source):
+    from link_scenario import MULTIPATH_PORT
+    node = multipath_node
+    ino, tokens = node["inodes"], node["tokens"]
+    there = _there(_sockets("--tcp", "--mptcp", "--source", source), node)
+    subflows = [s for s in there if s["proto"] == "tcp" and s["state"] == "ESTABLISHED"
+                and MULTIPATH_PORT in (s["local_port"], s["remote_port"])]
+    # ss, in the namespace, is the oracle: every subflow, with its connection's token
+    ss = subprocess.run(["nsenter", "-t", str(node["pid"]), "-n", "ss", "-tinH", "state",
+                         "established"], capture_output=True, text=True, check=True).stdout
+    oracle = {}     # (local addr, port, remote addr, port) -> (token, bound interface)
+    for head, info in re.findall(r"^(\S[^\n]*)\n\s([^\n]*)", ss, re.M):
+        (laddr, lport), (raddr, rport) = (e.rsplit(":", 1) for e in head.split()[-2:])
+        laddr, _, dev = laddr.partition("%")
+        token = re.search(r"token:[0-9a-f]+\(id:\d+\)/([0-9a-f]+)", info)
+        if token and MULTIPATH_PORT in (int(lport), int(rport)):
+            oracle[(laddr, int(lport), raddr, int(rport))] = (int(token.group(1), 16),
+                                                               dev or None)
+    assert len(oracle) == 4, ss
+    assert {(s["local_addr"], s["local_port"], s["remote_addr"], s["remote_port"])
+            for s in subflows} == set(oracle)
+    # each held, through its connection's inode, by the process that holds the connection
+    by_token = {tokens["client"]: ino["multipath_client"],
+                tokens["server"]: ino["multipath_server"]}
+    for s in subflows:
+        assert s["pids"] == [node["pid"]] and s["attribution"] == "holder"
+        assert s["inode"] in by_token.values()
+    if source == "proc":    # no table says which connection a subflow carries
+        assert {json.dumps(s["mptcp"]) for s in subflows} == {"null"}
+        return
+    for s in subflows:
+        token, dev = oracle[(s["local_addr"], s["local_port"], s["remote_addr"],
+                             s["remote_port"])]
+        assert s["mptcp"] == {"token": f"{token:08x}", "connection": by_token[token]}
+        assert s["inode"] == by_token[token]
+        # the path manager binds the extra subflow to its endpoint's device, as ss shows
+        assert s["bound_interface"] == dev
+    conns = {s["inode"]: s for s in there if s["proto"] == "mptcp"}
+    assert conns[ino["multipath_client"]]["mptcp"] == {"token": f"{tokens['client']:08x}"}
+    assert conns[ino["multipath_server"]]["mptcp"] == {"token": f"{tokens['server']:08x}"}

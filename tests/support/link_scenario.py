@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,6 +301,48 @@ MPTCP_PORT = 4800
 IPPROTO_MPTCP = 262
 
 
+MULTIPATH_PORT = 4810
+MULTIPATH_ADDRS = ("10.77.0.1", "10.77.0.2")
+SOL_MPTCP, MPTCP_INFO = 284, 1
+
+
+def mptcp_token(s: socket.socket) -> tuple[int, int]:
+    """(token, additional subflows) from MPTCP_INFO (mptcpi_token, mptcpi_subflows)."""
+    info = s.getsockopt(SOL_MPTCP, MPTCP_INFO, 64)
+    return struct.unpack_from("=I", info, 12)[0], info[0]
+
+
+def build_multipath(b: Built) -> dict[str, int]:
+    """An MPTCP connection with two subflows: the client's path manager opens the second
+    from MULTIPATH_ADDRS[1] (an `ip mptcp endpoint ... subflow`) once the connection is
+    fully established (data both ways). Returns each end's token by name."""
+    first, second = MULTIPATH_ADDRS
+    for addr in MULTIPATH_ADDRS:
+        subprocess.run(["ip", "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
+    subprocess.run(["ip", "mptcp", "limits", "set", "subflow", "2", "add_addr_accepted", "2"],
+                   check=True)
+    subprocess.run(["ip", "mptcp", "endpoint", "add", second, "dev", "lo", "subflow"],
+                   check=True)
+    lst = b.keep("multipath_listener", socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                                                     IPPROTO_MPTCP))
+    lst.bind(("0.0.0.0", MULTIPATH_PORT))
+    lst.listen(4)
+    client = b.keep("multipath_client", socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                                                      IPPROTO_MPTCP))
+    client.connect((first, MULTIPATH_PORT))
+    server = b.keep("multipath_server", lst.accept()[0])
+    client.sendall(b"hi")
+    server.recv(2)
+    server.sendall(b"yo")
+    client.recv(2)
+    deadline = time.monotonic() + 10
+    while mptcp_token(client)[1] < 1 or mptcp_token(server)[1] < 1:
+        if time.monotonic() > deadline:
+            raise AssertionError("no second MPTCP subflow within 10 s")
+        time.sleep(0.01)
+    return {"client": mptcp_token(client)[0], "server": mptcp_token(server)[0]}
+
+
 def build_unlisted(vsock_port: int) -> tuple[Built, dict[str, int]]:
     """Held sockets no /proc table lists: an MPTCP listener and an MPTCP connection (both
     ends), a vsock listener (vsock ports are global: the caller picks a free one), a netlink
@@ -434,8 +477,37 @@ def capture() -> None:
                                             capture_output=True, text=True, check=True).stdout
         (DATA / "queues_capture.json").write_text(json.dumps(record, indent=1) + "\n")
         queues_built.close()
+    capture_multipath(diag)
     diag.close()
+
+
+MULTIPATH_SEQ = {"tcp4": 7301, "mptcp4": 7302}
+
+
+def capture_multipath(diag: socket.socket) -> None:
+    """An MPTCP connection with two subflows: the TCP dump with INET_DIAG_INFO (the subflows'
+    INET_DIAG_ULP_INFO comes only with it) and the mptcp_diag dump (mptcp_info)."""
+    from nsnet.sockdiag import ALL, EXT_INFO, IPPROTO_MPTCP, build_inet_request
+
+    b = Built()
+    tokens = build_multipath(b)
+    for name, proto in (("tcp4", socket.IPPROTO_TCP), ("mptcp4", IPPROTO_MPTCP)):
+        data, _ = _dump(diag, build_inet_request(socket.AF_INET, proto, ALL, ext=EXT_INFO,
+                                                 seq=MULTIPATH_SEQ[name]))
+        (DATA / f"multipath_diag_{name}.bin").write_bytes(data)
+    record = {"tokens": tokens, "inodes": b.inodes, "port": MULTIPATH_PORT,
+              "addrs": MULTIPATH_ADDRS, "seq": MULTIPATH_SEQ,
+              "ss": subprocess.run(["ss", "-tinH"], capture_output=True, text=True,
+                                   check=True).stdout}
+    (DATA / "multipath_capture.json").write_text(json.dumps(record, indent=1) + "\n")
+    b.close()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["capture"]:
     capture()
+elif __name__ == "__main__" and sys.argv[1:] == ["capture", "multipath"]:
+    # only the multipath capture (in a fresh namespace too: unshare -n)
+    lo_up()
+    from nsnet.sockdiag import NETLINK_SOCK_DIAG
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as diag_sock:
+        capture_multipath(diag_sock)

@@ -556,10 +556,9 @@ def test_the_deps_table_shows_traffic_columns_only_when_measured():
         return [line.split() for line in render_deps(doc, Renderer(None, False)).splitlines()]
 
     plain = table(observe(remembering_node().build()))
-    assert not {"SENT", "RECEIVED", "RTT", "RETRANS"} & {w for line in plain for w in line}
+    assert not {"SENT/RECV", "RTT", "RETRANS"} & {w for line in plain for w in line}
     node = traffic_node((1_572_864, 200, 1, 1500), (200, 1_572_864, 0, 400))
     lines = table(traffic(node.build(), {}))
     header = lines[1]
     row = dict(zip(header, next(line for line in lines if "pod:shop/client" in line)))
-    assert (row["SENT"], row["RECEIVED"], row["RTT"], row["RETRANS"]) == \
-        ("1.5M", "200B", "1.50ms", "1")
+    assert (row["SENT/RECV"], row["RTT"], row["RETRANS"]) == ("1.5M/200B", "1.50ms", "1")

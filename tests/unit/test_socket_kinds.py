@@ -531,3 +531,85 @@ def test_skmem_column() -> None:
     assert doc["sockets"][0]["detail"]["memory"]["drops"] == 9
     text = report.render_sockets(doc, Renderer(None, False, columns=["LOCAL", "SKMEM"]))
     assert "r1,rb2,t3,tb4,f5,w6,o7,bl8,d9" in text
+
+
+# ---------------------------------------------------------------- MPTCP subflows, by token
+
+MULTIPATH = json.loads((DATA / "multipath_capture.json").read_text())
+
+
+def multipath_dump(name: str, links: bool = True):
+    from nsnet.sockdiag import parse_dump
+    return parse_dump((DATA / f"multipath_diag_{name}.bin").read_bytes(),
+                      "tcp" if name == "tcp4" else "mptcp", MULTIPATH["seq"][name], links=links)
+
+
+def test_mptcp_connections_and_subflows_carry_their_tokens() -> None:
+    tokens, ino, port = MULTIPATH["tokens"], MULTIPATH["inodes"], MULTIPATH["port"]
+    conns = multipath_dump("mptcp4")
+    assert conns.malformed == 0
+    by_inode = {s.inode: s for s in conns.sockets if port in (s.local_port, s.remote_port)}
+    assert by_inode[ino["multipath_client"]].mptcp_token == tokens["client"]
+    assert by_inode[ino["multipath_server"]].mptcp_token == tokens["server"]
+    assert by_inode[ino["multipath_listener"]].mptcp_token == 0      # a listener: none
+    subflows = [s for s in multipath_dump("tcp4").sockets if s.state == "ESTABLISHED"
+                and port in (s.local_port, s.remote_port)]
+    # two each side, every one with its connection's inode (the kernel grafts subflows
+    # onto the MPTCP socket) and its connection's token
+    first, second = MULTIPATH["addrs"]
+    assert sorted((s.local_addr, s.remote_addr, s.inode, s.mptcp_token) for s in subflows) == \
+        sorted([(first, first, ino["multipath_client"], tokens["client"]),
+                (second, first, ino["multipath_client"], tokens["client"]),
+                (first, first, ino["multipath_server"], tokens["server"]),
+                (first, second, ino["multipath_server"], tokens["server"])])
+    # what ss -ti says of them: the same tokens (its "token:REM(id)/LOC(id)")
+    import re
+    ss_local = {int(loc, 16) for loc in re.findall(r"token:[0-9a-f]+\(id:\d+\)/([0-9a-f]+)",
+                                                  MULTIPATH["ss"])}
+    assert ss_local == {tokens["client"], tokens["server"]}
+    # not asked (a namespace without MPTCP): the attributes are not read at all
+    assert {s.mptcp_token for s in multipath_dump("tcp4", links=False).sockets} == {None}
+
+
+def test_a_truncated_ulp_attribute_is_no_token() -> None:
+    from nsnet.sockdiag import _mptcp_token
+    ulp_name = struct.pack("=HH", 10, 1) + b"mptcp\0" + b"\0\0"        # INET_ULP_INFO_NAME
+    token = struct.pack("=HHI", 8, 2, 0xCAFE)                          # TOKEN_LOC
+    nested = struct.pack("=HH", 4 + len(token), 3 | 0x8000) + token    # INET_ULP_INFO_MPTCP
+    body = ulp_name + nested
+    whole = struct.pack("=HH", 4 + len(body), 19 | 0x8000) + body      # INET_DIAG_ULP_INFO
+    assert _mptcp_token(whole, 0, len(whole), "tcp") == 0xCAFE
+    for cut in range(1, len(whole)):
+        assert _mptcp_token(whole[:-cut], 0, len(whole) - cut, "tcp") in (None, 0xCAFE)
+    assert _mptcp_token(b"", 0, 0, "tcp") is None
+    assert _mptcp_token(b"", 0, 0, "mptcp") is None
+
+
+def test_one_table_read_keeps_every_subflow_of_a_connection() -> None:
+    from nsnet.sources.base import _once_each
+    listed = multipath_dump("tcp4").sockets
+    kept, repeated = _once_each(listed + listed[:2])     # a dump that listed two twice
+    assert repeated == 2 and kept == listed
+
+
+def test_subflows_are_linked_to_their_connection_in_their_namespace() -> None:
+    from nsnet.ownership import link_subflows
+    conns = [s for s in multipath_dump("mptcp4").sockets]
+    subflows = [s for s in multipath_dump("tcp4").sockets]
+    other_ns = multipath_dump("tcp4").sockets          # the same tokens, another namespace
+    for s in [*conns, *subflows]:
+        s.netns_key = "net:[1]"
+    for s in other_ns:
+        s.netns_key = "net:[2]"
+    conn_of = {s.mptcp_token: s for s in conns if s.mptcp_token}
+    conn_of[MULTIPATH["tokens"]["client"]].pids = (4242,)
+    link_subflows([*conns, *subflows, *other_ns])
+    for s in subflows:
+        if s.mptcp_token:
+            assert s.mptcp_connection == conn_of[s.mptcp_token].inode
+    assert {s.mptcp_connection for s in other_ns} == {None}
+    assert {s.mptcp_connection for s in subflows if s.state == "LISTEN"} == {None}
+    # a subflow no process was joined to is held by its connection's holders
+    client = MULTIPATH["tokens"]["client"]
+    assert {tuple(s.pids) for s in subflows if s.mptcp_token == client} == {(4242,)}
+    assert {tuple(s.pids) for s in subflows if s.mptcp_token != client} == {()}
