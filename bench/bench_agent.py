@@ -70,10 +70,10 @@ def api_answer(pid: int, port: int) -> dict:
             "api_peak_rss_mib": status_kib(pid, "VmHWM") / 1024}
 
 
-def run_agent(samples: int, db: str, repo: str = REPO) -> dict:
+def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = ()) -> dict:
     agent = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
                               "--interval", "0.1", "--max-cpu", "64", "--source", "auto",
-                              "--db", db], cwd=repo, stderr=subprocess.PIPE, text=True)
+                              "--db", db, *extra], cwd=repo, stderr=subprocess.PIPE, text=True)
     try:
         port, said = None, []
         for line in agent.stderr:
@@ -139,6 +139,9 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="CHECKOUT",
                     help="also run the agent of another checkout (git worktree) on the same "
                          "node, and print the ratios")
+    ap.add_argument("--traffic-cost", action="store_true",
+                    help="also run this agent with --no-traffic (no TCP_INFO: edges without "
+                         "bytes, rtt, retransmits), and print what the traffic costs")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_agent.py: run as root")
@@ -152,11 +155,15 @@ def main() -> int:
             agent = run_agent(a.samples, os.path.join(tmp, "history.db"))
             base = run_agent(a.samples, os.path.join(tmp, "base.db"), a.baseline) \
                 if a.baseline else None
+            plain = run_agent(a.samples, os.path.join(tmp, "plain.db"),
+                              extra=("--no-traffic",)) if a.traffic_cost else None
         doc = {"node": state["params"], "reference_snapshot": ref, "agent": agent,
                "agent_cpu_over_snapshot_cpu": agent["cpu_per_sample_s"] / ref["cpu_s"],
                "default_budget_interval_s": max(15.0, agent["cpu_per_sample_s"] / 0.05)}
         if base is not None:
             doc["baseline"] = base
+        if plain is not None:
+            doc["no_traffic"] = plain
         if a.json:
             print(json.dumps(doc, indent=1))
         else:
@@ -185,6 +192,11 @@ def main() -> int:
                       f"{agent['api_peak_rss_mib'] / base['api_peak_rss_mib']:.2f}x, growth "
                       f"while answering {grew / base_grew:.2f}x, "
                       f"CPU per sample {agent['cpu_per_sample_s'] / base['cpu_per_sample_s']:.2f}x")
+            if plain is not None:
+                print(f"with --no-traffic: {plain['cpu_per_sample_s']:.3f} s CPU per sample, "
+                      f"{plain['rss_mib']:.0f} MiB after the samples. Ratios traffic/none: CPU "
+                      f"per sample {agent['cpu_per_sample_s'] / plain['cpu_per_sample_s']:.2f}x, "
+                      f"RSS {agent['rss_mib'] / plain['rss_mib']:.2f}x")
         return 0
     finally:
         if not a.keep_node:

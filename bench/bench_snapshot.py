@@ -268,7 +268,10 @@ except ModuleNotFoundError as e:
         return nsnet.snapshot.take_snapshot("/proc", source=source)
 else:
     api = "new"
-    options = SnapshotOptions(proc="/proc", source=source)
+    # "auto+queues+tcp_info": a source and the details asked besides (-e, -i)
+    source, *details = source.split("+")
+    options = SnapshotOptions(proc="/proc", source=source, **(
+        {"details": frozenset(details)} if details else {}))
     def take():
         return nsnet.snapshot.take_snapshot(options)
 try:

@@ -267,12 +267,15 @@ TCP_INFO = "tcp_info"    # TCP_INFO and the congestion algorithm
 OPTIONS = "options"      # socket options, read with getsockopt on a borrowed fd (knetstat)
 MEMORY = "memory"        # socket memory (sk_meminfo: ss -m's skmem)
 DETAILS = (QUEUES, TCP_INFO, OPTIONS, MEMORY)
+# not a detail shown: a TCP socket's counters and rtt alone (Socket.traffic), what the
+# agent's edges need of TCP_INFO, without a SocketDetail per socket
+TRAFFIC = "traffic"
 
 # The timer a TCP socket has running (the tables' `tr`, sock_diag's idiag_timer)
 TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "probe"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)      # not frozen: one per TCP socket when asked, and frozen init costs
 class TcpDetail:
     """What TCP_INFO (and INET_DIAG_CONG) say of a TCP connection; None: the kernel's
     tcp_info is too short to have the field (older kernels)."""
@@ -370,6 +373,9 @@ class Socket:
     mptcp_connection: int | None = None
     # queues, timer, TCP internals: only when SnapshotOptions.details asks
     detail: SocketDetail | None = None
+    # a TCP socket's (bytes_acked, bytes_received, total_retrans, rtt_us) from TCP_INFO,
+    # when TRAFFIC is asked and the source reads TCP_INFO (not proc)
+    traffic: tuple[int, int, int, int] | None = None
 
 
 @dataclass(slots=True)

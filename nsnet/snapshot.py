@@ -247,7 +247,7 @@ def borrow_unlisted(proc: str, found: walk.Discovery,
     extra: list[Socket] = []
     seen: set[int] = set()
     for pid, fds in sorted(by_pid.items()):
-        result = describe_process_sockets(pid, fds, seen=seen, tcp_info=False)
+        result = describe_process_sockets(pid, fds, seen=seen)
         for sock in result.sockets:
             if sock.netns_key not in found.namespaces:
                 continue     # SIOCGSKNS refused (never guess), or a namespace the walk and

@@ -88,6 +88,11 @@ MPTCP_SUBFLOW_ATTR_TOKEN_LOC = 2
 EXT_INFO = 1 << (2 - 1)        # idiag_ext bit of INET_DIAG_INFO (mptcp_diag: mptcp_info)
 _MPTCP_TOKEN = struct.Struct("=I")
 MPTCP_INFO_TOKEN_AT = 12
+
+# What a parse reads besides each socket's fixed part (parse_into's `want`, bits):
+WANT_DETAIL = 1    # a SocketDetail: queues, timer, cookie and the attributes the dump asked
+WANT_LINKS = 2     # each TCP socket's MPTCP token (always read for MPTCP sockets)
+WANT_TRAFFIC = 4   # a TCP socket's TCP_INFO counters and rtt only (Socket.traffic)
 # packet_diag (linux/packet_diag.h): show the ifindex (PACKET_DIAG_INFO) and the uid
 PACKET_SHOW_INFO = 0x01
 PACKET_DIAG_INFO, PACKET_DIAG_UID = 0, 5
@@ -234,7 +239,7 @@ def _control(buf: Buffer, off: int, length: int, mtype: int, res: ParsedDump) ->
 
 
 def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
-               detail: bool = False, links: bool = False) -> None:
+               want: int = 0) -> None:
     """Decode the netlink messages in buf[:end] (one recv) into res.
 
     proto is what the request asked for (tcp, udp, raw, unix): inet_diag_msg does not say.
@@ -243,11 +248,11 @@ def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDu
     needs, is counted as malformed; after a broken length nothing more can be framed.
     """
     if proto == "unix":
-        _parse_unix(buf, end, seq, res, detail)
+        _parse_unix(buf, end, seq, res, bool(want & WANT_DETAIL))
     elif proto == "packet" or proto == "netlink":
         _parse_link(buf, end, proto, seq, res)
     else:
-        _parse_inet(buf, end, proto, seq, res, detail, links)
+        _parse_inet(buf, end, proto, seq, res, want)
 
 
 def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int | None,
@@ -266,12 +271,12 @@ def _other(buf: Buffer, off: int, length: int, mtype: int, mseq: int, seq: int |
 
 
 def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,
-                detail: bool = False, links: bool = False) -> None:
-    """links: read each socket's MPTCP token (Socket.mptcp_token): always for MPTCP, for
-    TCP where asked (a namespace with MPTCP sockets: the attributes of every TCP socket of a
-    namespace are otherwise never looked at)."""
-    links = links or proto == "mptcp"
-    extras = detail or links
+                want: int = 0) -> None:
+    """want: WANT_* bits. An MPTCP socket's token is always read; a TCP socket's only where
+    asked (a namespace with MPTCP sockets: the attributes of every TCP socket of a namespace
+    are otherwise never looked at); traffic is TCP's alone."""
+    want = _wanted(want, proto)
+    extras = bool(want)
     states = TCP_STATES if proto in STREAM_PROTOS else DGRAM_STATES
     raw = proto in PORTLESS     # /proc prints 0 as a raw or ping socket's remote "port"
     append = res.sockets.append
@@ -310,7 +315,7 @@ def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedD
                 if ifindex:
                     sock.bound_if = ifindex
                 if extras or not v4:
-                    _inet_extras(buf, off, length, sock, st, detail, links)
+                    _inet_extras(buf, off, length, sock, st, want)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return
         off += (length + 3) & ~3
@@ -328,18 +333,22 @@ _TCP_INFO_RATE = struct.Struct("=Q")         # at 160
 TCP_INFO_MIN = _TCP_INFO_BASE.size           # 104
 
 
-def parse_tcp_info(data: bytes, congestion: str | None = None) -> tuple[TcpDetail, int, int] | None:
+def parse_tcp_info(data: Buffer, congestion: str | None = None, at: int = 0,
+                   size: int | None = None) -> tuple[TcpDetail, int, int] | None:
     """A struct tcp_info (TCP_INFO, INET_DIAG_INFO) as a TcpDetail, with tcpi_unacked and
-    tcpi_sacked (a listener's accept queue and backlog); None when too short to be one."""
-    if len(data) < TCP_INFO_MIN:
+    tcpi_sacked (a listener's accept queue and backlog); None when too short to be one.
+    at, size: where it is in data (a dump's buffer, read in place)."""
+    if size is None:
+        size = len(data) - at
+    if size < TCP_INFO_MIN:
         return None
     (retransmits, unacked, sacked, last_send, last_recv, rtt, rttvar, cwnd,
-     total_retrans) = _TCP_INFO_BASE.unpack_from(data)
+     total_retrans) = _TCP_INFO_BASE.unpack_from(data, at)
     acked = received = rate = None
-    if len(data) >= 136:
-        acked, received = _TCP_INFO_BYTES.unpack_from(data, 120)
-    if len(data) >= 168:
-        rate = _TCP_INFO_RATE.unpack_from(data, 160)[0]
+    if size >= 136:
+        acked, received = _TCP_INFO_BYTES.unpack_from(data, at + 120)
+    if size >= 168:
+        rate = _TCP_INFO_RATE.unpack_from(data, at + 160)[0]
     return (TcpDetail(congestion, rtt, rttvar, cwnd, retransmits, total_retrans, acked,
                       received, rate, last_send, last_recv), unacked, sacked)
 
@@ -362,16 +371,53 @@ def parse_meminfo(data: bytes) -> SocketMemory | None:
     return SocketMemory(*_MEMINFO.unpack_from(data))
 
 
-def _inet_extras(buf: Buffer, off: int, length: int, sock: Socket, st: int,
-                 detail: bool, links: bool) -> None:
-    """What a socket's attributes say besides the fixed part: IPV6_V6ONLY, the details
-    asked, the MPTCP token."""
+def _wanted(want: int, proto: str) -> int:
+    """What is read of a kind's sockets: an MPTCP socket's token always; links and traffic
+    are TCP's alone."""
+    if proto == "mptcp":
+        return (want | WANT_LINKS) & ~WANT_TRAFFIC
+    if proto != "tcp":
+        return want & ~(WANT_LINKS | WANT_TRAFFIC)
+    return want
+
+
+def _inet_extras(buf: Buffer, off: int, length: int, sock: Socket, st: int, want: int) -> None:
+    """What a socket's attributes say besides the fixed part: IPV6_V6ONLY, what `want`
+    asks (WANT_*)."""
     if sock.family == "inet6" and st in V6ONLY_STATES and length > INET_MSG_LEN:
         sock.v6only = _v6only(buf, off + INET_MSG_LEN, off + length)
-    if detail:
-        sock.detail = _inet_detail(buf, off, length, sock.proto)
-    if links and length > INET_MSG_LEN:
+    if want & WANT_DETAIL:
+        sock.detail = detail = _inet_detail(buf, off, length, sock.proto)
+        tcp = detail.tcp
+        if want & WANT_TRAFFIC and tcp is not None and tcp.bytes_acked is not None \
+                and tcp.bytes_received is not None:
+            sock.traffic = (tcp.bytes_acked, tcp.bytes_received, tcp.total_retrans, tcp.rtt_us)
+    elif want & WANT_TRAFFIC:
+        sock.traffic = _traffic(buf, off + INET_MSG_LEN, off + length)
+    if want & WANT_LINKS and length > INET_MSG_LEN:
         sock.mptcp_token = _mptcp_token(buf, off + INET_MSG_LEN, off + length, sock.proto)
+
+
+# tcp_info's tcpi_rtt (68), tcpi_total_retrans (100), tcpi_bytes_acked, tcpi_bytes_received
+# (120, 128; Linux >= 4.1/4.2: a shorter tcp_info gives no traffic)
+_TRAFFIC_RTT = struct.Struct("=68xI28xI16xQQ")
+TRAFFIC_INFO_MIN = _TRAFFIC_RTT.size       # 136
+
+
+def _traffic(buf: Buffer, start: int, stop: int) -> tuple[int, int, int, int] | None:
+    """A TCP socket's (bytes_acked, bytes_received, total_retrans, rtt_us) from the
+    INET_DIAG_INFO among its attributes, read in place; None: not there, or too short."""
+    while start + 4 <= stop:
+        nla_len, nla_type = _NLATTR.unpack_from(buf, start)
+        if nla_len < 4 or start + nla_len > stop:
+            return None
+        if nla_type & NLA_TYPE_MASK == INET_DIAG_INFO:
+            if nla_len - 4 < TRAFFIC_INFO_MIN:
+                return None
+            rtt, retrans, acked, received = _TRAFFIC_RTT.unpack_from(buf, start + 4)
+            return (acked, received, retrans, rtt)
+        start += (nla_len + 3) & ~3
+    return None
 
 
 def _mptcp_token(buf: Buffer, start: int, stop: int, proto: str) -> int | None:
@@ -397,20 +443,42 @@ def _inet_detail(buf: Buffer, off: int, length: int, proto: str = "tcp") -> Sock
     timer = TIMERS.get(timer_no, str(timer_no))
     detail = SocketDetail(rqueue, wqueue, timer, expires if timer_no else None,
                           retrans if timer_no else None, cookie_lo | cookie_hi << 32)
-    if length > INET_MSG_LEN:
-        attrs = _attributes(buf, off + INET_MSG_LEN, off + length) or {}
-        memory = attrs.get(INET_DIAG_SKMEMINFO)
-        if memory is not None:
-            detail.memory = parse_meminfo(memory)
-        # an MPTCP socket's INET_DIAG_INFO is an mptcp_info, not a tcp_info
-        info = attrs.get(INET_DIAG_INFO) if proto != "mptcp" else None
-        if info is not None:
-            cong = attrs.get(INET_DIAG_CONG)
-            name = cong.split(b"\0", 1)[0].decode("ascii", "replace") if cong else None
-            parsed = parse_tcp_info(info, name)
-            if parsed is not None:
-                detail.tcp = parsed[0]
+    # the attributes, read in place (no copy of each: this runs per TCP socket of the node
+    # when TCP_INFO is asked -- the agent's edge traffic)
+    start, stop = off + INET_MSG_LEN, off + length
+    info_at = info_size = 0
+    congestion: str | None = None
+    while start + 4 <= stop:
+        nla_len, nla_type = _NLATTR.unpack_from(buf, start)
+        if nla_len < 4 or start + nla_len > stop:
+            break       # runs past the message: what came before it stands
+        kind = nla_type & NLA_TYPE_MASK
+        if kind == INET_DIAG_INFO:
+            info_at, info_size = start + 4, nla_len - 4
+        elif kind == INET_DIAG_CONG:
+            congestion = _congestion_name(bytes(buf[start + 4:start + nla_len]))
+        elif kind == INET_DIAG_SKMEMINFO:
+            detail.memory = parse_meminfo(bytes(buf[start + 4:start + nla_len]))
+        start += (nla_len + 3) & ~3
+    # an MPTCP socket's INET_DIAG_INFO is an mptcp_info, not a tcp_info
+    if info_at and proto != "mptcp":
+        parsed = parse_tcp_info(buf, congestion, info_at, info_size)
+        if parsed is not None:
+            detail.tcp = parsed[0]
     return detail
+
+
+_congestion_names: dict[bytes, str] = {}
+
+
+def _congestion_name(raw: bytes) -> str:
+    """INET_DIAG_CONG's NUL-terminated name, one str per algorithm (a node has a few)."""
+    name = _congestion_names.get(raw)
+    if name is None:
+        name = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+        if len(_congestion_names) < 64:
+            _congestion_names[raw] = name
+    return name
 
 
 def _v6only(buf: Buffer, start: int, stop: int) -> bool | None:
@@ -552,12 +620,11 @@ def drop_multicast_repeats(res: ParsedDump) -> int:
     return dropped
 
 
-def parse_dump(data: bytes, proto: str, seq: int | None = None,
-               detail: bool = False, links: bool = False) -> ParsedDump:
-    """Decode captured reply bytes (one recv, or several concatenated) of one dump (detail:
-    each socket's queues, timer and the attributes asked for, as SocketDetail)."""
+def parse_dump(data: bytes, proto: str, seq: int | None = None, want: int = 0) -> ParsedDump:
+    """Decode captured reply bytes (one recv, or several concatenated) of one dump (want:
+    WANT_* bits, what to read besides the sockets)."""
     res = ParsedDump()
     view = memoryview(data)
     # Concatenated datagrams frame like one: each ends where the next header starts.
-    parse_into(view, len(view), proto, seq, res, detail, links)
+    parse_into(view, len(view), proto, seq, res, want)
     return res

@@ -62,7 +62,7 @@ class UnixLineCheck:
         line then takes its state and name) or cannot be asked (the line stays unconfirmed)."""
         pid = line.pids[0]
         fd = line.fds[pid][0]
-        asked = describe_process_sockets(pid, {fd: line.inode}, seen=set(), tcp_info=False) \
+        asked = describe_process_sockets(pid, {fd: line.inode}, seen=set()) \
             if self.can_borrow else None
         if asked is not None and asked.sockets:
             truth = asked.sockets[0]

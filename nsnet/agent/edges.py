@@ -115,7 +115,7 @@ class Seen:
         self.measured = True
         if before is None or counters[0] < before[0] or counters[1] < before[1] or \
                 counters[2] < before[2]:
-            before = (0, 0, 0)
+            before = (0, 0, 0, 0)
         self.sent += counters[0] - before[0]
         self.received += counters[1] - before[1]
         self.retransmits += counters[2] - before[2]
@@ -138,17 +138,21 @@ class Seen:
 
 
 Observed = dict[EdgeKey, Seen]
-# a TCP connection's tcpi_bytes_acked, tcpi_bytes_received, tcpi_total_retrans
-Counters = tuple[int, int, int]
+# a TCP connection's tcpi_bytes_acked, tcpi_bytes_received, tcpi_total_retrans, tcpi_rtt
+# (Socket.traffic's order; the rtt is no counter, carried along)
+Counters = tuple[int, int, int, int]
 
 
 def counters(sock: Socket) -> Counters | None:
-    """What a TCP socket has moved, from its TCP_INFO (None: not asked, or a kernel too old
-    for the byte counters -- Linux < 4.2)."""
+    """What a TCP socket has moved, from its TCP_INFO: Socket.traffic (what the agent asks),
+    else the detail (-i); None: not asked, a source without TCP_INFO (proc), or a kernel too
+    old for the byte counters (Linux < 4.2)."""
+    if sock.traffic is not None:
+        return sock.traffic
     tcp = sock.detail.tcp if sock.detail is not None else None
     if tcp is None or tcp.bytes_acked is None or tcp.bytes_received is None:
         return None
-    return (tcp.bytes_acked, tcp.bytes_received, tcp.total_retrans)
+    return (tcp.bytes_acked, tcp.bytes_received, tcp.total_retrans, tcp.rtt_us)
 
 
 def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
@@ -390,7 +394,8 @@ class Memory:
             self.current.open.add(key)
         elif sock.state in CLOSED_STATES:
             self.current.closing.add(key)
-        if sock.detail is not None and (moved := counters(sock)) is not None:
+        if (sock.traffic is not None or sock.detail is not None) and \
+                (moved := counters(sock)) is not None:
             self.current.moved[key] = moved
         if sock.pids:
             self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap))
@@ -457,18 +462,17 @@ def traffic(snap: Snapshot, before: dict[Tuple, Counters]) -> Observed:
     the RTT of those open now. Only sockets whose TCP_INFO was read count."""
     seen: Observed = {}
     for sock in snap.sockets:
-        if sock.detail is None or sock.proto != "tcp":
+        if sock.proto != "tcp" or (sock.traffic is None and sock.detail is None):
             continue
         moved = counters(sock)
         key = _tuple(sock)
         if moved is None or key is None:
             continue
-        tcp = sock.detail.tcp
         for edge in edge_keys(sock, snap):
             s = seen.setdefault(edge, Seen())
             s.moved(moved, before.get(key))
-            if tcp is not None and sock.state in OPEN_STATES:
-                s.rtt_sum_us += tcp.rtt_us
+            if sock.state in OPEN_STATES:
+                s.rtt_sum_us += moved[3]
                 s.rtt_count += 1
     return seen
 

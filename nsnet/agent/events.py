@@ -68,9 +68,10 @@ def _subscribe(opener: Callable[[], socket.socket]) -> socket.socket:
 
 def parse_events(data: bytes) -> tuple[list[Socket], int]:
     """The sockets one datagram of events describes, and how many messages were malformed.
-    Each socket's detail has the tcp_info the kernel put in the message (INET_DIAG_INFO:
-    inet_diag_handler_get_info fills it for destroy broadcasts): what the connection moved."""
-    parsed = sockdiag.parse_dump(data, "tcp", detail=True)
+    Each socket's traffic is from the tcp_info the kernel put in the message
+    (INET_DIAG_INFO: inet_diag_handler_get_info fills it for destroy broadcasts): what the
+    connection moved in all."""
+    parsed = sockdiag.parse_dump(data, "tcp", want=sockdiag.WANT_TRAFFIC)
     return parsed.sockets, parsed.malformed
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
-from ..model import TCP_INFO, Snapshot
+from ..model import TRAFFIC, Snapshot
 from ..options import SamplingOptions, SnapshotOptions
 from ..snapshot import Pace, Snapshotter
 from . import edges
@@ -144,11 +144,12 @@ class Sampler:
 
 
 def snapshot_options(options: SamplingOptions) -> SnapshotOptions:
-    """What each sample reads: the snapshot options, with TCP_INFO when the edges carry their
-    traffic (SamplingOptions.traffic)."""
-    if not options.traffic or TCP_INFO in options.snapshot.details:
+    """What each sample reads: the snapshot options, with each TCP socket's TCP_INFO counters
+    (model.TRAFFIC: no SocketDetail) when the edges carry their traffic
+    (SamplingOptions.traffic)."""
+    if not options.traffic or TRAFFIC in options.snapshot.details:
         return options.snapshot
-    return replace(options.snapshot, details=options.snapshot.details | {TCP_INFO})
+    return replace(options.snapshot, details=options.snapshot.details | {TRAFFIC})
 
 
 def _destroy_watcher(options: SamplingOptions, say_once: Say) -> DestroyWatcher | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
-from ..model import MEMORY, QUEUES, TCP_INFO, Namespace, Socket, key_inode
+from ..model import DETAILS, MEMORY, QUEUES, TCP_INFO, TRAFFIC, Namespace, Socket, key_inode
 from ..netparse import ADDRESS_FILES, PROTOCOL_NAMES, kinds_in_use, name_interfaces
 from ..setns import run_in_namespace
 from ..sockdiag import (
@@ -42,6 +42,9 @@ from ..sockdiag import (
     UDIAG_SHOW_MEMINFO,
     UDIAG_SHOW_NAME,
     UDIAG_SHOW_RQLEN,
+    WANT_DETAIL,
+    WANT_LINKS,
+    WANT_TRAFFIC,
     ParsedDump,
     build_inet_request,
     build_netlink_request,
@@ -275,7 +278,7 @@ def _buffer() -> tuple[bytearray, memoryview]:
 
 
 def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
-             detail: bool = False, links: bool = False) -> ParsedDump:
+             want: int = 0) -> ParsedDump:
     """Send one dump request and read its replies to the end.
 
     If an earlier dump on this socket was abandoned half way (an exception between recv
@@ -292,7 +295,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
         if n > size:            # cannot happen with 1 MiB buffers; never parse a cut datagram
             res.malformed += 1
             continue
-        parse_into(view, n, proto, seq, res, detail, links)
+        parse_into(view, n, proto, seq, res, want)
         if res.done:
             if res.error == _errno.EBUSY and not retried:
                 retried = True
@@ -300,7 +303,7 @@ def run_dump(sock: socket.socket, request: bytes, seq: int, proto: str,
                 res.done, res.error = False, 0
                 while not res.stale_done:
                     n = sock.recv_into(buf, size, socket.MSG_TRUNC)
-                    parse_into(view, min(n, size), proto, seq, res, detail, links)
+                    parse_into(view, min(n, size), proto, seq, res, want)
                 sock.send(request)
                 continue
             return res
@@ -333,11 +336,13 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     """
     protos = set(protos)
     result = DiagResult()
-    detail = bool(details)
-    ext = (EXT_TCP_INFO if TCP_INFO in details else 0) | \
-        (EXT_MEMORY if MEMORY in details else 0)
+    detail = WANT_DETAIL if details & set(DETAILS) else 0
+    ext = (EXT_TCP_INFO if TCP_INFO in details else EXT_INFO if TRAFFIC in details else 0) \
+        | (EXT_MEMORY if MEMORY in details else 0)
     if "tcp" in protos and tcp_states:
-        _dump_tcp(sock, result, tcp_states, legacy_tcp, detail, ext, mptcp_links)
+        _dump_tcp(sock, result, tcp_states, legacy_tcp, ext, detail
+                  | (WANT_TRAFFIC if TRAFFIC in details else 0)
+                  | (WANT_LINKS if mptcp_links else 0))
     memory = EXT_MEMORY if MEMORY in details else 0     # tcp_info is TCP's alone
     if "udp" in protos:
         for family, label in ((socket.AF_INET, "udp"), (socket.AF_INET6, "udp6")):
@@ -373,25 +378,23 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
 
 
 def _ask(sock: socket.socket, result: DiagResult, label: str, proto: str,
-         build: Callable[..., bytes], detail: bool = False, links: bool = False) -> int:
-    """One dump request (build(seq=...) makes it), its replies taken into result; the errno
-    the kernel answered."""
+         build: Callable[..., bytes], want: int = 0) -> int:
+    """One dump request (build(seq=...) makes it), its replies taken into result (want:
+    sockdiag.WANT_* bits); the errno the kernel answered."""
     seq = _next_seq()
-    return result.take(label, run_dump(sock, build(seq=seq), seq, proto, detail, links),
-                       proto)
+    return result.take(label, run_dump(sock, build(seq=seq), seq, proto, want), proto)
 
 
 def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
-              legacy_tcp: bool | None, detail: bool = False, ext: int = 0,
-              links: bool = False) -> None:
+              legacy_tcp: bool | None, ext: int = 0, want: int = 0) -> None:
     global _legacy_tcp
-    if links:   # tcp_diag sends a subflow's INET_DIAG_ULP_INFO only with INET_DIAG_INFO
+    if want & WANT_LINKS:   # tcp_diag sends a subflow's INET_DIAG_ULP_INFO only with INFO
         ext |= EXT_INFO
     per_family = legacy_tcp is False or (legacy_tcp is None and _legacy_tcp is False)
     if not per_family:
         seq = _next_seq()
         parsed = run_dump(sock, build_tcp_legacy_request(tcp_states, seq=seq, ext=ext), seq,
-                          "tcp", detail, links)
+                          "tcp", want)
         if legacy_tcp is None and parsed.error in _NO_LEGACY and not parsed.sockets:
             _legacy_tcp, per_family = False, True
         else:
@@ -400,7 +403,7 @@ def _dump_tcp(sock: socket.socket, result: DiagResult, tcp_states: int,
         for family, label in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
             _ask(sock, result, label, "tcp",
                  partial(build_inet_request, family, socket.IPPROTO_TCP, tcp_states, ext=ext),
-                 detail, links)
+                 want)
 
 
 def kept_socket_limit() -> int:

@@ -80,10 +80,12 @@ import time
 from dataclasses import dataclass, field
 
 from ..model import (
+    DETAILS,
     MEMORY,
     OPTIONS,
     QUEUES,
     TCP_INFO,
+    TRAFFIC,
     Socket,
     SocketDetail,
     Stats,
@@ -176,25 +178,15 @@ _get_errno = ctypes.get_errno
 _netns_by_cookie: dict[int, int] = {}
 _NETNS_CACHE_MAX = 1 << 16
 
+_SHOWN = frozenset(DETAILS)      # the details a SocketDetail holds (not model.TRAFFIC)
 _WILDCARD: dict[int, str] = {_AF_INET: "0.0.0.0", _AF_INET6: "::"}
 _FAMILY_NAME: dict[int, str] = {_AF_INET: "inet", _AF_INET6: "inet6"}
-
-
-@dataclass(slots=True)
-class TcpInfo:
-    """The cheap part of TCP_INFO, read by the same getsockopt that gives the state."""
-    rtt_us: int
-    rttvar_us: int
-    total_retrans: int
-    bytes_acked: int
-    bytes_received: int
 
 
 @dataclass(slots=True)
 class BorrowResult:
     """What one process's sockets told us. Counts are of sockets (fds), not processes."""
     sockets: list[Socket] = field(default_factory=list)
-    tcp_info: dict[int, TcpInfo] = field(default_factory=dict)   # socket inode -> TcpInfo
     borrowed: int = 0          # described: one Socket each
     already_seen: int = 0      # described earlier through another holder (inode in `seen`)
     skipped_family: int = 0    # bluetooth, can, alg ...: not in the tables nsnet reads
@@ -235,7 +227,7 @@ def unix_name(name: str | bytes) -> str:
 
 
 def describe_process_sockets(pid: int, socket_fds: dict[int, int], *, seen: set[int],
-                             pidfd: int | None = None, tcp_info: bool = True,
+                             pidfd: int | None = None,
                              allow_cgroup_retag: bool = False,
                              details: frozenset[str] = frozenset()) -> BorrowResult:
     """Describe the sockets of one process whose inode is not in `seen` yet.
@@ -276,7 +268,7 @@ def describe_process_sockets(pid: int, socket_fds: dict[int, int], *, seen: set[
             return result
     assert pidfd is not None
     try:
-        _Describer(result, seen, tcp_info, details).run(pidfd, todo)
+        _Describer(result, seen, details).run(pidfd, todo)
     finally:
         if own_pidfd:
             os.close(pidfd)
@@ -379,14 +371,16 @@ class _Describer:
     """The per-call state: result, counters and the namespace lookups of one process.
     Not shared between calls, so concurrent callers (threads) share nothing but the
     cookie cache, whose single get/set operations are atomic under the GIL."""
-    __slots__ = ("result", "seen", "want_tcp_info", "cookies", "refused", "details")
+    __slots__ = ("result", "seen", "want_traffic", "cookies", "refused", "details")
 
-    def __init__(self, result: BorrowResult, seen: set[int], want_tcp_info: bool,
+    def __init__(self, result: BorrowResult, seen: set[int],
                  details: frozenset[str] = frozenset()) -> None:
         self.result = result
         self.seen = seen
-        self.want_tcp_info = want_tcp_info
-        self.details = details
+        # the counters and rtt the agent's edges need (model.TRAFFIC), from the TCP_INFO
+        # the state is read with anyway; a SocketDetail only for the details shown
+        self.want_traffic = TRAFFIC in details
+        self.details = details & _SHOWN
         self.cookies = True              # False once the kernel says it has no netns cookie
         self.refused: set[int] = set()   # cookies whose SIOCGSKNS was refused (EPERM)
 
@@ -466,6 +460,7 @@ class _Describer:
         remote_addr, remote_port = _WILDCARD[family], 0
         pending = False
         token: int | None = None
+        traffic: tuple[int, int, int, int] | None = None
         if kind == _STREAM and proto == _IPPROTO_TCP:
             info = h.getsockopt(_IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
             state_no = info[0]
@@ -479,9 +474,9 @@ class _Describer:
                         raise
             elif len(info) >= 28 and _U32.unpack_from(info, 24)[0]:
                 pending = True          # a listener with connections waiting in its queue
-            if self.want_tcp_info and len(info) == _TCP_INFO_LEN:
-                _, rtt, rttvar, retrans, acked, received = _TCP_INFO_LAYOUT.unpack(info)
-                self.result.tcp_info[inode] = TcpInfo(rtt, rttvar, retrans, acked, received)
+            if self.want_traffic and len(info) == _TCP_INFO_LEN:
+                _, rtt, _rttvar, retrans, acked, received = _TCP_INFO_LAYOUT.unpack(info)
+                traffic = (acked, received, retrans, rtt)
             name = "tcp"
         elif kind == _DGRAM and proto in _UDP_PROTOCOLS:
             peer = _peer(h)
@@ -522,6 +517,8 @@ class _Describer:
                       remote_port, inode, uid, netns, _key(netns))
         if name == "mptcp":
             sock.mptcp_token = token
+        elif traffic is not None:
+            sock.traffic = traffic
         _scope(h, sock, family == _AF_INET6)
         return sock
 
@@ -714,7 +711,7 @@ def read_options(sockets: list[Socket], stats: Stats) -> None:
     why: dict[str, int] = {}
     read = 0
     for pid, fds in sorted(by_holder.items()):
-        result = describe_process_sockets(pid, fds, seen=set(), tcp_info=False,
+        result = describe_process_sockets(pid, fds, seen=set(),
                                           details=frozenset({OPTIONS}))
         for got in result.sockets:
             target = want.get(got.inode)
@@ -880,7 +877,7 @@ class PidfdSource:
             if not process.socket_fds:
                 continue
             result = describe_process_sockets(pid, process.socket_fds, seen=seen,
-                                              tcp_info=False, details=self.details)
+                                              details=self.details)
             stats.pidfd_borrowed += result.borrowed
             stats.pidfd_vanished += result.vanished
             stats.pidfd_denied += result.denied

@@ -356,10 +356,10 @@ def queues() -> dict:
 
 
 def _detailed(name: str, proto: str, record: dict) -> dict[int, object]:
-    from nsnet.sockdiag import ParsedDump, parse_into
+    from nsnet.sockdiag import WANT_DETAIL, ParsedDump, parse_into
     data = (DATA / f"queues_diag_{name}.bin").read_bytes()
     res = ParsedDump()
-    parse_into(memoryview(data), len(data), proto, record["seq"][name], res, detail=True)
+    parse_into(memoryview(data), len(data), proto, record["seq"][name], res, WANT_DETAIL)
     assert (res.malformed, res.done, res.error) == (0, True, 0)
     return {s.inode: s for s in res.sockets if s.inode}
 
@@ -540,8 +540,10 @@ MULTIPATH = json.loads((DATA / "multipath_capture.json").read_text())
 
 def multipath_dump(name: str, links: bool = True):
     from nsnet.sockdiag import parse_dump
+    from nsnet.sockdiag import WANT_LINKS
     return parse_dump((DATA / f"multipath_diag_{name}.bin").read_bytes(),
-                      "tcp" if name == "tcp4" else "mptcp", MULTIPATH["seq"][name], links=links)
+                      "tcp" if name == "tcp4" else "mptcp", MULTIPATH["seq"][name],
+                      WANT_LINKS if links else 0)
 
 
 def test_mptcp_connections_and_subflows_carry_their_tokens() -> None:
@@ -613,3 +615,29 @@ def test_subflows_are_linked_to_their_connection_in_their_namespace() -> None:
     client = MULTIPATH["tokens"]["client"]
     assert {tuple(s.pids) for s in subflows if s.mptcp_token == client} == {(4242,)}
     assert {tuple(s.pids) for s in subflows if s.mptcp_token != client} == {()}
+
+
+def test_traffic_alone_is_read_in_place_and_equals_the_detail(queues: dict) -> None:
+    from nsnet.sockdiag import WANT_TRAFFIC, parse_dump
+    from nsnet.sockdiag import WANT_DETAIL
+    data = (DATA / "queues_diag_tcp4.bin").read_bytes()
+
+    def ends(s):
+        return (s.state, s.local_addr, s.local_port, s.remote_addr, s.remote_port)
+    detailed = {ends(s): s for s in parse_dump(data, "tcp", queues["seq"]["tcp4"],
+                                               WANT_DETAIL).sockets}
+    light = parse_dump(data, "tcp", queues["seq"]["tcp4"], WANT_TRAFFIC)
+    assert light.malformed == 0
+    measured = [s for s in light.sockets if s.traffic is not None]
+    assert measured and all(s.detail is None for s in light.sockets)
+    for s in measured:
+        tcp = detailed[ends(s)].detail.tcp
+        assert s.traffic == (tcp.bytes_acked, tcp.bytes_received, tcp.total_retrans, tcp.rtt_us)
+    # a tcp_info cut short of the byte counters (a kernel before 4.2) is no traffic
+    from nsnet.sockdiag import _traffic
+    info = struct.pack("=HH", 4 + 120, 2) + bytes(120)
+    assert _traffic(info, 0, len(info)) is None
+    whole = struct.pack("=HH", 4 + 136, 2) + bytes(68) + struct.pack("=I", 250) + bytes(28) \
+        + struct.pack("=I", 3) + bytes(16) + struct.pack("=QQ", 1000, 2000)
+    assert _traffic(whole, 0, len(whole)) == (1000, 2000, 3, 250)
+    assert _traffic(whole[:-1], 0, len(whole) - 1) is None      # runs past the message
