@@ -661,7 +661,7 @@ def _live_edges(sampling: SamplingOptions, node: str, uid: int | None, err: Text
     _warn(err, snap.stats.warnings(), output)
     now = round(time.time(), 3)
     # the bytes and retransmits of the connections open now, over their lives
-    observed = merge(observe(snap), traffic(snap, {}))
+    observed = merge(observe(snap), traffic(snap))
     rows = [(node, key, state_of(seen, now))
             for key, seen in observed.items() if uid is None or key.uid == uid]
     return deps_view(rows, sampling.snapshot.services, None, "snapshot", confirmed=confirmed,

@@ -120,7 +120,7 @@ class Sampler:
         self.memory.learn(snap)
         edges.merge(observed, edges.transitions(snap, self.memory, self.watcher is not None))
         # bytes and retransmits since the previous sample, rtt now (TCP_INFO, when asked)
-        edges.merge(observed, edges.traffic(snap, self.memory.previous.moved))
+        edges.merge(observed, edges.traffic(snap, self.memory.previous))
         # a connection that closed since the last sample is an edge even if no sample saw it
         edges.merge(observed, edges.closed_edges(closed, self.memory))
         if self.watcher is not None:

@@ -477,14 +477,14 @@ def test_traffic_of_one_snapshot_is_over_the_connections_lives_and_rtt_a_mean():
                             server_netns=A, client_holders=[300], server_holders=[200])
     moved(c2, 24, 6, 2, 800)
     snap = node.build()
-    got = traffic(snap, {})
+    got = traffic(snap)
     client = got[CLIENT]
     assert (client.sent, client.received, client.retransmits, client.rtt_us) == \
         (1024, 206, 3, 600.0)
     server = state_of(got[SERVER], 1.0)
     assert (server.sent_total, server.received_total, server.measured) == (200, 1000, True)
     # a socket without TCP_INFO (the proc source) measures nothing
-    assert traffic(remembering_node().build(), {}) == {}
+    assert traffic(remembering_node().build()) == {}
 
 
 def test_the_agent_counts_what_moved_between_samples_and_the_final_bytes_of_closed_ones():
@@ -539,7 +539,7 @@ def test_an_unmeasured_edge_has_null_traffic_in_the_documents():
     doc = deps_view([("n", k, s) for k, s in book.edges.items()], NO_SERVICES, None, "agent")
     assert {(e["bytes_sent"], e["bytes_received"], e["retransmits"], e["rtt_ms"])
             for e in doc["edges"]} == {(None, None, None, None)}
-    book.update(traffic(traffic_node((1000, 200, 1, 1500), (200, 1000, 0, 400)).build(), {}),
+    book.update(traffic(traffic_node((1000, 200, 1, 1500), (200, 1000, 0, 400)).build()),
                 20.0)
     doc = deps_view([("n", k, s) for k, s in book.edges.items()], NO_SERVICES, None, "agent")
     got = {e["where"]: (e["bytes_sent"], e["bytes_received"], e["retransmits"], e["rtt_ms"])
@@ -558,7 +558,7 @@ def test_the_deps_table_shows_traffic_columns_only_when_measured():
     plain = table(observe(remembering_node().build()))
     assert not {"SENT/RECV", "RTT", "RETRANS"} & {w for line in plain for w in line}
     node = traffic_node((1_572_864, 200, 1, 1500), (200, 1_572_864, 0, 400))
-    lines = table(traffic(node.build(), {}))
+    lines = table(traffic(node.build()))
     header = lines[1]
     row = dict(zip(header, next(line for line in lines if "pod:shop/client" in line)))
     assert (row["SENT/RECV"], row["RTT"], row["RETRANS"]) == ("1.5M/200B", "1.50ms", "1")
