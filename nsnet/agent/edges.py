@@ -333,13 +333,27 @@ class Held:
 class _SampleTuples:
     held: dict[Tuple, Held] = field(default_factory=dict)    # held TCP connections
     # TCP 4-tuples in an open state, and in a closing state, each with its TCP_INFO
-    # counters when read (one table for both: on a 400-namespace node these are 50k each)
-    open: dict[Tuple, Counters | None] = field(default_factory=dict)
-    closing: dict[Tuple, Counters | None] = field(default_factory=dict)
+    # counters when read, packed (one table for both: on a 400-namespace node these are 50k
+    # each). Packed into one int made here, not the snapshot's own objects: kept for two
+    # samples, those would pin the parse's memory pages of every snapshot (measured: +18 MiB
+    # of RSS at 400 namespaces).
+    open: dict[Tuple, int | None] = field(default_factory=dict)
+    closing: dict[Tuple, int | None] = field(default_factory=dict)
 
     def moved(self, key: Tuple) -> Counters | None:
-        """A connection's counters as this sample saw them."""
-        return self.open.get(key) or self.closing.get(key)
+        """A connection's counters as this sample saw them (the rtt left out: 0)."""
+        packed = self.open.get(key) or self.closing.get(key)
+        if packed is None:
+            return None
+        return (packed & _U64, packed >> 64 & _U64, packed >> 128, 0)
+
+
+_U64 = (1 << 64) - 1
+
+
+def _packed(moved: Counters | None) -> int | None:
+    """Counters as one int: bytes_acked, bytes_received (u64 each), total_retrans above."""
+    return None if moved is None else moved[0] | moved[1] << 64 | moved[2] << 128
 
 
 def _tuple(sock: Socket) -> Tuple | None:
@@ -395,7 +409,8 @@ class Memory:
             self.where_of_netns[ns.inode] = namespace_where(ns, snap)
 
     def _learn_connection(self, sock: Socket, key: Tuple, snap: Snapshot) -> None:
-        moved = counters(sock) if sock.traffic is not None or sock.detail is not None else None
+        moved = _packed(counters(sock)) \
+            if sock.traffic is not None or sock.detail is not None else None
         if sock.state in OPEN_STATES:
             self.current.open[key] = moved
         elif sock.state in CLOSED_STATES:
