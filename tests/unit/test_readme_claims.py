@@ -44,7 +44,7 @@ def test_every_option_the_readme_mentions_exists():
     foreign = {"--write", "--check", "--strict", "--baseline", "--repeat", "--sources",
                "--skip-ss", "--change", "--propagation", "--reuid", "--regid",
                "--clear-groups", "--inh-caps", "--ambient-caps", "--bounding-set",
-               "--ss-repeat"}
+               "--ss-repeat", "--traffic-cost"}
     unknown = sorted(mentioned - known - foreign)
     assert not unknown, f"the README mentions options nsnet does not have: {unknown}"
 
