@@ -40,18 +40,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVICE_MONITOR = REPO / "deploy" / "components" / "servicemonitor" / "servicemonitor.yaml"
+# prometheus-operator's generated relabeling gives each target of a ServiceMonitor the
+# agent's own namespace, Service, pod, container and endpoint (as target labels)
+OPERATOR_TARGET = {"namespace": "nsnet-system", "service": "nsnet", "pod": "nsnet-x7k2p",
+                   "container": "nsnet", "endpoint": "http"}
+
+
+def operator_job(target: str) -> str:
+    """The scrape job prometheus-operator makes of deploy/'s ServiceMonitor, for a target
+    whose discovery it plays: its target labels, then the ServiceMonitor's own relabelings
+    and honorLabels, read from the manifest."""
+    import yaml
+
+    (endpoint,) = yaml.safe_load(SERVICE_MONITOR.read_text())["spec"]["endpoints"]
+    relabel = [{"target_label": name, "replacement": value}
+               for name, value in OPERATOR_TARGET.items()]
+    for rule in endpoint.get("relabelings") or []:
+        relabel.append({{"sourceLabels": "source_labels", "targetLabel": "target_label"}
+                        .get(k, k): v for k, v in rule.items()})
+    return json.dumps({"job_name": "serviceMonitor/nsnet-system/nsnet/0",
+                       "honor_labels": bool(endpoint.get("honorLabels")),
+                       "metrics_path": endpoint["path"],
+                       "static_configs": [{"targets": [target]}],
+                       "relabel_configs": relabel})
+
+
 class Prometheus:
-    def __init__(self, target: str, workdir: Path):
+    """A real Prometheus scraping the agent every second. style "static": a plain static
+    scrape (target labels job and instance only); "operator": as prometheus-operator scrapes
+    through deploy/components/servicemonitor."""
+
+    def __init__(self, target: str, workdir: Path, style: str = "static"):
         binary = shutil.which("prometheus")
         assert binary is not None
         self.port = free_port()
+        workdir = workdir / style
+        workdir.mkdir()
         config = workdir / "prometheus.yml"
-        # honor_labels: the edges' own namespace/pod labels describe other pods and must win
-        # over target labels (kube-state-metrics' convention; see deploy/README.md)
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: nsnet\n    honor_labels: true\n"
-            f"    static_configs:\n      - targets: ['{target}']\n")
+        job = operator_job(target) if style == "operator" else json.dumps(
+            {"job_name": "nsnet", "static_configs": [{"targets": [target]}]})
+        # YAML is a superset of JSON: the job is written as JSON
+        config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                          f"scrape_configs:\n  - {job}\n")
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
@@ -100,6 +131,28 @@ def by_user(result: list[dict]) -> dict[str, float]:
     return {r["metric"].get("user", ""): float(r["value"][1]) for r in result}
 
 
+def readme_answers(prom: Prometheus, queries: list[str]) -> None:
+    """What each README query answers on the node's plan."""
+    seen_today = prom.query(queries[0])
+    assert sorted((r["metric"]["user"], r["metric"]["namespace"], r["metric"]["pod"],
+                   float(r["value"][1])) for r in seen_today) == [
+        (str(APP_A), "shop", "tenant-a", 1.0),
+        (str(SIDECAR_A), "shop", "tenant-a", 1.0)]    # known only as a guess
+    # open now: the app's three; none for the sidecar (its guess is a TIME_WAIT)
+    assert by_user(prom.query(queries[1])) == {str(APP_A): 3.0, str(SIDECAR_A): 0.0}
+    opening = by_user(prom.query(queries[2]))
+    assert opening[str(APP_A)] > 0 and opening.get(str(SIDECAR_A), 0.0) == 0.0
+    # leaving out the guesses: the app only
+    assert by_user(prom.query(queries[3])) == {str(APP_A): 3.0}
+    # traffic: the app's connections moved bytes (their SYNs at least, counted when first
+    # seen: p2 and p3 in the second sample); a TIME_WAIT has no TCP_INFO; the app's three
+    # open connections have an rtt, the sidecar's guess none
+    sending = by_user(prom.query(queries[4]))
+    assert sending[str(APP_A)] > 0 and str(SIDECAR_A) not in sending
+    rtt = by_user(prom.query(queries[5]))
+    assert set(rtt) == {str(APP_A)} and 0 < rtt[str(APP_A)] < 1
+
+
 def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
     require_root("ip", "setpriv", "ss", "prometheus", "promtool")
     from nsnet.agent.serve import Agent, http_server
@@ -113,38 +166,36 @@ def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
         agent = Agent(options, io.StringIO())
         server = http_server(agent)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        prom = Prometheus(f"127.0.0.1:{server.server_address[1]}", tmp_path)
+        target = f"127.0.0.1:{server.server_address[1]}"
+        proms = [Prometheus(target, tmp_path, style) for style in ("static", "operator")]
+        prom = proms[0]
         try:
             node.run("a", Conn("p1", "a", "keep", PEER, PORT))
             agent.step()
-            prom.wait("nsnet_samples_total", lambda r: r and float(r[0]["value"][1]) == 1)
+            for p in proms:
+                p.wait("nsnet_samples_total", lambda r: r and float(r[0]["value"][1]) == 1)
             # two more kept (seen opening by the next sample), and one closed at once by the
             # app: its TIME_WAIT has no holder, and pod A two owners -- a guess
             for name in ("p2", "p3"):
                 node.run("a", Conn(name, "a", "keep", PEER, PORT))
             node.run("a", Conn("p4", "a", "client_closes", PEER, PORT))
             agent.step()
-            prom.wait("nsnet_samples_total", lambda r: r and float(r[0]["value"][1]) == 2)
+            for p in proms:
+                p.wait("nsnet_samples_total", lambda r: r and float(r[0]["value"][1]) == 2)
             time.sleep(2.5)     # a few scrapes of the second sample
 
-            seen_today = prom.query(queries[0])
-            assert sorted((r["metric"]["user"], r["metric"]["namespace"], r["metric"]["pod"],
-                           float(r["value"][1])) for r in seen_today) == [
-                (str(APP_A), "shop", "tenant-a", 1.0),
-                (str(SIDECAR_A), "shop", "tenant-a", 1.0)]    # known only as a guess
-            # open now: the app's three; none for the sidecar (its guess is a TIME_WAIT)
-            assert by_user(prom.query(queries[1])) == {str(APP_A): 3.0, str(SIDECAR_A): 0.0}
-            opening = by_user(prom.query(queries[2]))
-            assert opening[str(APP_A)] > 0 and opening.get(str(SIDECAR_A), 0.0) == 0.0
-            # leaving out the guesses: the app only
-            assert by_user(prom.query(queries[3])) == {str(APP_A): 3.0}
-            # traffic: the app's connections moved bytes (their SYNs at least, counted when
-            # first seen: p2 and p3 in the second sample); a TIME_WAIT has no TCP_INFO; the
-            # app's three open connections have an rtt, the sidecar's guess none
-            sending = by_user(prom.query(queries[4]))
-            assert sending[str(APP_A)] > 0 and str(SIDECAR_A) not in sending
-            rtt = by_user(prom.query(queries[5]))
-            assert set(rtt) == {str(APP_A)} and 0 < rtt[str(APP_A)] < 1
+            # every README query answers the same under both scrape styles
+            for p in proms:
+                readme_answers(p, queries)
+            # the operator's target labels are gone from every series (the edges' own
+            # namespace/pod/service labels name the tenants'), none renamed exported_*
+            operator = proms[1].query('{__name__=~"nsnet_edge_connections|nsnet_build_info"}')
+            assert operator and not [r for r in operator if r["metric"].get("container")
+                                     or r["metric"].get("endpoint")
+                                     or any(k.startswith("exported_") for k in r["metric"])]
+            assert not [r for r in operator
+                        if r["metric"].get("pod") == OPERATOR_TARGET["pod"]
+                        or r["metric"].get("namespace") == OPERATOR_TARGET["namespace"]]
             # addresses join nodes: pod A's own address is pod A's, the service namespace's
             # is a namespace's (no pod), each once
             (pod_addr,) = prom.query(f'nsnet_address_info{{address="{POD_A_IP}"}}')
@@ -168,7 +219,8 @@ def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
             assert {"nsnet_edge_connections", "nsnet_samples", "nsnet_build"} <= \
                 {f.name for f in text_string_to_metric_families(om)}
         finally:
-            prom.stop()
+            for p in proms:
+                p.stop()
             server.shutdown()
             server.server_close()
             agent.close()

@@ -33,6 +33,8 @@ OVERLAY = OVERLAYS / "setns"
 RBAC_PROXY = OVERLAYS / "kube-rbac-proxy"
 RBAC_PROXY_TLS = OVERLAYS / "kube-rbac-proxy-tls"
 AUTH_TOKEN = OVERLAYS / "auth-token"
+COMPONENTS = DEPLOY / "components"
+SERVICE_MONITOR = COMPONENTS / "servicemonitor"
 RENDERED = DEPLOY / "nsnet.yaml"
 YAMLLINT_CONFIG = DEPLOY / ".yamllint"
 
@@ -141,7 +143,7 @@ def resources_of(directory: Path) -> list[dict]:
         return base_resources()
     kust = kustomization(directory)
     docs: list[dict] = []
-    for entry in kust.get("resources") or []:
+    for entry in [*(kust.get("resources") or []), *(kust.get("components") or [])]:
         path = directory / entry
         docs += resources_of(path) if path.is_dir() else load(path)
     for patch in kust.get("patches") or []:
@@ -366,8 +368,12 @@ def test_kustomize_would_load_it(directory):
     above it ("cycle detected: candidate root ... contains visited root"), a file entry lies
     in or below this directory (the default load restrictor)."""
     doc = kustomization(directory)
-    assert doc["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
-    assert doc["kind"] == "Kustomization"
+    if COMPONENTS in directory.parents:     # added with `components:`, never applied alone
+        assert (doc["apiVersion"], doc["kind"]) == ("kustomize.config.k8s.io/v1alpha1",
+                                                    "Component")
+    else:
+        assert doc["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+        assert doc["kind"] == "Kustomization"
     here = directory.resolve()
     entries = list(doc.get("resources") or [])
     for entry in entries:
@@ -772,6 +778,63 @@ def test_kustomize_renders_what_the_checks_read(directory):
     assert sorted(built) == sorted(expected)
     for key, doc in expected.items():
         assert built[key] == doc, key
+
+
+# -- the ServiceMonitor component --------------------------------------------------------------
+
+# what prometheus-operator gives every target of a ServiceMonitor (its generated relabeling):
+# the agent's own namespace, Service, pod, container and endpoint
+OPERATOR_TARGET_LABELS = {"namespace", "service", "pod", "container", "endpoint"}
+
+
+def with_service_monitor(base: Path = BASE) -> list[dict]:
+    return resources_of(base) + resources_of(SERVICE_MONITOR)
+
+
+def test_the_service_monitor_scrapes_each_agent_with_the_edges_labels_intact():
+    import re
+
+    docs = with_service_monitor()
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service")
+    spec = monitor["spec"]
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert spec["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and endpoint["honorLabels"] is True
+    # the operator's target labels are dropped, every one, and none of the edges' own
+    # labels is touched (target relabelings never see the scraped series anyway)
+    (drop,) = endpoint["relabelings"]
+    assert drop["action"] == "labeldrop"
+    pattern = re.compile(drop["regex"])
+    assert {name for name in OPERATOR_TARGET_LABELS if pattern.fullmatch(name)} == \
+        OPERATOR_TARGET_LABELS
+    assert not [name for name in ("job", "instance", "__address__", "__metrics_path__")
+                if pattern.fullmatch(name)]
+    # the monitoring namespace (the operator's Prometheus) is the one the policy lets in
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": MONITORING}}]
+
+
+def test_the_component_composes_with_every_variant():
+    for variant, (directory, _, _) in VARIANTS.items():
+        docs = with_service_monitor(directory)
+        assert sorted(d["kind"] for d in docs).count("ServiceMonitor") == 1, variant
+
+
+def test_kustomize_builds_a_variant_with_the_component(tmp_path):
+    """As a user adds it: a kustomization of their own with the base as a resource and the
+    component under `components:`."""
+    import os
+
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {os.path.relpath(BASE, tmp_path)}\n"
+        f"components:\n  - {os.path.relpath(SERVICE_MONITOR, tmp_path)}\n")
+    built = _by_name(kustomize_build(tmp_path))
+    assert built == _by_name(with_service_monitor())
 
 
 # -- who may reach the agent: NetworkPolicy, Service, kube-rbac-proxy, auth token ---------------
