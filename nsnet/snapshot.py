@@ -128,8 +128,11 @@ class Snapshotter:
                               deadline=options.deadline)
         joined = Joined(found, stats)
         sockets = source.collect(ctx, found, joined.add)
+        # what sockfs says each unlisted socket is, asked once for the borrowing and the
+        # explaining (a getxattr per socket, bounded)
+        kinds = UnlistedKinds(self.proc)
         if choice.source == "netlink":
-            extra = borrow_unlisted(self.proc, found, joined.join.unlisted(), stats)
+            extra = borrow_unlisted(found, joined.join.unlisted(), kinds, stats)
             if extra:
                 joined.add(extra)
                 sockets.extend(extra)
@@ -141,7 +144,7 @@ class Snapshotter:
         logs = kubelet.load_kubelet_logs(options.host_root) \
             if options.host_root is not None else None
         snap = assemble(found, sockets, stats, joined, options, logs=logs)
-        explain_unlisted(self.proc, found, joined.join.unlisted(), stats)
+        explain_unlisted(found, joined.join.unlisted(), kinds, stats)
         if OPTIONS in options.details:
             # options come from the socket itself, whatever listed it: borrowed from a holder
             # (the pidfd source has read those it borrowed already)
@@ -222,23 +225,41 @@ def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined:
 MAX_UNLISTED_ASKED = 4096   # sockfs lookups per snapshot (~5 us each): a bound, not a goal
 
 
-def borrow_unlisted(proc: str, found: walk.Discovery,
-                    unlisted: dict[int, list[tuple[int, int]]], stats: Stats) -> list[Socket]:
+class UnlistedKinds:
+    """The kind sockfs says a held socket is (system.sockprotoname through one holder's
+    /proc/<pid>/fd), asked once per socket and at most MAX_UNLISTED_ASKED times per
+    snapshot; None: not asked (past the bound) or not said."""
+
+    def __init__(self, proc: str):
+        self.proc = proc
+        self.kinds: dict[int, str | None] = {}
+        self.asked = 0
+
+    def of(self, inode: int, pid: int, fd: int) -> str | None:
+        if inode in self.kinds:
+            return self.kinds[inode]
+        if self.asked >= MAX_UNLISTED_ASKED:
+            return None
+        self.asked += 1
+        kind = self.kinds[inode] = procfs.socket_protocol(self.proc, pid, fd, inode)
+        return kind
+
+
+def borrow_unlisted(found: walk.Discovery, unlisted: dict[int, list[tuple[int, int]]],
+                    kinds: UnlistedKinds, stats: Stats) -> list[Socket]:
     """Held sockets of kinds no table lists (vsock; MPTCP without mptcp_diag; netlink and
     ping sockets never bound), asked themselves through one holder's fd, as the pidfd
     source asks (model.BORROWABLE_KINDS): so that `auto` lists what a process holds."""
     by_pid: dict[int, dict[int, int]] = {}
     ours = os.getpid()
-    for n, (inode, held) in enumerate(sorted(unlisted.items())):
-        if n >= MAX_UNLISTED_ASKED:
-            break
+    for inode, held in sorted(unlisted.items()):
         # not our own: a sock_diag socket we keep for a namespace that is gone would keep
         # that namespace in the snapshot, and so itself open (DiagSockets.prune)
         held = [(pid, fd) for pid, fd in held if pid != ours]
         if not held:
             continue
         pid, fd = held[0]
-        if procfs.socket_protocol(proc, pid, fd, inode) in BORROWABLE_KINDS:
+        if kinds.of(inode, pid, fd) in BORROWABLE_KINDS:
             by_pid.setdefault(pid, {})[fd] = inode
     if not by_pid:
         return []
@@ -258,16 +279,14 @@ def borrow_unlisted(proc: str, found: walk.Discovery,
     return extra
 
 
-def explain_unlisted(proc: str, found: walk.Discovery,
-                     unlisted: dict[int, list[tuple[int, int]]], stats: Stats) -> None:
-    """The held sockets no table listed, by the kind sockfs says they are
-    (system.sockprotoname through one holder's /proc/<pid>/fd) and the holder's
+def explain_unlisted(found: walk.Discovery, unlisted: dict[int, list[tuple[int, int]]],
+                     kinds: UnlistedKinds, stats: Stats) -> None:
+    """The held sockets no table listed, by the kind sockfs says they are and the holder's
     namespace: stats.not_in_tables, and one warning line saying which and why."""
     counts: dict[tuple[str, str], int] = {}
-    for n, (inode, held) in enumerate(sorted(unlisted.items())):
+    for inode, held in sorted(unlisted.items()):
         pid, fd = held[0]
-        kind = procfs.socket_protocol(proc, pid, fd, inode) if n < MAX_UNLISTED_ASKED \
-            else None
+        kind = kinds.of(inode, pid, fd)
         process = found.processes.get(pid)
         key = (kind or "unknown", process.netns_key if process else "")
         counts[key] = counts.get(key, 0) + 1
