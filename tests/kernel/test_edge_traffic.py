@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -90,37 +89,23 @@ def link():
     """Client namespace A (CLIENT_UID) and server namespace B (SERVER_UID) on a veth, one
     connection between them. Yields (a, b, port, client, server)."""
     require_root("ip", "setpriv", "ss")
-    from realnode import ip_tool
+    from netpair import veth_pair
 
-    tag = secrets.token_hex(3)
-    a, b = f"nsnt-tr-{tag}-a", f"nsnt-tr-{tag}-b"
-    ip = ip_tool()
     ends: list[End] = []
-    made = []
-    try:
-        for name in (a, b):
-            subprocess.run([ip, "netns", "add", name], check=True)
-            made.append(name)
-        subprocess.run([ip, "link", "add", f"nstr{tag}a", "netns", a, "type", "veth", "peer",
-                        "name", f"nstr{tag}b", "netns", b], check=True)
-        for name, dev, addr in ((a, f"nstr{tag}a", CLIENT_IP), (b, f"nstr{tag}b", SERVER_IP)):
-            subprocess.run([ip, "-n", name, "addr", "add", f"{addr}/24", "dev", dev], check=True)
-            subprocess.run([ip, "-n", name, "link", "set", dev, "up"], check=True)
-            subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
-        server = End(b, SERVER_UID, "server", SERVER_IP)
-        ends.append(server)
-        port = int(server.line())
-        client = End(a, CLIENT_UID, "client", SERVER_IP, str(port))
-        ends.append(client)
-        client.done()
-        server.done()
-        yield a, b, port, client, server
-    finally:
-        for end in ends:
-            end.proc.kill()
-            end.proc.wait()
-        for name in made:
-            subprocess.run([ip, "netns", "del", name], check=False)
+    with veth_pair("nsnt-tr", CLIENT_IP, SERVER_IP) as (a, b):
+        try:
+            server = End(b, SERVER_UID, "server", SERVER_IP)
+            ends.append(server)
+            port = int(server.line())
+            client = End(a, CLIENT_UID, "client", SERVER_IP, str(port))
+            ends.append(client)
+            client.done()
+            server.done()
+            yield a, b, port, client, server
+        finally:
+            for end in ends:
+                end.proc.kill()
+                end.proc.wait()
 
 
 def settled(ns: str, local: str) -> dict[str, float]:

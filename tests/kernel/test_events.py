@@ -3,7 +3,6 @@ right user. Real namespaces, real connections, real kernel events."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import time
 import urllib.request
@@ -53,35 +52,21 @@ def pair():
     """Client namespace A (a tenant process of CLIENT_UID lives there) and server namespace
     B (a listener of SERVER_UID), joined by a veth. Yields (a, a_inode, port)."""
     require_root("ip", "setpriv")
-    from realnode import ip_tool
+    from netpair import veth_pair
 
-    tag = secrets.token_hex(3)
-    a, b = f"nsnt-ev-{tag}-a", f"nsnt-ev-{tag}-b"
-    ip = ip_tool()
     children: list[subprocess.Popen] = []
-    made = []
-    try:
-        for name in (a, b):
-            subprocess.run([ip, "netns", "add", name], check=True)
-            made.append(name)
-        subprocess.run([ip, "link", "add", f"nsnt{tag}a", "netns", a, "type", "veth", "peer",
-                        "name", f"nsnt{tag}b", "netns", b], check=True)
-        for name, dev, addr in ((a, f"nsnt{tag}a", CLIENT_IP), (b, f"nsnt{tag}b", SERVER_IP)):
-            subprocess.run([ip, "-n", name, "addr", "add", f"{addr}/24", "dev", dev], check=True)
-            subprocess.run([ip, "-n", name, "link", "set", dev, "up"], check=True)
-            subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
-        children.append(subprocess.Popen(as_uid(a, CLIENT_UID, TENANT)))
-        server = subprocess.Popen(as_uid(b, SERVER_UID, SERVER, SERVER_IP),
-                                  stdout=subprocess.PIPE, text=True)
-        children.append(server)
-        port = int(server.stdout.readline())
-        yield a, os.stat(f"/run/netns/{a}").st_ino, port
-    finally:
-        for child in children:
-            child.kill()
-            child.wait()
-        for name in made:
-            subprocess.run([ip, "netns", "del", name], check=False)
+    with veth_pair("nsnt-ev", CLIENT_IP, SERVER_IP) as (a, b):
+        try:
+            children.append(subprocess.Popen(as_uid(a, CLIENT_UID, TENANT)))
+            server = subprocess.Popen(as_uid(b, SERVER_UID, SERVER, SERVER_IP),
+                                      stdout=subprocess.PIPE, text=True)
+            children.append(server)
+            port = int(server.stdout.readline())
+            yield a, os.stat(f"/run/netns/{a}").st_ino, port
+        finally:
+            for child in children:
+                child.kill()
+                child.wait()
 
 
 def connect(a: str, port: int, times: int) -> None:
