@@ -334,9 +334,8 @@ class _SampleTuples:
     held: dict[Tuple, Held] = field(default_factory=dict)    # held TCP connections
     # TCP 4-tuples in an open state, and in a closing state, each with its TCP_INFO
     # counters when read, packed (one table for both: on a 400-namespace node these are 50k
-    # each). Packed into one int made here, not the snapshot's own objects: kept for two
-    # samples, those would pin the parse's memory pages of every snapshot (measured: +18 MiB
-    # of RSS at 400 namespaces).
+    # each). Packed into one int made here rather than keeping the snapshot's own tuple:
+    # what is kept for two samples should not be objects the parse made among the sockets.
     open: dict[Tuple, int | None] = field(default_factory=dict)
     closing: dict[Tuple, int | None] = field(default_factory=dict)
 
