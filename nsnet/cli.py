@@ -199,6 +199,10 @@ def _history_options(p: argparse.ArgumentParser, env: Mapping[str, str], since_h
     p.add_argument("--confirmed", action="store_true",
                    help="only edges whose user is known, not guessed (no namespace-owners "
                         "guess)")
+    _traffic_option(p)
+
+
+def _traffic_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-traffic", dest="traffic", action="store_false",
                    help="do not read TCP_INFO: edges carry no bytes, retransmits or rtt "
                         "(cheaper; the proc source never has them)")
@@ -212,9 +216,7 @@ def _sampling_options(p: argparse.ArgumentParser, defaults: SamplingOptions) -> 
     p.add_argument("--events", choices=("auto", "off"), default="auto",
                    help="TCP destroy events between samples (auto: when CAP_NET_ADMIN and "
                         "CAP_SYS_ADMIN allow)")
-    p.add_argument("--no-traffic", dest="traffic", action="store_false",
-                   help="do not read TCP_INFO: edges carry no bytes, retransmits or rtt "
-                        "(cheaper; the proc source never has them)")
+    _traffic_option(p)
 
 
 def _serve_options(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:

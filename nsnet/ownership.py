@@ -8,8 +8,9 @@ decides ownership itself.
 * Owners of a namespace: the effective uids of the processes whose ns/net it is, excluding
   sandbox holders (pods.assemble marks them); threads visiting it do not count.
 * MPTCP subflows (link_subflows): a TCP subflow is joined to its connection, the MPTCP
-  socket of its namespace with the same token; one no process holds (every subflow after
-  the first, which shares the connection's inode) is held by the connection's holders.
+  socket of its namespace with the same token. Every subflow carries its connection's inode
+  (the kernel grafts each onto the MPTCP socket), so the holder join already gives it the
+  connection's holders; one it did not is given them through the token.
 * Users and pods of a socket, and how they are known (attribute(); model.EVIDENCE), the first
   rule that applies:
     holder            its holders' effective uids, and their pods (an MPTCP subflow: its
@@ -110,7 +111,7 @@ def link_subflows(sockets: list[Socket]) -> None:
             continue
         sock.mptcp_connection = connection.inode
         if not sock.pids and connection.pids:
-            # the kernel's own TCP socket, carrying the connection a process holds
+            # not joined by inode (a kernel that does not graft it): the token says whose
             sock.pids, sock.fds = connection.pids, connection.fds
 
 

@@ -85,7 +85,6 @@ V6ONLY_STATES = frozenset({10, 7})
 INET_DIAG_ULP_INFO = 19
 INET_ULP_INFO_MPTCP = 3
 MPTCP_SUBFLOW_ATTR_TOKEN_LOC = 2
-EXT_INFO = 1 << (2 - 1)        # idiag_ext bit of INET_DIAG_INFO (mptcp_diag: mptcp_info)
 _MPTCP_TOKEN = struct.Struct("=I")
 MPTCP_INFO_TOKEN_AT = 12
 
@@ -360,6 +359,8 @@ INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO = 2, 4, 7
 # idiag_ext bits: ask for tcp_info and the congestion algorithm (model.TCP_INFO), and for
 # the socket's memory (model.MEMORY)
 EXT_TCP_INFO = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
+# ... INET_DIAG_INFO alone: the agent's traffic counters; mptcp_diag's mptcp_info (the token)
+EXT_INFO = 1 << (INET_DIAG_INFO - 1)
 EXT_MEMORY = 1 << (INET_DIAG_SKMEMINFO - 1)
 _MEMINFO = struct.Struct("=9I")      # SK_MEMINFO_VARS u32s, the order SocketMemory has
 
@@ -443,8 +444,8 @@ def _inet_detail(buf: Buffer, off: int, length: int, proto: str = "tcp") -> Sock
     timer = TIMERS.get(timer_no, str(timer_no))
     detail = SocketDetail(rqueue, wqueue, timer, expires if timer_no else None,
                           retrans if timer_no else None, cookie_lo | cookie_hi << 32)
-    # the attributes, read in place (no copy of each: this runs per TCP socket of the node
-    # when TCP_INFO is asked -- the agent's edge traffic)
+    # the attributes, read in place (no copy of each: with -i this runs once per TCP socket
+    # of the node)
     start, stop = off + INET_MSG_LEN, off + length
     info_at = info_size = 0
     congestion: str | None = None
