@@ -66,8 +66,21 @@ def test_image_config(image):
     assert config["Entrypoint"] == ["nsnet"]
     assert config["User"] == "0:0"
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["PATH"].split(":")[0] == "/opt/nsnet/bin"
+    # the venv last: its `nsenter` (the PyPI package's script) never shadows util-linux's
+    assert env["PATH"].split(":")[-1] == "/opt/nsnet/bin"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def test_nsenter_on_the_images_path_is_util_linux(image):
+    """`nsenter` as the runtime finds it on the image's PATH (no shell: the stand-in base's
+    busybox shell would run its own applet) is util-linux's, not the nsenter package's
+    console script that the venv holds too."""
+    proc = image.run("--network", "none", "--entrypoint", "nsenter", image.tag, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert "util-linux" in proc.stdout
+    listed = image.run("--network", "none", "--entrypoint", "/bin/sh", image.tag, "-c",
+                       "ls /opt/nsnet/bin")
+    assert "nsenter" in listed.stdout.split()      # installed by pip, just not first
 
 
 def test_image_holds_the_venv_and_no_build_leftovers(image):

@@ -40,6 +40,9 @@ HOST_PYTHON = Path("/usr/bin/python3.11")
 HOST_STDLIB = Path("/usr/lib/python3.11")
 HOST_PY_WHEELS = Path("/usr/share/python-wheels")    # where Debian's ensurepip finds pip
 HOST_SHELLS = (Path("/bin/busybox"), Path("/bin/dash"))
+# util-linux's nsenter: python:3.11-slim has it (util-linux is Essential in Debian), and the
+# image must not shadow it with the nsenter package's console script
+HOST_NSENTER = Path("/usr/bin/nsenter")
 # Left out of the base, as python:3.11-slim leaves them out (tests, the static library
 # and build configuration) or because they are Debian's own (the pip lock-out marker, a
 # sitecustomize pointing into /etc).
@@ -255,6 +258,11 @@ def make_base_rootfs(root: Path) -> None:
         if not os.path.lexists(bindir / alias):
             os.symlink(HOST_PYTHON.name, bindir / alias)
 
+    # before the shell's applets: a busybox nsenter applet must not take its place
+    if not HOST_NSENTER.exists():
+        raise RuntimeError(f"needs util-linux's {HOST_NSENTER} (Debian: util-linux)")
+    _mirror(str(HOST_NSENTER), root)
+
     shell = next((s for s in HOST_SHELLS if s.exists()), None)
     if shell is None:
         raise RuntimeError("needs a shell to copy: busybox-static or dash")
@@ -271,7 +279,8 @@ def make_base_rootfs(root: Path) -> None:
     if not os.path.lexists(root / "bin" / "sh"):
         raise RuntimeError(f"{shell} is not reachable as /bin/sh in the base")
 
-    binaries = [HOST_PYTHON, shell, *sorted((HOST_STDLIB / "lib-dynload").glob("*.so"))]
+    binaries = [HOST_PYTHON, shell, HOST_NSENTER,
+                *sorted((HOST_STDLIB / "lib-dynload").glob("*.so"))]
     linked = _linked_libraries(binaries)
     libc = next((lib for lib in linked if Path(lib).name == "libc.so.6"), None)
     if libc is None:
