@@ -153,6 +153,23 @@ def readme_answers(prom: Prometheus, queries: list[str]) -> None:
     assert set(rtt) == {str(APP_A)} and 0 < rtt[str(APP_A)] < 1
 
 
+def dashboard_answers(prom: Prometheus) -> None:
+    """Every query of deploy/grafana/nsnet.json returns data; the node graph's edges join
+    nodes it lists: pod A (the client) to the service it reached."""
+    from dashboard import dashboard_queries
+
+    results = {}
+    for title, ref, expr in dashboard_queries():
+        results[(title, ref)] = prom.query(expr)
+        assert results[(title, ref)], (title, ref, expr)
+    graph = [key for key in results if key[1] in ("nodes", "edges")]
+    nodes = {r["metric"]["id"] for key in graph if key[1] == "nodes" for r in results[key]}
+    edges = [r["metric"] for key in graph if key[1] == "edges" for r in results[key]]
+    assert edges and all({e["source"], e["target"]} <= nodes for e in edges), (nodes, edges)
+    assert {"source": "shop/tenant-a", "target": f"{PEER}:{PORT}"}.items() <= \
+        next(e for e in edges if e["target"] == f"{PEER}:{PORT}").items()
+
+
 def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
     require_root("ip", "setpriv", "ss", "prometheus", "promtool")
     from nsnet.agent.serve import Agent, http_server
@@ -187,6 +204,7 @@ def test_the_readme_promql_answers_on_a_real_prometheus(tmp_path):
             # every README query answers the same under both scrape styles
             for p in proms:
                 readme_answers(p, queries)
+            dashboard_answers(prom)
             # the operator's target labels are gone from every series (the edges' own
             # namespace/pod/service labels name the tenants'), none renamed exported_*
             operator = proms[1].query('{__name__=~"nsnet_edge_connections|nsnet_build_info"}')
