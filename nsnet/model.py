@@ -267,6 +267,7 @@ TCP_INFO = "tcp_info"    # TCP_INFO and the congestion algorithm
 OPTIONS = "options"      # socket options, read with getsockopt on a borrowed fd (knetstat)
 MEMORY = "memory"        # socket memory (sk_meminfo: ss -m's skmem)
 DETAILS = (QUEUES, TCP_INFO, OPTIONS, MEMORY)
+SHOWN_DETAILS = frozenset(DETAILS)      # what a SocketDetail holds
 # not a detail shown: a TCP socket's counters and rtt alone (Socket.traffic), what the
 # agent's edges need of TCP_INFO, without a SocketDetail per socket
 TRAFFIC = "traffic"

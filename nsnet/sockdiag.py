@@ -313,7 +313,8 @@ def _parse_inet(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedD
                 append(sock)
                 if ifindex:
                     sock.bound_if = ifindex
-                if extras or not v4:
+                # (a function call only where there is something to read: the hot path)
+                if extras or (not v4 and st in V6ONLY_STATES):
                     _inet_extras(buf, off, length, sock, st, want)
         elif _other(buf, off, length, mtype, mseq, seq, res):
             return

@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
-from ..model import DETAILS, MEMORY, QUEUES, TCP_INFO, TRAFFIC, Namespace, Socket, key_inode
+from ..model import (
+    MEMORY,
+    QUEUES,
+    SHOWN_DETAILS,
+    TCP_INFO,
+    TRAFFIC,
+    Namespace,
+    Socket,
+    key_inode,
+)
 from ..netparse import ADDRESS_FILES, PROTOCOL_NAMES, kinds_in_use, name_interfaces
 from ..setns import run_in_namespace
 from ..sockdiag import (
@@ -336,7 +345,7 @@ def dump_namespace(sock: socket.socket, *, tcp_states: int = ALL,
     """
     protos = set(protos)
     result = DiagResult()
-    detail = WANT_DETAIL if details & set(DETAILS) else 0
+    detail = WANT_DETAIL if details & SHOWN_DETAILS else 0
     ext = (EXT_TCP_INFO if TCP_INFO in details else EXT_INFO if TRAFFIC in details else 0) \
         | (EXT_MEMORY if MEMORY in details else 0)
     if "tcp" in protos and tcp_states:

@@ -80,10 +80,10 @@ import time
 from dataclasses import dataclass, field
 
 from ..model import (
-    DETAILS,
     MEMORY,
     OPTIONS,
     QUEUES,
+    SHOWN_DETAILS,
     TCP_INFO,
     TRAFFIC,
     Socket,
@@ -178,7 +178,6 @@ _get_errno = ctypes.get_errno
 _netns_by_cookie: dict[int, int] = {}
 _NETNS_CACHE_MAX = 1 << 16
 
-_SHOWN = frozenset(DETAILS)      # the details a SocketDetail holds (not model.TRAFFIC)
 _WILDCARD: dict[int, str] = {_AF_INET: "0.0.0.0", _AF_INET6: "::"}
 _FAMILY_NAME: dict[int, str] = {_AF_INET: "inet", _AF_INET6: "inet6"}
 
@@ -380,7 +379,7 @@ class _Describer:
         # the counters and rtt the agent's edges need (model.TRAFFIC), from the TCP_INFO
         # the state is read with anyway; a SocketDetail only for the details shown
         self.want_traffic = TRAFFIC in details
-        self.details = details & _SHOWN
+        self.details = details & SHOWN_DETAILS
         self.cookies = True              # False once the kernel says it has no netns cookie
         self.refused: set[int] = set()   # cookies whose SIOCGSKNS was refused (EPERM)
 
