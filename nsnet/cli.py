@@ -2,7 +2,8 @@
 the command, print its result. Errors become one line here.
 
 This is the only module that sees argparse or reads an option variable (NSNET_PROC,
-NSNET_HOST_ROOT, NSNET_SERVICES, NSNET_DB, NODE_NAME, NO_COLOR, TERM, COLUMNS, NSNET_DEBUG):
+NSNET_HOST_ROOT, NSNET_SERVICES, NSNET_DB, NSNET_PROMETHEUS, NODE_NAME, NO_COLOR, TERM, COLUMNS,
+NSNET_DEBUG):
 everything below it gets nsnet.options objects.
 """
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING, TextIO, cast
 from . import __version__
 from .errors import NsnetError, UsageError
 from .options import (
+    CLUSTER_FORMATS,
     GRAPH_FORMATS,
     SOURCES,
     WATCH_SAMPLING,
     AgentOptions,
+    ClusterOptions,
     OutputOptions,
     SamplingOptions,
     SnapshotOptions,
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 # `nsnet --version` and `--help`, and every command's start, pay only for what they use.
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
-SNAPSHOT, AGENT = SnapshotOptions(), AgentOptions()
+SNAPSHOT, AGENT, CLUSTER = SnapshotOptions(), AgentOptions(), ClusterOptions()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -293,7 +296,7 @@ def _sockets_options(socks: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = ("summary", "by-namespace", "by-user", "deps", "graph", "by-pod", "serve", "watch",
-            "sockets")
+            "sockets", "cluster")
 
 
 def _epilog(columns: Sequence[str] = ()) -> str:
@@ -356,7 +359,28 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     _sampling_options(command("watch", "live: dependency edges, redrawn after every sample"),
                       WATCH_SAMPLING)
     _sockets_options(command("sockets", "one row per socket, like ss -tuanp for the node"))
+    _cluster_options(command("cluster", "the cluster-wide dependency map (workload -> "
+                                        "workload), from the Prometheus scraping the agents"),
+                     env)
     return parser
+
+
+def _cluster_options(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.add_argument("--prometheus", default=env.get("NSNET_PROMETHEUS") or None, metavar="URL",
+                   help="the Prometheus that scrapes every node's agent (http:// or https://, "
+                        "with its path prefix if any; default: $NSNET_PROMETHEUS)")
+    p.add_argument("--since", default=CLUSTER.since, metavar="AGE",
+                   help=f"edges seen in the last AGE, a Prometheus duration (30m, 1h, 7d; "
+                        f"default {CLUSTER.since})")
+    p.add_argument("--format", choices=CLUSTER_FORMATS, default=None,
+                   help="table (default), json (as --json), dot or mermaid")
+    p.add_argument("--bearer-token-file", type=_token_file, metavar="PATH",
+                   help="send 'Authorization: Bearer TOKEN' (TOKEN: this file's content)")
+    p.add_argument("--timeout", type=_seconds, default=CLUSTER.timeout, metavar="SECONDS",
+                   help=f"per query (default {CLUSTER.timeout:g})")
+    p.add_argument("--show-queries", action="store_true",
+                   help="print the PromQL the map is made of (--since filled in) and exit "
+                        "without asking Prometheus")
 
 
 # --------------------------------------------------------------------- options objects
@@ -451,6 +475,25 @@ def agent_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOpti
                         auth_token_file=args.auth_token_file)
 
 
+def cluster_options(args: argparse.Namespace, out: TextIO,
+                    env: Mapping[str, str]) -> ClusterOptions:
+    from .services import load_services
+
+    if args.columns or args.output not in (None, "wide", "json", "ndjson"):
+        raise UsageError("nsnet cluster has one table: -o takes wide, json or ndjson here")
+    output = output_options(args, out, env)
+    if (output.json or output.ndjson) and args.format not in (None, "json"):
+        raise UsageError(f"{'-o ndjson' if output.ndjson else '--json'} and --format "
+                         f"{args.format}: choose one")
+    fmt = "json" if output.json else (args.format or "table")
+    if not args.prometheus and not args.show_queries:
+        raise UsageError("nsnet cluster needs --prometheus URL (or NSNET_PROMETHEUS)")
+    return ClusterOptions(prometheus=args.prometheus, since=args.since, format=fmt,
+                          services=load_services(args.services),
+                          bearer_token_file=args.bearer_token_file, timeout=args.timeout,
+                          show_queries=args.show_queries, output=output)
+
+
 # ---------------------------------------------------------------------------- commands
 
 def _emit_json(doc: dict, out: TextIO) -> None:
@@ -512,6 +555,8 @@ def _since(args: argparse.Namespace) -> float | None:
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO,
         env: Mapping[str, str] = os.environ) -> int:
+    if args.command == "cluster":
+        return _cluster_command(cluster_options(args, out, env), out, err)
     only_uid = _only_uid(args)
     _fields(args)   # a bad -o COL: one error line before any work
     if args.command == "serve":
@@ -668,6 +713,41 @@ def _live_edges(sampling: SamplingOptions, node: str, uid: int | None, err: Text
             for key, seen in observed.items() if uid is None or key.uid == uid]
     return deps_view(rows, sampling.snapshot.services, None, "snapshot", confirmed=confirmed,
                      servers=servers(snap))
+
+
+def _cluster_command(options: ClusterOptions, out: TextIO, err: TextIO) -> int:
+    import time
+
+    from . import cluster
+
+    try:
+        sent = cluster.queries(options.since)
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    if options.show_queries:
+        out.write("".join(f"# {name}\n{promql}\n" for name, promql in sent.items()))
+        return EXIT_OK
+    assert options.prometheus is not None      # cluster_options saw to it
+    token = cluster.read_token(options.bearer_token_file) \
+        if options.bearer_token_file else None
+    prom = cluster.Prometheus(options.prometheus, options.timeout, token)
+    doc = cluster.cluster_map(prom, options.since, round(time.time(), 3), options.services)
+    _warn(err, doc["warnings"], options.output)
+    output = options.output
+    if output.ndjson:
+        _emit_ndjson(doc, out)
+    elif options.format == "json":
+        _emit_json(doc, out)
+    elif options.format == "dot":
+        out.write(cluster.to_dot(doc))
+    elif options.format == "mermaid":
+        out.write(cluster.to_mermaid(doc))
+    else:
+        from .table import terminal_width
+
+        width = None if output.wide else terminal_width(out, output.columns)
+        out.write(cluster.render_table(doc, width, output.color) + "\n")
+    return EXIT_OK
 
 
 def _print_edges(args: argparse.Namespace, output: OutputOptions, doc: dict, out: TextIO) -> int:

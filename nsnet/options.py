@@ -89,3 +89,19 @@ class WatchOptions:
     sampling: SamplingOptions = WATCH_SAMPLING
     node: str = "localhost"
     output: OutputOptions = field(default_factory=OutputOptions)
+
+
+CLUSTER_FORMATS = ("table", "json", "dot", "mermaid")   # nsnet cluster --format
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """nsnet cluster: the cluster-wide map, from the Prometheus that scrapes every agent."""
+    prometheus: str | None = None            # its base URL (http or https)
+    since: str = "1h"                           # the window, a Prometheus duration
+    format: str = "table"                       # CLUSTER_FORMATS; ndjson through output
+    services: ServiceMap = NO_SERVICES          # the operator's names for endpoints
+    bearer_token_file: str | None = None     # sent as 'Authorization: Bearer ...'
+    timeout: float = 30.0                       # seconds per query (and Prometheus' own)
+    show_queries: bool = False                  # print the PromQL, ask nothing
+    output: OutputOptions = field(default_factory=OutputOptions)
