@@ -57,6 +57,30 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def scrape_size(port: int) -> dict:
+    """What one scrape of /metrics costs Prometheus: bytes as text, gzipped (what Prometheus
+    asks for: Accept-Encoding gzip) and as gzipped OpenMetrics, and the series it carries --
+    the edges', the address map's, and the agent's own."""
+    def get(accept: str, gzipped: bool) -> bytes:
+        headers = {"Accept": accept}
+        if gzipped:
+            headers["Accept-Encoding"] = "gzip"
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=300) as resp:
+            return resp.read()
+    plain = get("text/plain", False)
+    series = [line for line in plain.decode().splitlines() if line and line[0] != "#"]
+    edges = sum(1 for line in series if line.startswith("nsnet_edge_"))
+    addresses = sum(1 for line in series if line.startswith("nsnet_address_info"))
+    return {"scrape_series": len(series), "scrape_edge_series": edges,
+            "scrape_address_series": addresses,
+            "scrape_other_series": len(series) - edges - addresses,
+            "scrape_plain_bytes": len(plain),
+            "scrape_gzip_bytes": len(get("text/plain", True)),
+            "scrape_openmetrics_gzip_bytes": len(get(
+                "application/openmetrics-text; version=1.0.0", True))}
+
+
 def api_answer(pid: int, port: int) -> dict:
     """One GET /api/v1/snapshot?view=sockets: its size, and the agent's peak memory while it
     built and sent it (the peak RSS is reset first: clear_refs 5)."""
@@ -94,7 +118,7 @@ def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = 
             time.sleep(0.5)
         rss, hwm = status_kib(agent.pid, "VmRSS"), status_kib(agent.pid, "VmHWM")
         n = m["nsnet_sample_cpu_seconds_count"]
-        return {**api_answer(agent.pid, port), "samples": int(n),
+        return {**api_answer(agent.pid, port), **scrape_size(port), "samples": int(n),
                 "cpu_per_sample_s": m["nsnet_sample_cpu_seconds_sum"] / n,
                 "wall_per_sample_s": m["nsnet_sample_duration_seconds_sum"] / n,
                 "rss_mib": rss / 1024, "peak_rss_mib": hwm / 1024,
@@ -189,6 +213,13 @@ def main() -> int:
                   f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
             print(f"with the default budget (5% of a core) a sample runs every "
                   f"{doc['default_budget_interval_s']:.0f} s")
+            print(f"GET /metrics: {agent['scrape_series']} series ({agent['scrape_edge_series']} "
+                  f"of edges, {agent['scrape_address_series']} addresses, "
+                  f"{agent['scrape_other_series']} the agent's own); "
+                  f"{agent['scrape_plain_bytes'] / 1e3:.0f} kB as text, "
+                  f"{agent['scrape_gzip_bytes'] / 1e3:.0f} kB gzipped "
+                  f"({agent['scrape_plain_bytes'] / agent['scrape_gzip_bytes']:.1f}x smaller), "
+                  f"{agent['scrape_openmetrics_gzip_bytes'] / 1e3:.0f} kB gzipped OpenMetrics")
             print(f"GET /api/v1/snapshot?view=sockets: {agent['api_bytes'] / 1e6:.1f} MB, "
                   f"RSS {agent['api_rss_before_mib']:.0f} MiB before, peak "
                   f"{agent['api_peak_rss_mib']:.0f} MiB while answering")

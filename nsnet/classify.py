@@ -20,17 +20,27 @@ namespace's own addresses were read (fib_trie's "host LOCAL" entries and if_inet
 with own_addresses before finish), its sockets are the other end of a connection only when
 they are bound to one of them, and the addresses a namespace owns are those, not the ones
 its sockets claim.
+
+Service VIPs: a connection to an address the node's netfilter translates (kube-proxy's
+DNAT of a ClusterIP) names the VIP as its remote; the host namespace's connection-tracking
+table names the backend it reaches (conntrack.py). Given those translations before finish
+(translate), such a socket gets `backend`, and its peer is looked for there: the namespace
+on this node that serves it, or `external`.
 """
 from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .model import NOT_IP, PORTLESS, STREAM_PROTOS, Socket
 from .netparse import is_loopback
 
 _WILDCARDS = frozenset(("0.0.0.0", "::"))
+# what netfilter's NAT tracks by ports (conntrack.Translations keys), among nsnet's protocols
+_TRANSLATED_PROTOS = frozenset(("tcp", "udp", "udplite", "sctp", "dccp"))
+# (proto, src addr, src port, dst addr, dst port) -> (backend addr, backend port)
+Translations = Mapping[tuple[str, str, int, str, int], tuple[str, int]]
 
 
 # How a [::] listener that takes IPv6 only (IPV6_V6ONLY; sock_diag and pidfd tell, the
@@ -98,6 +108,12 @@ class Classifier:
         self.kept: list[Socket] = []
         # netns key -> its own addresses, where they were read (own_addresses)
         self.own: dict[str, OwnAddresses] = {}
+        self.translations: Translations = {}
+        self.translated = 0       # sockets finish() gave a backend
+
+    def translate(self, translations: Translations) -> None:
+        """Before finish(): the host's NAT translations (conntrack.py)."""
+        self.translations = translations
 
     def own_addresses(self, namespaces: Iterable) -> None:   # model.Namespace
         """Before finish(): each namespace's own addresses, where read. Its sockets bound
@@ -145,8 +161,25 @@ class Classifier:
         self.kept.extend(self._classify(sockets, own_namespace_only=True))
 
     def finish(self, sockets: list[Socket] | None = None) -> None:
-        self._classify(self.kept if sockets is None else sockets, own_namespace_only=False)
+        todo = self.kept if sockets is None else sockets
+        if self.translations:
+            self._translate(todo)
+        self._classify(todo, own_namespace_only=False)
         self.kept = []
+
+    def _translate(self, sockets: list[Socket]) -> None:
+        """Give each connection netfilter translated its backend. The table is keyed by the
+        connection as its client sent it (conntrack's original tuple), which is the client
+        socket's own view: local -> remote (the VIP)."""
+        get = self.translations.get
+        for s in sockets:
+            if s.proto in _TRANSLATED_PROTOS and s.remote_port and s.local_port and \
+                    s.state not in ("LISTEN", "UNCONN"):
+                backend = get((s.proto, s.local_addr, s.local_port, s.remote_addr,
+                               s.remote_port))
+                if backend is not None:
+                    s.backend = backend
+                    self.translated += 1
 
     def _classify(self, sockets: list[Socket], own_namespace_only: bool) -> list[Socket]:
         """Returns the sockets left for later (own_namespace_only: peer maybe elsewhere)."""
@@ -173,7 +206,8 @@ class Classifier:
             if not s.remote_port and proto not in PORTLESS:
                 continue
             key = s.netns_key
-            others = by_tuple_get((proto, s.remote_addr, s.remote_port, s.local_addr,
+            remote_addr, remote_port = s.backend or (s.remote_addr, s.remote_port)
+            others = by_tuple_get((proto, remote_addr, remote_port, s.local_addr,
                                    s.local_port), ())
             if len(others) == 1:   # the common case: the one other end, or nothing here
                 o = others[0]
@@ -183,14 +217,14 @@ class Classifier:
                         s.peer_pids = sorted(set(o.pids))
                         continue
                     others = ()
-                elif (not own_namespace_only and not is_loopback(s.remote_addr)
+                elif (not own_namespace_only and not is_loopback(remote_addr)
                       and self._bound_here(o)):
                     s.peer = "node"
                     s.peer_netns = o.netns
                     s.peer_pids = sorted(set(o.pids))
                     continue
             same = [o for o in others if o.netns_key == key and o is not s]
-            if same or is_loopback(s.remote_addr):
+            if same or is_loopback(remote_addr):
                 s.peer = "local"
                 s.peer_pids = sorted({p for o in same for p in o.pids})
             elif own_namespace_only:
@@ -202,21 +236,22 @@ class Classifier:
     def _find_peer(self, s: Socket, others: Sequence[Socket]) -> None:
         """The other end of a connected socket whose peer is not in its own namespace."""
         key = s.netns_key
+        remote_addr, remote_port = s.service_end()
         elsewhere = [o for o in others if o.netns_key != key and self._bound_here(o)]
         if not elsewhere:
-            elsewhere = [o for o in self.bound_exact.get((s.proto, s.remote_addr, s.remote_port), ())
+            elsewhere = [o for o in self.bound_exact.get((s.proto, remote_addr, remote_port), ())
                          if o.netns_key != key and self._bound_here(o)]
         if elsewhere:
             s.peer = "node"
             s.peer_netns = elsewhere[0].netns
             s.peer_pids = sorted({p for o in elsewhere for p in o.pids})
             return
-        owners = {k: v for k, v in self.addr_owners.get(s.remote_addr, {}).items() if k != key}
+        owners = {k: v for k, v in self.addr_owners.get(remote_addr, {}).items() if k != key}
         if not owners:
             s.peer = "external"
             return
         s.peer = "node"
-        bound = [o for o in self.bound_wild.get((s.proto, s.remote_port), ())
+        bound = [o for o in self.bound_wild.get((s.proto, remote_port), ())
                  if o.netns_key in owners]
         keys = {o.netns_key for o in bound} or set(owners)
         if len(keys) == 1:      # the same address in several namespaces: on this node, but which?

@@ -377,6 +377,25 @@ class Socket:
     # a TCP socket's (bytes_acked, bytes_received, total_retrans, rtt_us) from TCP_INFO,
     # when TRAFFIC is asked and the source reads TCP_INFO (not proc)
     traffic: tuple[int, int, int, int] | None = None
+    # where the node's netfilter sends this connection: its remote is an address netfilter
+    # translates (a Kubernetes Service VIP: kube-proxy's DNAT) and the host namespace's
+    # connection-tracking entry names the backend it reaches, (addr, port); None: not
+    # translated, or the table was not read (snapshot: translations)
+    backend: tuple[str, int] | None = None
+
+    def service_end(self) -> tuple[str, int | None]:
+        """The other end this connection reaches: the backend a translation names, else
+        its remote."""
+        return self.backend if self.backend is not None else (self.remote_addr, self.remote_port)
+
+
+def endpoint(addr: str, port: int | None, scope: str | None = None) -> str:
+    """addr:port, an IPv6 address in brackets; `scope` (a bound interface) as ss prints it,
+    after the address: [fe80::1]%eth0:80. (How `via` names a Service VIP.)"""
+    shown = f"[{addr}]" if ":" in addr and port is not None else addr
+    if scope:
+        shown = f"{shown}%{scope}"
+    return shown if port is None else f"{shown}:{port}"
 
 
 @dataclass(slots=True)
@@ -545,6 +564,11 @@ class Stats:
     pod_claims_rejected: int = 0     # processes claiming a pod by cgroup, outside its netns
     pod_claims: list[str] = field(default_factory=list)   # one line saying which
     elapsed_seconds: float = 0.0
+    # the host namespace's connection-tracking table: what read it ("ctnetlink", or the
+    # procfs file), "" when not read (nothing to resolve, or not allowed); connections whose
+    # translated destination (a Service VIP) it resolved to a backend
+    conntrack: str = ""
+    connections_translated: int = 0
     privileges: list[str] = field(default_factory=list)   # one line each: what is missing, why
 
     def reading_line(self) -> str:

@@ -33,6 +33,9 @@ class SnapshotOptions:
     deadline: float | None = None
     # model.DETAILS to read besides the sockets (queues and timers, TCP_INFO): off by default
     details: frozenset[str] = frozenset()
+    # connections to a Service VIP resolved to the backend they reach, from the host
+    # namespace's connection-tracking table (conntrack.py)
+    translations: bool = True
 
 
 @dataclass(frozen=True)

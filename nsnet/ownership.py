@@ -306,7 +306,11 @@ def socket_service(sock: Socket, snap: Snapshot) -> str | None:
     if not snap.services or sock.proto not in ("tcp", "udp"):
         return None
     if sock.direction == "outbound":
-        return snap.services.name(sock.remote_addr, sock.remote_port)
+        # a Service VIP's name (the operator named the VIP), else its backend's
+        named = snap.services.name(sock.remote_addr, sock.remote_port)
+        if named is None and sock.backend is not None:
+            named = snap.services.name(*sock.backend)
+        return named
     return snap.services.name(sock.local_addr, sock.local_port)
 
 

@@ -609,9 +609,19 @@ def _connects_to_columns(r: Renderer, groups: list[dict], *, from_netns: bool,
     return [
         _ep_column("SERVICE", r, lambda g: g["peer_addr"], lambda g: g["peer_port"],
                    exposed=lambda g: g["peer"] == "external", with_service=True),
+        *_via_column(groups),
         *_group_columns(r, groups, peers="SERVED BY" if served_by else None,
                         netns="FROM NETNS" if from_netns else None),
     ]
+
+
+def _via_column(rows: list[dict]) -> list[Column]:
+    """VIA: the Service VIP a connection went through (its SERVICE is then the backend the
+    node's conntrack says it reached), when some row has one."""
+    if not any(row.get("via") for row in rows):
+        return []
+    return [Column("VIA", lambda row: printable(row.get("via") or ""), wrap=True,
+                   min_width=len("VIA"), priority=3)]
 
 
 def _connected_from_columns(r: Renderer, groups: list[dict], *, netns: bool,
@@ -789,7 +799,7 @@ def edge_user(e: dict) -> str:
 
 
 def edge_columns(r: Renderer, direction: str, live: bool,
-                 traffic: bool = False) -> list[Column]:
+                 traffic: bool = False, via: bool = False) -> list[Column]:
     """The columns of `nsnet deps` (and watch): outbound edges name the service connected
     to, inbound ones the client and our port; traffic: the bytes, rtt and retransmits of
     edges measured from TCP_INFO."""
@@ -797,7 +807,8 @@ def edge_columns(r: Renderer, direction: str, live: bool,
                    lambda e: printable(e["where"]), wrap=True, min_width=10)
     if direction == "outbound":
         ends = [where, _ep_column("SERVICE", r, lambda e: e["peer_addr"], lambda e: e["port"],
-                                  exposed=lambda e: False, with_service=True)]
+                                  exposed=lambda e: False, with_service=True),
+                *(_via_column([{"via": "-"}]) if via else [])]
     else:
         ends = [_ep_column("CLIENT", r, lambda e: e["peer_addr"], lambda e: None,
                            exposed=lambda e: False, min_width=15),
@@ -826,7 +837,7 @@ def edge_columns(r: Renderer, direction: str, live: bool,
 
 
 EDGE_COLUMN_NAMES = sorted({c.name for d in ("outbound", "inbound")
-                            for c in edge_columns(Renderer(None, False), d, True, True)})
+                            for c in edge_columns(Renderer(None, False), d, True, True, True)})
 
 
 def _names_of(*tables: list[Column]) -> list[str]:
@@ -836,7 +847,8 @@ def _names_of(*tables: list[Column]) -> list[str]:
 def _column_names() -> dict[str, list[str]]:
     """Every column name each command's tables have (what -o COL,COL may name)."""
     r = Renderer(None, False)
-    every: list[dict] = [{"peer_pods": [{}], "container": {"id": ""}}]   # optional columns
+    every: list[dict] = [{"peer_pods": [{}], "container": {"id": ""},
+                          "via": "-"}]   # optional columns
     groups = [*_connects_to_columns(r, every, from_netns=True, served_by=True),
               *_connected_from_columns(r, every, netns=True, clients=True)]
     return {
@@ -865,7 +877,9 @@ def edge_tables(edges: list[dict], r: Renderer, live: bool,
     for direction, title in (("outbound", "Connects to"), ("inbound", "Connected from")):
         rows = [e for e in edges if e["direction"] == direction]
         if rows:
-            out += r.titled(title, [*(extra or []), *edge_columns(r, direction, live, traffic)],
+            via = any(e.get("via") for e in rows)
+            out += r.titled(title, [*(extra or []),
+                                    *edge_columns(r, direction, live, traffic, via)],
                             rows, row_style=row_style)
     _legend(out, any(e["guess"] for e in edges))
     if any(e.get("direction_inferred") for e in edges):

@@ -4,7 +4,9 @@
 2. sources   each namespace's sockets, once, from the chosen source (sources/); reads start
              while the walk goes on, in reader threads
 3. join      sockets to every holder pid, and direction/peer, namespace by namespace as the
-             reads come in (ownership.HolderJoin, classify.Classifier)
+             reads come in (ownership.HolderJoin, classify.Classifier); connections to
+             an address the host's netfilter translates (a Service VIP) resolved to their
+             backend from its connection-tracking table (conntrack.py)
 4. pods      containers and pods from cgroups and the kubelet's log tree, sandboxes, owners,
              names, and each socket's users and pods with the evidence for them (pods.py,
              ownership.assign_owners, ownership.name_namespaces, ownership.attribute)
@@ -137,6 +139,8 @@ class Snapshotter:
                 joined.add(extra)
                 sockets.extend(extra)
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
+        if options.translations:
+            resolve_translations(self.proc, found, joined.classifier, stats)
         booted = boot_time(self.proc)
         if booted is not None:
             for process in found.processes.values():
@@ -182,12 +186,31 @@ class Joined:
         self.classifier.finish()
 
 
+def resolve_translations(proc: str, found: walk.Discovery, classifier: classify.Classifier,
+                         stats: Stats) -> None:
+    """Give the classifier the host's NAT translations, read only when some connection's
+    other end is not in its own namespace (only those can be to a Service VIP). What
+    cannot be read is said once, as a privilege note."""
+    if not classifier.kept:
+        return
+    from .conntrack import read_translations  # only when there is something to resolve
+
+    host = found.namespaces.get(found.host_key) if found.host_key is not None else None
+    read = read_translations(proc, host.inode if host is not None else None)
+    if read.translations is not None:
+        stats.conntrack = read.via
+        classifier.translate(read.translations)
+    elif read.error:
+        stats.privileges.append(read.error)
+
+
 def assemble(found: walk.Discovery, sockets: list[Socket], stats: Stats, joined: Joined,
              options: SnapshotOptions, *, logs: kubelet.KubeletLogs | None = None) -> Snapshot:
     """The stages after the sources: the rest of the join, pods and owners, the counts and
     the privilege notes. Pure but for our own capabilities: a test gives it a Discovery and
     sockets built in memory (snapshot_from)."""
     joined.finish(sockets)
+    stats.connections_translated = joined.classifier.translated
     link_subflows(sockets)
     stats.socket_fds_not_in_tables = joined.join.not_listed()
     by_source, by_kind = stats.sockets_by_source, stats.sockets_by_kind
@@ -300,7 +323,8 @@ def explain_unlisted(found: walk.Discovery, unlisted: dict[int, list[tuple[int, 
 def snapshot_from(found: walk.Discovery, sockets: list[Socket],
                   options: SnapshotOptions = DEFAULTS, *,
                   logs: kubelet.KubeletLogs | None = None,
-                  stats: Stats | None = None) -> Snapshot:
+                  stats: Stats | None = None,
+                  translations: classify.Translations | None = None) -> Snapshot:
     """A snapshot of what a walk and a source would have found (a fixed scanner's input):
     the same join, classification, pods and owners as take_snapshot, on data given in
     memory. Each socket needs its netns/netns_key; holders come from found.holders."""
@@ -311,6 +335,8 @@ def snapshot_from(found: walk.Discovery, sockets: list[Socket],
         by_namespace.setdefault(sock.netns_key, []).append(sock)
     for key in sorted(by_namespace):
         joined.add(by_namespace[key])
+    if translations:
+        joined.classifier.translate(translations)
     return assemble(found, sockets, stats, joined, options, logs=logs)
 
 

@@ -26,6 +26,7 @@ from .model import (
     Snapshot,
     Socket,
     SocketDetail,
+    endpoint,
     ethertype_name,
     is_guess,
     key_inode,
@@ -57,15 +58,6 @@ STATE_ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "CLOSED": "
 def normalize_state(text: str) -> str:
     state = text.strip().upper().replace("-", "_")
     return STATE_ALIASES.get(state, state)
-
-
-def endpoint(addr: str, port: int | None, scope: str | None = None) -> str:
-    """addr:port, an IPv6 address in brackets; `scope` (a bound interface) as ss prints it,
-    after the address: [fe80::1]%eth0:80."""
-    shown = f"[{addr}]" if ":" in addr and port is not None else addr
-    if scope:
-        shown = f"{shown}%{scope}"
-    return shown if port is None else f"{shown}:{port}"
 
 
 def pod_ref(pod: Pod) -> dict:
@@ -121,7 +113,9 @@ def socket_doc(s: Socket, snap: Snapshot) -> dict:
             "proto": s.proto, "family": s.family,
             "state": s.state, "connection": connection_state(s),
             "local_addr": s.local_addr, "local_port": s.local_port,
-            "remote_addr": s.remote_addr, "remote_port": s.remote_port, "inode": s.inode,
+            "remote_addr": s.remote_addr, "remote_port": s.remote_port,
+            "backend": None if s.backend is None else
+            {"addr": s.backend[0], "port": s.backend[1]}, "inode": s.inode,
             "uid": s.uid, "users": socket_users(s, snap), "attribution": s.attribution,
             "guess": is_guess(s.attribution), "pids": list(s.pids),
             "fds": {str(p): fds for p, fds in s.fds.items()}, "direction": s.direction,
@@ -282,14 +276,17 @@ def listener_doc(s: Socket, snap: Snapshot) -> dict:
             "service": socket_service(s, snap)}
 
 
-def _group_key(s: Socket) -> tuple[str, str, str, int | None, str | None, int | None]:
+def _group_key(s: Socket) -> tuple[str, str, str, int | None, str | None, int | None, str]:
+    """Outbound: by the end reached (a Service VIP's backend) and the VIP it went through."""
     if s.direction == "outbound":
-        return ("outbound", s.proto, s.remote_addr, s.remote_port, None, None)
-    return ("inbound", s.proto, s.remote_addr, None, s.local_addr, s.local_port)
+        addr, port = s.service_end()
+        via = endpoint(s.remote_addr, s.remote_port) if s.backend is not None else ""
+        return ("outbound", s.proto, addr, port, None, None, via)
+    return ("inbound", s.proto, s.remote_addr, None, s.local_addr, s.local_port, "")
 
 
 def _new_group(key: tuple, s: Socket, snap: Snapshot) -> dict:
-    return {"direction": key[0], "proto": s.proto, "peer_addr": s.remote_addr,
+    return {"direction": key[0], "proto": s.proto, "peer_addr": key[2], "via": key[6] or None,
             "peer_port": key[3], "local_addr": key[4], "local_port": key[5],
             "peer": s.peer, "peer_netns": set(), "count": 0, "closed": 0, "states": Counter(),
             "netns": set(), "pids": set(), "users": set(), "confirmed_users": set(),

@@ -36,8 +36,10 @@ from ..model import (
     OPEN_STATES,
     REMEMBERED,
     STRENGTH,
+    ServiceMap,
     Snapshot,
     Socket,
+    endpoint,
     netns_key,
 )
 from ..ownership import namespace_where, socket_where
@@ -60,6 +62,22 @@ class EdgeKey:
     proto: str               # tcp | udp
     peer_addr: str           # outbound: the service's ip; inbound: the client's ip
     port: int                # outbound: the service's port; inbound: our listening port
+    # outbound through a Service VIP the node's netfilter translated: "vip:port" (then
+    # peer_addr and port are the backend it reached: Socket.backend); "" otherwise
+    via: str = ""
+
+
+def service_name(services: ServiceMap, key: EdgeKey) -> str | None:
+    """The operator's name for an outbound edge's service: the Service VIP's it went through
+    (--services names what clients ask for), else the endpoint's it reached."""
+    if key.direction != "outbound":
+        return None
+    if key.via:
+        addr, _, port = key.via.rpartition(":")
+        named = services.name(addr.strip("[]"), int(port)) if port.isdigit() else None
+        if named is not None:
+            return named
+    return services.name(key.peer_addr, key.port)
 
 
 def stronger(a: str | None, b: str | None) -> str | None:
@@ -164,9 +182,14 @@ def edge_keys(sock: Socket, snap: Snapshot) -> list[EdgeKey]:
     if sock.remote_port is None or sock.local_port is None:
         return []
     direction = "inbound" if direction_inferred(sock) else sock.direction
-    port = sock.remote_port if direction == "outbound" else sock.local_port
     where = socket_where(sock, snap)
-    return [EdgeKey(uid, where, direction, sock.proto, sock.remote_addr, port)
+    if direction != "outbound":
+        addr, port, via = sock.remote_addr, sock.local_port, ""
+    elif sock.backend is not None:
+        (addr, port), via = sock.backend, endpoint(sock.remote_addr, sock.remote_port)
+    else:
+        addr, port, via = sock.remote_addr, sock.remote_port, ""
+    return [EdgeKey(uid, where, direction, sock.proto, addr, port, via)
             for uid in (sock.users or (UNKNOWN_UID,))]
 
 
@@ -220,8 +243,9 @@ def servers(snap: Snapshot) -> Servers:
             there = netns_key(sock.peer_netns)
         else:
             continue
+        port = sock.backend[1] if sock.backend is not None else sock.remote_port
         serving = {(uid, socket_where(listener, snap))
-                   for listener in listeners.get((there, sock.proto, sock.remote_port), ())
+                   for listener in listeners.get((there, sock.proto, port), ())
                    for uid in listener.users}
         if serving:
             for key in edge_keys(sock, snap):
@@ -276,7 +300,7 @@ class EdgeBook:
     def load(self, rows: Iterable[EdgeRow]) -> None:
         self.version += 1
         for r in rows:
-            key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port)
+            key = EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port, r.via)
             self.edges[key] = EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
                                         evidence=r.evidence,
                                         direction_inferred=bool(r.direction_inferred))
@@ -327,6 +351,7 @@ class Held:
     users: tuple[int, ...]
     pod_uids: tuple[str, ...]
     where: str
+    backend: tuple[str, int] | None = None   # Socket.backend: where a Service VIP led
 
 
 @dataclass
@@ -415,7 +440,8 @@ class Memory:
         elif sock.state in CLOSED_STATES:
             self.current.closing[key] = moved
         if sock.pids:
-            self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap))
+            self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap),
+                                          sock.backend)
 
     def moved_before(self, key: Tuple) -> Counters | None:
         """A connection's counters in the latest sample that saw them (the current one, then
@@ -533,10 +559,13 @@ def closed_edges(closed: Iterable[Closed], memory: Memory) -> Observed:
             evidence = None
         was_open = key in memory.previous.open or key in memory.current.open
         final = counters(s)      # the destroy message's tcp_info: what it moved in all
-        port = s.local_port if inbound else s.remote_port
+        peer, port, via = s.remote_addr, s.local_port if inbound else s.remote_port, ""
+        if not inbound and held is not None and held.backend is not None:
+            # a Service VIP's connection: the backend a sample saw it reach
+            (peer, port), via = held.backend, endpoint(s.remote_addr, s.remote_port)
         for uid in users or (UNKNOWN_UID,):
             edge = seen.setdefault(EdgeKey(uid, where, "inbound" if inbound else "outbound",
-                                           "tcp", s.remote_addr, port), Seen())
+                                           "tcp", peer, port, via), Seen())
             edge.ended += 1
             edge.opened += not was_open
             if final is not None:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from .. import SCHEMA
 from ..model import ServiceMap
 from ..ownership import user_name
-from .edges import EdgeKey, EdgeState, Server, Servers
+from .edges import EdgeKey, EdgeState, Server, Servers, service_name
 from .store import EdgeRow
 
 
@@ -29,15 +29,16 @@ def edge_doc(node: str, key: EdgeKey, state: EdgeState, services: ServiceMap,
     `open` and `closed_recently` say what it saw; from the history they are null.
     served_by: who listens at an outbound edge's service, when a snapshot told it (null:
     not known; `nsnet graph` then infers it from inbound edges, and says so)."""
-    service_addr = key.peer_addr if key.direction == "outbound" else None
     return {"node": node, "uid": key.uid if key.uid >= 0 else None,
             "user": user_name(key.uid) if key.uid >= 0 else None,
             "where": key.where, **split_where(key.where),
             "direction": key.direction, "proto": key.proto,
             "peer_addr": key.peer_addr, "port": key.port,
+            # the Service VIP it went through (peer_addr:port is then the backend reached)
+            "via": key.via or None,
             # inbound edges name our own service by port only (the listener's address is
             # not part of the key)
-            "service": services.name(service_addr, key.port) if service_addr else None,
+            "service": service_name(services, key),
             "first_seen": state.first_seen, "last_seen": state.last_seen,
             "samples": state.samples, "max_concurrent": state.max_concurrent,
             "open": state.current if live else None,
@@ -78,7 +79,7 @@ def deps_view(rows: Iterable[tuple[str, EdgeKey, EdgeState]], services: ServiceM
 
 
 def rows_from_store(store_rows: Iterable[EdgeRow]) -> list[tuple[str, EdgeKey, EdgeState]]:
-    return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port),
+    return [(r.node, EdgeKey(r.uid, r.where, r.direction, r.proto, r.peer_addr, r.port, r.via),
              EdgeState(r.first_seen, r.last_seen, r.samples, r.max_concurrent,
                        evidence=r.evidence, opened_total=r.opened, closed_total=r.closed,
                        direction_inferred=bool(r.direction_inferred),

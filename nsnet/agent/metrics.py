@@ -26,7 +26,7 @@ from .. import __version__
 from ..model import ServiceMap, Snapshot
 from ..ownership import user_name
 from .auth import REASONS
-from .edges import EdgeKey, EdgeState
+from .edges import EdgeKey, EdgeState, service_name
 from .history import split_where
 
 # A copy of the agent's edges, taken under its lock: the collector runs in an HTTP thread
@@ -35,10 +35,12 @@ EdgeRows = Callable[[], list[tuple[EdgeKey, EdgeState]]]
 
 OVERFLOW = "__overflow__"
 EDGE_LABELS = ("node", "uid", "user", "pod", "namespace", "netns", "direction", "proto",
-               "peer", "port", "service", "evidence", "direction_inferred")
+               "peer", "port", "service", "evidence", "direction_inferred", "via")
 # evidence: how the edge's user is known (model.EVIDENCE; namespace-owners is a guess),
 # "unknown" when no user is (an edge of the host's namespace nothing attributes);
-# direction_inferred: "true" when which end served was only inferred from the ports
+# direction_inferred: "true" when which end served was only inferred from the ports;
+# via: the Service VIP ("vip:port") an outbound edge went through, peer/port then being the
+# backend the node's conntrack says it reached ("" -- no label -- otherwise)
 
 
 @dataclass
@@ -169,13 +171,12 @@ class EdgeCollector(_PerVersion):
 
     def _labels(self, key: EdgeKey, state: EdgeState) -> tuple[str, ...]:
         where = split_where(key.where)
-        service = self.services.name(key.peer_addr, key.port) \
-            if key.direction == "outbound" else None
+        service = service_name(self.services, key)
         return (self.node, *self._user(key),
                 where["pod"] or where["pod_uid"] or "", where["pod_namespace"] or "",
                 where["netns"] or "", key.direction, key.proto, key.peer_addr, str(key.port),
                 service or "", state.evidence or "unknown",
-                "true" if state.direction_inferred else "false")
+                "true" if state.direction_inferred else "false", key.via)
 
     def _build(self) -> Iterator[Metric]:
         families = _Families()
@@ -197,7 +198,7 @@ class EdgeCollector(_PerVersion):
             else:
                 who = ("", OVERFLOW)
             folded_labels = (self.node, *who, "", "", "", key.direction, "", OVERFLOW, "", "",
-                             "mixed", "mixed")
+                             "mixed", "mixed", "")
             folded[folded_labels] = _fold(folded.get(folded_labels), state)
         for labels, state in folded.items():
             families.add(labels, state)

@@ -8,9 +8,10 @@ Schema 2 adds to each edge the strongest evidence seen for its user (model.EVIDE
 connections seen opening and closing; schema 3 whether its direction was only ever inferred
 from the ports (edges.Seen.direction_inferred); schema 4 its traffic (bytes each way and
 segments retransmitted, summed over the samples; NULL: never measured -- no TCP_INFO) and
-the latest RTT measured. An older history is upgraded in place when the
-agent opens it (what it lacks stays unknown: NULL evidence, 0 counts, a direction taken as
-known), and read as it is by the read-only commands.
+the latest RTT measured; schema 5 the Service VIP an outbound edge went through (`via`,
+part of the edge's key: its peer is then the backend reached; '' for none). An older history
+is upgraded in place when the agent opens it (what it lacks stays unknown: NULL evidence,
+0 counts, a direction taken as known, no via), and read as it is by the read-only commands.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from ..model import EVIDENCE
 from ..options import AgentOptions
 from .edges import Observed
 
-SCHEMA_VERSION = "4"
-_UPGRADABLE = {"1", "2", "3"}
+SCHEMA_VERSION = "5"
+_UPGRADABLE = {"1", "2", "3", "4"}
 DEFAULT_RETENTION = AgentOptions().retention
 DEFAULT_MAX_EDGES = 200_000
 
@@ -35,12 +36,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS edges (
     node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
     direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
     evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
     direction_inferred INTEGER NOT NULL DEFAULT 0,
     bytes_sent INTEGER, bytes_received INTEGER, retransmits INTEGER, rtt_us REAL,
-    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
+    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port, via)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
 CREATE TABLE IF NOT EXISTS samples (
     ts REAL NOT NULL, node TEXT NOT NULL, duration REAL NOT NULL, cpu REAL NOT NULL,
@@ -63,14 +65,39 @@ ALTER TABLE edges ADD COLUMN bytes_received INTEGER;
 ALTER TABLE edges ADD COLUMN retransmits INTEGER;
 ALTER TABLE edges ADD COLUMN rtt_us REAL;
 """
-_UPGRADES = {"1": _UPGRADE_1 + _UPGRADE_2 + _UPGRADE_3, "2": _UPGRADE_2 + _UPGRADE_3,
-             "3": _UPGRADE_3}
+# `via` joins the primary key: SQLite cannot change a table's key in place, so the table
+# is made anew and the rows copied (each with via '': none was known). The key's columns
+# come first: SQLite 3.40's integrity check (Debian 12's) misreads a WITHOUT ROWID table
+# whose key columns are declared after others, and our open() runs that check.
+_EDGE_COLUMNS = ('node, uid, "where", direction, proto, peer_addr, port, first_seen, '
+                 'last_seen, samples, max_concurrent, evidence, opened, closed, '
+                 'direction_inferred, bytes_sent, bytes_received, retransmits, rtt_us')
+_UPGRADE_4 = f"""
+CREATE TABLE edges_5 (
+    node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
+    direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
+    evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
+    direction_inferred INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER, bytes_received INTEGER, retransmits INTEGER, rtt_us REAL,
+    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port, via)) WITHOUT ROWID;
+INSERT INTO edges_5 ({_EDGE_COLUMNS}, via) SELECT {_EDGE_COLUMNS}, '' FROM edges;
+DROP TABLE edges;
+ALTER TABLE edges_5 RENAME TO edges;
+CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
+"""
+_UPGRADES = {"1": _UPGRADE_1 + _UPGRADE_2 + _UPGRADE_3 + _UPGRADE_4,
+             "2": _UPGRADE_2 + _UPGRADE_3 + _UPGRADE_4, "3": _UPGRADE_3 + _UPGRADE_4,
+             "4": _UPGRADE_4}
 # what the read-only commands select for the columns a history of each schema lacks
 _TRAFFIC = "bytes_sent, bytes_received, retransmits, rtt_us"
-_ADDED = {"4": f"evidence, opened, closed, direction_inferred, {_TRAFFIC}",
-          "3": "evidence, opened, closed, direction_inferred, NULL, NULL, NULL, NULL",
-          "2": "evidence, opened, closed, 0, NULL, NULL, NULL, NULL",
-          "1": "NULL, 0, 0, 0, NULL, NULL, NULL, NULL"}
+_ADDED = {"5": f"evidence, opened, closed, direction_inferred, {_TRAFFIC}, via",
+          "4": f"evidence, opened, closed, direction_inferred, {_TRAFFIC}, ''",
+          "3": "evidence, opened, closed, direction_inferred, NULL, NULL, NULL, NULL, ''",
+          "2": "evidence, opened, closed, 0, NULL, NULL, NULL, NULL, ''",
+          "1": "NULL, 0, 0, 0, NULL, NULL, NULL, NULL, ''"}
 
 
 def _sum(column: str) -> str:
@@ -88,9 +115,9 @@ def _rank(column: str) -> str:
 _UPSERT = f"""
 INSERT INTO edges (node, uid, "where", direction, proto, peer_addr, port,
                    first_seen, last_seen, samples, max_concurrent, evidence, opened, closed,
-                   direction_inferred, {_TRAFFIC})
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port) DO UPDATE SET
+                   direction_inferred, {_TRAFFIC}, via)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (node, uid, "where", direction, proto, peer_addr, port, via) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen),
     last_seen = max(last_seen, excluded.last_seen),
     samples = samples + 1,
@@ -177,6 +204,7 @@ class EdgeRow:
     bytes_received: int | None = None
     retransmits: int | None = None
     rtt_us: float | None = None     # the latest measured
+    via: str = ""                   # EdgeKey.via: the Service VIP it went through
 
 
 def _open_readonly(path: str) -> sqlite3.Connection:
@@ -257,7 +285,7 @@ class Store:
                  max(seen.open, int(bool(seen.closed or seen.ended))), seen.evidence,
                  seen.opened, seen.ended, int(seen.direction_inferred),
                  *((seen.sent, seen.received, seen.retransmits) if seen.measured
-                   else (None, None, None)), seen.rtt_us)
+                   else (None, None, None)), seen.rtt_us, k.via)
                 for k, seen in observed.items()]
         try:
             with self.db:
@@ -276,8 +304,8 @@ class Store:
         excess = self.db.execute("SELECT count(*) FROM edges").fetchone()[0] - self.max_edges
         if excess > 0:
             self.db.execute("""DELETE FROM edges WHERE
-                (node, uid, "where", direction, proto, peer_addr, port) IN (
-                 SELECT node, uid, "where", direction, proto, peer_addr, port FROM edges
+                (node, uid, "where", direction, proto, peer_addr, port, via) IN (
+                 SELECT node, uid, "where", direction, proto, peer_addr, port, via FROM edges
                  ORDER BY last_seen LIMIT ?)""", (excess,))
 
     def edges(self, since: float | None = None, uid: int | None = None,

@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import require_root
 from depnode import APP_A, POD_A_IP, SIDECAR_A, SVC_A, Conn, DepNode
 
@@ -26,11 +25,12 @@ README_PEER, README_PORT = 'peer="10.0.0.5"', 'port="3306"'
 PEER, PORT = SVC_A, 5432        # pod A's app and postgres in the services namespace
 
 
-def readme_queries() -> list[str]:
+def readme_queries(peer: str = PEER, port: int = PORT) -> list[str]:
+    """The README's queries, its example endpoint replaced by peer:port."""
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```promql\n(.*?)```", text, re.S)
     assert len(blocks) == 6, "the README's PromQL blocks changed: update this test"
-    return [b.replace(README_PEER, f'peer="{PEER}"').replace(README_PORT, f'port="{PORT}"')
+    return [b.replace(README_PEER, f'peer="{peer}"').replace(README_PORT, f'port="{port}"')
             for b in blocks]
 
 
@@ -47,7 +47,7 @@ OPERATOR_TARGET = {"namespace": "nsnet-system", "service": "nsnet", "pod": "nsne
                    "container": "nsnet", "endpoint": "http"}
 
 
-def operator_job(target: str) -> str:
+def operator_job(targets: list[str]) -> str:
     """The scrape job prometheus-operator makes of deploy/'s ServiceMonitor, for a target
     whose discovery it plays: its target labels, then the ServiceMonitor's own relabelings
     and honorLabels, read from the manifest."""
@@ -62,7 +62,7 @@ def operator_job(target: str) -> str:
     return json.dumps({"job_name": "serviceMonitor/nsnet-system/nsnet/0",
                        "honor_labels": bool(endpoint.get("honorLabels")),
                        "metrics_path": endpoint["path"],
-                       "static_configs": [{"targets": [target]}],
+                       "static_configs": [{"targets": targets}],
                        "relabel_configs": relabel})
 
 
@@ -71,18 +71,20 @@ class Prometheus:
     scrape (target labels job and instance only); "operator": as prometheus-operator scrapes
     through deploy/components/servicemonitor."""
 
-    def __init__(self, target: str, workdir: Path, style: str = "static"):
+    def __init__(self, target: str | list[str], workdir: Path, style: str = "static"):
+        targets = [target] if isinstance(target, str) else list(target)
         binary = shutil.which("prometheus")
         assert binary is not None
         self.port = free_port()
         workdir = workdir / style
         workdir.mkdir()
         config = workdir / "prometheus.yml"
-        job = operator_job(target) if style == "operator" else json.dumps(
-            {"job_name": "nsnet", "static_configs": [{"targets": [target]}]})
+        job = operator_job(targets) if style == "operator" else json.dumps(
+            {"job_name": "nsnet", "static_configs": [{"targets": targets}]})
         # YAML is a superset of JSON: the job is written as JSON
         config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                           f"scrape_configs:\n  - {job}\n")
+        self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],

@@ -59,6 +59,10 @@ class MemNode:
     processes: dict[int, Process] = field(default_factory=dict)
     sockets: list[Socket] = field(default_factory=list)
     logs: KubeletLogs | None = None
+    # the host's NAT translations (what conntrack.read_translations would give): the
+    # connection as its client sent it -> the backend (nat())
+    translations: dict[tuple[str, str, int, str, int], tuple[str, int]] = \
+        field(default_factory=dict)
     _pins: dict[int, list[str]] = field(default_factory=dict)
     _threads: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     _holders: list[tuple[int, int, int]] = field(default_factory=list)   # (inode, pid, fd)
@@ -201,7 +205,13 @@ class MemNode:
             raise RuntimeError("a MemNode builds one snapshot (build() changes its objects)")
         self._built = True
         return snapshot_from(self.discovery(), self.sockets, options or self.options,
-                             logs=self.logs, stats=self.stats)
+                             logs=self.logs, stats=self.stats,
+                             translations=self.translations)
+
+    def nat(self, client: str, vip: str, backend: str, proto: str = "tcp") -> None:
+        """The host's netfilter sent client -> vip to backend (a DNAT conntrack entry)."""
+        self.translations[(proto, *split_endpoint(client), *split_endpoint(vip))] = \
+            split_endpoint(backend)
 
 
 class FixedScanner:

@@ -71,7 +71,7 @@ def quick_parse(text: str) -> dict[str, dict[tuple, float]]:
 def labels(**kw: str) -> tuple:
     base = {"node": "n1", "uid": "", "user": "", "pod": "", "namespace": "", "netns": "",
             "direction": "", "proto": "", "peer": "", "port": "", "service": "",
-            "evidence": "unknown", "direction_inferred": "false"}
+            "evidence": "unknown", "direction_inferred": "false", "via": ""}
     if kw.get("evidence") == "mixed":      # a folded series: mixed in both
         base["direction_inferred"] = "mixed"
     base.update(kw)

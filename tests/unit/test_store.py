@@ -282,13 +282,13 @@ def test_a_schema_1_history_is_read_as_it_is_and_upgraded_by_the_agent(tmp_path)
     (old,) = Store(path, readonly=True).edges()     # nsnet deps --db on an older agent's file
     assert (old.max_concurrent, old.evidence, old.opened, old.closed) == (4, None, 0, 0)
     store = Store(path)                             # the agent: upgraded in place
-    assert store.schema == "4"
+    assert store.schema == "5"
     store.record("n", observed({DB_EDGE: 1}, evidence="holder", opened=1), sample(30.0))
     (row,) = store.edges()
     assert (row.samples, row.max_concurrent, row.evidence, row.opened) == (4, 4, "holder", 1)
     assert row.direction_inferred == 0
     store.close()
-    assert Store(path, readonly=True).schema == "4"
+    assert Store(path, readonly=True).schema == "5"
 
 
 def test_a_direction_inferred_is_kept_until_an_exact_sample(tmp_path):
@@ -308,16 +308,64 @@ def test_a_schema_2_history_is_upgraded_and_read_as_it_is(tmp_path):
     import sqlite3
 
     path = str(tmp_path / "v2.db")
-    Store(path).close()
     with sqlite3.connect(path) as db:       # what a schema-2 agent wrote
-        db.executescript(DROP_TRAFFIC + "ALTER TABLE edges DROP COLUMN direction_inferred; "
+        db.executescript(SCHEMA_4 + DROP_TRAFFIC + "ALTER TABLE edges DROP COLUMN direction_inferred; "
                          "UPDATE meta SET value = '2' WHERE key = 'schema'; "
                          "INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', 'outbound', "
                          "'tcp', '10.0.0.5', 3306, 10.0, 20.0, 3, 4, 'holder', 2, 1);")
     (old,) = Store(path, readonly=True).edges()
     assert (old.evidence, old.opened, old.closed, old.direction_inferred) == ("holder", 2, 1, 0)
     store = Store(path)
-    assert store.schema == "4" and store.edges() == [old]
+    assert store.schema == "5" and store.edges() == [old]
+    store.close()
+
+
+# what a schema-4 agent made (before `via` joined the edges' key)
+SCHEMA_4 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE edges (
+    node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
+    direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
+    evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
+    direction_inferred INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER, bytes_received INTEGER, retransmits INTEGER, rtt_us REAL,
+    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port)) WITHOUT ROWID;
+CREATE INDEX edges_by_last_seen ON edges (last_seen);
+CREATE TABLE samples (
+    ts REAL NOT NULL, node TEXT NOT NULL, duration REAL NOT NULL, cpu REAL NOT NULL,
+    namespaces INTEGER NOT NULL, sockets INTEGER NOT NULL, edges INTEGER NOT NULL,
+    over_budget INTEGER NOT NULL);
+INSERT INTO meta VALUES ('schema', '4');
+"""
+
+
+def test_a_schema_4_history_gets_via_in_the_key_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    from nsnet.agent.edges import EdgeKey
+
+    path = str(tmp_path / "v4.db")
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_4 + "INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', "
+                         "'outbound', 'tcp', '10.0.0.5', 3306, 10.0, 20.0, 3, 4, 'holder', 2, "
+                         "1, 0, 100, 7, 1, 250.0);")
+    (old,) = Store(path, readonly=True).edges()
+    assert (old.bytes_sent, old.via) == (100, "")
+    store = Store(path)
+    assert store.schema == "5" and store.edges() == [old]
+    # the same backend reached directly and through a VIP: two edges
+    via = EdgeKey(DB_EDGE.uid, DB_EDGE.where, "outbound", "tcp", DB_EDGE.peer_addr,
+                  DB_EDGE.port, "10.96.0.10:3306")
+    store.record("n", {DB_EDGE: traffic_seen(5, 5, 0), via: traffic_seen(9, 9, 0)}, sample(30.0))
+    rows = {r.via: r for r in store.edges()}
+    assert set(rows) == {"", "10.96.0.10:3306"}
+    assert (rows[""].bytes_sent, rows[""].samples, rows["10.96.0.10:3306"].bytes_sent) == \
+        (105, 4, 9)
+    indexes = {r[0] for r in store.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'edges'")}
+    assert "edges_by_last_seen" in indexes
     store.close()
 
 
@@ -329,16 +377,15 @@ def test_a_schema_3_history_is_upgraded_and_its_traffic_is_unknown(tmp_path):
     import sqlite3
 
     path = str(tmp_path / "v3.db")
-    Store(path).close()
     with sqlite3.connect(path) as db:       # what a schema-3 agent wrote
-        db.executescript(DROP_TRAFFIC + "UPDATE meta SET value = '3' WHERE key = 'schema'; "
+        db.executescript(SCHEMA_4 + DROP_TRAFFIC + "UPDATE meta SET value = '3' WHERE key = 'schema'; "
                          "INSERT INTO edges VALUES ('n', 10001, 'pod:shop/cart', 'outbound', "
                          "'tcp', '10.0.0.5', 3306, 10.0, 20.0, 3, 4, 'holder', 2, 1, 0);")
     (old,) = Store(path, readonly=True).edges()
     assert (old.opened, old.bytes_sent, old.bytes_received, old.retransmits, old.rtt_us) == \
         (2, None, None, None, None)
     store = Store(path)
-    assert store.schema == "4" and store.edges() == [old]
+    assert store.schema == "5" and store.edges() == [old]
     store.record("n", {DB_EDGE: traffic_seen(100, 7, 1, rtt_us=250)}, sample(30.0))
     (row,) = store.edges()
     assert (row.bytes_sent, row.bytes_received, row.retransmits, row.rtt_us) == (100, 7, 1, 250.0)
@@ -379,5 +426,5 @@ def test_an_unknown_schema_is_refused(tmp_path):
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA_1.replace("'schema', '1'", "'schema', '9'"))
     for readonly in (False, True):
-        with pytest.raises(StoreError, match="schema '9', this nsnet writes '4'"):
+        with pytest.raises(StoreError, match="schema '9', this nsnet writes '5'"):
             Store(path, readonly=readonly)
