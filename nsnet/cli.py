@@ -170,6 +170,9 @@ def _common(env: Mapping[str, str]) -> _Parser:
                              "everything proc lists")
     common.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
+    common.add_argument("--no-conntrack", dest="translations", action="store_false",
+                        help="do not read the host's connection-tracking table: connections "
+                             "to a Service VIP name the VIP, not the backend reached")
     common.add_argument("--deadline", type=_seconds, metavar="SECONDS",
                         default=SNAPSHOT.deadline,
                         help="stop walking processes after this many seconds (the agent's "
@@ -393,7 +396,8 @@ def snapshot_options(args: argparse.Namespace) -> SnapshotOptions:
                            enter_pinned=not args.no_enter, host_root=args.host_root,
                            services=load_services(args.services),
                            max_fds_per_user=args.max_fds_per_user,
-                           deadline=args.deadline, details=_details(args))
+                           deadline=args.deadline, details=_details(args),
+                           translations=getattr(args, "translations", True))
 
 
 def _details(args: argparse.Namespace) -> frozenset[str]:

@@ -335,7 +335,7 @@ def snapshot_from(found: walk.Discovery, sockets: list[Socket],
         by_namespace.setdefault(sock.netns_key, []).append(sock)
     for key in sorted(by_namespace):
         joined.add(by_namespace[key])
-    if translations:
+    if translations and options.translations:
         joined.classifier.translate(translations)
     return assemble(found, sockets, stats, joined, options, logs=logs)
 

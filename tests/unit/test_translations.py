@@ -126,3 +126,15 @@ def test_a_closed_vip_connection_keeps_the_backend_a_sample_saw():
     memory.learn(node.build())
     got = closed_edges([closed(B, "10.1.0.2:40001", VIP)], memory)
     assert set(got) == {EdgeKey(10002, WB, "outbound", "tcp", "10.1.0.1", 5432, VIP)}
+
+
+def test_no_conntrack_leaves_the_vip_alone():
+    from nsnet.cli import build_parser, snapshot_options
+    from nsnet.options import SnapshotOptions
+
+    args = build_parser({}).parse_args(["sockets", "--no-conntrack"])
+    assert snapshot_options(args).translations is False
+    assert snapshot_options(build_parser({}).parse_args(["sockets"])).translations is True
+    node, client, _ = vip_node()
+    node.build(SnapshotOptions(translations=False))
+    assert client.backend is None and client.peer == "external"
