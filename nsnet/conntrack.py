@@ -129,8 +129,8 @@ def read_proc_table(path: str) -> bytes:
 
 
 def dump_ctnetlink() -> Translations:
-    """A ctnetlink dump of the calling thread's network namespace's table, the kernel asked
-    for DNATed entries only (seen counts what it sent). Raises OSError, the kernel's
+    """A ctnetlink dump of the calling thread's network namespace's table (seen counts what
+    the kernel sent). Raises OSError, the kernel's
     NLMSG_ERROR answer as one (EPERM: no CAP_NET_ADMIN over the namespace)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                          NETLINK_NETFILTER)
@@ -141,7 +141,11 @@ def dump_ctnetlink() -> Translations:
         seq = next(_seq) % 0xFFFFFFFF + 1
         buf = bytearray(RECV_BUFFER)
         dump = CtDump()
-        sock.send(build_ctnetlink_dump_request(seq, dnat_only=True))
+        # Every entry, not only those with IPS_DST_NAT (the kernel could filter on it): IPVS
+        # rewrites an entry's reply tuple to the real server (ip_vs_update_conntrack ->
+        # nf_conntrack_alter_reply) without setting that bit, and kube-proxy's IPVS mode
+        # is a Service VIP too. The parser compares the tuples itself.
+        sock.send(build_ctnetlink_dump_request(seq))
         with memoryview(buf) as view:
             while not dump.done:
                 n = sock.recv_into(buf, len(buf), socket.MSG_TRUNC)

@@ -234,6 +234,7 @@ def build_ctnetlink_dump_request(seq: int, family: int = 0, *, dnat_only: bool =
     CTA_STATUS_MASK: ctnetlink_filter_match; measured on Linux 6.18). A kernel without that
     filter ignores the two attributes (nfnetlink parses a request's attributes liberally:
     unknown types are skipped) and sends every entry; the parser compares the tuples anyway.
+    The reader does not ask for it: the entries IPVS translates lack the bit (conntrack.py).
     """
     attrs = _DNAT_FILTER if dnat_only else b""
     return _REQUEST.pack(_REQUEST.size + len(attrs), CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq,
