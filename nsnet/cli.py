@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, TextIO, cast
 
 from . import __version__
@@ -432,7 +433,7 @@ def _fields(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def output_options(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> OutputOptions:
-    from .table import forced_columns, use_color
+    from .terminal import forced_columns, use_color
 
     # NO_COLOR beats even --color always here (the README's promise)
     color = use_color(out, args.color, no_color=env.get("NO_COLOR"), term=env.get("TERM")) \
@@ -448,7 +449,7 @@ def output_options(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]
 def renderer(output: OutputOptions, out: TextIO, doc: dict | None = None) -> report.Renderer:
     """How a table is drawn on ``out``: -o wide and pipes get every cell whole."""
     from . import report
-    from .table import terminal_width
+    from .terminal import terminal_width
 
     width = None if output.wide else terminal_width(out, output.columns)
     return report.Renderer(width, output.color, output.resolve, columns=output.fields or None,
@@ -600,13 +601,20 @@ def _why_empty(ns: Namespace | None) -> list[str]:
 def _warn(err: TextIO, lines: list[str], output: OutputOptions | None = None) -> None:
     """One line each; on a terminal fitted to its width (the whole text is in --json's
     stats.privileges); nothing with -q."""
-    from .table import fit_line, terminal_width
+    from .terminal import terminal_width
 
     if output is not None and output.quiet:
         return
     width = terminal_width(err, output.columns if output else None)
+    fit: Callable[[str], str]
+    if width is None:       # not a terminal: the line whole, made printable
+        from .sanitize import printable
+        fit = printable
+    else:
+        from .table import fit_line
+        fit = partial(fit_line, width=width)
     for line in lines:
-        err.write(fit_line(f"nsnet: warning: {line}", width) + "\n")
+        err.write(fit(f"nsnet: warning: {line}") + "\n")
 
 
 def _say_reading(err: TextIO, snap: Snapshot, output: OutputOptions) -> None:
@@ -747,7 +755,7 @@ def _cluster_command(options: ClusterOptions, out: TextIO, err: TextIO) -> int:
     elif options.format == "mermaid":
         out.write(cluster.to_mermaid(doc))
     else:
-        from .table import terminal_width
+        from .terminal import terminal_width
 
         width = None if output.wide else terminal_width(out, output.columns)
         out.write(cluster.render_table(doc, width, output.color) + "\n")

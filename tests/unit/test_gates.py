@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                              "nsnet.unixcheck")),
     ("snapshot", ("nsnet.snapshot",)),
     ("views/report/graph", ("nsnet.views", "nsnet.report", "nsnet.graph", "nsnet.table", "nsnet.palette",
-                            "nsnet.sanitize", "nsnet.cluster")),
+                            "nsnet.sanitize", "nsnet.cluster", "nsnet.terminal")),
     ("agent", ("nsnet.agent", "nsnet.agent.sampler", "nsnet.agent.events", "nsnet.agent.edges",
                "nsnet.agent.auth", "nsnet.agent.allocator", "nsnet.agent.store", "nsnet.agent.history", "nsnet.agent.metrics",
                "nsnet.agent.serve", "nsnet.agent.watch")),
