@@ -35,6 +35,7 @@ from .sockdiag import (
     NLMSG_NOOP,
     Buffer,
     _addr6,
+    control_status,
 )
 
 # (proto, src_addr, src_port, dst_addr, dst_port): the connection as its client socket
@@ -306,15 +307,10 @@ def _control(buf: Buffer, off: int, length: int, mtype: int, dump: CtDump) -> No
     (nlmsgerr: the errno first; 0 is an acknowledgement)."""
     dump.done = True
     res = dump.translations
-    if length >= _NLMSGHDR.size + _ERRNO.size:
-        code = _ERRNO.unpack_from(buf, off + _NLMSGHDR.size)[0]
-        if code < 0:
-            res.error = -code
-        elif code > 0:          # not a negative errno: not what the kernel sends
-            res.malformed += 1
-    elif mtype == NLMSG_ERROR:  # too short to carry its errno
-        res.malformed += 1
-        res.error = _errno.EBADMSG
+    error, malformed = control_status(buf, off, length, mtype)
+    if error:
+        res.error = error
+    res.malformed += malformed
 
 
 def _entry(buf: Buffer, start: int, stop: int, res: Translations) -> bool:

@@ -223,18 +223,27 @@ def unix_name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _control(buf: Buffer, off: int, length: int, mtype: int, res: ParsedDump) -> None:
-    """NLMSG_DONE / NLMSG_ERROR of our own request: the dump is over."""
-    res.done = True
+def control_status(buf: Buffer, off: int, length: int, mtype: int) -> tuple[int, int]:
+    """(errno, malformed) of the NLMSG_DONE / NLMSG_ERROR that ends a dump: NLMSG_DONE's
+    payload is an int, a negative errno when the dump failed; nlmsgerr's first field is the
+    errno (0: an acknowledgement). Shared by every netlink dump nsnet parses."""
     if length >= _NLMSGHDR.size + _ERRNO.size:
         code = _ERRNO.unpack_from(buf, off + _NLMSGHDR.size)[0]
         if code < 0:
-            res.error = -code
-        elif code > 0:          # not a negative errno: not what the kernel sends
-            res.malformed += 1
-    elif mtype == NLMSG_ERROR:  # an error message too short to carry its errno
-        res.malformed += 1
-        res.error = _errno.EBADMSG
+            return -code, 0
+        return 0, int(code > 0)  # a positive code: not what the kernel sends
+    if mtype == NLMSG_ERROR:     # an error message too short to carry its errno
+        return _errno.EBADMSG, 1
+    return 0, 0
+
+
+def _control(buf: Buffer, off: int, length: int, mtype: int, res: ParsedDump) -> None:
+    """NLMSG_DONE / NLMSG_ERROR of our own request: the dump is over."""
+    res.done = True
+    error, malformed = control_status(buf, off, length, mtype)
+    if error:
+        res.error = error
+    res.malformed += malformed
 
 
 def parse_into(buf: Buffer, end: int, proto: str, seq: int | None, res: ParsedDump,

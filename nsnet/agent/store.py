@@ -31,9 +31,10 @@ _UPGRADABLE = {"1", "2", "3", "4"}
 DEFAULT_RETENTION = AgentOptions().retention
 DEFAULT_MAX_EDGES = 200_000
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS edges (
+# The edges' table (schema 5). The key's columns come first: SQLite 3.40's integrity check
+# (Debian 12's) misreads a WITHOUT ROWID table whose key columns are declared after others,
+# and open() runs that check.
+_EDGES = """(
     node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
     direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
     via TEXT NOT NULL DEFAULT '',
@@ -42,7 +43,11 @@ CREATE TABLE IF NOT EXISTS edges (
     evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
     direction_inferred INTEGER NOT NULL DEFAULT 0,
     bytes_sent INTEGER, bytes_received INTEGER, retransmits INTEGER, rtt_us REAL,
-    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port, via)) WITHOUT ROWID;
+    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port, via)) WITHOUT ROWID;"""
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS edges {_EDGES}
 CREATE INDEX IF NOT EXISTS edges_by_last_seen ON edges (last_seen);
 CREATE TABLE IF NOT EXISTS samples (
     ts REAL NOT NULL, node TEXT NOT NULL, duration REAL NOT NULL, cpu REAL NOT NULL,
@@ -66,23 +71,12 @@ ALTER TABLE edges ADD COLUMN retransmits INTEGER;
 ALTER TABLE edges ADD COLUMN rtt_us REAL;
 """
 # `via` joins the primary key: SQLite cannot change a table's key in place, so the table
-# is made anew and the rows copied (each with via '': none was known). The key's columns
-# come first: SQLite 3.40's integrity check (Debian 12's) misreads a WITHOUT ROWID table
-# whose key columns are declared after others, and our open() runs that check.
+# is made anew and the rows copied (each with via '': none was known).
 _EDGE_COLUMNS = ('node, uid, "where", direction, proto, peer_addr, port, first_seen, '
                  'last_seen, samples, max_concurrent, evidence, opened, closed, '
                  'direction_inferred, bytes_sent, bytes_received, retransmits, rtt_us')
 _UPGRADE_4 = f"""
-CREATE TABLE edges_5 (
-    node TEXT NOT NULL, uid INTEGER NOT NULL, "where" TEXT NOT NULL,
-    direction TEXT NOT NULL, proto TEXT NOT NULL, peer_addr TEXT NOT NULL, port INTEGER NOT NULL,
-    via TEXT NOT NULL DEFAULT '',
-    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
-    samples INTEGER NOT NULL, max_concurrent INTEGER NOT NULL,
-    evidence TEXT, opened INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0,
-    direction_inferred INTEGER NOT NULL DEFAULT 0,
-    bytes_sent INTEGER, bytes_received INTEGER, retransmits INTEGER, rtt_us REAL,
-    PRIMARY KEY (node, uid, "where", direction, proto, peer_addr, port, via)) WITHOUT ROWID;
+CREATE TABLE edges_5 {_EDGES}
 INSERT INTO edges_5 ({_EDGE_COLUMNS}, via) SELECT {_EDGE_COLUMNS}, '' FROM edges;
 DROP TABLE edges;
 ALTER TABLE edges_5 RENAME TO edges;

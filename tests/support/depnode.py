@@ -40,7 +40,7 @@ from pathlib import Path
 
 import machinelock
 from kubelet_tree import HostTree
-from realnode import BuildError, interpreter_for, ip_tool, util_linux
+from realnode import BuildError, interpreter_for, ip_tool, run, util_linux
 
 LOCK_PATH = "/run/nsnt-depnode.lock"
 WEB, REDIS, PG, DNS = 10501, 10502, 10503, 10504
@@ -308,10 +308,7 @@ class _ExistingTree(HostTree):
 
 
 def _run(argv: list[str]) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise BuildError(f"{argv} failed ({out.returncode}): {out.stderr.strip()}")
-    return out.stdout
+    return run(argv, timeout=60)
 
 
 if __name__ == "__main__":      # python tests/support/depnode.py: build, show, tear down

@@ -63,7 +63,7 @@ from typing import TextIO
 
 import machinelock
 from kubelet_tree import HostTree
-from realnode import BuildError, interpreter_for, ip_tool, util_linux
+from realnode import BuildError, interpreter_for, ip_tool, run, util_linux
 
 LOCK_PATH = "/run/nsnt-simcluster.lock"
 NODES = ("node-a", "node-b", "node-c")
@@ -586,10 +586,7 @@ def _remove_stale() -> None:
 
 
 def _run(argv: list[str]) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise BuildError(f"{argv} failed ({out.returncode}): {out.stderr.strip()}")
-    return out.stdout
+    return run(argv, timeout=60)
 
 
 if __name__ == "__main__":      # python tests/support/simcluster.py: build, show, tear down
