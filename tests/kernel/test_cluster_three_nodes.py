@@ -31,12 +31,16 @@ REPO = Path(__file__).resolve().parents[2]
 VIP, PG_PORT, REDIS_PORT = "10.96.0.20", 5432, 6379
 
 
-def cluster_map(prom: Prometheus) -> dict:
+def nsnet_cluster(prom: Prometheus, form: str) -> str:
     run = subprocess.run([sys.executable, "-m", "nsnet", "cluster", "--prometheus", prom.url,
-                          "--since", "10m", "--format", "json"],
+                          "--since", "10m", "--format", form],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
+    return run.stdout
+
+
+def cluster_map(prom: Prometheus) -> dict:
+    return json.loads(nsnet_cluster(prom, "json"))
 
 
 def edges_of(doc: dict) -> dict[tuple[str, str, int], dict]:
@@ -126,6 +130,14 @@ def test_the_cluster_map_from_three_agents_on_a_real_prometheus(tmp_path: Path) 
                 assert float(vip_edge["value"][1]) == 1.0
 
             check_maps([cluster_map(prom) for prom in proms])
+            # what an operator reads: the table and the picture name the same edges
+            table = nsnet_cluster(proms[0], "table")
+            rows = [line for line in table.splitlines() if line.startswith("Deployment shop/api")]
+            assert any(f"{VIP}:{PG_PORT}" in r and "StatefulSet data/postgres" in r
+                       and "node-a,node-b" in r for r in rows), table
+            assert any("Deployment cache/redis" in r and "node-a,node-c" in r for r in rows), table
+            mermaid = nsnet_cluster(proms[0], "mermaid")
+            assert mermaid.startswith(("graph", "flowchart")) and "postgres" in mermaid
             check_readme_queries(proms, api, web, pg)
             # the map's own queries answer through both styles (nsnet cluster ran them)
             for title, ref, expr in dashboard_queries():
