@@ -86,10 +86,20 @@ def read_translations(proc: str, host_inode: int | None) -> ConntrackRead:
     try:
         data = read_proc_table(path)
     except OSError as exc:
+        if is_gone(exc) and not conntrack_in_kernel():
+            # no connection tracking at all: nothing is translated, nothing to say
+            return ConntrackRead(None, "")
         # ENOENT: no CONFIG_NF_CONNTRACK_PROCFS (or no pid 1 there): said, never traced
         why.append(f"{path}: {'not there' if is_gone(exc) else _reason(exc)}")
         return ConntrackRead(None, path, _missing(path, why))
     return ConntrackRead(parse_proc_conntrack(data), path)
+
+
+def conntrack_in_kernel(sysfs: str = "/sys") -> bool:
+    """Whether this kernel tracks connections at all: nf_conntrack, built in or loaded, is
+    listed under /sys/module (it has parameters: hashsize). Without it no address is
+    translated, and a missing table is no loss worth a warning."""
+    return os.path.exists(f"{sysfs}/module/nf_conntrack")
 
 
 def _missing(path: str, why: list[str]) -> str:

@@ -146,6 +146,20 @@ def test_nothing_readable_is_one_line(tmp_path):
     assert f"{path}: not there" in read.error
 
 
+def test_a_kernel_without_connection_tracking_says_nothing(tmp_path, monkeypatch):
+    """No nf_conntrack in the kernel (none under /sys/module): nothing can be translated, so
+    the missing table is not worth a warning on every run."""
+    import nsnet.conntrack as conntrack
+
+    assert conntrack.conntrack_in_kernel(str(tmp_path)) is False
+    (tmp_path / "module" / "nf_conntrack").mkdir(parents=True)
+    assert conntrack.conntrack_in_kernel(str(tmp_path)) is True
+    assert conntrack.conntrack_in_kernel() is True      # this kernel has it (built in)
+    monkeypatch.setattr(conntrack, "conntrack_in_kernel", lambda: False)
+    read = conntrack.read_translations(str(tmp_path), None)
+    assert (read.translations, read.error) == (None, None)
+
+
 def test_denied_file_is_said(tmp_path):
     """A table file we may not read: said as denied, not raised."""
     require_root("setpriv")
