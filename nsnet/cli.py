@@ -140,9 +140,11 @@ def _output_kind(text: str) -> str:
     return ",".join(n.upper().replace("_", "-") for n in names)
 
 
-def _common(env: Mapping[str, str]) -> _Parser:
-    """The options every command takes."""
+def _common(env: Mapping[str, str]) -> tuple[_Parser, _Parser]:
+    """The options every command takes: how it prints, and (but `cluster`, which reads no
+    node) how the node is read."""
     common = _Parser(add_help=False)
+    reading = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document (schema nsnet/1)")
     common.add_argument("-o", "--output", type=_output_kind, metavar="wide|json|ndjson|COL,..",
                         help="wide: nothing cut or hidden on a terminal; json: as --json; "
@@ -156,30 +158,30 @@ def _common(env: Mapping[str, str]) -> _Parser:
     common.add_argument("-v", "--verbose", action="store_true",
                         help="one line on stderr: the source and why, the reader threads and "
                              "why, what the snapshot read and how long it took")
-    common.add_argument("--proc", default=env.get("NSNET_PROC", SNAPSHOT.proc), metavar="PATH",
+    reading.add_argument("--proc", default=env.get("NSNET_PROC", SNAPSHOT.proc), metavar="PATH",
                         help="procfs to read (default: $NSNET_PROC or /proc; e.g. /host/proc in a container)")
     common.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour (auto: only on a terminal; NO_COLOR always disables it)")
     common.add_argument("--resolve", action="store_true", help="show service names for ports")
-    common.add_argument("--sandbox-command", action="append", metavar="NAME",
+    reading.add_argument("--sandbox-command", action="append", metavar="NAME",
                         help="command name of namespace holders never counted as owners "
                              "(repeatable; default: pause)")
-    common.add_argument("--source", choices=SOURCES, default=SNAPSHOT.source,
+    reading.add_argument("--source", choices=SOURCES, default=SNAPSHOT.source,
                         help="where sockets are read: /proc tables (needs no privilege), "
                              "sock_diag netlink, pidfd per-socket queries, or auto (the "
                              "default): the fastest the privileges allow, which lists "
                              "everything proc lists")
-    common.add_argument("--no-enter", action="store_true",
+    reading.add_argument("--no-enter", action="store_true",
                         help="do not setns into namespaces pinned only by a bind mount")
-    common.add_argument("--no-conntrack", dest="translations", action="store_false",
+    reading.add_argument("--no-conntrack", dest="translations", action="store_false",
                         help="do not read the host's connection-tracking table: connections "
                              "to a Service VIP name the VIP, not the backend reached")
-    common.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+    reading.add_argument("--deadline", type=_seconds, metavar="SECONDS",
                         default=SNAPSHOT.deadline,
                         help="stop walking processes after this many seconds (the agent's "
                              "paced pauses not counted); those left are counted and said "
                              "(default: none)")
-    common.add_argument("--max-fds-per-user", type=_fd_budget, metavar="N|all",
+    reading.add_argument("--max-fds-per-user", type=_fd_budget, metavar="N|all",
                         default=SNAPSHOT.max_fds_per_user,
                         help="read at most N fd links per uid in one snapshot, so that no "
                              "tenant can make a snapshot arbitrarily long; the rest are "
@@ -189,12 +191,12 @@ def _common(env: Mapping[str, str]) -> _Parser:
                         metavar="FILE",
                         help="TOML file naming endpoints (CIDRs, ip:port) as services, used in "
                              "every view (default: $NSNET_SERVICES)")
-    common.add_argument("--host-root", default=env.get("NSNET_HOST_ROOT", SNAPSHOT.host_root),
+    reading.add_argument("--host-root", default=env.get("NSNET_HOST_ROOT", SNAPSHOT.host_root),
                         metavar="PATH",
                         help="where the node's /var/log/pods and /var/log/containers are, for "
                              "pod and container names (default: $NSNET_HOST_ROOT or /; e.g. "
                              "/host in the DaemonSet)")
-    return common
+    return common, reading
 
 
 def _history_options(p: argparse.ArgumentParser, env: Mapping[str, str], since_help: str) -> None:
@@ -324,7 +326,7 @@ def _command_epilog(name: str) -> Callable[[], str]:
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    common = _common(env)
+    common, reading = _common(env)
     parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
                      "its sockets, and the pids and users behind them. Without a command: "
                      "one line per namespace (nsnet summary).",
@@ -333,9 +335,9 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, reads_node: bool = True) -> argparse.ArgumentParser:
         made: _Parser = sub.add_parser(
-            name, parents=[common], help=help_text,
+            name, parents=[common, reading] if reads_node else [common], help=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter)
         made.epilog_of = _command_epilog(name)
         return made
@@ -364,8 +366,8 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
                       WATCH_SAMPLING)
     _sockets_options(command("sockets", "one row per socket, like ss -tuanp for the node"))
     _cluster_options(command("cluster", "the cluster-wide dependency map (workload -> "
-                                        "workload), from the Prometheus scraping the agents"),
-                     env)
+                                        "workload), from the Prometheus scraping the agents",
+                             reads_node=False), env)
     return parser
 
 
