@@ -40,7 +40,7 @@ from pathlib import Path
 
 import machinelock
 from kubelet_tree import HostTree
-from realnode import BuildError, interpreter_for, ip_tool, run, util_linux
+from realnode import BuildError, interpreter_for, ip_tool, remove_cgroups, run, util_linux
 
 LOCK_PATH = "/run/nsnt-depnode.lock"
 WEB, REDIS, PG, DNS = 10501, 10502, 10503, 10504
@@ -151,17 +151,7 @@ class DepNode:
             if proc.popen.poll() is None:
                 proc.popen.kill()
             proc.popen.wait()
-        for cg in reversed(self.cgroups):
-            for _ in range(50):     # empty once the killed processes are reaped
-                try:
-                    cg.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:   # busy: its processes are still exiting
-                    if cg.name in ("kubepods", "burstable"):
-                        break     # someone else's pods may live there too: leave it
-                    time.sleep(0.1)
+        remove_cgroups(self.cgroups)
         for name in self.netns.values():
             subprocess.run([ip_tool(), "netns", "del", name], capture_output=True)
         if self.dir != Path() and self.dir.exists():

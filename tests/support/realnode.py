@@ -161,6 +161,23 @@ def run(argv: list[str], timeout: float = 30) -> str:
     return out.stdout
 
 
+def remove_cgroups(cgroups: list) -> None:
+    """rmdir a fixture's cgroups, innermost first (a list of Paths, outermost first): each is
+    empty once its killed processes are reaped; the shared kubepods/burstable levels are left
+    when busy (someone else's pods may live there)."""
+    for cg in reversed(cgroups):
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:   # busy: its processes are still exiting
+                if cg.name in ("kubepods", "burstable"):
+                    break
+                time.sleep(0.1)
+
+
 _interp_cache: dict[int, str] = {}
 
 

@@ -63,7 +63,7 @@ from typing import TextIO
 
 import machinelock
 from kubelet_tree import HostTree
-from realnode import BuildError, interpreter_for, ip_tool, run, util_linux
+from realnode import BuildError, interpreter_for, ip_tool, remove_cgroups, run, util_linux
 
 LOCK_PATH = "/run/nsnt-simcluster.lock"
 NODES = ("node-a", "node-b", "node-c")
@@ -277,7 +277,7 @@ class SimCluster:
             except OSError:
                 pass
         self.pipes.clear()
-        _remove_cgroups(self.cgroups)
+        remove_cgroups(self.cgroups)
         self.cgroups.clear()
         for name in reversed(self.netns):
             subprocess.run([ip_tool(), "netns", "del", name], capture_output=True)
@@ -548,20 +548,6 @@ def _stop_node(node: Node) -> None:
         node.control = None
 
 
-def _remove_cgroups(cgroups: list[Path]) -> None:
-    for cg in reversed(cgroups):
-        for _ in range(50):     # empty once the killed processes are reaped
-            try:
-                cg.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:   # busy: its processes are still exiting
-                if cg.name in ("kubepods", "burstable"):
-                    break     # someone else's pods may live there too: leave it
-                time.sleep(0.1)
-
-
 def _remove_stale() -> None:
     """What a killed run left (no teardown ran; its processes died with its control
     sockets): its namespaces, root links, cgroups (listed in its /run/nsc<tag>/cgroups) and
@@ -571,7 +557,7 @@ def _remove_stale() -> None:
         if _STALE_DIR.match(old.name) and old.is_dir():
             listed = old / "cgroups"
             if listed.exists():
-                _remove_cgroups([Path(line) for line in listed.read_text().split()])
+                remove_cgroups([Path(line) for line in listed.read_text().split()])
             shutil.rmtree(old, ignore_errors=True)
     netns_dir = Path("/run/netns")
     if netns_dir.is_dir():
