@@ -10,7 +10,11 @@ Builds the synthetic node of bench/synthnode.py (or reuses one up in --dir), the
 agent as the DaemonSet does (`nsnet serve --source auto --db FILE`, destroy events on) with
 an unlimited CPU budget so that samples follow each other, and reads from the agent itself:
 CPU per sample (its `nsnet_sample_cpu_seconds` histogram), wall per sample, and its resident
-memory (VmRSS after the samples, VmHWM the peak) from /proc/<pid>/status. The reference in the
+memory (VmRSS after the samples, VmHWM the peak) from /proc/<pid>/status. The agent takes each
+sample in a child process (and builds each API answer in one): the child's peak RSS is its
+`nsnet_sample_peak_resident_memory_bytes`, and the agent's tree -- itself and its children,
+their PSS summed (shared pages counted once), polled every 50 ms -- gives the peak the node
+really pays while a sample or an answer is built. The reference in the
 same run is an in-process `take_snapshot(SnapshotOptions(source="auto"))` (CPU and wall, median
 of 3), so the ratio says what the agent adds to a snapshot (edges, events, history).
 Run as root. Prints a table (or --json).
@@ -24,6 +28,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -40,6 +45,45 @@ def status_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+def tree_pss_kib(pid: int) -> int:
+    """Proportional set size of a process and its children (the agent's sampling and
+    answering children): what the tree holds, shared pages counted once in all."""
+    total = 0
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass     # a child that just exited
+    return total
+
+
+class TreePeak:
+    """The largest tree_pss_kib seen, polled every `every` seconds on a thread."""
+
+    def __init__(self, pid: int, every: float = 0.05):
+        self.pid, self.every, self.peak = pid, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, tree_pss_kib(self.pid))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -87,11 +131,13 @@ def api_answer(pid: int, port: int) -> dict:
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
     before = status_kib(pid, "VmRSS")
+    tree = TreePeak(pid)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/snapshot?view=sockets",
                                 timeout=600) as r:
         size = len(r.read())
     return {"api_bytes": size, "api_rss_before_mib": before / 1024,
-            "api_peak_rss_mib": status_kib(pid, "VmHWM") / 1024}
+            "api_peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
+            "api_tree_pss_peak_mib": tree.stop() / 1024}
 
 
 def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = ()) -> dict:
@@ -109,6 +155,7 @@ def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = 
         if port is None:
             raise SystemExit("bench_agent: the agent did not start: " + "".join(said)[-500:])
         started = time.monotonic()
+        tree = TreePeak(agent.pid)
         while True:
             m = metrics(port)
             if m.get("nsnet_samples_total", 0) >= samples:
@@ -116,12 +163,16 @@ def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = 
             if time.monotonic() - started > 1800:
                 raise SystemExit("bench_agent: samples too slow")
             time.sleep(0.5)
+        tree_peak = tree.stop()
         rss, hwm = status_kib(agent.pid, "VmRSS"), status_kib(agent.pid, "VmHWM")
         n = m["nsnet_sample_cpu_seconds_count"]
         return {**api_answer(agent.pid, port), **scrape_size(port), "samples": int(n),
                 "cpu_per_sample_s": m["nsnet_sample_cpu_seconds_sum"] / n,
                 "wall_per_sample_s": m["nsnet_sample_duration_seconds_sum"] / n,
                 "rss_mib": rss / 1024, "peak_rss_mib": hwm / 1024,
+                "tree_pss_peak_mib": tree_peak / 1024,
+                "child_peak_rss_mib": m.get("nsnet_sample_peak_resident_memory_bytes", 0)
+                / (1 << 20),
                 "namespaces": m["nsnet_namespaces"], "sockets": m["nsnet_sockets"],
                 "destroy_namespaces_watched": m.get("nsnet_destroy_namespaces_watched", 0),
                 "db_bytes": sum(os.path.getsize(p) for p in (db, db + "-wal")
@@ -211,6 +262,9 @@ def main() -> int:
                   f"peak {agent['peak_rss_mib']:.0f} MiB; history {agent['db_bytes'] / 1024:.0f} KiB "
                   f"(with its WAL); "
                   f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
+            print(f"while sampling: the sampling child's peak RSS {agent['child_peak_rss_mib']:.0f} "
+                  f"MiB (pages shared with the agent included); the agent and its children "
+                  f"together (PSS) at most {agent['tree_pss_peak_mib']:.0f} MiB")
             print(f"with the default budget (5% of a core) a sample runs every "
                   f"{doc['default_budget_interval_s']:.0f} s")
             print(f"GET /metrics: {agent['scrape_series']} series ({agent['scrape_edge_series']} "
@@ -222,13 +276,16 @@ def main() -> int:
                   f"{agent['scrape_openmetrics_gzip_bytes'] / 1e3:.0f} kB gzipped OpenMetrics")
             print(f"GET /api/v1/snapshot?view=sockets: {agent['api_bytes'] / 1e6:.1f} MB, "
                   f"RSS {agent['api_rss_before_mib']:.0f} MiB before, peak "
-                  f"{agent['api_peak_rss_mib']:.0f} MiB while answering")
+                  f"{agent['api_peak_rss_mib']:.0f} MiB while answering; the agent and its "
+                  f"children together (PSS) at most {agent['api_tree_pss_peak_mib']:.0f} MiB")
             if base is not None:
                 grew = agent["api_peak_rss_mib"] - agent["api_rss_before_mib"]
                 base_grew = max(1e-9, base["api_peak_rss_mib"] - base["api_rss_before_mib"])
                 print(f"baseline {a.baseline}: answer peak {base['api_peak_rss_mib']:.0f} MiB "
                       f"(from {base['api_rss_before_mib']:.0f}); after samples "
-                      f"{base['rss_mib']:.0f} MiB. Ratios now/baseline: answer peak "
+                      f"{base['rss_mib']:.0f} MiB, tree peak while sampling "
+                      f"{base['tree_pss_peak_mib']:.0f} MiB. Ratios now/baseline: RSS after "
+                      f"samples {agent['rss_mib'] / base['rss_mib']:.2f}x, answer peak "
                       f"{agent['api_peak_rss_mib'] / base['api_peak_rss_mib']:.2f}x, growth "
                       f"while answering {grew / base_grew:.2f}x, "
                       f"CPU per sample {agent['cpu_per_sample_s'] / base['cpu_per_sample_s']:.2f}x")

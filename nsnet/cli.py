@@ -248,6 +248,9 @@ def _serve_options(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> No
                        metavar="PATH",
                        help="require 'Authorization: Bearer TOKEN' (TOKEN: this file's content, "
                             "re-read when it changes) on every path but /healthz and /readyz")
+    serve.add_argument("--in-process", action="store_true",
+                       help="take the samples in the agent's own process (default: each in a "
+                            "child process that exits, which gives its memory back)")
     _sampling_options(serve, AGENT.sampling)
 
 
@@ -479,7 +482,8 @@ def agent_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOpti
     return AgentOptions(sampling=sampling_options(args), node=node_name(args.node_name, env),
                         listen=args.listen, expose_cmdlines=args.expose_cmdlines, db=args.db,
                         retention=args.retention, max_series=args.max_series,
-                        auth_token_file=args.auth_token_file)
+                        auth_token_file=args.auth_token_file,
+                        fork_samples=not args.in_process)
 
 
 def cluster_options(args: argparse.Namespace, out: TextIO,

@@ -81,6 +81,9 @@ class AgentOptions:
     max_connections: int = 256                  # HTTP connections served at once...
     max_per_client: int = 16                    # ...and from one client address
     auth_token_file: str | None = None       # bearer token asked on all but the probes
+    # each sample (and each answer built from a snapshot) in a child process that exits:
+    # the agent then holds only the edges and the packed snapshot between samples
+    fork_samples: bool = True
 
 
 WATCH_SAMPLING = SamplingOptions(interval=2.0, max_cpu=0.5)

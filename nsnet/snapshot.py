@@ -107,6 +107,11 @@ class Snapshotter:
         """The source chosen at the first snapshot (None before it)."""
         return self._chosen[1] if self._chosen is not None else None
 
+    def kept(self) -> sources.DiagSockets | None:
+        """What the source keeps between snapshots (with keep=True), the source chosen now
+        if it was not yet (the agent's sampling children must inherit one choice)."""
+        return self._source()[1].kept()
+
     def close(self) -> None:
         if self._chosen is not None:
             self._chosen[1].close()

@@ -7,6 +7,7 @@ to is not decided here: nsnet.ownership says it, for every view, edge and metric
 """
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -510,3 +511,38 @@ def summary_view(snap: Snapshot) -> dict:
     return {"schema": SCHEMA, "view": "summary", "namespaces": rows,
             "processes": len(snap.processes), "pods": len(snap.pods),
             "user_names": user_names(snap), "stats": stats_doc(snap)}
+
+
+def _unique_address(addr: str, prefix: int) -> bool:
+    """An address that names one namespace of one node: one host address (not a local
+    range), neither loopback nor link-local (every namespace has 127.0.0.1 and ::1, and
+    link-local addresses repeat across links)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return prefix == ip.max_prefixlen and not (ip.is_loopback or ip.is_link_local
+                                               or ip.is_unspecified)
+
+
+def address_rows(snap: Snapshot) -> tuple[tuple[str, ...], ...]:
+    """Each namespace's own addresses and whose they are: (address, interface, netns, kind,
+    pod namespace, pod name, pod uid), kind being "pod" (a pod's own namespace), "host"
+    (hostNetwork pods share it, and are not named) or "netns" (a namespace several pods
+    claim, or none) -- what joins the edges of two nodes (the agent's nsnet_address_info):
+    an edge's peer address on one node is a pod's address on the other."""
+    rows = []
+    for key, ns in sorted(snap.namespaces.items()):
+        pods = [snap.pods[u] for u in snap.pods_of_netns.get(key, ()) if u in snap.pods]
+        pod = pods[0] if len(pods) == 1 and not ns.host else None
+        kind = "host" if ns.host else "pod" if pod is not None else "netns"
+        netns = "host" if ns.host else ns.name or key
+        seen: set[str] = set()
+        for a in ns.addresses or ():
+            if a.addr in seen or not _unique_address(a.addr, a.prefix):
+                continue
+            seen.add(a.addr)
+            rows.append((a.addr, a.interface or "", netns, kind,
+                         (pod.namespace or "") if pod else "", (pod.name or "") if pod else "",
+                         pod.uid if pod else ""))
+    return tuple(rows)

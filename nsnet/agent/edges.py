@@ -408,6 +408,7 @@ class Memory:
     def learn(self, snap: Snapshot) -> None:
         self.samples += 1
         self.previous, self.current = self.current, _SampleTuples()
+        helds: dict[Held, Held] = {}     # this sample's, by value
         self.listening = {}
         for sock in snap.sockets:
             key = _tuple(sock)
@@ -417,7 +418,7 @@ class Memory:
                 self.listening[(key[0], key[2])] = Held(sock.users, sock.pod_uids,
                                                         socket_where(sock, snap))
             else:
-                self._learn_connection(sock, key, snap)
+                self._learn_connection(sock, key, snap, helds)
         for port, held in self.listening.items():
             self.listened[port] = (self.samples, held)
         if len(self.listened) > len(self.listening):
@@ -432,7 +433,8 @@ class Memory:
                 self.owners_of_netns[ns.inode] = tuple(ns.owners)
             self.where_of_netns[ns.inode] = namespace_where(ns, snap)
 
-    def _learn_connection(self, sock: Socket, key: Tuple, snap: Snapshot) -> None:
+    def _learn_connection(self, sock: Socket, key: Tuple, snap: Snapshot,
+                          helds: dict[Held, Held]) -> None:
         moved = _packed(counters(sock)) \
             if sock.traffic is not None or sock.detail is not None else None
         if sock.state in OPEN_STATES:
@@ -440,8 +442,10 @@ class Memory:
         elif sock.state in CLOSED_STATES:
             self.current.closing[key] = moved
         if sock.pids:
-            self.current.held[key] = Held(sock.users, sock.pod_uids, socket_where(sock, snap),
-                                          sock.backend)
+            # one Held per distinct holder: a pod's connections share theirs (fewer objects to
+            # keep for two samples, and to pack between them: agent/sampler.py)
+            held = Held(sock.users, sock.pod_uids, socket_where(sock, snap), sock.backend)
+            self.current.held[key] = helds.setdefault(held, held)
 
     def moved_before(self, key: Tuple) -> Counters | None:
         """A connection's counters in the latest sample that saw them (the current one, then

@@ -11,10 +11,10 @@ namespace has 65,536 uids, and must not turn the cap into one series per uid.
 """
 from __future__ import annotations
 
-import ipaddress
+import os
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from .. import __version__
-from ..model import ServiceMap, Snapshot
+from ..model import ServiceMap, Stats
 from ..ownership import user_name
 from .auth import REASONS
 from .edges import EdgeKey, EdgeState, service_name
@@ -208,64 +208,50 @@ class EdgeCollector(_PerVersion):
 
 ADDRESS_LABELS = ("node", "address", "interface", "netns", "kind", "namespace", "pod",
                   "pod_uid")
-Latest = Callable[[], "Snapshot | None"]
-
-
-def _unique_address(addr: str, prefix: int) -> bool:
-    """An address that names one namespace of one node: one host address (not a local
-    range), neither loopback nor link-local (every namespace has 127.0.0.1 and ::1, and
-    link-local addresses repeat across links)."""
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return prefix == ip.max_prefixlen and not (ip.is_loopback or ip.is_link_local
-                                               or ip.is_unspecified)
+# the latest sample's views.address_rows (none before the first sample)
+AddressRows = Callable[[], Sequence[tuple[str, ...]]]
 
 
 class AddressCollector(_PerVersion):
     """nsnet_address_info: each namespace's own addresses and whose they are (a pod, the
-    host, another namespace), from the latest sample -- what joins the edges of two nodes:
-    an edge's peer address on one node is a pod's address on the other. One series per
-    address and namespace; the host's addresses are kind="host" (hostNetwork pods share
-    them, and are not named), a namespace several pods claim (or none) kind="netns"."""
+    host, another namespace), from the latest sample (views.address_rows) -- what joins the
+    edges of two nodes: an edge's peer address on one node is a pod's address on the other.
+    One series per address and namespace."""
 
-    def __init__(self, node: str, latest: Latest, version: Callable[[], int] | None = None):
+    def __init__(self, node: str, rows: AddressRows, version: Callable[[], int] | None = None):
         super().__init__(version)
         self.node = node
-        self.latest = latest
+        self.rows = rows
 
     def _build(self) -> Iterator[Metric]:
-        yield self._family(self.latest())
-
-    def _family(self, snap: Snapshot | None) -> Metric:
         family = GaugeMetricFamily(
             "nsnet_address_info", "An address of a network namespace of this node, and whose "
             "it is: kind=pod (the pod's own namespace), host, or netns", labels=ADDRESS_LABELS)
-        if snap is None:
-            return family
-        for key, ns in sorted(snap.namespaces.items()):
-            pods = [snap.pods[u] for u in snap.pods_of_netns.get(key, ()) if u in snap.pods]
-            pod = pods[0] if len(pods) == 1 and not ns.host else None
-            kind = "host" if ns.host else "pod" if pod is not None else "netns"
-            netns = "host" if ns.host else ns.name or key
-            seen: set[str] = set()
-            for a in ns.addresses or ():
-                if a.addr in seen or not _unique_address(a.addr, a.prefix):
-                    continue
-                seen.add(a.addr)
-                family.add_metric(
-                    (self.node, a.addr, a.interface or "", netns, kind,
-                     (pod.namespace or "") if pod else "", (pod.name or "") if pod else "",
-                     pod.uid if pod else ""), 1.0)
-        return family
+        for row in self.rows():
+            family.add_metric((self.node, *row), 1.0)
+        yield family
+
+
+class _WithChildrenCpu(ProcessCollector):
+    """prometheus_client's process collector, with the CPU of the agent's sampling children
+    in process_cpu_seconds_total: their work is the agent's (os.times: the children waited
+    for, /proc/self/stat's cutime and cstime)."""
+
+    def collect(self) -> Iterator[Metric]:
+        for family in super().collect():
+            if family.name == "process_cpu_seconds":
+                times = os.times()
+                children = times.children_user + times.children_system
+                family.samples = [s._replace(value=s.value + children) for s in family.samples]
+            yield family
 
 
 class AgentMetrics:
     """The agent's registry: its own health, and the edges (EdgeCollector)."""
 
     def __init__(self, node: str, rows: EdgeRows, services: ServiceMap, max_series: int,
-                 version: Callable[[], int] | None = None, latest: Latest | None = None,
+                 version: Callable[[], int] | None = None,
+                 addresses: AddressRows | None = None,
                  samples: Callable[[], int] | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
@@ -282,6 +268,11 @@ class AgentMetrics:
             "nsnet_samples_over_budget",
             "Samples whose CPU time exceeded --max-cpu of the interval (the next one waited)",
             registry=r)
+        self.sample_peak_rss = Gauge(
+            "nsnet_sample_peak_resident_memory_bytes",
+            "Peak resident memory of the process that took the latest sample (each sample is "
+            "taken in a child process that exits; process_resident_memory_bytes is the agent's "
+            "own between samples)", registry=r)
         self.namespaces = Gauge("nsnet_namespaces", "Network namespaces in the latest sample",
                                 registry=r)
         self.sockets = Gauge("nsnet_sockets", "Sockets in the latest sample", registry=r)
@@ -311,12 +302,12 @@ class AgentMetrics:
             self.http_unauthorized.labels(reason)
         r.register(EdgeCollector(node, rows, services, max_series, version))
         # the addresses change with the sample (`samples`: how many were taken)
-        r.register(AddressCollector(node, latest or (lambda: None), samples))
+        r.register(AddressCollector(node, addresses or (lambda: ()), samples))
         Info("nsnet_build", "The agent's version and interpreter", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...:
         # read from /proc/self, the agent's own procfs (not --proc, the node's)
-        ProcessCollector(registry=r)
+        _WithChildrenCpu(registry=r)
 
     def dropped_events(self, total: int) -> None:
         """The watcher's count of lost destroy events so far, as the counter's increase."""
@@ -324,13 +315,15 @@ class AgentMetrics:
             self.events_dropped.inc(total - self._dropped_seen)
             self._dropped_seen = total
 
-    def observe_sample(self, snap: Snapshot, wall: float, cpu: float, over_budget: bool) -> None:
+    def observe_sample(self, st: Stats, wall: float, cpu: float, over_budget: bool,
+                       peak_rss: int = 0) -> None:
         self.samples.inc()
         self.sample_duration.observe(wall)
         self.sample_cpu.observe(cpu)
         if over_budget:
             self.over_budget.inc()
-        st = snap.stats
+        if peak_rss:
+            self.sample_peak_rss.set(peak_rss)
         self.namespaces.set(st.namespaces)
         self.sockets.set(st.sockets)
         self.processes.set(st.processes)

@@ -6,18 +6,23 @@ Snapshots and subscriptions run on the caller's thread, which must be the main t
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from .. import views
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
-from ..model import TRAFFIC, Snapshot
+from ..model import TRAFFIC, Snapshot, Stats
 from ..options import SamplingOptions, SnapshotOptions
 from ..snapshot import Pace, Snapshotter
+from ..sources import DiagSockets
 from . import edges
-from .events import DestroyWatcher
+from .events import Closed, DestroyWatcher
+from .isolate import run_forked
 
 Say = Callable[[str], None]
 NO_TRAFFIC = ("edge traffic (bytes, retransmits, rtt): the proc source has no TCP_INFO, so the "
@@ -30,12 +35,55 @@ class Scanner(Protocol):
 
     def take(self, pace: Pace | None = None) -> Snapshot: ...
 
+    def kept(self) -> DiagSockets | None:
+        """What it keeps open between snapshots (chosen now if not yet), or None."""
+
     def close(self) -> None: ...
+
+
+def pack(value: object) -> bytes:
+    """A value as the agent keeps it between samples: pickled and compressed (a snapshot of
+    13k sockets: 4.1 MB pickled, 0.35 MB so; as objects, 11 MB)."""
+    return zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack(data: bytes) -> object:
+    return pickle.loads(zlib.decompress(data))
+
+
+AddressRow = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Published:
+    """The latest sample as the agent's API and metrics read it: its counts, each
+    namespace's own addresses and whose they are (nsnet_address_info), and the snapshot --
+    the object itself (in-process samples) or packed (samples taken in a child process),
+    unpacked only to build an answer."""
+    stats: Stats
+    addresses: tuple[AddressRow, ...]
+    snap: Snapshot | None = None
+    packed: bytes | None = None
+
+    def snapshot(self) -> Snapshot:
+        if self.snap is not None:
+            return self.snap
+        assert self.packed is not None
+        snap = unpack(self.packed)
+        assert isinstance(snap, Snapshot)
+        return snap
+
+    @staticmethod
+    def of(snap: Snapshot, packed: bool = False) -> Published:
+        addresses = views.address_rows(snap)
+        if packed:
+            return Published(snap.stats, addresses, packed=pack(snap))
+        return Published(snap.stats, addresses, snap=snap)
 
 
 @dataclass(slots=True)
 class Sample:
-    snap: Snapshot
+    published: Published
     observed: edges.Observed     # edges: open and closed connections, evidence
     closed: int                  # destroy events received since the last sample
     ts: float
@@ -43,6 +91,30 @@ class Sample:
     cpu: float
     over_budget: bool            # cost more CPU than --max-cpu of the interval
     paced: float = 0.0           # seconds the walk slept to keep within the budget
+    peak_rss: int = 0            # bytes: the peak of the child process that took it (0:
+    #                              taken in-process)
+
+    @property
+    def snap(self) -> Snapshot:
+        return self.published.snapshot()
+
+    @property
+    def stats(self) -> Stats:
+        return self.published.stats
+
+
+# (namespace inode, a few of its processes): where destroy events are subscribed to
+WatchTargets = list[tuple[int, tuple[int, ...]]]
+
+
+def watch_targets(snap: Snapshot) -> WatchTargets:
+    return [(ns.inode, tuple(ns.pids[:3])) for ns in snap.namespaces.values()
+            if ns.inode is not None and ns.pids]   # pinned-only: no process to close one
+
+
+def stall_after(interval: float) -> float:
+    """Seconds after which a sample is stuck: no snapshot of a busy node takes minutes."""
+    return 3 * interval + 120
 
 
 class Pacer:
@@ -105,29 +177,44 @@ class Sampler:
         return used
 
     def sample(self) -> Sample:
+        """One sample in this process (the live view; the agent with --in-process)."""
         options = self.options
         wall0, cpu0 = time.monotonic(), self.cpu()
-        pacer = Pacer(options.max_cpu, options.interval, self.hurry, self.cpu)
+        snap, paced = self.take(self.cpu, self.hurry)
+        closed = self.watcher.drain() if self.watcher is not None else []
+        observed = self.edges(snap, closed)
+        if self.watcher is not None:
+            _watch_namespaces(self.watcher, watch_targets(snap), snap.proc, self.say_once)
+        wall, cpu = time.monotonic() - wall0, self.cpu() - cpu0
+        return Sample(Published.of(snap), observed, len(closed), time.time(), wall, cpu,
+                      cpu > options.max_cpu * options.interval, paced)
+
+    def take(self, cpu: Callable[[], float], hurry: threading.Event | None
+             ) -> tuple[Snapshot, float]:
+        """A snapshot paced within the CPU budget, its warnings said; and the seconds the
+        pacing slept."""
+        options = self.options
+        pacer = Pacer(options.max_cpu, options.interval, hurry, cpu)
         snap = self.scanner.take(pacer)
         for line in snap.stats.warnings():
             self.say_once(line)
         if options.traffic and snap.stats.source == "proc":
             self.say_once(NO_TRAFFIC)
+        return snap, pacer.slept
+
+    def edges(self, snap: Snapshot, closed: list[Closed]) -> edges.Observed:
+        """The sample's edges: what it shows, what changed since the last one (the memory),
+        and the connections that closed in between (destroy events)."""
         # an unheld connection (TIME_WAIT) an earlier sample saw held keeps its holder's user
         self.memory.remember(snap)
         observed = edges.observe(snap)
-        closed = self.watcher.drain() if self.watcher is not None else []
         self.memory.learn(snap)
         edges.merge(observed, edges.transitions(snap, self.memory, self.watcher is not None))
         # bytes and retransmits since the previous sample, rtt now (TCP_INFO, when asked)
         edges.merge(observed, edges.traffic(snap, self.memory.previous))
         # a connection that closed since the last sample is an edge even if no sample saw it
         edges.merge(observed, edges.closed_edges(closed, self.memory))
-        if self.watcher is not None:
-            _watch_namespaces(self.watcher, snap, snap.proc, self.say_once)
-        wall, cpu = time.monotonic() - wall0, self.cpu() - cpu0
-        return Sample(snap, observed, len(closed), time.time(), wall, cpu,
-                      cpu > options.max_cpu * options.interval, pacer.slept)
+        return observed
 
     def wait_after(self, sample: Sample) -> float:
         """The budget: on average at most --max-cpu of one core. The walk is paced (Pacer)
@@ -141,6 +228,92 @@ class Sampler:
         self.scanner.close()
         if self.watcher is not None:
             self.watcher.close()
+
+
+@dataclass
+class _Outcome:
+    """What a sampling child sends back (its fds follow, one per `handed` inode)."""
+    published: Published
+    observed: edges.Observed
+    ts: float
+    paced: float
+    said: list[str]
+    targets: WatchTargets
+    memory: bytes                 # the edges' memory after this sample, packed
+    kept: list[int]               # namespaces whose sock_diag socket the child keeps
+    proc: str                     # the procfs the snapshot read
+    handed: list[int] = field(default_factory=list)   # ... of them opened by the child
+
+
+class ForkedSampler:
+    """Each sample taken in a child process that exits (isolate.py), so that the agent keeps
+    only what it needs between samples: the edges, the snapshot packed for its API, the
+    edges' memory packed. Everything the walk and the joins allocate is given back whole
+    at the end of each sample -- no fragmentation accumulates, and the previous snapshot
+    never coexists with the one being built in the agent's own memory.
+
+    The parent keeps what must outlive a child: the sock_diag sockets of each namespace (a
+    child hands over those it opened), the destroy-event subscriptions (a thread of the
+    parent reads them; the child gets the events drained before it starts), and what it
+    said once. `stop` set: the child is told to hurry (SIGTERM), as the in-process pacer is."""
+
+    def __init__(self, sampler: Sampler, stop: threading.Event | None = None):
+        self.sampler = sampler
+        self.stop = stop
+        self.packed_memory: bytes | None = None
+
+    @property
+    def watcher(self) -> DestroyWatcher | None:
+        return self.sampler.watcher
+
+    def sample(self) -> Sample:
+        sampler, options = self.sampler, self.sampler.options
+        closed = sampler.watcher.drain() if sampler.watcher is not None else []
+        kept = sampler.scanner.kept()    # chosen here: every child inherits the same source
+        known = set(kept.inodes()) if kept is not None else set()
+        packed_memory = self.packed_memory
+
+        def work(hurry: threading.Event) -> tuple[_Outcome, list[int]]:
+            said: list[str] = []
+            sampler.say_once = said.append      # said by the parent, once
+            if packed_memory is not None:
+                memory = unpack(packed_memory)
+                assert isinstance(memory, edges.Memory)
+                sampler.memory = memory
+            # the child's own CPU clock: it has no HTTP threads, and the watcher's thread
+            # stayed in the parent
+            snap, paced = sampler.take(time.process_time, hurry)
+            observed = sampler.edges(snap, closed)
+            inodes = list(kept.inodes()) if kept is not None else []
+            handed = [i for i in inodes if i not in known]
+            outcome = _Outcome(Published.of(snap, packed=True), observed, time.time(), paced,
+                               said, watch_targets(snap), pack(sampler.memory), inodes, snap.proc, handed)
+            assert kept is None or all(kept.get(i) is not None for i in handed)
+            return outcome, [kept.fileno(i) for i in handed] if kept is not None else []
+
+        done = run_forked(work, stop=self.stop, deadline=stall_after(options.interval),
+                          what="sampling")
+        outcome = done.value
+        assert isinstance(outcome, _Outcome)
+        if kept is not None:
+            kept.prune(set(outcome.kept))       # what the child closed: gone namespaces
+            for inode, fd in zip(outcome.handed, done.fds, strict=True):
+                kept.adopt(inode, fd)
+        self.packed_memory = outcome.memory
+        for line in outcome.said:
+            sampler.say_once(line)
+        if sampler.watcher is not None:
+            _watch_namespaces(sampler.watcher, outcome.targets, outcome.proc,
+                              sampler.say_once)
+        return Sample(outcome.published, outcome.observed, len(closed), outcome.ts, done.wall,
+                      done.cpu, done.cpu > options.max_cpu * options.interval, outcome.paced,
+                      done.peak_rss)
+
+    def wait_after(self, sample: Sample) -> float:
+        return self.sampler.wait_after(sample)
+
+    def close(self) -> None:
+        self.sampler.close()
 
 
 def snapshot_options(options: SamplingOptions) -> SnapshotOptions:
@@ -164,18 +337,20 @@ def _destroy_watcher(options: SamplingOptions, say_once: Say) -> DestroyWatcher 
     return DestroyWatcher()
 
 
-def _watch_namespaces(watcher: DestroyWatcher, snap: Snapshot, proc: str, say_once: Say) -> None:
-    """Subscribe in namespaces new since the last sample (main thread: setns), forget gone ones."""
-    live = {ns.inode for ns in snap.namespaces.values() if ns.inode is not None}
-    watcher.forget(live)
+def _watch_namespaces(watcher: DestroyWatcher, targets: WatchTargets, proc: str,
+                      say_once: Say) -> None:
+    """Subscribe in namespaces new since the last sample (main thread: setns), forget gone
+    ones (a pinned-only namespace is not a target, and has no process to close a
+    connection: forgotten too)."""
+    watcher.forget({inode for inode, _ in targets})
     watched = watcher.watched()
     failures = 0
     last: str | None = None
-    for ns in snap.namespaces.values():
-        if ns.inode is None or ns.inode in watched or not ns.pids:
-            continue   # pinned-only namespaces have no process to close a connection
-        for pid in ns.pids[:3]:   # a member may exit meanwhile: try another
-            why = watcher.watch(f"{proc}/{pid}/ns/net", ns.inode)
+    for inode, pids in targets:
+        if inode in watched:
+            continue
+        for pid in pids:   # a member may exit meanwhile: try another
+            why = watcher.watch(f"{proc}/{pid}/ns/net", inode)
             if why is None or not os.path.exists(f"{proc}/{pid}"):
                 break   # subscribed, or churn: the next sample tries again
         else:

@@ -4,9 +4,12 @@ it sees (in memory and, with a history database, in SQLite), and serves them ove
 /readyz; with --auth-token-file, all but the probes only to a bearer of the token (auth.py).
 
 Snapshots are taken on the main thread: entering a namespace with setns is only safe there
-(nsnet.setns). The HTTP server runs in its own threads and reads only what the Agent hands
-out under its lock: the latest Snapshot (never changed once published), copies of the edges,
-and the health fields.
+(nsnet.setns) -- each in a child process forked from it that exits when the sample is done
+(isolate.py, sampler.ForkedSampler), unless AgentOptions.fork_samples is off. The HTTP server
+runs in its own threads and reads only what the Agent hands out under its lock: the latest
+sample as published (never changed once published: its counts, addresses and the snapshot,
+packed), copies of the edges, and the health fields. An answer built from the snapshot is
+built in a child process too, once per sample and view, and kept gzipped.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,8 +41,9 @@ from .auth import OPEN_PATHS, TokenAuth, challenge
 from .edges import EdgeBook, EdgeKey, EdgeState
 from .events import DestroyWatcher
 from .history import deps_view
+from .isolate import run_forked
 from .metrics import AgentMetrics
-from .sampler import Sample, Sampler, Scanner
+from .sampler import ForkedSampler, Published, Sample, Sampler, Scanner, stall_after
 from .store import SampleRecord, Store, move_aside, parse_since
 
 VIEWS: dict[str, Callable[[Snapshot], dict]] = {
@@ -51,24 +56,62 @@ VIEWS: dict[str, Callable[[Snapshot], dict]] = {
 
 @dataclass(frozen=True)
 class Encoded:
-    """A JSON answer as the pieces it was encoded in (joined, they would be a second copy)."""
+    """A JSON answer as the pieces it was encoded in (joined, they would be a second copy),
+    gzipped or not; `plain_length`: its length once decompressed."""
     pieces: tuple[bytes, ...]
     length: int
+    gzipped: bool = False
+    plain_length: int = 0
+
+    def plain_pieces(self, size: int = 1 << 16) -> Iterator[bytes]:
+        """The answer as it decompresses, a bounded piece at a time."""
+        if not self.gzipped:
+            yield from self.pieces
+            return
+        inflate = zlib.decompressobj(wbits=31)
+        for piece in self.pieces:
+            while piece:
+                out = inflate.decompress(piece, size)
+                piece = inflate.unconsumed_tail
+                if out:
+                    yield out
+        rest = inflate.flush()
+        if rest:
+            yield rest
 
 
-def encode(doc: dict, piece_size: int = 1 << 16) -> Encoded:
-    pieces: list[bytes] = []
+def _chunk_text(doc: dict, piece_size: int) -> Iterator[str]:
     pending: list[str] = []
     size = 0
     for chunk in json_chunks(doc):
         pending.append(chunk)
         size += len(chunk)
         if size >= piece_size:
-            pieces.append("".join(pending).encode())
+            yield "".join(pending)
             pending, size = [], 0
     pending.append("\n")
-    pieces.append("".join(pending).encode())
-    return Encoded(tuple(pieces), sum(len(p) for p in pieces))
+    yield "".join(pending)
+
+
+def encode(doc: dict, piece_size: int = 1 << 16, gzipped: bool = False) -> Encoded:
+    """The document's JSON, streamed from it (sanitize.json_chunks) into pieces; gzipped: in
+    gzip's format (what an HTTP client that accepts gzip is sent as it is), at level 1 --
+    JSON compresses ~10x even so, at a fraction of level 6's CPU."""
+    if not gzipped:
+        pieces = tuple(text.encode() for text in _chunk_text(doc, piece_size))
+        length = sum(len(p) for p in pieces)
+        return Encoded(pieces, length, plain_length=length)
+    deflate = zlib.compressobj(1, wbits=31)
+    packed: list[bytes] = []
+    plain = 0
+    for text in _chunk_text(doc, piece_size):
+        data = text.encode()
+        plain += len(data)
+        out = deflate.compress(data)
+        if out:
+            packed.append(out)
+    packed.append(deflate.flush())
+    return Encoded(tuple(packed), sum(len(p) for p in packed), True, plain)
 
 
 def without_cmdlines(doc: Any) -> Any:
@@ -120,18 +163,19 @@ class Agent:
         self.book = EdgeBook(options.retention)
         self.metrics = AgentMetrics(options.node, self.edge_rows, self.services,
                                     options.max_series, version=lambda: self.book.version,
-                                    latest=self.latest, samples=self.sample_count)
+                                    addresses=self.address_rows, samples=self.sample_count)
         # shared with the HTTP threads, under self.lock
-        self._snapshot: Snapshot | None = None
+        self._published: Published | None = None
         self._samples = 0
         self._last_error: str | None = None
         self._last_sample_end = time.monotonic()
         self._history = history
         self._said: set[str] = set()
         self._reading_said = False
-        self._views: dict[str, tuple[Snapshot, Encoded]] = {}   # the API's answers, per sample
+        self._views: dict[str, tuple[Published, Encoded]] = {}   # the API's answers, per sample
         self._views_lock = threading.Lock()
         self._building = threading.BoundedSemaphore(2)
+        self._view_builds = {view: threading.Lock() for view in VIEWS}
         # /metrics renders at once: each formats every edge series (thousands of lines,
         # holding the GIL); a burst of scrapers must queue, not starve the sampler
         self.rendering = threading.BoundedSemaphore(2)
@@ -147,16 +191,18 @@ class Agent:
             except StoreError as exc:
                 self.say_once(f"{exc} (the agent starts with an empty memory)")
         self._scanner, self._watcher = scanner, watcher
-        self._sampler: Sampler | None = None
+        self._sampler: Sampler | ForkedSampler | None = None
 
     @property
-    def sampler(self) -> Sampler:
+    def sampler(self) -> Sampler | ForkedSampler:
         """Made at the first sample, after the agent has said where it serves (the sampler
         says once what it cannot do: destroy events without their privileges)."""
         if self._sampler is None:
-            self._sampler = Sampler(self.options.sampling, self.say_once, hurry=self.stop,
-                                    scanner=self._scanner, watcher=self._watcher,
-                                    others_cpu=self.http_cpu)
+            inner = Sampler(self.options.sampling, self.say_once, hurry=self.stop,
+                            scanner=self._scanner, watcher=self._watcher,
+                            others_cpu=self.http_cpu)
+            self._sampler = ForkedSampler(inner, self.stop) if self.options.fork_samples \
+                else inner
         return self._sampler
 
     def http_started(self) -> None:
@@ -187,9 +233,18 @@ class Agent:
         with self.lock:
             return [(k, replace(s)) for k, s in self.book.edges.items()]
 
-    def latest(self) -> Snapshot | None:
+    def published(self) -> Published | None:
         with self.lock:
-            return self._snapshot
+            return self._published
+
+    def latest(self) -> Snapshot | None:
+        """The latest snapshot (unpacked anew at each call when samples are forked)."""
+        published = self.published()
+        return None if published is None else published.snapshot()
+
+    def address_rows(self) -> tuple[tuple[str, ...], ...]:
+        published = self.published()
+        return () if published is None else published.addresses
 
     def sample_count(self) -> int:
         with self.lock:
@@ -199,7 +254,7 @@ class Agent:
         with self.lock:
             return {"samples": self._samples, "last_error": self._last_error,
                     "history": self._history, "history_error": self._history_error,
-                    "ready": self._snapshot is not None,
+                    "ready": self._published is not None,
                     "last_sample_end": self._last_sample_end}
 
     def alive(self) -> bool:
@@ -207,39 +262,56 @@ class Agent:
         # (a snapshot of a busy node takes seconds, not minutes).
         with self.lock:
             since = time.monotonic() - self._last_good_sample
-        return since < 3 * self.options.sampling.interval + 120
+        return since < stall_after(self.options.sampling.interval)
 
     def document(self, view: str) -> dict | None:
         """A view of the latest snapshot as a client of the API reads it."""
         data = self.document_bytes(view)
-        return None if data is None else json.loads(b"".join(data.pieces))
+        return None if data is None else json.loads(b"".join(data.plain_pieces()))
 
     def document_bytes(self, view: str) -> Encoded | None:
         """A view of the latest snapshot as the JSON the API sends, in pieces: built once
         per sample and view, whoever asks and however often (a burst of clients costs one
         build), at most two built at once, each streamed from the snapshot into its pieces
         (sanitize.json_chunks) -- never a whole document of dicts, nor its text and bytes
-        at once: the answer's own size is the peak (tens of megabytes on a busy node)."""
+        at once. From a packed snapshot (forked samples), the answer is built in a child
+        process, which unpacks the snapshot, and kept gzipped: the agent itself holds only
+        that (a few MiB at 400 namespaces), whatever the build cost."""
         with self._views_lock:
-            with self.lock:
-                snap = self._snapshot
-            if snap is None:
+            published = self.published()
+            if published is None:
                 return None
             cached = self._views.get(view)
-            if cached is not None and cached[0] is snap:
+            if cached is not None and cached[0] is published:
                 return cached[1]
-        with self._building:
+        # one build of a view at a time (the others asking for it wait for that one), and
+        # at most two builds at all
+        with self._view_builds[view], self._building:
             with self._views_lock:
                 cached = self._views.get(view)
-                if cached is not None and cached[0] is snap:
+                if cached is not None and cached[0] is published:
                     return cached[1]
-            doc = VIEWS[view](snap)
-            data = encode(doc if self.options.expose_cmdlines else without_cmdlines(doc))
+            data = self._build(published, view)
             with self._views_lock:
-                if self.latest() is snap:   # else a newer sample came meanwhile: not kept
-                    self._views[view] = (snap, data)
+                if self.published() is published:   # else a newer sample came meanwhile
+                    self._views[view] = (published, data)
                 self.views_built += 1
             return data
+
+    def _build(self, published: Published, view: str) -> Encoded:
+        expose = self.options.expose_cmdlines
+
+        def answer(snap: Snapshot, gzipped: bool) -> Encoded:
+            doc = VIEWS[view](snap)
+            return encode(doc if expose else without_cmdlines(doc), gzipped=gzipped)
+
+        if published.snap is not None:
+            return answer(published.snap, False)
+        done = run_forked(lambda hurry: (answer(published.snapshot(), True), []),
+                          deadline=stall_after(self.options.sampling.interval),
+                          what="answer")
+        assert isinstance(done.value, Encoded)
+        return done.value
 
     def dependencies(self, since: float | None, uid: int | None,
                      confirmed: bool = False) -> dict:
@@ -271,10 +343,10 @@ class Agent:
             self.book.update(sample.observed, sample.ts)
         self._commit(sample)
         self._export(sample)
-        self._record(sample.snap, None)
+        self._record(sample.published, None)
         if not self._reading_said:     # the operator's one line on what reads the node
             self._reading_said = True
-            self.err.write(f"nsnet: first sample: {printable(sample.snap.stats.reading_line())}\n")
+            self.err.write(f"nsnet: first sample: {printable(sample.stats.reading_line())}\n")
         self.err.flush()
         wait = self.sampler.wait_after(sample)
         del sample      # the previous snapshot is gone now: its memory back to the system
@@ -294,7 +366,7 @@ class Agent:
     def _commit(self, sample: Sample) -> None:
         if self.store is None:
             return
-        stats = sample.snap.stats
+        stats = sample.stats
         record = SampleRecord(sample.ts, sample.wall, sample.cpu, stats.namespaces,
                               stats.sockets, sample.over_budget)
         try:
@@ -331,7 +403,8 @@ class Agent:
 
     def _export(self, sample: Sample) -> None:
         metrics = self.metrics
-        metrics.observe_sample(sample.snap, sample.wall, sample.cpu, sample.over_budget)
+        metrics.observe_sample(sample.stats, sample.wall, sample.cpu, sample.over_budget,
+                               sample.peak_rss)
         metrics.events.inc(sample.closed)
         watcher = self.sampler.watcher
         if watcher is not None:
@@ -339,16 +412,16 @@ class Agent:
             metrics.dropped_events(dropped)
             metrics.namespaces_watched.set(watched)
 
-    def _record(self, snap: Snapshot | None, error: str | None) -> None:
-        if snap is not None:
+    def _record(self, published: Published | None, error: str | None) -> None:
+        if published is not None:
             # the answers built for older samples are not served again: not kept either (one
             # would hold its snapshot and its encoded text -- tens of MiB on a busy node --
             # until that view was asked for again)
             with self._views_lock:
                 self._views.clear()
         with self.lock:
-            if snap is not None:
-                self._snapshot = snap
+            if published is not None:
+                self._published = published
                 self._samples += 1
                 self._last_good_sample = time.monotonic()
             self._last_error = error
@@ -405,11 +478,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_encoded(self, status: HTTPStatus, data: Encoded, content_type: str) -> None:
+        # a gzipped answer goes as it is to a client that accepts gzip (and one that does not
+        # gets it decompressed as it is sent, a piece at a time)
+        as_is = not data.gzipped or gzip_accepted(self.headers.get("Accept-Encoding", ""))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(data.length))
+        self.send_header("Content-Length", str(data.length if as_is else data.plain_length))
+        if data.gzipped and as_is:
+            self.send_header("Content-Encoding", "gzip")
         self.end_headers()
-        for piece in data.pieces:
+        for piece in data.pieces if as_is else data.plain_pieces():
             self.wfile.write(piece)
 
     def _send(self, status: HTTPStatus, body: dict,

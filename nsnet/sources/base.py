@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..model import Namespace, Socket, Stats
 from ..netparse import Address
 from ..walk import Discovery, Pin
+
+if TYPE_CHECKING:   # netlink.py builds on this module
+    from .netlink import DiagSockets
 
 Batch = Callable[[list[Socket]], None]
 MAX_SOURCE_ERRORS = 3   # stats.source_errors keeps the first few
@@ -77,6 +80,10 @@ class Source(Protocol):
     def forget(self, live: set[int]) -> None:
         """Drop what is kept across snapshots for namespaces not in `live` (inodes)."""
 
+    def kept(self) -> DiagSockets | None:
+        """The per-namespace sockets kept across snapshots, if any (the agent hands those
+        a sampling child opened back to its parent)."""
+
     def close(self) -> None:
         """Drop everything kept across snapshots."""
 
@@ -112,6 +119,9 @@ class TableSource:
 
     def forget(self, live: set[int]) -> None:
         pass
+
+    def kept(self) -> DiagSockets | None:
+        return None
 
     def close(self) -> None:
         pass

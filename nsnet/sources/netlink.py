@@ -142,6 +142,9 @@ class NetlinkSource(TableSource):
         if self.cache is not None:   # do not keep namespaces alive that are gone
             self.cache.prune(live)
 
+    def kept(self) -> DiagSockets | None:
+        return self.cache
+
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
@@ -464,6 +467,19 @@ class DiagSockets:
     def prune(self, live: set[int]) -> None:
         for inode in [i for i in self._socks if i not in live]:
             self.drop(inode)
+
+    def inodes(self) -> list[int]:
+        return list(self._socks)
+
+    def fileno(self, inode: int) -> int:
+        return self._socks[inode].fileno()
+
+    def adopt(self, inode: int, fd: int) -> None:
+        """Keep the socket another process opened in that namespace and passed us (an fd
+        received with SCM_RIGHTS: the agent's sampling child, see agent/isolate.py)."""
+        sock = socket.socket(fileno=fd)
+        if not self.put(inode, sock):
+            sock.close()
 
     def __len__(self) -> int:
         return len(self._socks)

@@ -836,6 +836,9 @@ class PidfdSource:
         if self.cache is not None:
             self.cache.prune(live)
 
+    def kept(self) -> DiagSockets | None:
+        return self.cache
+
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()

@@ -182,3 +182,51 @@ def test_namespace_kept_alive_only_by_a_socket():
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_sampling_children_hand_their_diag_sockets_to_the_agent(node):
+    """The agent samples in child processes (agent/isolate.py): the sock_diag socket a child
+    opened in a namespace is handed to the agent and inherited by the next child, which
+    enters no namespace; a namespace that disappears has its socket closed in the agent."""
+    import fcntl
+    import io
+    import os
+    import uuid
+
+    from nsnet.agent.sampler import ForkedSampler, Sampler
+    from nsnet.options import SamplingOptions, SnapshotOptions
+
+    SIOCGSKNS = 0x894C     # linux/sockios.h: an fd of the socket's network namespace
+
+    def netns_of(sock) -> int:
+        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+        try:
+            return os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+
+    name = f"nsnt-fork-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    options = SamplingOptions(snapshot=SnapshotOptions(source="netlink"), events=False,
+                              max_cpu=8.0, interval=1.0)
+    sampler = ForkedSampler(Sampler(options, io.StringIO().write))
+    try:
+        inode = os.stat(f"/run/netns/{name}").st_ino
+        first = sampler.sample()
+        cache = sampler.sampler.scanner.kept()
+        assert cache is not None
+        adopted = cache.created
+        a = node.truth.ns["A"].inode
+        assert cache.get(inode) is not None and cache.get(a) is not None
+        assert netns_of(cache.get(inode)) == inode and netns_of(cache.get(a)) == a
+        second = sampler.sample()
+        assert cache.created == adopted          # the second child opened none
+        key = lambda snap: {(s.netns, s.inode, s.state) for s in snap.sockets
+                            if s.netns in node.truth.netns_inodes() and s.state != "TIME_WAIT"}
+        assert key(first.snap) == key(second.snap) and key(first.snap)
+        subprocess.run(["ip", "netns", "del", name], check=True)
+        sampler.sample()
+        assert cache.get(inode) is None
+    finally:
+        sampler.close()
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)

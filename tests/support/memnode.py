@@ -18,6 +18,7 @@ the agent's tests (as Weave Scope's procspy has a fixed scanner).
 from __future__ import annotations
 
 import itertools
+import mmap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -223,18 +224,25 @@ class FixedScanner:
     def __init__(self, items: Iterable[Snapshot | BaseException], *, cycle: bool = False):
         self.items = list(items)
         self.cycle = cycle
-        self.paces: list[object] = []   # the pace argument of each take()
+        self.paces: list[object] = []   # the pace argument of each take() in this process
         self.closed = False
+        # how many were taken, in memory shared with the processes forked from this one: the
+        # agent takes each sample in a child (nsnet.agent.isolate), whose take() must count
+        self._taken = mmap.mmap(-1, 8)
 
     @property
     def takes(self) -> int:
-        return len(self.paces)
+        return int.from_bytes(self._taken[:8], "little")
 
     def paces_callable(self) -> bool:
         return all(callable(p) for p in self.paces)
 
+    def kept(self) -> None:
+        return None
+
     def take(self, pace=None) -> Snapshot:
-        index = len(self.paces)
+        index = self.takes
+        self._taken[:8] = (index + 1).to_bytes(8, "little")
         self.paces.append(pace)
         if self.cycle:
             index %= len(self.items)

@@ -3,8 +3,11 @@ fixed scanner (support/memnode.py) instead of /proc: no root, no sockets but the
 own HTTP port on 127.0.0.1."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -94,12 +97,12 @@ def test_steps_record_samples_and_accumulate_edges():
     wait = agent.step()
     assert 0 < wait <= 15.0
     assert agent.status()["samples"] == 1 and agent.status()["ready"]
-    assert agent.latest() is first
+    assert agent.latest() == first
     assert {k: s.current for k, s in agent.edge_rows()} == {OUT_8080: 1, IN_8080: 1}
 
     agent.step()
     rows = dict(agent.edge_rows())
-    assert agent.status()["samples"] == 2 and agent.latest() is second
+    assert agent.status()["samples"] == 2 and agent.latest() == second
     # 8080's edges stay, not seen any more; 9090's come with their two connections
     assert {k: (s.current, s.samples, s.max_concurrent) for k, s in rows.items()} == {
         OUT_8080: (0, 1, 1), IN_8080: (0, 1, 1), OUT_9090: (2, 1, 2), IN_9090: (2, 1, 2)}
@@ -130,7 +133,7 @@ def test_a_failing_sample_is_counted_and_the_agent_goes_on():
     status = agent.status()
     assert status["samples"] == 1 and status["ready"]
     assert status["last_error"] == "/proc went away \x1b[2J"
-    assert agent.latest() is first                     # the last good snapshot stays
+    assert agent.latest() == first                     # the last good snapshot stays
     assert metric(agent, "nsnet_sample_failures_total") == 1
     assert "nsnet: sample failed: /proc went away \\x1b[2J" in err.getvalue()
     assert "\x1b" not in err.getvalue()
@@ -191,7 +194,10 @@ def test_an_older_sample_and_its_answers_are_not_kept():
             self.paces.append(pace)
             return self.items.pop(0)
 
-    agent = Agent(options(), io.StringIO(), scanner=Handing([first, tenants(9090)]))
+    # in-process samples: the agent's own memory holds the snapshots (forked samples keep
+    # only a packed copy, test_forked_samples_keep_the_snapshot_packed)
+    agent = Agent(options(fork_samples=False), io.StringIO(),
+                  scanner=Handing([first, tenants(9090)]))
     del first
     agent.step()
     for view in VIEWS:
@@ -751,6 +757,9 @@ class WalkingScanner:
     def __init__(self, snaps: list[Snapshot], seconds: float):
         self.snaps, self.seconds, self.n = snaps, seconds, 0
 
+    def kept(self) -> None:
+        return None
+
     def take(self, pace=None) -> Snapshot:
         end = time.monotonic() + self.seconds
         while time.monotonic() < end:
@@ -808,3 +817,112 @@ def test_a_burst_of_clients_is_not_charged_to_the_sampling_budget():
         server.shutdown()
         server.server_close()
         agent.close()
+
+
+# ------------------------------------------------------- samples taken in a child process
+
+def client_gone(port: int = 8080) -> Snapshot:
+    """The sample after tenants(port): tenant 10002's client has closed its connection (an
+    unheld TIME_WAIT in B, where tenant 10003 now runs): only the agent's memory of the
+    earlier sample can say whose connection that was."""
+    node = MemNode()
+    node.process(1, uid=0, cmdline=["/sbin/init"])
+    node.process(200, uid=10001, netns=A, cmdline=SECRET_ARGV)
+    node.process(301, uid=10003, netns=B, cmdline=["/bin/other"])
+    node.socket("tcp", "LISTEN", f"0.0.0.0:{port}", netns=A, holders=[200])
+    node.socket("tcp", "TIME_WAIT", "10.1.0.2:40000", f"10.1.0.1:{port}", netns=B)
+    return node.build()
+
+
+def test_forked_samples_carry_the_edges_memory_from_one_child_to_the_next():
+    """The memory of the last samples is kept packed by the agent and unpacked by each
+    sampling child: the same edges as samples taken in-process."""
+    books = {}
+    for forked in (False, True):
+        agent = Agent(options(fork_samples=forked), io.StringIO(),
+                      scanner=FixedScanner([tenants(), client_gone()]))
+        agent.step()
+        agent.step()
+        books[forked] = {k: (s.closed, s.evidence) for k, s in agent.book.edges.items()}
+        agent.close()
+    assert books[True] == books[False]
+    # the TIME_WAIT is tenant 10002's, as the first sample saw it held -- not a guess at
+    # the tenant who runs in B now
+    assert books[True][OUT_8080][0] == 1
+    assert not any(key.uid == 10003 for key in books[True])
+
+
+def test_forked_samples_keep_the_snapshot_packed():
+    """What the agent keeps of a forked sample: counts, addresses and the packed snapshot --
+    not its objects; answers built from it (in a child) are the in-process ones, gzipped
+    to a client that accepts gzip and plain to one that does not."""
+    snap = tenants(pod=True)
+    forked = Agent(options(), io.StringIO(), scanner=FixedScanner([snap]))
+    local = Agent(options(fork_samples=False), io.StringIO(), scanner=FixedScanner([snap]))
+    forked.step()
+    local.step()
+    published = forked.published()
+    assert published is not None and published.snap is None and published.packed
+    assert len(published.packed) < 4096
+    assert published.stats == snap.stats and published.addresses == local.published().addresses
+    assert forked.latest() == snap
+    for view in VIEWS:
+        data = forked.document_bytes(view)
+        assert data is not None and data.gzipped
+        plain = b"".join(local.document_bytes(view).pieces)
+        assert b"".join(data.plain_pieces(size=7)) == plain and data.plain_length == len(plain)
+        assert gzip.decompress(b"".join(data.pieces)) == plain
+    assert metric(forked, "nsnet_sample_peak_resident_memory_bytes") > 1 << 20
+    assert metric(local, "nsnet_sample_peak_resident_memory_bytes") == 0
+    forked.close()
+    local.close()
+
+
+def test_the_api_sends_a_gzipped_answer_as_the_client_accepts(served):
+    agent, base = served
+    agent.step()
+    plain = urllib.request.urlopen(base + "/api/v1/snapshot?view=by-user", timeout=30)
+    body = plain.read()
+    assert plain.headers.get("Content-Encoding") is None
+    assert int(plain.headers["Content-Length"]) == len(body)
+    request = urllib.request.Request(base + "/api/v1/snapshot?view=by-user",
+                                     headers={"Accept-Encoding": "gzip"})
+    zipped = urllib.request.urlopen(request, timeout=30)
+    data = zipped.read()
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert int(zipped.headers["Content-Length"]) == len(data)
+    assert gzip.decompress(data) == body and json.loads(body)["view"] == "by-user"
+
+
+def test_a_sampling_child_that_dies_is_a_failed_sample_and_the_agent_goes_on():
+    class Dying(FixedScanner):
+        def take(self, pace=None) -> Snapshot:
+            snap = super().take(pace)
+            if self.takes == 1:
+                os.kill(os.getpid(), signal.SIGKILL)     # as the OOM killer would
+            return snap
+
+    err = io.StringIO()
+    agent = Agent(options(), err, scanner=Dying([tenants(), tenants(9090)]))
+    agent.step()
+    assert agent.status()["samples"] == 0
+    assert "killed by SIGKILL (out of memory?)" in agent.status()["last_error"]
+    assert metric(agent, "nsnet_sample_failures_total") == 1
+    agent.step()
+    assert agent.status()["samples"] == 1 and agent.latest() == tenants(9090)
+    agent.close()
+
+
+def test_the_agents_cpu_counts_its_sampling_children():
+    """process_cpu_seconds_total: the agent's own CPU and its children's (the samples)."""
+    agent = Agent(options(), io.StringIO(), scanner=FixedScanner([tenants()] * 3))
+    for _ in range(3):
+        agent.step()
+    before = os.times()
+    total = metric(agent, "process_cpu_seconds_total")
+    after = os.times()
+    children = after.children_user + after.children_system
+    assert children > 0 and before.children_user + before.children_system == children
+    assert before.user + before.system + children - 0.02 <= total
+    assert total <= after.user + after.system + children + 0.02
+    agent.close()

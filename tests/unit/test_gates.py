@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                             "nsnet.sanitize", "nsnet.cluster", "nsnet.terminal")),
     ("agent", ("nsnet.agent", "nsnet.agent.sampler", "nsnet.agent.events", "nsnet.agent.edges",
                "nsnet.agent.auth", "nsnet.agent.allocator", "nsnet.agent.store", "nsnet.agent.history", "nsnet.agent.metrics",
-               "nsnet.agent.serve", "nsnet.agent.watch")),
+               "nsnet.agent.isolate", "nsnet.agent.serve", "nsnet.agent.watch")),
     ("cli", ("nsnet.cli", "nsnet.__main__")),
 ]
 LAYER_OF = {module: n for n, (_, modules) in enumerate(LAYERS) for module in modules}

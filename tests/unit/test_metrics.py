@@ -184,8 +184,8 @@ def test_sample_health_metrics():
     node.stats.processes_fd_denied = 1
     snap = node.build()
     metrics = AgentMetrics("n1", lambda: [], NO_SERVICES, 10)
-    metrics.observe_sample(snap, wall=0.3, cpu=0.02, over_budget=True)
-    metrics.observe_sample(snap, wall=0.1, cpu=0.01, over_budget=False)
+    metrics.observe_sample(snap.stats, wall=0.3, cpu=0.02, over_budget=True)
+    metrics.observe_sample(snap.stats, wall=0.1, cpu=0.01, over_budget=False)
     got = scrape(metrics.registry)
     assert got["nsnet_samples_total"] == {(): 2}
     assert got["nsnet_samples_over_budget_total"] == {(): 1}
