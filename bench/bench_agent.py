@@ -140,9 +140,13 @@ def api_answer(pid: int, port: int) -> dict:
             "api_tree_pss_peak_mib": tree.stop() / 1024}
 
 
-def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = ()) -> dict:
+def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = (),
+              idle_answer: bool = False) -> dict:
+    """The agent sampling back to back (--interval 0.1, no CPU budget); idle_answer: one
+    sample, then (no sample running) only the API answer and the memory around it."""
+    interval = "3600" if idle_answer else "0.1"
     agent = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
-                              "--interval", "0.1", "--max-cpu", "64", "--source", "auto",
+                              "--interval", interval, "--max-cpu", "64", "--source", "auto",
                               "--db", db, *extra], cwd=repo, stderr=subprocess.PIPE, text=True)
     try:
         port, said = None, []
@@ -164,6 +168,13 @@ def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = 
                 raise SystemExit("bench_agent: samples too slow")
             time.sleep(0.5)
         tree_peak = tree.stop()
+        if idle_answer:
+            time.sleep(2)         # the sample's child is gone
+            steady = tree_pss_kib(agent.pid)
+            answer = api_answer(agent.pid, port)
+            return {"idle_tree_pss_mib": steady / 1024, **answer,
+                    "idle_answer_over_steady_mib": answer["api_tree_pss_peak_mib"]
+                    - steady / 1024}
         rss, hwm = status_kib(agent.pid, "VmRSS"), status_kib(agent.pid, "VmHWM")
         n = m["nsnet_sample_cpu_seconds_count"]
         return {**api_answer(agent.pid, port), **scrape_size(port), "samples": int(n),
@@ -200,6 +211,62 @@ def reference_snapshot(repeat: int) -> dict:
     walls.sort()
     cpus.sort()
     return {"wall_s": walls[len(walls) // 2], "cpu_s": cpus[len(cpus) // 2]}
+
+
+def report(doc: dict, state: dict, baseline: str | None) -> None:
+    agent, base, ref = doc["agent"], doc.get("baseline"), doc["reference_snapshot"]
+    pairs = [(p["no_traffic"], p["traffic"]) for p in doc.get("traffic_pairs", [])]
+    print(f"node: {state['params']}: {agent['namespaces']:.0f} namespaces, "
+          f"{agent['sockets']:.0f} sockets")
+    print(f"take_snapshot(auto), in-process, median of 3: {ref['wall_s']:.3f} s wall, "
+          f"{ref['cpu_s']:.3f} s CPU")
+    print(f"nsnet serve, {agent['samples']} samples: {agent['wall_per_sample_s']:.3f} s "
+          f"wall and {agent['cpu_per_sample_s']:.3f} s CPU per sample "
+          f"({doc['agent_cpu_over_snapshot_cpu']:.2f}x the snapshot's CPU)")
+    print(f"resident memory: {agent['rss_mib']:.0f} MiB after the samples, "
+          f"peak {agent['peak_rss_mib']:.0f} MiB; history {agent['db_bytes'] / 1024:.0f} KiB "
+          f"(with its WAL); "
+          f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
+    print(f"while sampling: the sampling child's peak RSS {agent['child_peak_rss_mib']:.0f} "
+          f"MiB (pages shared with the agent included); the agent and its children "
+          f"together (PSS) at most {agent['tree_pss_peak_mib']:.0f} MiB")
+    print(f"with the default budget (5% of a core) a sample runs every "
+          f"{doc['default_budget_interval_s']:.0f} s")
+    print(f"GET /metrics: {agent['scrape_series']} series ({agent['scrape_edge_series']} "
+          f"of edges, {agent['scrape_address_series']} addresses, "
+          f"{agent['scrape_other_series']} the agent's own); "
+          f"{agent['scrape_plain_bytes'] / 1e3:.0f} kB as text, "
+          f"{agent['scrape_gzip_bytes'] / 1e3:.0f} kB gzipped "
+          f"({agent['scrape_plain_bytes'] / agent['scrape_gzip_bytes']:.1f}x smaller), "
+          f"{agent['scrape_openmetrics_gzip_bytes'] / 1e3:.0f} kB gzipped OpenMetrics")
+    idle = agent["idle"]
+    print(f"GET /api/v1/snapshot?view=sockets with no sample running: the agent and "
+          f"its children {idle['idle_tree_pss_mib']:.0f} MiB (PSS) before, at most "
+          f"{idle['api_tree_pss_peak_mib']:.0f} MiB while answering: "
+          f"+{idle['idle_answer_over_steady_mib']:.0f} MiB"
+          + (f" (baseline: +{base['idle']['idle_answer_over_steady_mib']:.0f} MiB from "
+             f"{base['idle']['idle_tree_pss_mib']:.0f})" if base is not None else ""))
+    print(f"GET /api/v1/snapshot?view=sockets: {agent['api_bytes'] / 1e6:.1f} MB, "
+          f"RSS {agent['api_rss_before_mib']:.0f} MiB before, peak "
+          f"{agent['api_peak_rss_mib']:.0f} MiB while answering; the agent and its "
+          f"children together (PSS) at most {agent['api_tree_pss_peak_mib']:.0f} MiB")
+    if base is not None:
+        grew = agent["api_peak_rss_mib"] - agent["api_rss_before_mib"]
+        base_grew = max(1e-9, base["api_peak_rss_mib"] - base["api_rss_before_mib"])
+        print(f"baseline {baseline}: answer peak {base['api_peak_rss_mib']:.0f} MiB "
+              f"(from {base['api_rss_before_mib']:.0f}); after samples "
+              f"{base['rss_mib']:.0f} MiB, tree peak while sampling "
+              f"{base['tree_pss_peak_mib']:.0f} MiB. Ratios now/baseline: RSS after "
+              f"samples {agent['rss_mib'] / base['rss_mib']:.2f}x, answer peak "
+              f"{agent['api_peak_rss_mib'] / base['api_peak_rss_mib']:.2f}x, growth "
+              f"while answering {grew / base_grew:.2f}x, "
+              f"CPU per sample {agent['cpu_per_sample_s'] / base['cpu_per_sample_s']:.2f}x")
+    for off, on in pairs:
+        cpu_off, cpu_on = off["cpu_per_sample_s"], on["cpu_per_sample_s"]
+        print(f"--no-traffic / traffic: CPU per sample {cpu_off:.3f} / {cpu_on:.3f} s "
+              f"({cpu_on / cpu_off:.2f}x), "
+              f"RSS {off['rss_mib']:.0f} / {on['rss_mib']:.0f} MiB "
+              f"({on['rss_mib'] / off['rss_mib']:.2f}x)")
 
 
 def main() -> int:
@@ -241,6 +308,11 @@ def main() -> int:
                               run_agent(a.samples, os.path.join(tmp, "on1.db"))))
             base = run_agent(a.samples, os.path.join(tmp, "base.db"), a.baseline) \
                 if a.baseline else None
+            # the API's answer with no sample running: what it adds to the agent's steady size
+            agent["idle"] = run_agent(1, os.path.join(tmp, "idle.db"), idle_answer=True)
+            if base is not None:
+                base["idle"] = run_agent(1, os.path.join(tmp, "base-idle.db"), a.baseline,
+                                         idle_answer=True)
         doc = {"node": state["params"], "reference_snapshot": ref, "agent": agent,
                "agent_cpu_over_snapshot_cpu": agent["cpu_per_sample_s"] / ref["cpu_s"],
                "default_budget_interval_s": max(15.0, agent["cpu_per_sample_s"] / 0.05)}
@@ -251,50 +323,7 @@ def main() -> int:
         if a.json:
             print(json.dumps(doc, indent=1))
         else:
-            print(f"node: {state['params']}: {agent['namespaces']:.0f} namespaces, "
-                  f"{agent['sockets']:.0f} sockets")
-            print(f"take_snapshot(auto), in-process, median of 3: {ref['wall_s']:.3f} s wall, "
-                  f"{ref['cpu_s']:.3f} s CPU")
-            print(f"nsnet serve, {agent['samples']} samples: {agent['wall_per_sample_s']:.3f} s "
-                  f"wall and {agent['cpu_per_sample_s']:.3f} s CPU per sample "
-                  f"({doc['agent_cpu_over_snapshot_cpu']:.2f}x the snapshot's CPU)")
-            print(f"resident memory: {agent['rss_mib']:.0f} MiB after the samples, "
-                  f"peak {agent['peak_rss_mib']:.0f} MiB; history {agent['db_bytes'] / 1024:.0f} KiB "
-                  f"(with its WAL); "
-                  f"destroy events in {agent['destroy_namespaces_watched']:.0f} namespaces")
-            print(f"while sampling: the sampling child's peak RSS {agent['child_peak_rss_mib']:.0f} "
-                  f"MiB (pages shared with the agent included); the agent and its children "
-                  f"together (PSS) at most {agent['tree_pss_peak_mib']:.0f} MiB")
-            print(f"with the default budget (5% of a core) a sample runs every "
-                  f"{doc['default_budget_interval_s']:.0f} s")
-            print(f"GET /metrics: {agent['scrape_series']} series ({agent['scrape_edge_series']} "
-                  f"of edges, {agent['scrape_address_series']} addresses, "
-                  f"{agent['scrape_other_series']} the agent's own); "
-                  f"{agent['scrape_plain_bytes'] / 1e3:.0f} kB as text, "
-                  f"{agent['scrape_gzip_bytes'] / 1e3:.0f} kB gzipped "
-                  f"({agent['scrape_plain_bytes'] / agent['scrape_gzip_bytes']:.1f}x smaller), "
-                  f"{agent['scrape_openmetrics_gzip_bytes'] / 1e3:.0f} kB gzipped OpenMetrics")
-            print(f"GET /api/v1/snapshot?view=sockets: {agent['api_bytes'] / 1e6:.1f} MB, "
-                  f"RSS {agent['api_rss_before_mib']:.0f} MiB before, peak "
-                  f"{agent['api_peak_rss_mib']:.0f} MiB while answering; the agent and its "
-                  f"children together (PSS) at most {agent['api_tree_pss_peak_mib']:.0f} MiB")
-            if base is not None:
-                grew = agent["api_peak_rss_mib"] - agent["api_rss_before_mib"]
-                base_grew = max(1e-9, base["api_peak_rss_mib"] - base["api_rss_before_mib"])
-                print(f"baseline {a.baseline}: answer peak {base['api_peak_rss_mib']:.0f} MiB "
-                      f"(from {base['api_rss_before_mib']:.0f}); after samples "
-                      f"{base['rss_mib']:.0f} MiB, tree peak while sampling "
-                      f"{base['tree_pss_peak_mib']:.0f} MiB. Ratios now/baseline: RSS after "
-                      f"samples {agent['rss_mib'] / base['rss_mib']:.2f}x, answer peak "
-                      f"{agent['api_peak_rss_mib'] / base['api_peak_rss_mib']:.2f}x, growth "
-                      f"while answering {grew / base_grew:.2f}x, "
-                      f"CPU per sample {agent['cpu_per_sample_s'] / base['cpu_per_sample_s']:.2f}x")
-            for off, on in pairs:
-                cpu_off, cpu_on = off["cpu_per_sample_s"], on["cpu_per_sample_s"]
-                print(f"--no-traffic / traffic: CPU per sample {cpu_off:.3f} / {cpu_on:.3f} s "
-                      f"({cpu_on / cpu_off:.2f}x), "
-                      f"RSS {off['rss_mib']:.0f} / {on['rss_mib']:.0f} MiB "
-                      f"({on['rss_mib'] / off['rss_mib']:.2f}x)")
+            report(doc, state, a.baseline)
         return 0
     finally:
         if not a.keep_node:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+import pickle
 import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -629,6 +631,37 @@ class Stats:
                         "check it (flagged)")
         return list(self.privileges) + list(self.kubelet_errors) + list(self.pod_claims) + unix + (
             [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
+
+
+class PackedSockets(Sequence[Socket]):
+    """A snapshot's sockets kept packed, a chunk of them per zlib-compressed pickle (the agent
+    keeps its latest snapshot so between samples): iterating unpacks one chunk at a time, so
+    a view streamed from them never holds them all. `in_view_order`: packed in the order the
+    sockets view lists them (views.socket_order), which it then need not sort."""
+
+    def __init__(self, chunks: tuple[bytes, ...], count: int, in_view_order: bool = False):
+        self.chunks, self.length, self.in_view_order = chunks, count, in_view_order
+
+    @staticmethod
+    def pack(sockets: Sequence[Socket], per_chunk: int = 2048,
+             in_view_order: bool = False) -> PackedSockets:
+        chunks = tuple(zlib.compress(pickle.dumps(list(sockets[i:i + per_chunk]),
+                                                  protocol=pickle.HIGHEST_PROTOCOL), 1)
+                       for i in range(0, len(sockets), per_chunk))
+        return PackedSockets(chunks, len(sockets), in_view_order)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Socket]:
+        for chunk in self.chunks:
+            yield from pickle.loads(zlib.decompress(chunk))
+
+    def __getitem__(self, index):
+        return list(self)[index]   # whole: nothing indexes a snapshot's sockets in a hot path
+
+    def packed_size(self) -> int:
+        return sum(len(c) for c in self.chunks)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from .model import (
     Container,
     Namespace,
     NetlinkInfo,
+    PackedSockets,
     PacketInfo,
     Pod,
     Process,
@@ -209,14 +210,15 @@ def sorted_namespaces(snap: Snapshot) -> list[Namespace]:
     return sorted(snap.namespaces.values(), key=_ns_order)
 
 
-def _socket_order(s: Socket) -> tuple:
+def socket_order(s: Socket) -> tuple:
+    """The order the sockets view lists sockets in."""
     return (s.netns is None, s.netns or 0, s.proto, s.direction != "listening",
             s.local_addr, s.local_port or 0, s.remote_addr, s.remote_port or 0, s.inode)
 
 
 def filtered_sockets(snap: Snapshot, keep: SocketFilter | None = None) -> list[Socket]:
     chosen = [s for s in snap.sockets if keep is None or keep(s)]
-    chosen.sort(key=_socket_order)
+    chosen.sort(key=socket_order)
     return chosen
 
 
@@ -232,13 +234,23 @@ def sockets_view(snap: Snapshot, keep: SocketFilter | None = None) -> dict:
 
 def sockets_stream(snap: Snapshot, keep: SocketFilter | None = None) -> dict:
     """sockets_view with its lists as Streams: each item built as it is written
-    (sanitize.json_chunks), never the whole list at once. The same JSON text."""
-    chosen = filtered_sockets(snap, keep)
-    pids = sorted({p for s in chosen for p in s.pids})
+    (sanitize.json_chunks), never the whole list at once. The same JSON text. Sockets kept
+    packed in the view's order (model.PackedSockets) are read a chunk at a time, never all
+    at once."""
+    sockets = snap.sockets
+    if isinstance(sockets, PackedSockets) and sockets.in_view_order:
+        def chosen() -> Iterable[Socket]:
+            return (s for s in sockets if keep is None or keep(s))
+    else:
+        listed = filtered_sockets(snap, keep)
+
+        def chosen() -> Iterable[Socket]:
+            return listed
+    pids = sorted({p for s in chosen() for p in s.pids})
     return {"schema": SCHEMA, "view": "sockets",
             "namespaces": Stream(namespace_doc(ns, snap) for ns in sorted_namespaces(snap)),
             "processes": Stream(process_doc(snap.processes[p], snap) for p in pids),
-            "sockets": Stream(socket_doc(s, snap) for s in chosen),
+            "sockets": Stream(socket_doc(s, snap) for s in chosen()),
             "user_names": user_names(snap), "stats": stats_doc(snap)}
 
 
@@ -369,7 +381,7 @@ def by_namespace_view(snap: Snapshot, only: Namespace | None = None) -> dict:
     for ns in sorted_namespaces(snap):
         if only is not None and ns is not only:
             continue
-        socks = sorted(per_ns.get(ns.key, []), key=_socket_order)
+        socks = sorted(per_ns.get(ns.key, []), key=socket_order)
         doc = namespace_doc(ns, snap)
         doc["processes"] = [process_doc(snap.processes[p], snap) for p in ns.pids]
         doc["listening"] = [listener_doc(s, snap) for s in socks if s.direction == "listening"
@@ -401,7 +413,7 @@ def by_user_view(snap: Snapshot, only_uid: int | None = None) -> dict:
         uids = [u for u in uids if u == only_uid] or [only_uid]
     docs = []
     for uid in uids:
-        socks = sorted(socks_of.get(uid, []), key=_socket_order)
+        socks = sorted(socks_of.get(uid, []), key=socket_order)
         groups = _connection_groups(socks, snap)
         docs.append({
             "uid": uid, "name": user_name(uid),
@@ -460,7 +472,7 @@ def by_pod_view(snap: Snapshot, only: Pod | None = None) -> dict:
     for pod in sorted(snap.pods.values(), key=pod_order):
         if only is not None and pod is not only:
             continue
-        socks = sorted(socks_of.get(pod.uid, []), key=_socket_order)
+        socks = sorted(socks_of.get(pod.uid, []), key=socket_order)
         groups = _connection_groups(socks, snap)
         containers = sorted(pod.containers.values(), key=lambda c: (not c.sandbox, c.name or "", c.id))
         docs.append({

@@ -12,16 +12,16 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, cast
 
 from .. import views
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
-from ..model import TRAFFIC, Snapshot, Stats
+from ..model import TRAFFIC, PackedSockets, Snapshot, Socket, Stats
 from ..options import SamplingOptions, SnapshotOptions
 from ..snapshot import Pace, Snapshotter
 from ..sources import DiagSockets
 from . import edges
-from .events import Closed, DestroyWatcher
+from .events import MAX_PENDING, Closed, DestroyWatcher
 from .isolate import run_forked
 
 Say = Callable[[str], None]
@@ -58,27 +58,39 @@ AddressRow = tuple[str, ...]
 class Published:
     """The latest sample as the agent's API and metrics read it: its counts, each
     namespace's own addresses and whose they are (nsnet_address_info), and the snapshot --
-    the object itself (in-process samples) or packed (samples taken in a child process),
-    unpacked only to build an answer."""
+    the object itself (in-process samples) or packed (samples taken in a child process):
+    all but the sockets in one piece, the sockets in chunks in the sockets view's order
+    (model.PackedSockets), unpacked only to build an answer."""
     stats: Stats
     addresses: tuple[AddressRow, ...]
     snap: Snapshot | None = None
-    packed: bytes | None = None
+    header: bytes | None = None            # the snapshot without its sockets, packed
+    sockets: PackedSockets | None = None
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, lazy: bool = False) -> Snapshot:
+        """The snapshot; lazy: its sockets unpacked a chunk at a time as they are iterated
+        (what a streamed answer needs), not all at once."""
         if self.snap is not None:
             return self.snap
-        assert self.packed is not None
-        snap = unpack(self.packed)
+        assert self.header is not None and self.sockets is not None
+        snap = unpack(self.header)
         assert isinstance(snap, Snapshot)
+        # a PackedSockets is a Sequence, read as the list it stands for (views iterate it)
+        snap.sockets = cast(list[Socket], self.sockets) if lazy else list(self.sockets)
         return snap
+
+    def packed_size(self) -> int:
+        return len(self.header or b"") + (self.sockets.packed_size() if self.sockets else 0)
 
     @staticmethod
     def of(snap: Snapshot, packed: bool = False) -> Published:
         addresses = views.address_rows(snap)
-        if packed:
-            return Published(snap.stats, addresses, packed=pack(snap))
-        return Published(snap.stats, addresses, snap=snap)
+        if not packed:
+            return Published(snap.stats, addresses, snap=snap)
+        sockets = PackedSockets.pack(sorted(snap.sockets, key=views.socket_order),
+                                     in_view_order=True)
+        return Published(snap.stats, addresses, header=pack(replace(snap, sockets=[])),
+                         sockets=sockets)
 
 
 @dataclass(slots=True)
@@ -261,6 +273,8 @@ class ForkedSampler:
         self.sampler = sampler
         self.stop = stop
         self.packed_memory: bytes | None = None
+        # destroy events drained for a sample whose child failed: given to the next one
+        self.undelivered: list[Closed] = []
 
     @property
     def watcher(self) -> DestroyWatcher | None:
@@ -268,7 +282,9 @@ class ForkedSampler:
 
     def sample(self) -> Sample:
         sampler, options = self.sampler, self.sampler.options
-        closed = sampler.watcher.drain() if sampler.watcher is not None else []
+        closed = self.undelivered + (sampler.watcher.drain() if sampler.watcher is not None
+                                     else [])
+        self.undelivered = closed[-MAX_PENDING:]    # until a child has taken them
         kept = sampler.scanner.kept()    # chosen here: every child inherits the same source
         known = set(kept.inodes()) if kept is not None else set()
         packed_memory = self.packed_memory
@@ -295,6 +311,7 @@ class ForkedSampler:
                           what="sampling")
         outcome = done.value
         assert isinstance(outcome, _Outcome)
+        self.undelivered = []
         if kept is not None:
             kept.prune(set(outcome.kept))       # what the child closed: gone namespaces
             for inode, fd in zip(outcome.handed, done.fds, strict=True):

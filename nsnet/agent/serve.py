@@ -307,7 +307,10 @@ class Agent:
 
         if published.snap is not None:
             return answer(published.snap, False)
-        done = run_forked(lambda hurry: (answer(published.snapshot(), True), []),
+        # the sockets view streams its sockets a packed chunk at a time; the others (whose
+        # answers are small) go over them several times: unpacked once, whole
+        lazy = VIEWS[view] is views.sockets_stream
+        done = run_forked(lambda hurry: (answer(published.snapshot(lazy=lazy), True), []),
                           deadline=stall_after(self.options.sampling.interval),
                           what="answer")
         assert isinstance(done.value, Encoded)

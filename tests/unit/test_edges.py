@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from memnode import HOST_INODE, FixedScanner, FixedWatcher, MemNode, closed, observed
 
 from nsnet.agent.edges import (
@@ -18,8 +20,10 @@ from nsnet.agent.edges import (
     traffic,
 )
 from nsnet.agent.history import by_user_history, deps_view, split_where
-from nsnet.agent.sampler import NO_TRAFFIC, Sampler
+from nsnet.agent.isolate import ChildFailed
+from nsnet.agent.sampler import NO_TRAFFIC, ForkedSampler, Sampler
 from nsnet.agent.store import EdgeRow
+from nsnet.errors import NsnetError
 from nsnet.model import NO_SERVICES, Rule, ServiceMap, Socket, SocketDetail, TcpDetail
 from nsnet.options import SamplingOptions
 from nsnet.ownership import user_name
@@ -255,6 +259,41 @@ def test_sampler_adds_closed_connections_once_and_subscribes_each_namespace():
 
 
 # ---------------------------------------------------------------------------- history
+
+
+def test_forked_samples_subscribe_and_keep_the_events_of_a_failed_sample():
+    """Samples taken in child processes: the agent drains the destroy events and subscribes
+    in new namespaces itself (its watcher's thread stays with it); the events drained for a
+    sample whose child failed reach the next one -- the same edges as in-process."""
+    first = remembering_node().build()
+    second = remembering_node(with_connection=False)
+    second.connection("10.1.0.2:40011", "10.1.0.1:8080", client_netns=B, server_netns=A,
+                      client_holders=[300], server_holders=[200])
+    watcher = FixedWatcher([[], [closed(B, "10.1.0.2:40010", "10.1.0.1:8080"),
+                                 closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")], []])
+    scanner = FixedScanner([first, NsnetError("the walk failed"), second.build()])
+    said: list[str] = []
+    sampler = ForkedSampler(Sampler(SamplingOptions(events=False, traffic=False), said.append,
+                                    scanner=scanner, watcher=watcher))
+    one = sampler.sample()
+    assert one.closed == 0 and one.observed == observe(first) and one.peak_rss > 0
+    assert watcher.subscribed == {A: "/memnode/proc/200/ns/net",
+                                  B: "/memnode/proc/299/ns/net",
+                                  HOST_INODE: "/memnode/proc/400/ns/net"}
+    with pytest.raises(ChildFailed, match="the walk failed"):
+        sampler.sample()
+    three = sampler.sample()
+    assert three.closed == 2
+    assert three.observed == {
+        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080):
+            Seen(1, opened=1, ended=1, evidence="holder"),
+        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080):
+            Seen(1, opened=1, evidence="holder"),
+        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432):
+            Seen(ended=1, evidence="remembered"),
+    }
+    assert scanner.takes == 3
+
 
 def test_split_where():
     assert split_where("pod:shop/cart") == {"pod_namespace": "shop", "pod": "cart",
