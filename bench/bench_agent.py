@@ -261,6 +261,14 @@ def report(doc: dict, state: dict, baseline: str | None) -> None:
               f"{agent['api_peak_rss_mib'] / base['api_peak_rss_mib']:.2f}x, growth "
               f"while answering {grew / base_grew:.2f}x, "
               f"CPU per sample {agent['cpu_per_sample_s'] / base['cpu_per_sample_s']:.2f}x")
+    for pair in doc.get("fork_pairs", []):
+        inproc, forked = pair["in_process"], pair["forked"]
+        print(f"--in-process / forked: CPU per sample {inproc['cpu_per_sample_s']:.3f} / "
+              f"{forked['cpu_per_sample_s']:.3f} s "
+              f"({forked['cpu_per_sample_s'] / inproc['cpu_per_sample_s']:.2f}x), RSS after the "
+              f"samples {inproc['rss_mib']:.0f} / {forked['rss_mib']:.0f} MiB, the tree's peak "
+              f"while sampling {inproc['tree_pss_peak_mib']:.0f} / "
+              f"{forked['tree_pss_peak_mib']:.0f} MiB")
     for off, on in pairs:
         cpu_off, cpu_on = off["cpu_per_sample_s"], on["cpu_per_sample_s"]
         print(f"--no-traffic / traffic: CPU per sample {cpu_off:.3f} / {cpu_on:.3f} s "
@@ -281,6 +289,9 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="CHECKOUT",
                     help="also run the agent of another checkout (git worktree) on the same "
                          "node, and print the ratios")
+    ap.add_argument("--fork-cost", action="store_true",
+                    help="also run this agent with --in-process, twice each interleaved, and "
+                         "print what sampling in a child process costs and saves")
     ap.add_argument("--traffic-cost", action="store_true",
                     help="also run this agent with --no-traffic (no TCP_INFO: edges without "
                          "bytes, rtt, retransmits), and print what the traffic costs")
@@ -313,6 +324,15 @@ def main() -> int:
             if base is not None:
                 base["idle"] = run_agent(1, os.path.join(tmp, "base-idle.db"), a.baseline,
                                          idle_answer=True)
+            doc_fork: list[dict] = []
+            if a.fork_cost:
+                # in-process and forked, interleaved: (in, fork, in, fork)
+                for i in range(2):
+                    inproc = run_agent(a.samples, os.path.join(tmp, f"in{i}.db"),
+                                       extra=("--in-process",))
+                    doc_fork.append({"in_process": inproc,
+                                     "forked": run_agent(a.samples,
+                                                         os.path.join(tmp, f"fork{i}.db"))})
         doc = {"node": state["params"], "reference_snapshot": ref, "agent": agent,
                "agent_cpu_over_snapshot_cpu": agent["cpu_per_sample_s"] / ref["cpu_s"],
                "default_budget_interval_s": max(15.0, agent["cpu_per_sample_s"] / 0.05)}
@@ -320,6 +340,8 @@ def main() -> int:
             doc["baseline"] = base
         if pairs:
             doc["traffic_pairs"] = [{"no_traffic": off, "traffic": on} for off, on in pairs]
+        if a.fork_cost:
+            doc["fork_pairs"] = doc_fork
         if a.json:
             print(json.dumps(doc, indent=1))
         else:

@@ -328,6 +328,8 @@ def agent_usage(pid: int) -> dict[str, float]:
                 out["rss_mib"] = int(line.split()[1]) / 1024
             elif line.startswith("Threads:"):
                 out["threads"] = int(line.split()[1])
+    # the agent samples in child processes: what it and a child being run hold together
+    out["tree_pss_mib"] = bench_agent.tree_pss_kib(pid) / 1024
     return out
 
 
@@ -412,7 +414,7 @@ class Soak:
         for key in ("nsnet_samples_total", "nsnet_sample_failures_total",
                     "nsnet_samples_over_budget_total", "nsnet_sample_duration_seconds_sum",
                     "nsnet_sample_cpu_seconds_sum", "nsnet_sockets", "nsnet_namespaces",
-                    "nsnet_edge_series_dropped"):
+                    "nsnet_edge_series_dropped", "nsnet_sample_peak_resident_memory_bytes"):
             row[key.removeprefix("nsnet_")] = (m or self.last_metrics or {}).get(key, 0.0)
         self.rows.append(row)
         self.log.write(json.dumps(row) + "\n")
@@ -521,6 +523,11 @@ def analyse(s: Soak, final: dict, times: list[float], exit_code: int | None) -> 
         "rss_slope_second_half_mib_per_h": round(slope_mib_per_hour(second), 2),
         "rss_max_first_quarter_mib": max(r["rss_mib"] for r in first_q),
         "rss_max_second_half_mib": max((r["rss_mib"] for r in second), default=0),
+        "tree_pss_max_first_quarter_mib": max(r.get("tree_pss_mib", 0) for r in first_q),
+        "tree_pss_max_second_half_mib": max((r.get("tree_pss_mib", 0) for r in second),
+                                            default=0),
+        "sampling_child_peak_rss_max_mib": max(
+            r.get("sample_peak_resident_memory_bytes", 0) for r in s.rows) / (1 << 20),
         "threads_max": max(r["threads"] for r in s.rows), "fds_max": max(r["fds"] for r in s.rows),
         # fds: the agent keeps two sockets per namespace (sock_diag, destroy events), so the
         # bound follows the node's namespaces in each record; threads do not
@@ -586,6 +593,10 @@ def print_report(doc: dict, problems: list[str], argv: str) -> None:
     print(f"RSS slope over the second half: {doc['rss_slope_second_half_mib_per_h']:+.2f} MiB/hour "
           f"(max first quarter {doc['rss_max_first_quarter_mib']:.1f} MiB, "
           f"second half {doc['rss_max_second_half_mib']:.1f} MiB)")
+    print(f"the agent and a sampling child together (PSS, at the records): max "
+          f"{doc['tree_pss_max_first_quarter_mib']:.1f} MiB in the first quarter, "
+          f"{doc['tree_pss_max_second_half_mib']:.1f} MiB in the second half; the sampling "
+          f"child's peak RSS at most {doc['sampling_child_peak_rss_max_mib']:.1f} MiB")
     tmax, fmax = doc["threads_fds_bound_under_load"]
     print(f"threads max {doc['threads_max']} (bound {tmax}), fds max {doc['fds_max']} (bound {fmax} at "
           f"the start's namespaces, + 2 per namespace more; worst record {doc['fds_over_bound']:+.0f})")
