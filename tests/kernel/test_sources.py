@@ -107,34 +107,62 @@ def test_explicit_source_without_privilege_is_a_clear_error():
         "open its sock_diag socket)")
 
 
-def test_diag_sockets_are_kept_across_snapshots_and_pruned(node):
+def lasting(snap, node) -> set[tuple]:
+    """The real node's sockets that stay from one snapshot to the next (not TIME_WAIT)."""
+    return {(s.netns, s.inode, s.state) for s in snap.sockets
+            if s.netns in node.truth.netns_inodes() and s.state != "TIME_WAIT"}
+
+
+@pytest.mark.parametrize("forked", [False, True], ids=["in-process", "forked"])
+def test_diag_sockets_are_kept_across_snapshots_and_pruned(node, forked):
     """A sampler keeps one sock_diag socket per namespace: the second snapshot enters no
-    namespace; a namespace that disappears has its socket closed (not kept alive by us)."""
+    namespace; a namespace that disappears has its socket closed (not kept alive by us).
+    forked: the agent samples in child processes (agent/isolate.py): the socket a child opened
+    is handed to the agent (checked to be in its namespace: SIOCGSKNS) and inherited by the
+    next child, which opens none."""
+    import fcntl
+    import io
     import os
     import uuid
 
-    from nsnet.options import SnapshotOptions
+    from nsnet.agent.sampler import ForkedSampler, Sampler
+    from nsnet.options import SamplingOptions, SnapshotOptions
     from nsnet.snapshot import Snapshotter
+
+    SIOCGSKNS = 0x894C     # linux/sockios.h: an fd of the socket's network namespace
+
+    def netns_of(sock) -> int:
+        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+        try:
+            return os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
 
     name = f"nsnt-cache-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    snapshotter = Snapshotter(SnapshotOptions(source="netlink"), keep=True)
+    if forked:
+        sampler = ForkedSampler(Sampler(SamplingOptions(
+            snapshot=SnapshotOptions(source="netlink"), events=False, max_cpu=8.0,
+            interval=1.0), io.StringIO().write))
+        take, close, cache = (lambda: sampler.sample().snap), sampler.close, \
+            sampler.sampler.scanner.kept()
+    else:
+        snapshotter = Snapshotter(SnapshotOptions(source="netlink"), keep=True)
+        take, close, cache = snapshotter.take, snapshotter.close, snapshotter.kept()
     try:
-        inode = os.stat(f"/run/netns/{name}").st_ino
-        first = snapshotter.take()
-        cache = snapshotter.source.cache
+        inode, a = os.stat(f"/run/netns/{name}").st_ino, node.truth.ns["A"].inode
+        first = take()
         opened = cache.created
-        assert cache.get(inode) is not None and cache.get(node.truth.ns["A"].inode) is not None
-        second = snapshotter.take()
+        assert cache.get(inode) is not None and cache.get(a) is not None
+        assert netns_of(cache.get(inode)) == inode and netns_of(cache.get(a)) == a
+        second = take()
         assert cache.created == opened      # no setns, no new socket
-        key = lambda snap: {(s.netns, s.inode, s.state) for s in snap.sockets
-                            if s.netns in node.truth.netns_inodes() and s.state != "TIME_WAIT"}
-        assert key(first) == key(second) and key(first)
+        assert lasting(first, node) == lasting(second, node) and lasting(first, node)
         subprocess.run(["ip", "netns", "del", name], check=True)
-        snapshotter.take()
+        take()
         assert cache.get(inode) is None
     finally:
-        snapshotter.close()
+        close()
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
@@ -183,50 +211,3 @@ def test_namespace_kept_alive_only_by_a_socket():
         holder.kill()
         holder.wait()
 
-
-def test_sampling_children_hand_their_diag_sockets_to_the_agent(node):
-    """The agent samples in child processes (agent/isolate.py): the sock_diag socket a child
-    opened in a namespace is handed to the agent and inherited by the next child, which
-    enters no namespace; a namespace that disappears has its socket closed in the agent."""
-    import fcntl
-    import io
-    import os
-    import uuid
-
-    from nsnet.agent.sampler import ForkedSampler, Sampler
-    from nsnet.options import SamplingOptions, SnapshotOptions
-
-    SIOCGSKNS = 0x894C     # linux/sockios.h: an fd of the socket's network namespace
-
-    def netns_of(sock) -> int:
-        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
-        try:
-            return os.fstat(fd).st_ino
-        finally:
-            os.close(fd)
-
-    name = f"nsnt-fork-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    options = SamplingOptions(snapshot=SnapshotOptions(source="netlink"), events=False,
-                              max_cpu=8.0, interval=1.0)
-    sampler = ForkedSampler(Sampler(options, io.StringIO().write))
-    try:
-        inode = os.stat(f"/run/netns/{name}").st_ino
-        first = sampler.sample()
-        cache = sampler.sampler.scanner.kept()
-        assert cache is not None
-        adopted = cache.created
-        a = node.truth.ns["A"].inode
-        assert cache.get(inode) is not None and cache.get(a) is not None
-        assert netns_of(cache.get(inode)) == inode and netns_of(cache.get(a)) == a
-        second = sampler.sample()
-        assert cache.created == adopted          # the second child opened none
-        key = lambda snap: {(s.netns, s.inode, s.state) for s in snap.sockets
-                            if s.netns in node.truth.netns_inodes() and s.state != "TIME_WAIT"}
-        assert key(first.snap) == key(second.snap) and key(first.snap)
-        subprocess.run(["ip", "netns", "del", name], check=True)
-        sampler.sample()
-        assert cache.get(inode) is None
-    finally:
-        sampler.close()
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)

@@ -20,11 +20,20 @@ from nsnet.agent.edges import (
     traffic,
 )
 from nsnet.agent.history import by_user_history, deps_view, split_where
+from nsnet.agent.events import Closed
 from nsnet.agent.isolate import ChildFailed
 from nsnet.agent.sampler import NO_TRAFFIC, ForkedSampler, Sampler
 from nsnet.agent.store import EdgeRow
 from nsnet.errors import NsnetError
-from nsnet.model import NO_SERVICES, Rule, ServiceMap, Socket, SocketDetail, TcpDetail
+from nsnet.model import (
+    NO_SERVICES,
+    Rule,
+    ServiceMap,
+    Snapshot,
+    Socket,
+    SocketDetail,
+    TcpDetail,
+)
 from nsnet.options import SamplingOptions
 from nsnet.ownership import user_name
 from nsnet.report import Renderer
@@ -223,35 +232,43 @@ def test_memory_keeps_two_samples():
     assert {k.uid for k in closed_edges([event], memory)} == {10002, 10003}
 
 
-def test_sampler_adds_closed_connections_once_and_subscribes_each_namespace():
+def closing_samples() -> tuple[Snapshot, Snapshot, list[Closed]]:
+    """Two samples and the destroy events between them: 40010 closed (its event), a new
+    connection to the same service open; and a host connection no sample saw closing."""
     first = remembering_node().build()
     second = remembering_node(with_connection=False)
-    # 40010 closed; a new connection to the same service is open
     second.connection("10.1.0.2:40011", "10.1.0.1:8080", client_netns=B, server_netns=A,
                       client_holders=[300], server_holders=[200])
-    watcher = FixedWatcher([[], [closed(B, "10.1.0.2:40010", "10.1.0.1:8080"),
-                                 closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")]])
-    scanner = FixedScanner([first, second.build()])
+    return first, second.build(), [closed(B, "10.1.0.2:40010", "10.1.0.1:8080"),
+                                   closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")]
+
+
+SUBSCRIBED = {A: "/memnode/proc/200/ns/net", B: "/memnode/proc/299/ns/net",
+              HOST_INODE: "/memnode/proc/400/ns/net"}
+AFTER_CLOSING = {
+    # 40011 open (and new: opened); 40010 closed (its event), seen held before
+    EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080):
+        Seen(1, opened=1, ended=1, evidence="holder"),
+    EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080):
+        Seen(1, opened=1, evidence="holder"),
+    # closed since the last sample, seen then as user 1000's
+    EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432):
+        Seen(ended=1, evidence="remembered"),
+}
+
+
+def test_sampler_adds_closed_connections_once_and_subscribes_each_namespace():
+    first, second, events = closing_samples()
+    watcher = FixedWatcher([[], events])
+    scanner = FixedScanner([first, second])
     said: list[str] = []
     sampler = Sampler(SamplingOptions(events=False, traffic=False), said.append,
                       scanner=scanner, watcher=watcher)
     one = sampler.sample()
     assert one.closed == 0 and one.observed == observe(first)
-    assert watcher.subscribed == {A: "/memnode/proc/200/ns/net",
-                                  B: "/memnode/proc/299/ns/net",
-                                  HOST_INODE: "/memnode/proc/400/ns/net"}
+    assert watcher.subscribed == SUBSCRIBED
     two = sampler.sample()
-    assert two.closed == 2
-    assert two.observed == {
-        # 40011 open (and new: opened); 40010 closed (its event), seen held before
-        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080):
-            Seen(1, opened=1, ended=1, evidence="holder"),
-        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080):
-            Seen(1, opened=1, evidence="holder"),
-        # closed since the last sample, seen then as user 1000's
-        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432):
-            Seen(ended=1, evidence="remembered"),
-    }
+    assert two.closed == 2 and two.observed == AFTER_CLOSING
     assert scanner.takes == 2 and scanner.paces_callable()
     sampler.close()
     assert scanner.closed and watcher.closed
@@ -265,33 +282,18 @@ def test_forked_samples_subscribe_and_keep_the_events_of_a_failed_sample():
     """Samples taken in child processes: the agent drains the destroy events and subscribes
     in new namespaces itself (its watcher's thread stays with it); the events drained for a
     sample whose child failed reach the next one -- the same edges as in-process."""
-    first = remembering_node().build()
-    second = remembering_node(with_connection=False)
-    second.connection("10.1.0.2:40011", "10.1.0.1:8080", client_netns=B, server_netns=A,
-                      client_holders=[300], server_holders=[200])
-    watcher = FixedWatcher([[], [closed(B, "10.1.0.2:40010", "10.1.0.1:8080"),
-                                 closed(HOST_INODE, "192.168.1.5:52000", "10.0.0.5:5432")], []])
-    scanner = FixedScanner([first, NsnetError("the walk failed"), second.build()])
-    said: list[str] = []
-    sampler = ForkedSampler(Sampler(SamplingOptions(events=False, traffic=False), said.append,
+    first, second, events = closing_samples()
+    watcher = FixedWatcher([[], events, []])
+    scanner = FixedScanner([first, NsnetError("the walk failed"), second])
+    sampler = ForkedSampler(Sampler(SamplingOptions(events=False, traffic=False), [].append,
                                     scanner=scanner, watcher=watcher))
     one = sampler.sample()
     assert one.closed == 0 and one.observed == observe(first) and one.peak_rss > 0
-    assert watcher.subscribed == {A: "/memnode/proc/200/ns/net",
-                                  B: "/memnode/proc/299/ns/net",
-                                  HOST_INODE: "/memnode/proc/400/ns/net"}
+    assert watcher.subscribed == SUBSCRIBED
     with pytest.raises(ChildFailed, match="the walk failed"):
         sampler.sample()
     three = sampler.sample()
-    assert three.closed == 2
-    assert three.observed == {
-        EdgeKey(10002, "pod:shop/client", "outbound", "tcp", "10.1.0.1", 8080):
-            Seen(1, opened=1, ended=1, evidence="holder"),
-        EdgeKey(10001, WA, "inbound", "tcp", "10.1.0.2", 8080):
-            Seen(1, opened=1, evidence="holder"),
-        EdgeKey(1000, "host", "outbound", "tcp", "10.0.0.5", 5432):
-            Seen(ended=1, evidence="remembered"),
-    }
+    assert three.closed == 2 and three.observed == AFTER_CLOSING
     assert scanner.takes == 3
 
 
