@@ -45,7 +45,10 @@ import synthnode  # noqa: E402
 DEFAULT_DIR = "/tmp/nsnt-bench-cost"
 TERMS = ("namespaces", "sockets", "ns_x_sockets")
 SCALE = {"namespaces": 1e3, "sockets": 1e3, "ns_x_sockets": 1e6}   # coefficients printed per
-FITTED = ("snapshot_wall_s", "snapshot_cpu_s", "agent_cpu_per_sample_s", "agent_rss_mib")
+# agent_rss_mib: the agent between samples; agent_tree_peak_mib: it and its sampling child
+# together (PSS) at their peak -- what the node pays while a sample runs
+FITTED = ("snapshot_wall_s", "snapshot_cpu_s", "agent_cpu_per_sample_s", "agent_rss_mib",
+          "agent_tree_peak_mib")
 
 
 def size_of(text: str) -> tuple[int, int, int]:
@@ -84,7 +87,8 @@ def measure(spec: str, repeat: int, samples: int, base: str) -> dict:
             agent = bench_agent.run_agent(samples, os.path.join(tmp, "h.db"))
         point.update(agent_cpu_per_sample_s=agent["cpu_per_sample_s"],
                      agent_wall_per_sample_s=agent["wall_per_sample_s"],
-                     agent_rss_mib=agent["rss_mib"], agent_peak_rss_mib=agent["peak_rss_mib"])
+                     agent_rss_mib=agent["rss_mib"], agent_peak_rss_mib=agent["peak_rss_mib"],
+                     agent_tree_peak_mib=agent["tree_pss_peak_mib"])
         return point
     finally:
         synthnode.down(base, quiet=True)
@@ -176,7 +180,8 @@ def main() -> int:
         print(f"{spec}: {p['namespaces']} ns, {p['sockets']} sockets, {p['socket_fds']} socket "
               f"fds, {p['processes']} processes: snapshot {p['snapshot_wall_s']:.3f} s wall "
               f"{p['snapshot_cpu_s']:.3f} s CPU; agent {p['agent_cpu_per_sample_s']:.3f} s "
-              f"CPU/sample, RSS {p['agent_rss_mib']:.0f} MiB", flush=True)
+              f"CPU/sample, RSS {p['agent_rss_mib']:.0f} MiB, with its sampling child at most "
+              f"{p['agent_tree_peak_mib']:.0f} MiB", flush=True)
     ns, sockets = (int(x) for x in a.predict.split(":"))
     largest = max(points, key=lambda p: p["sockets"])
     target = {"namespaces": ns, "sockets": sockets,
@@ -187,6 +192,8 @@ def main() -> int:
           f"prediction for {ns} namespaces, {sockets} sockets (~{target['socket_fds']} "
           f"socket fds)")
     for what in FITTED:
+        if not all(what in p for p in points):
+            continue          # points saved before it was measured (--from)
         coef = fit(points, what)
         residuals = [p[what] - predict(coef, p) for p in points]
         doc["fits"][what] = {"c0": coef[0], **{t: c for t, c in zip(TERMS, coef[1:], strict=True)},
@@ -200,7 +207,7 @@ def main() -> int:
         doc["check"] = got
         print(f"\ncheck {a.check}: {got['namespaces']} ns, {got['sockets']} sockets, "
               f"{got['socket_fds']} socket fds")
-        for what in FITTED:
+        for what in doc["fits"]:
             pred = predict([doc["fits"][what]["c0"], *(doc["fits"][what][t] for t in TERMS)], got)
             print(f"  {what:<24} measured {got[what]:9.2f}, the model says {pred:9.2f} "
                   f"({got[what] / pred:.2f}x)")

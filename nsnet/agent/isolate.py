@@ -110,13 +110,16 @@ def run_forked(work: Work, *, stop: threading.Event | None = None,
 
 
 def _receive(sock: socket.socket, pid: int, stop: threading.Event | None, started: float,
-             deadline: float | None) -> tuple[bytes, list[int], bool]:
+             deadline: float | None) -> tuple[bytearray, list[int], bool]:
     """The child's payload and fds, read as they come (a payload larger than the socket's
-    buffer would block a child writing it if we waited for its exit first). Returns
-    (payload, fds, killed for its deadline)."""
-    buf = bytearray()
+    buffer would block a child writing it if we waited for its exit first) into one buffer
+    of the payload's size (pickle reads it in place: no second copy of megabytes). Returns
+    (payload, fds, killed for its deadline); an empty payload: the child did not finish
+    sending it."""
+    header = bytearray()
+    payload: bytearray | None = None
+    got = 0                      # payload bytes in
     fds: list[int] = []
-    want: int | None = None      # header + payload, once the header is in
     nfds = 0
     hurried = False
     while True:
@@ -125,29 +128,32 @@ def _receive(sock: socket.socket, pid: int, stop: threading.Event | None, starte
             _signal(pid, signal.SIGTERM)
         if deadline is not None and time.monotonic() - started > deadline:
             _signal(pid, signal.SIGKILL)
-            return bytes(buf), fds, True
+            return bytearray(), fds, True
+        if payload is not None and got == len(payload) and len(fds) >= nfds:
+            return payload, fds, False
         ready, _, _ = select.select([sock], [], [], _POLL)
         if not ready:
             continue
-        if want is not None and len(buf) >= want:      # payload in: the fds follow
-            if len(fds) >= nfds:
-                return bytes(buf[_HEADER.size:want]), fds, False
-            _, got, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
-            if not got:
-                return b"", fds, False
-            fds.extend(got)
-            continue
-        # never past the payload: a read that reached the next message would take its fds
-        # with it, and a recv() without room for them closes them (unix(7), SCM_RIGHTS)
-        chunk = sock.recv(min(1 << 20, (want if want is not None else _HEADER.size) - len(buf)))
-        if not chunk:          # the child is gone before it said everything
-            return b"", fds, False
-        buf += chunk
-        if want is None and len(buf) >= _HEADER.size:
-            size, nfds = _HEADER.unpack_from(buf)
-            want = _HEADER.size + size
-        if want is not None and len(buf) >= want and nfds == 0:
-            return bytes(buf[_HEADER.size:want]), fds, False
+        if payload is None:
+            # never past what is asked: a read that reached the next message would take its
+            # fds with it, and a recv() without room for them closes them (unix(7))
+            chunk = sock.recv(_HEADER.size - len(header))
+            if not chunk:          # the child is gone before it said anything
+                return bytearray(), fds, False
+            header += chunk
+            if len(header) == _HEADER.size:
+                size, nfds = _HEADER.unpack(header)
+                payload = bytearray(size)
+        elif got < len(payload):
+            n = sock.recv_into(memoryview(payload)[got:], min(1 << 20, len(payload) - got))
+            if not n:
+                return bytearray(), fds, False
+            got += n
+        else:                      # the payload is in: the fds follow
+            _, more, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
+            if not more:
+                return bytearray(), fds, False
+            fds.extend(more)
 
 
 def _child(work: Work, sock: socket.socket) -> None:

@@ -47,11 +47,12 @@ def test_file_descriptors_the_child_opened_are_handed_over():
         pairs = [socket.socketpair() for _ in range(300)]
         for i, (_, far) in enumerate(pairs):
             far.sendall(f"{i}".encode())     # the far end closes when the child exits
-        return len(pairs), [near.detach() for near, _ in pairs]   # open until sent
+        # a payload larger than the socketpair's buffer before them
+        return (len(pairs), b"y" * (5 << 20)), [near.detach() for near, _ in pairs]
 
     before = len(os.listdir("/proc/self/fd"))
     done = run_forked(work)
-    assert done.value == 300 and len(done.fds) == 300
+    assert done.value == (300, b"y" * (5 << 20)) and len(done.fds) == 300
     for i, fd in enumerate(done.fds):       # the very sockets, in order
         with socket.socket(fileno=fd) as s:
             assert s.recv(16) == f"{i}".encode() and s.recv(16) == b""
