@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
-import pickle
 import re
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -645,6 +643,9 @@ class PackedSockets(Sequence[Socket]):
     @staticmethod
     def pack(sockets: Sequence[Socket], per_chunk: int = 2048,
              in_view_order: bool = False) -> PackedSockets:
+        import pickle  # the agent's only: not on every command's start-up
+        import zlib
+
         chunks = tuple(zlib.compress(pickle.dumps(list(sockets[i:i + per_chunk]),
                                                   protocol=pickle.HIGHEST_PROTOCOL), 1)
                        for i in range(0, len(sockets), per_chunk))
@@ -654,6 +655,9 @@ class PackedSockets(Sequence[Socket]):
         return self.length
 
     def __iter__(self) -> Iterator[Socket]:
+        import pickle
+        import zlib
+
         for chunk in self.chunks:
             yield from pickle.loads(zlib.decompress(chunk))
 
