@@ -53,6 +53,7 @@ class Finished:
     did: its pickling and compression included)."""
     value: Any
     fds: tuple[int, ...]     # file descriptors the child handed over, now the caller's
+    #                          (fewer than it sent when our fd table was full)
     cpu: float               # seconds of CPU, user and system
     peak_rss: int            # bytes: the child's peak resident size (pages shared with the
     #                          parent that it touched included)
@@ -82,11 +83,18 @@ def run_forked(work: Work, *, stop: threading.Event | None = None,
         parent_end.close()
         _child(work, child_end)
     child_end.close()
+    broken: OSError | None = None
     try:
         data, fds, late = _receive(parent_end, pid, stop, started, deadline)
+    except OSError as exc:     # our side of the socketpair failed: the child cannot finish
+        _signal(pid, signal.SIGKILL)
+        data, fds, late, broken = bytearray(), [], False, exc
     finally:
         parent_end.close()
-    _, status, usage = os.wait4(pid, 0)
+    _, status, usage = os.wait4(pid, 0)    # always reaped: no zombie per failed sample
+    if broken is not None:
+        raise ChildFailed(f"cannot read what the {what} process sent: "
+                          f"{broken.strerror or broken}") from broken
     wall = time.monotonic() - started
     cpu = usage.ru_utime + usage.ru_stime
     if late:
@@ -109,51 +117,67 @@ def run_forked(work: Work, *, stop: threading.Event | None = None,
     return Finished(value, tuple(fds), cpu, usage.ru_maxrss * 1024, wall)
 
 
+class _Answer:
+    """What the child sends, as it comes in: the header (payload size, fds to follow), the
+    payload into one buffer of its size (pickle reads it in place: no second copy of
+    megabytes), then the fds."""
+
+    def __init__(self) -> None:
+        self.header = bytearray()
+        self.payload: bytearray | None = None
+        self.got = 0                 # payload bytes in
+        self.fds: list[int] = []
+        self.nfds = 0
+        self.truncated = False       # fds dropped by the kernel: our fd table is full
+
+    def complete(self) -> bool:
+        return self.payload is not None and self.got == len(self.payload) and \
+            (len(self.fds) >= self.nfds or self.truncated)
+
+    def read(self, sock: socket.socket) -> bool:
+        """One read from a readable socket; False: the child closed it early."""
+        if self.payload is None:
+            # never past what is asked: a read that reached the next message would take its
+            # fds with it, and a recv() without room for them closes them (unix(7))
+            chunk = sock.recv(_HEADER.size - len(self.header))
+            self.header += chunk
+            if len(self.header) == _HEADER.size:
+                size, self.nfds = _HEADER.unpack(self.header)
+                self.payload = bytearray(size)
+            return bool(chunk)
+        if self.got < len(self.payload):
+            n = sock.recv_into(memoryview(self.payload)[self.got:],
+                               min(1 << 20, len(self.payload) - self.got))
+            self.got += n
+            return bool(n)
+        _, more, flags, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
+        self.fds.extend(more)
+        # a full fd table: the kernel dropped the fds that did not fit (unix(7), MSG_CTRUNC);
+        # the result stands with those that came (the caller counts them)
+        self.truncated = bool(flags & socket.MSG_CTRUNC)
+        return bool(more) or self.truncated
+
+
 def _receive(sock: socket.socket, pid: int, stop: threading.Event | None, started: float,
              deadline: float | None) -> tuple[bytearray, list[int], bool]:
     """The child's payload and fds, read as they come (a payload larger than the socket's
-    buffer would block a child writing it if we waited for its exit first) into one buffer
-    of the payload's size (pickle reads it in place: no second copy of megabytes). Returns
+    buffer would block a child writing it if we waited for its exit first). Returns
     (payload, fds, killed for its deadline); an empty payload: the child did not finish
     sending it."""
-    header = bytearray()
-    payload: bytearray | None = None
-    got = 0                      # payload bytes in
-    fds: list[int] = []
-    nfds = 0
+    answer = _Answer()
     hurried = False
-    while True:
+    while not answer.complete():
         if stop is not None and stop.is_set() and not hurried:
             hurried = True
             _signal(pid, signal.SIGTERM)
         if deadline is not None and time.monotonic() - started > deadline:
             _signal(pid, signal.SIGKILL)
-            return bytearray(), fds, True
-        if payload is not None and got == len(payload) and len(fds) >= nfds:
-            return payload, fds, False
+            return bytearray(), answer.fds, True
         ready, _, _ = select.select([sock], [], [], _POLL)
-        if not ready:
-            continue
-        if payload is None:
-            # never past what is asked: a read that reached the next message would take its
-            # fds with it, and a recv() without room for them closes them (unix(7))
-            chunk = sock.recv(_HEADER.size - len(header))
-            if not chunk:          # the child is gone before it said anything
-                return bytearray(), fds, False
-            header += chunk
-            if len(header) == _HEADER.size:
-                size, nfds = _HEADER.unpack(header)
-                payload = bytearray(size)
-        elif got < len(payload):
-            n = sock.recv_into(memoryview(payload)[got:], min(1 << 20, len(payload) - got))
-            if not n:
-                return bytearray(), fds, False
-            got += n
-        else:                      # the payload is in: the fds follow
-            _, more, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
-            if not more:
-                return bytearray(), fds, False
-            fds.extend(more)
+        if ready and not answer.read(sock):
+            return bytearray(), answer.fds, False
+    assert answer.payload is not None
+    return answer.payload, answer.fds, False
 
 
 def _child(work: Work, sock: socket.socket) -> None:

@@ -314,8 +314,17 @@ class ForkedSampler:
         self.undelivered = []
         if kept is not None:
             kept.prune(set(outcome.kept))       # what the child closed: gone namespaces
-            for inode, fd in zip(outcome.handed, done.fds, strict=True):
-                kept.adopt(inode, fd)
+            if len(done.fds) == len(outcome.handed):
+                for inode, fd in zip(outcome.handed, done.fds, strict=True):
+                    kept.adopt(inode, fd)
+            else:    # some were dropped on the way (our fd table is full): which is which?
+                for fd in done.fds:
+                    os.close(fd)
+                sampler.say_once(
+                    f"kept sock_diag sockets: {len(outcome.handed) - len(done.fds)} of the "
+                    f"{len(outcome.handed)} a sample opened were lost on the way to the agent "
+                    "(out of file descriptors: raise RLIMIT_NOFILE); those namespaces are "
+                    "entered again at the next sample")
         self.packed_memory = outcome.memory
         for line in outcome.said:
             sampler.say_once(line)

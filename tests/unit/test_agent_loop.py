@@ -935,3 +935,46 @@ def test_the_agents_cpu_counts_its_sampling_children():
     assert before.user + before.system + children - 0.02 <= total
     assert total <= after.user + after.system + children + 0.02
     agent.close()
+
+
+def test_sock_diag_sockets_lost_on_the_way_to_a_full_fd_table_are_said_not_fatal():
+    """A sampling child hands the agent the per-namespace sockets it opened; when the agent's
+    fd table is full the kernel drops some (MSG_CTRUNC): the sample stands, the agent keeps
+    none of that batch (it cannot tell which is which) and says so once."""
+    import resource
+    import socket
+
+    from nsnet.sources import DiagSockets
+
+    class Opening(FixedScanner):
+        def __init__(self, items):
+            super().__init__(items)
+            self.pool = DiagSockets(limit=10_000)
+
+        def kept(self) -> DiagSockets:
+            return self.pool
+
+        def take(self, pace=None) -> Snapshot:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the child's own room
+            for i in range(60):
+                near, far = socket.socketpair()
+                far.close()
+                self.pool.put(4026540000 + i, near)
+            return super().take(pace)
+
+    err = io.StringIO()
+    scanner = Opening([tenants()] * 2)
+    agent = Agent(options(), err, scanner=scanner)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (before + 25, hard))
+    try:
+        agent.step()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert agent.status()["samples"] == 1 and len(scanner.pool) == 0
+    assert "were lost on the way to the agent (out of file descriptors" in err.getvalue()
+    assert len(os.listdir("/proc/self/fd")) == before
+    agent.step()             # room again: the next child's sockets are kept
+    assert len(scanner.pool) == 60 and err.getvalue().count("lost on the way") == 1
+    agent.close()

@@ -3,6 +3,7 @@ Real forks, real signals, real file descriptors (no root needed)."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import threading
 import time
@@ -117,4 +118,32 @@ def test_fds_of_a_failed_child_are_not_leaked():
     before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(ChildFailed):
         run_forked(work)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def lowered_fd_limit(room: int):
+    """RLIMIT_NOFILE's soft limit set to what is open now + room (restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + room, hard))
+    return soft, hard
+
+
+def test_fds_that_do_not_fit_in_a_full_fd_table_are_counted_not_fatal():
+    """The kernel drops the fds a receiver has no room for (MSG_CTRUNC): the result stands,
+    with the fds that came."""
+    def work(hurry):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the child's own room
+        pairs = [socket.socketpair() for _ in range(60)]
+        return "the result", [a.detach() for a, _ in pairs]
+
+    before = len(os.listdir("/proc/self/fd"))
+    soft, hard = lowered_fd_limit(20)
+    try:
+        done = run_forked(work)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert done.value == "the result" and 0 < len(done.fds) < 60
+    for fd in done.fds:
+        os.close(fd)
     assert len(os.listdir("/proc/self/fd")) == before
