@@ -544,10 +544,10 @@ class _Handler(BaseHTTPRequestHandler):
         # for it (Accept), gzip when it accepts that (a scrape of 5,000 series is ~3.6 MB of
         # text, ~14x less gzipped), only the families of name[] when given
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        registry = self.agent.metrics.registry
+        metrics = self.agent.metrics
         with self.agent.rendering:
-            data = encoder(registry.restricted_registry(query["name[]"]) if "name[]" in query
-                           else registry)
+            data = encoder(metrics.registry.restricted_registry(query["name[]"])) \
+                if "name[]" in query else metrics.render(encoder, content_type)
         headers: tuple[tuple[str, str], ...] = ()
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
             data, headers = gzip.compress(data, compresslevel=6), (("Content-Encoding", "gzip"),)

@@ -619,7 +619,7 @@ def test_a_burst_of_scrapes_renders_two_at_a_time():
 
     agent, server, base = limited()
     slow = Slow()
-    agent.metrics.registry.register(slow)
+    agent.metrics.own.register(slow)      # what is rendered at each scrape
     try:
         agent.step()
         codes: list[int] = []
@@ -977,4 +977,44 @@ def test_sock_diag_sockets_lost_on_the_way_to_a_full_fd_table_are_said_not_fatal
     assert len(os.listdir("/proc/self/fd")) == before
     agent.step()             # room again: the next child's sockets are kept
     assert len(scanner.pool) == 60 and err.getvalue().count("lost on the way") == 1
+    agent.close()
+
+
+def test_the_per_sample_series_are_formatted_once_per_sample_and_format():
+    """/metrics: the edge and address families are formatted once per sample and format
+    (a burst of scrapes, two Prometheus replicas), the agent's own series at each scrape --
+    the same exposition as the whole registry's, in text and OpenMetrics."""
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    agent = Agent(options(), io.StringIO(),
+                  scanner=FixedScanner([tenants(8080, 2, host_time_wait=True, pod=True),
+                                        tenants(9090)]))
+    agent.step()
+    metrics = agent.metrics
+    steady = ("process_", "nsnet_http_")     # values that move between two renders
+
+    def families(text: str, parse) -> dict:
+        return {f.name: sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                               for s in f.samples if not s.name.startswith(steady))
+                for f in parse(text)}
+
+    for accept, parse in (("text/plain", text_string_to_metric_families),
+                          ("application/openmetrics-text; version=1.0.0", om_parse)):
+        encoder, content_type = choose_encoder(accept)
+        before = metrics.per_sample_renders
+        first = metrics.render(encoder, content_type)
+        again = metrics.render(encoder, content_type)
+        assert metrics.per_sample_renders == before + 1
+        whole = encoder(metrics.registry).decode()
+        assert families(first.decode(), parse) == families(whole, parse)
+        assert families(again.decode(), parse) == families(whole, parse)
+        assert "nsnet_edge_connections" in families(whole, parse)
+        if "openmetrics" in content_type:
+            assert first.decode().count("# EOF") == 1 and first.endswith(b"# EOF\n")
+    agent.step()                                 # a new sample: formatted anew
+    encoder, content_type = choose_encoder("text/plain")
+    before = metrics.per_sample_renders
+    text = metrics.render(encoder, content_type).decode()
+    assert metrics.per_sample_renders == before + 1 and 'port="9090"' in text
     agent.close()
