@@ -558,7 +558,11 @@ class _Handler(BaseHTTPRequestHandler):
         if view not in VIEWS:
             self._send(HTTPStatus.BAD_REQUEST, {"error": f"unknown view; one of {', '.join(VIEWS)}"})
             return
-        data = self.agent.document_bytes(view)
+        try:
+            data = self.agent.document_bytes(view)
+        except NsnetError as exc:     # its child failed (killed, out of time): said, not kept
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
         if data is None:
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no sample yet"})
         else:

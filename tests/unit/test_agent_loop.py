@@ -1018,3 +1018,26 @@ def test_the_per_sample_series_are_formatted_once_per_sample_and_format():
     text = metrics.render(encoder, content_type).decode()
     assert metrics.per_sample_renders == before + 1 and 'port="9090"' in text
     agent.close()
+
+
+def test_an_answer_whose_child_fails_is_a_503_with_its_reason(served, monkeypatch):
+    """The child that builds an answer is killed (the OOM killer): the client gets a 503
+    saying so, the agent goes on, and the next request builds it again."""
+    agent, base = served
+    agent.step()
+    real = serve_module.encode
+
+    def dying(doc, piece_size=1 << 16, gzipped=False):
+        if gzipped:                      # in the answer's child
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(doc, piece_size, gzipped)
+
+    monkeypatch.setattr(serve_module, "encode", dying)
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        NO_PROXY.open(base + "/api/v1/snapshot?view=by-user", timeout=30)
+    assert failed.value.code == 503
+    assert json.loads(failed.value.read()) == {
+        "error": "the answer process was killed by SIGKILL (out of memory?)"}
+    monkeypatch.setattr(serve_module, "encode", real)
+    assert json.loads(NO_PROXY.open(base + "/api/v1/snapshot?view=by-user",
+                                    timeout=30).read())["view"] == "by-user"
