@@ -13,6 +13,7 @@ import operator
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import cast
 
 # ----------------------------------------------------------------------- namespace keys
 
@@ -631,6 +632,22 @@ class Stats:
             [f"{self.malformed_lines} malformed /proc/net line(s) skipped"] if self.malformed_lines else [])
 
 
+def pack(value: object) -> bytes:
+    """A value as the agent keeps it between samples: pickled and compressed (a snapshot of
+    13k sockets: 4.1 MB pickled, 0.35 MB so; as objects, 11 MB)."""
+    import pickle  # the agent's only: not on every command's start-up
+    import zlib
+
+    return zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack(data: bytes) -> object:
+    import pickle
+    import zlib
+
+    return pickle.loads(zlib.decompress(data))
+
+
 class PackedSockets(Sequence[Socket]):
     """A snapshot's sockets kept packed, a chunk of them per zlib-compressed pickle (the agent
     keeps its latest snapshot so between samples): iterating unpacks one chunk at a time, so
@@ -643,11 +660,7 @@ class PackedSockets(Sequence[Socket]):
     @staticmethod
     def pack(sockets: Sequence[Socket], per_chunk: int = 2048,
              in_view_order: bool = False) -> PackedSockets:
-        import pickle  # the agent's only: not on every command's start-up
-        import zlib
-
-        chunks = tuple(zlib.compress(pickle.dumps(list(sockets[i:i + per_chunk]),
-                                                  protocol=pickle.HIGHEST_PROTOCOL), 1)
+        chunks = tuple(pack(list(sockets[i:i + per_chunk]))
                        for i in range(0, len(sockets), per_chunk))
         return PackedSockets(chunks, len(sockets), in_view_order)
 
@@ -655,11 +668,8 @@ class PackedSockets(Sequence[Socket]):
         return self.length
 
     def __iter__(self) -> Iterator[Socket]:
-        import pickle
-        import zlib
-
         for chunk in self.chunks:
-            yield from pickle.loads(zlib.decompress(chunk))
+            yield from cast(list[Socket], unpack(chunk))
 
     def __getitem__(self, index):
         return list(self)[index]   # whole: nothing indexes a snapshot's sockets in a hot path

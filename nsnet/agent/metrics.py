@@ -333,7 +333,8 @@ class AgentMetrics:
                           self.http_unauthorized, build, process):
             self.own.register(collector)
         self._sample_key = (lambda: (version(), samples())) if version and samples else None
-        self._rendered: dict[str, tuple[object, bytes]] = {}
+        self._rendered_for: object = None       # the sample the formats below are of
+        self._rendered: dict[str, bytes] = {}    # content type -> the per-sample families
         self._render_lock = threading.Lock()
         self.per_sample_renders = 0     # how often the per-sample families were formatted
 
@@ -346,16 +347,15 @@ class AgentMetrics:
             return encoder(self.registry)
         key = self._sample_key()
         with self._render_lock:
-            cached = self._rendered.get(content_type)
-            if cached is None or cached[0] != key:
-                text = encoder(self._per_sample)
+            if self._rendered_for != key:          # a new sample: every format anew
+                self._rendered_for, self._rendered = key, {}
+            text = self._rendered.get(content_type)
+            if text is None:
                 # OpenMetrics ends the exposition with "# EOF": once, after the live part
-                text = text.removesuffix(b"# EOF\n")
-                if any(k != key for k, _ in self._rendered.values()):
-                    self._rendered = {}
-                self._rendered[content_type] = cached = (key, text)
+                text = encoder(self._per_sample).removesuffix(b"# EOF\n")
+                self._rendered[content_type] = text
                 self.per_sample_renders += 1
-        return cached[1] + encoder(self.own)
+        return text + encoder(self.own)
 
     def dropped_events(self, total: int) -> None:
         """The watcher's count of lost destroy events so far, as the counter's increase."""

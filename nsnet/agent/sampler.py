@@ -6,17 +6,15 @@ Snapshots and subscriptions run on the caller's thread, which must be the main t
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol, cast
 
 from .. import views
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
-from ..model import TRAFFIC, PackedSockets, Snapshot, Socket, Stats
+from ..model import TRAFFIC, PackedSockets, Snapshot, Socket, Stats, pack, unpack
 from ..options import SamplingOptions, SnapshotOptions
 from ..snapshot import Pace, Snapshotter
 from ..sources import DiagSockets
@@ -39,16 +37,6 @@ class Scanner(Protocol):
         """What it keeps open between snapshots (chosen now if not yet), or None."""
 
     def close(self) -> None: ...
-
-
-def pack(value: object) -> bytes:
-    """A value as the agent keeps it between samples: pickled and compressed (a snapshot of
-    13k sockets: 4.1 MB pickled, 0.35 MB so; as objects, 11 MB)."""
-    return zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
-
-
-def unpack(data: bytes) -> object:
-    return pickle.loads(zlib.decompress(data))
 
 
 AddressRow = tuple[str, ...]
