@@ -25,6 +25,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .lazyre import LazyPattern
 from .sockdiag import (
     NLA_TYPE_MASK,
     NLM_F_DUMP,
@@ -164,8 +165,8 @@ _LINE_BODY = (
     rb"|(?!sport=))())"
     rb"|([^\n]++))"
 )
-_LINE = re.compile(rb"\n" + _LINE_BODY)
-_FIRST = re.compile(_LINE_BODY)     # the first line has no newline before it
+_LINE = LazyPattern(rb"\n" + _LINE_BODY)
+_FIRST = LazyPattern(_LINE_BODY)     # the first line has no newline before it
 _PROTO_TEXT = {name.encode(): name for name in PROTO_NAMES.values()}
 
 
@@ -178,10 +179,10 @@ def parse_proc_conntrack(data: bytes | bytearray) -> Translations:
     if end < len(data):
         res.malformed += 1
     res.seen = data.count(b"\n", 0, end)
-    first = _FIRST.match(data, 0, end)
+    first = _FIRST.compiled.match(data, 0, end)
     if first is not None:
         _collect((first,), res)
-    _collect(_LINE.finditer(data, 0, end), res)
+    _collect(_LINE.compiled.finditer(data, 0, end), res)
     return res
 
 

@@ -20,16 +20,17 @@ rejecting it keeps hostile text out of every later table and error line.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
+
+from .lazyre import LazyPattern
 
 _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"  # RFC 1123 label
 _SUBDOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _UID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}"  # 32: static pods
-_LABEL_RE = re.compile(_LABEL)
-_SUBDOMAIN_RE = re.compile(_SUBDOMAIN)
-_UID_RE = re.compile(_UID)
-_CONTAINER_ID_RE = re.compile(r"[0-9a-f]{64}")
+_LABEL_RE = LazyPattern(_LABEL)
+_SUBDOMAIN_RE = LazyPattern(_SUBDOMAIN)
+_UID_RE = LazyPattern(_UID)
+_CONTAINER_ID_RE = LazyPattern(r"[0-9a-f]{64}")
 _MAX_SUBDOMAIN = 253
 
 

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .lazyre import LazyPattern
 from .model import (
     TIMERS,
     PacketInfo,
@@ -68,7 +69,7 @@ class ParseResult:
 
 _addr_cache: dict[bytes, str] = {}
 # "%08X" (IPv4) or four of them (IPv6): int(x, 16) alone would also take "-1F", "0x1F", "1_F".
-_HEX_ADDRESS = re.compile(rb"(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{32})\Z")
+_HEX_ADDRESS = LazyPattern(rb"(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{32})\Z")
 
 
 def decode_address(hexaddr: bytes) -> str:
@@ -112,8 +113,8 @@ def _complete_lines(data: bytes, result: ParseResult) -> list[bytes]:
 _H = rb"[0-9A-Fa-f]"
 
 
-def _inet_line(queues: bytes) -> re.Pattern[bytes]:
-    return re.compile(
+def _inet_line(queues: bytes) -> LazyPattern[bytes]:
+    return LazyPattern(
         rb" *[0-9]+: (" + _H + rb"{8}|" + _H + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{8}|"
         + _H + rb"{32}):(" + _H + rb"{4}) (" + _H + rb"{2}) " + queues + rb" +([0-9]+) "
         rb"+-?[0-9]+ +([0-9]+) +-?[0-9]+ +" + _H + rb"+(?: |\Z)")
@@ -139,7 +140,7 @@ def parse_inet(data: bytes, name: str) -> ParseResult:
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     result = ParseResult()
     append = result.sockets.append
-    match = _INET_LINE.match
+    match = _INET_LINE.compiled.match
     cache = _addr_cache
     for line in _complete_lines(data, result):
         m = match(line)
@@ -164,8 +165,9 @@ def _parse_inet_queues(data: bytes, name: str) -> ParseResult:
     proto, family = INET_FILES[name]
     states = TCP_STATES if proto == "tcp" else DGRAM_STATES
     result = ParseResult()
+    match = _INET_LINE_QUEUES.compiled.match
     for line in _complete_lines(data, result):
-        m = _INET_LINE_QUEUES.match(line)
+        m = match(line)
         state = states.get(int(m.group(5), 16)) if m else None
         timer = TIMERS.get(int(m.group(8), 16)) if m else None
         if m is None or state is None or timer is None:
@@ -185,13 +187,13 @@ def _parse_inet_queues(data: bytes, name: str) -> ParseResult:
 
 
 # "%pK: %08X %08X %08X %04X %02X %5lu" then " <path>" when bound (fs/unix/af_unix.c).
-_UNIX_ENTRY = re.compile(
+_UNIX_ENTRY = LazyPattern(
     rb"([0-9a-fA-F]+): ([0-9A-Fa-f]{8}) ([0-9A-Fa-f]{8}) ([0-9A-Fa-f]{8}) ([0-9A-Fa-f]{4}) "
     rb"([0-9A-Fa-f]{2}) +([0-9]+)(?: (.*))?\Z", re.DOTALL)
 # unix_seq_show prints at most the whole sun_path: 108 bytes, an abstract name's leading NUL
 # as '@'. A line that starts within that many bytes of a name's start may be part of it.
 UNIX_NAME_MAX = 108
-_UNIX_ENTRY_START = re.compile(rb"[0-9a-fA-F]+: [0-9A-Fa-f]{8} ")
+_UNIX_ENTRY_START = LazyPattern(rb"[0-9a-fA-F]+: [0-9A-Fa-f]{8} ")
 
 
 def parse_unix(data: bytes) -> ParseResult:
@@ -219,8 +221,9 @@ def parse_unix(data: bytes) -> ParseResult:
     offset = header_end + 1
     lines = body[offset:].split(b"\n")
     last = len(lines) - 1
+    entry_match = _UNIX_ENTRY.compiled.match
     for i, line in enumerate(lines):
-        m = _UNIX_ENTRY.match(line)
+        m = entry_match(line)
         if m is not None or (i == last and not complete and _UNIX_ENTRY_START.match(line)):
             name_at = offset + m.start(8) if m is not None and m.group(8) is not None else -1
             entries.append([offset, line, name_at])
@@ -234,7 +237,7 @@ def parse_unix(data: bytes) -> ParseResult:
         result.bad(entries.pop()[1])    # cut short by a truncated read
     horizon = -1     # entries starting before this offset may be inside an earlier name
     for start, entry, name_at in entries:
-        m = _UNIX_ENTRY.match(entry)
+        m = entry_match(entry)
         type_ = UNIX_TYPES.get(int(m.group(5), 16)) if m else None
         if m is None or type_ is None:
             result.bad(entry)
@@ -254,12 +257,12 @@ def parse_unix(data: bytes) -> ParseResult:
 
 # packet_seq_show: "%pK %-6d %-4d %04x   %-5d %1d %-6u %-6u %-8lu": sk, refcount, type,
 # protocol (host order), ifindex, running, rmem, uid, inode.
-_PACKET_LINE = re.compile(
+_PACKET_LINE = LazyPattern(
     rb"[0-9a-fA-F]+ +-?[0-9]+ +([0-9]+) +([0-9a-fA-F]{4}) +(-?[0-9]+) +[01] +[0-9]+ +([0-9]+) "
     rb"+([0-9]+) *\Z")
 # netlink_seq_show: "%pK %-3d %-10u %08x %-8d %-8d %-5d %-8d %-8u %-8lu": sk, protocol,
 # portid, first 32 groups, rmem, wmem, dump running, refcount, drops, inode.
-_NETLINK_LINE = re.compile(
+_NETLINK_LINE = LazyPattern(
     rb"[0-9a-fA-F]+ +([0-9]+) +([0-9]+) +([0-9a-fA-F]{8}) +-?[0-9]+ +-?[0-9]+ +-?[0-9]+ "
     rb"+-?[0-9]+ +[0-9]+ +([0-9]+) *\Z")
 
@@ -267,8 +270,9 @@ _NETLINK_LINE = re.compile(
 def parse_packet(data: bytes) -> ParseResult:
     """Parse /proc/net/packet. Interfaces come as indexes: named later (name_interfaces)."""
     result = ParseResult()
+    match = _PACKET_LINE.compiled.match
     for line in _complete_lines(data, result):
-        m = _PACKET_LINE.match(line)
+        m = match(line)
         type_ = PACKET_TYPES.get(int(m.group(1))) if m else None
         if m is None or type_ is None or int(m.group(3)) < -1:
             if line.strip():
@@ -282,8 +286,9 @@ def parse_packet(data: bytes) -> ParseResult:
 def parse_netlink(data: bytes) -> ParseResult:
     """Parse /proc/net/netlink."""
     result = ParseResult()
+    match = _NETLINK_LINE.compiled.match
     for line in _complete_lines(data, result):
-        m = _NETLINK_LINE.match(line)
+        m = match(line)
         if m is None:
             if line.strip():
                 result.bad(line)
