@@ -17,6 +17,10 @@ the same run, each --repeat times, interleaved, median reported:
                (one pid per network namespace; the pids are integers this script collected)
   bare         bench/bare_read.c compiled with cc -O2 at run time: the same fd links, ns stats and
                net files read with no parsing (falls back to an equivalent Python reader without cc)
+  bare diag    bench/bare_diag.c (when a source other than proc is measured, and cc is there): the
+               same fd links and ns stats, then each namespace's sock_diag dumps (TCP of both
+               families in one request, UDP, unix) read with no parsing: the floor under
+               netlink/auto, with 1 thread and with nsnet's reader threads
 
 and prints the ratios `ss loop / nsnet` (target >= 10x) and `nsnet / bare` (target <= 1.3x) with
 the node's size. The node is torn down at the end unless --keep-node. Run as root.
@@ -133,7 +137,7 @@ class Bare:
 
     def __init__(self, force_python: bool = False):
         self.tmp = tempfile.mkdtemp(prefix="nsnt-bench-bare-")
-        self.exe = None
+        self.exe = self.diag_exe = None
         self.note = "Python (--bare-python)"
         cc = None if force_python else shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         if cc:
@@ -145,6 +149,11 @@ class Bare:
                 self.note = f"C ({os.path.basename(cc)} -O2)"
             else:
                 self.note = f"Python fallback ({cc} failed: {r.stderr.strip()[:200]})"
+            diag = os.path.join(self.tmp, "bare_diag")
+            r = subprocess.run([cc, "-O2", "-pthread", "-o", diag,
+                                os.path.join(BENCH_DIR, "bare_diag.c")], capture_output=True,
+                               text=True)
+            self.diag_exe = diag if r.returncode == 0 else None
         elif not force_python:
             self.note = "Python fallback (no C compiler found)"
 
@@ -153,6 +162,14 @@ class Bare:
             return python_bare_read()   # sequential only
         r = subprocess.run([self.exe, "/proc", str(threads)], capture_output=True, text=True,
                            check=True)
+        return json.loads(r.stdout)
+
+    def run_diag(self, threads: int = 1) -> dict | None:
+        """bare_diag.c's run, None without a compiler (there is no Python stand-in)."""
+        if self.diag_exe is None:
+            return None
+        r = subprocess.run([self.diag_exe, "/proc", str(threads)], capture_output=True,
+                           text=True, check=True)
         return json.loads(r.stdout)
 
     def close(self) -> None:
@@ -402,7 +419,9 @@ def main() -> int:
         threads = default_threads() if snapshot else 1
         srcs = [x for x in a.sources.split(",") if x]
         res: dict[str, list] = {"nsnet": [], "nsnet_cli": [], "ss_loop": [], "bare": [],
-                                "bare_threads": []}
+                                "bare_threads": [], "bare_diag": [], "bare_diag_threads": []}
+        diag_runs: list[dict] = []
+        with_diag = any(src != "proc" for src in a.sources.split(",") if src)
         for src in srcs:
             if src != "proc":
                 res[f"nsnet_{src}"] = []
@@ -420,6 +439,12 @@ def main() -> int:
             res["bare"].append(b["elapsed"])
             if threads > 1 and bare.exe:
                 res["bare_threads"].append(bare.run(threads)["elapsed"])
+            d = bare.run_diag() if with_diag else None
+            if d is not None:
+                diag_runs.append(d)
+                res["bare_diag"].append(d["elapsed"])
+                if threads > 1:
+                    res["bare_diag_threads"].append(bare.run_diag(threads)["elapsed"])
             if snapshot:
                 for src in srcs:
                     if src == "proc":
@@ -485,6 +510,8 @@ def main() -> int:
                 t = med[f"nsnet_{src}"]
                 ratios[f"bare_over_{src}"] = med["bare"] / t if med["bare"] else None
                 ratios[f"ss_loop_over_{src}"] = med["ss_loop"] / t if med["ss_loop"] else None
+                diag = med["bare_diag_threads"] or med["bare_diag"]
+                ratios[f"{src}_over_bare_diag_same_threads"] = t / diag if diag else None
         for t in trees.values():
             t["median_s"] = {src: median(v) for src, v in t["runs_s"].items()}
             t["cpu_median_s"] = {src: median(v) for src, v in t["cpu_runs_s"].items()}
@@ -497,7 +524,11 @@ def main() -> int:
                 ratios[f"current_over_baseline_cpu_{src}"] = cur / base if cur and base else None
         doc = {
             "node": {"params": state["params"], "reused": reused, "size": size,
-                     "bare_phases_s": {"fd_walk": b["fd_walk"], "net_read": b["net_read"]}},
+                     "bare_phases_s": {"fd_walk": b["fd_walk"], "net_read": b["net_read"]},
+                     "bare_diag_phases_s": ({"fd_walk": diag_runs[-1]["fd_walk"],
+                                             "diag": diag_runs[-1]["diag"],
+                                             "sockets": diag_runs[-1]["sockets"]}
+                                            if diag_runs else None)},
             "repeat": a.repeat, "runs_s": res, "median_s": med, "ratios": ratios,
             "targets": {"ss_loop_over_nsnet": ">= 10", "nsnet_over_bare": "<= 1.3"},
             "nsnet_threads": threads, "nsnet_snapshot": snap_info, "nsnet_error": nsnet_err or None,
@@ -545,6 +576,11 @@ def print_table(doc: dict) -> None:
         (f"bare: the same with {doc['nsnet_threads']} threads sharing the table reads",
          m["bare_threads"]),
     ]
+    if m.get("bare_diag"):
+        rows += [("bare diag: fd links, then sock_diag dumps, no parsing, 1 thread",
+                  m["bare_diag"]),
+                 (f"bare diag: the same with {doc['nsnet_threads']} threads sharing the dumps",
+                  m["bare_diag_threads"])]
     for key, v in m.items():
         if key.startswith("nsnet_") and key != "nsnet_cli":
             src = key[len("nsnet_"):]
@@ -569,6 +605,15 @@ def print_table(doc: dict) -> None:
             ss_ratio = r.get(f"ss_loop_over_{src}")
             print(f"source {src}: {v:.2f}x faster than the bare /proc cost (1 thread)"
                   + (f", {ss_ratio:.1f}x faster than the ss loop" if ss_ratio else ""))
+    for key, v in r.items():
+        if key.endswith("_over_bare_diag_same_threads") and v:
+            src = key[:-len("_over_bare_diag_same_threads")]
+            print(f"source {src} / bare diag, same threads: {v:.2f}x  (the sock_diag floor: "
+                  "what parsing, joining and Python add to the kernel's work)")
+    ph = doc["node"].get("bare_diag_phases_s")
+    if ph:
+        print(f"bare diag phases (1 thread): fd links + ns stats {ph['fd_walk']:.3f} s, "
+              f"sock_diag dumps {ph['diag']:.3f} s ({ph['sockets']} sockets)")
     if r["nsnet_cli_over_bare"]:
         print(f"nsnet CLI / bare: {r['nsnet_cli_over_bare']:.2f}x  (includes interpreter start-up and JSON)")
     if "baseline" in doc:
