@@ -328,7 +328,11 @@ def _command_epilog(name: str) -> Callable[[], str]:
     return epilog
 
 
-def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str] = os.environ,
+                 only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only` (the command being run), that command alone:
+    every parser costs argparse's gettext lookups and a formatter, and a command's start
+    paid for all eleven."""
     common, reading = _common(env)
     parser = _Parser(prog="nsnet", description="Every network namespace on this machine, "
                      "its sockets, and the pids and users behind them. Without a command: "
@@ -338,40 +342,63 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     parser.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    def command(name: str, help_text: str, reads_node: bool = True) -> argparse.ArgumentParser:
+    for name, help_text, reads_node, add_options in _commands(env):
+        if only is not None and name != only:
+            continue
         made: _Parser = sub.add_parser(
             name, parents=[common, reading] if reads_node else [common], help=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter)
         made.epilog_of = _command_epilog(name)
-        return made
+        add_options(made)
+    return parser
 
-    command("summary", "the node at a glance: one line per namespace (the default)")
 
-    command("by-namespace", "every namespace: processes, listeners, connections").add_argument(
-        "--netns", metavar="NAME|INODE",
-        help="only this namespace (its name as shown: host, pod:NS/NAME, netns:PIN; or its inode)")
-    _history_options(command("by-user", "the dependency view: who talks to whom"), env,
-                     "from the agent's history (--db) instead of a live snapshot: edges seen "
-                     "in the last AGE (30m, 24h, 7d)")
-    _history_options(command("deps", "dependency edges: user/pod -> service, live or from "
-                                     "history"), env,
-                     "edges seen in the last AGE (30m, 24h, 7d); needs --db")
-    graph = command("graph", "the dependency map: Graphviz dot, Mermaid, or an SVG/PNG")
-    graph.add_argument("--format", choices=GRAPH_FORMATS, default="dot",
+def _no_options(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _commands(env: Mapping[str, str]
+              ) -> list[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None]]]:
+    """Each command: its name, its help line, whether it reads the node (the snapshot's
+    options), and what adds its own options."""
+    def by_namespace(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--netns", metavar="NAME|INODE",
+                       help="only this namespace (its name as shown: host, pod:NS/NAME, "
+                            "netns:PIN; or its inode)")
+
+    def graph(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=GRAPH_FORMATS, default="dot",
                        help="dot (default), mermaid, or svg/png drawn by Graphviz's dot "
                             "(when installed); --json prints the edge list")
-    _history_options(graph, env, "edges seen in the last AGE (30m, 24h, 7d); needs --db")
-    command("by-pod", "Kubernetes pods: containers, owners, listeners, dependencies").add_argument(
-        "--pod", metavar="NS/NAME|UID", help="only this pod")
-    _serve_options(command("serve", "the node agent: sample periodically, serve JSON over "
-                                     "HTTP"), env)
-    _sampling_options(command("watch", "live: dependency edges, redrawn after every sample"),
-                      WATCH_SAMPLING)
-    _sockets_options(command("sockets", "one row per socket, like ss -tuanp for the node"))
-    _cluster_options(command("cluster", "the cluster-wide dependency map (workload -> "
-                                        "workload), from the Prometheus scraping the agents",
-                             reads_node=False), env)
-    return parser
+        _history_options(p, env, "edges seen in the last AGE (30m, 24h, 7d); needs --db")
+
+    def by_pod(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pod", metavar="NS/NAME|UID", help="only this pod")
+
+    return [
+        ("summary", "the node at a glance: one line per namespace (the default)", True,
+         _no_options),
+        ("by-namespace", "every namespace: processes, listeners, connections", True,
+         by_namespace),
+        ("by-user", "the dependency view: who talks to whom", True,
+         partial(_history_options, env=env,
+                 since_help="from the agent's history (--db) instead of a live snapshot: "
+                            "edges seen in the last AGE (30m, 24h, 7d)")),
+        ("deps", "dependency edges: user/pod -> service, live or from history", True,
+         partial(_history_options, env=env,
+                 since_help="edges seen in the last AGE (30m, 24h, 7d); needs --db")),
+        ("graph", "the dependency map: Graphviz dot, Mermaid, or an SVG/PNG", True, graph),
+        ("by-pod", "Kubernetes pods: containers, owners, listeners, dependencies", True,
+         by_pod),
+        ("serve", "the node agent: sample periodically, serve JSON over HTTP", True,
+         partial(_serve_options, env=env)),
+        ("watch", "live: dependency edges, redrawn after every sample", True,
+         partial(_sampling_options, defaults=WATCH_SAMPLING)),
+        ("sockets", "one row per socket, like ss -tuanp for the node", True, _sockets_options),
+        ("cluster", "the cluster-wide dependency map (workload -> workload), from the "
+                    "Prometheus scraping the agents", False,
+         partial(_cluster_options, env=env)),
+    ]
 
 
 def _cluster_options(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -825,7 +852,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not any(a in COMMANDS for a in argv) and not {"-h", "--help", "--version"} & set(argv):
         argv = ["summary", *argv]   # `nsnet` alone: the node at a glance, not an error
     try:
-        args = build_parser().parse_args(argv)
+        # the command comes first (or was put there): build only its options
+        args = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None
+                            ).parse_args(argv)
         return run(args, out, err)
     except NsnetError as exc:   # UsageError included: its exit_code is 2
         from .sanitize import printable

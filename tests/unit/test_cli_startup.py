@@ -11,6 +11,7 @@ import pytest
 
 from nsnet import __version__
 from nsnet.cli import build_parser, main
+from nsnet.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,3 +67,19 @@ def test_a_json_command_does_not_import_the_renderers():
     helped = subprocess.run([sys.executable, "-m", "nsnet", "sockets", "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
     assert "columns for -o / --columns: NETNS,PROTO,STATE" in helped
+
+
+def test_building_only_the_command_run_parses_as_the_whole_parser_does():
+    from nsnet.cli import COMMANDS, _commands
+
+    assert tuple(name for name, *_ in _commands({})) == COMMANDS
+    env = {"NSNET_DB": "/tmp/x.db", "NSNET_PROMETHEUS": "http://p:9090"}
+    for command in COMMANDS:
+        whole = build_parser(env).parse_args([command])
+        alone = build_parser(env, only=command).parse_args([command])
+        assert vars(alone) == vars(whole), command
+    args = ["sockets", "--json", "--state", "listen", "--port", "80", "-v"]
+    assert vars(build_parser(only="sockets").parse_args(args)) == \
+        vars(build_parser().parse_args(args))
+    with pytest.raises(UsageError, match="unrecognized arguments: --netns-typo"):
+        build_parser(only="summary").parse_args(["summary", "--netns-typo"])
