@@ -129,6 +129,9 @@ class Snapshotter:
         stats = Stats(source=choice.source, source_reason=choice.reason)
         stats.reader_threads, stats.reader_threads_reason = self._reader_threads()
         ctx = sources.ReadContext(self.proc, stats, pool, options.enter_pinned)
+        # first in a reader thread, idle until the walk meets a namespace: the boot time
+        # (psutil's import, ~10 ms, overlaps the walk's first reads)
+        booting = pool.submit(boot_time, self.proc) if pool is not None else None
         found = walk.discover(self.proc, stats, pace=pace, met=partial(source.met, ctx),
                               enter=options.enter_pinned,
                               max_fds_per_user=options.max_fds_per_user,
@@ -146,7 +149,7 @@ class Snapshotter:
         source.forget({ns.inode for ns in found.namespaces.values() if ns.inode is not None})
         if options.translations:
             resolve_translations(self.proc, found, joined.classifier, stats)
-        booted = boot_time(self.proc)
+        booted = booting.result() if booting is not None else boot_time(self.proc)
         if booted is not None:
             for process in found.processes.values():
                 process.started = round(booted + process.start_ticks / CLOCK_TICKS, 2)
