@@ -329,10 +329,12 @@ def connect_retry(fam: int, typ: int, addr, total: float | None = None,
     while True:
         s = socket.socket(fam, typ)
         s.settimeout(10.0)
+        confirming = False
         try:
             s.connect(addr)
             if confirmed:
-                s.settimeout(max(1.0, min(CONFIRM_WAIT, deadline - time.monotonic())))
+                confirming = True
+                s.settimeout(CONFIRM_WAIT)   # a busy server's accept: not the connect's deadline
                 if s.recv(1) != ACCEPTED:
                     raise ConnectionResetError(errno.ECONNRESET, "closed before it was accepted")
             s.settimeout(None)
@@ -342,7 +344,8 @@ def connect_retry(fam: int, typ: int, addr, total: float | None = None,
             transient = isinstance(e, TimeoutError) or e.errno in (
                 errno.ECONNREFUSED, errno.EAGAIN, errno.EHOSTUNREACH, errno.ENETUNREACH,
                 errno.ETIMEDOUT, errno.ECONNRESET, errno.EADDRNOTAVAIL)
-            if not transient or time.monotonic() > deadline:
+            lost = confirming and isinstance(e, TimeoutError)   # made again, whatever the time
+            if not transient or (time.monotonic() > deadline and not lost):
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
