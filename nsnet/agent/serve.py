@@ -172,7 +172,8 @@ class Agent:
         self._history = history
         self._said: set[str] = set()
         self._reading_said = False
-        self._views: dict[str, tuple[Published, Encoded]] = {}   # the API's answers, per sample
+        # the API's answers: view -> (the number of the sample it was built from, answer)
+        self._views: dict[str, tuple[int, Encoded]] = {}
         self._views_lock = threading.Lock()
         self._building = threading.BoundedSemaphore(2)
         self._view_builds = {view: threading.Lock() for view in VIEWS}
@@ -237,6 +238,11 @@ class Agent:
         with self.lock:
             return self._published
 
+    def _published_sample(self) -> tuple[Published | None, int]:
+        """The latest sample and its number (samples taken so far)."""
+        with self.lock:
+            return self._published, self._samples
+
     def latest(self) -> Snapshot | None:
         """The latest snapshot (unpacked anew at each call when samples are forked)."""
         published = self.published()
@@ -277,24 +283,31 @@ class Agent:
         at once. From a packed snapshot (forked samples), the answer is built in a child
         process, which unpacks the snapshot, and kept gzipped: the agent itself holds only
         that (a few MiB at 400 namespaces), whatever the build cost."""
+        published, number = self._published_sample()
+        if published is None:
+            return None
         with self._views_lock:
-            published = self.published()
-            if published is None:
-                return None
             cached = self._views.get(view)
-            if cached is not None and cached[0] is published:
+            if cached is not None and cached[0] >= number:
                 return cached[1]
         # one build of a view at a time (the others asking for it wait for that one), and
-        # at most two builds at all
+        # at most two builds at all. A waiter takes what was built while it waited when that
+        # is of its sample or a newer one, and a build is of the latest sample: when samples
+        # come as fast as answers are built (a busy node, a slow VM), a burst of waiters
+        # would otherwise each build the sample it asked for, one after the other, as the
+        # answers of older samples are not kept
         with self._view_builds[view], self._building:
             with self._views_lock:
                 cached = self._views.get(view)
-                if cached is not None and cached[0] is published:
+                if cached is not None and cached[0] >= number:
                     return cached[1]
+            published, number = self._published_sample()
+            assert published is not None
             data = self._build(published, view)
             with self._views_lock:
-                if self.published() is published:   # else a newer sample came meanwhile
-                    self._views[view] = (published, data)
+                cached = self._views.get(view)
+                if cached is None or cached[0] < number:
+                    self._views[view] = (number, data)
                 self.views_built += 1
             return data
 

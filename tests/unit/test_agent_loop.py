@@ -564,6 +564,46 @@ def test_a_burst_of_snapshot_requests_costs_one_build_per_sample():
         agent.close()
 
 
+def test_waiters_of_a_build_are_answered_by_it_when_a_sample_comes_meanwhile():
+    # A sample published while an answer is being built (a busy node: builds as slow as the
+    # interval) must not make each waiter build the sample it asked for, one after the other:
+    # that starved a burst of clients past their timeouts in the hour-long soak.
+    agent, server, base = limited()
+    build = agent._build
+    started = threading.Event()
+
+    def slow_build(published, view):
+        if agent.views_built == 0:
+            started.set()
+            time.sleep(0.3)
+            agent.step()                # the next sample comes while the first build runs
+        return build(published, view)
+
+    agent._build = slow_build
+    try:
+        agent.step()
+        answers: list[dict] = []
+
+        def fetch() -> None:
+            answers.append(json.loads(get(base + "/api/v1/snapshot?view=sockets")[2]))
+        first = threading.Thread(target=fetch)
+        first.start()
+        started.wait(10)
+        waiters = [threading.Thread(target=fetch) for _ in range(8)]
+        for t in waiters:
+            t.start()
+        for t in [first, *waiters]:
+            t.join(60)
+        assert len(answers) == 9 and agent.views_built == 1
+        get(base + "/api/v1/snapshot?view=sockets")    # the newer sample: built once more
+        get(base + "/api/v1/snapshot?view=sockets")
+        assert agent.views_built == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
 def test_idle_connections_are_capped_per_client_and_dropped_after_the_timeout():
     import socket as socketlib
 
