@@ -81,7 +81,7 @@ def run_forked(work: Work, *, stop: threading.Event | None = None,
         raise ChildFailed(f"cannot fork the {what} process: {exc.strerror or exc}") from exc
     if pid == 0:                                     # the child: never returns
         parent_end.close()
-        _child(work, child_end)
+        _child(work, child_end, what)
     child_end.close()
     broken: OSError | None = None
     try:
@@ -166,6 +166,10 @@ def _receive(sock: socket.socket, pid: int, stop: threading.Event | None, starte
     sending it."""
     answer = _Answer()
     hurried = False
+    # poll, not select: the agent keeps a sock_diag socket per namespace, so past ~1,000
+    # namespaces this socket's number is above select's FD_SETSIZE (1024)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     while not answer.complete():
         if stop is not None and stop.is_set() and not hurried:
             hurried = True
@@ -173,14 +177,14 @@ def _receive(sock: socket.socket, pid: int, stop: threading.Event | None, starte
         if deadline is not None and time.monotonic() - started > deadline:
             _signal(pid, signal.SIGKILL)
             return bytearray(), answer.fds, True
-        ready, _, _ = select.select([sock], [], [], _POLL)
+        ready = poller.poll(_POLL * 1000)
         if ready and not answer.read(sock):
             return bytearray(), answer.fds, False
     assert answer.payload is not None
     return answer.payload, answer.fds, False
 
 
-def _child(work: Work, sock: socket.socket) -> None:
+def _child(work: Work, sock: socket.socket, what: str) -> None:
     code = 0
     try:
         # what the child inherited is never garbage here: out of the collector's sight, so
@@ -202,10 +206,13 @@ def _child(work: Work, sock: socket.socket) -> None:
         sock.sendall(_HEADER.pack(len(payload), len(fds)) + payload)
         for i in range(0, len(fds), _FDS_PER_MESSAGE):
             socket.send_fds(sock, [b"F"], fds[i:i + _FDS_PER_MESSAGE])
-    except BaseException as exc:   # the parent went away, or the answer cannot be sent
+    except (BrokenPipeError, ConnectionResetError):
+        code = 2   # the parent stopped reading (it ends, or gave up on us): it says what it must
+    except BaseException as exc:   # the answer cannot be sent
         code = 2
         try:
-            os.write(2, f"nsnet: {type(exc).__name__}: {exc}\n".encode(errors="replace"))
+            os.write(2, f"nsnet: the {what} process could not hand back its result: "
+                        f"{type(exc).__name__}: {exc}\n".encode(errors="replace"))
         except OSError:
             pass
     finally:

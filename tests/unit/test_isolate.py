@@ -147,3 +147,23 @@ def test_fds_that_do_not_fit_in_a_full_fd_table_are_counted_not_fatal():
     for fd in done.fds:
         os.close(fd)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_parent_holding_more_than_1024_fds_still_reads_its_child():
+    """The agent keeps a sock_diag socket per namespace: past ~1,000 namespaces its
+    socketpair with the child is numbered above select()'s FD_SETSIZE (1024), which ended
+    the agent on a 1,000-namespace node ("filedescriptor out of range in select()")."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))
+    except (ValueError, OSError):
+        pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} < 2048 and cannot be raised (not root)")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) > 1024
+        done = run_forked(lambda hurry: ("the result", []))
+        assert done.value == "the result"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
