@@ -17,7 +17,7 @@ the same run, each --repeat times, interleaved, median reported:
                (one pid per network namespace; the pids are integers this script collected)
   bare         bench/bare_read.c compiled with cc -O2 at run time: the same fd links, ns stats and
                net files read with no parsing (falls back to an equivalent Python reader without cc)
-  bare diag    bench/bare_diag.c (when a source other than proc is measured, and cc is there): the
+  bare diag    bare_read.c's diag mode (when a source other than proc is measured, and cc is there): the
                same fd links and ns stats, then each namespace's sock_diag dumps (TCP of both
                families in one request, UDP, unix) read with no parsing: the floor under
                netlink/auto, with 1 thread and with nsnet's reader threads
@@ -137,7 +137,7 @@ class Bare:
 
     def __init__(self, force_python: bool = False):
         self.tmp = tempfile.mkdtemp(prefix="nsnt-bench-bare-")
-        self.exe = self.diag_exe = None
+        self.exe = None
         self.note = "Python (--bare-python)"
         cc = None if force_python else shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         if cc:
@@ -149,11 +149,6 @@ class Bare:
                 self.note = f"C ({os.path.basename(cc)} -O2)"
             else:
                 self.note = f"Python fallback ({cc} failed: {r.stderr.strip()[:200]})"
-            diag = os.path.join(self.tmp, "bare_diag")
-            r = subprocess.run([cc, "-O2", "-pthread", "-o", diag,
-                                os.path.join(BENCH_DIR, "bare_diag.c")], capture_output=True,
-                               text=True)
-            self.diag_exe = diag if r.returncode == 0 else None
         elif not force_python:
             self.note = "Python fallback (no C compiler found)"
 
@@ -165,10 +160,10 @@ class Bare:
         return json.loads(r.stdout)
 
     def run_diag(self, threads: int = 1) -> dict | None:
-        """bare_diag.c's run, None without a compiler (there is no Python stand-in)."""
-        if self.diag_exe is None:
+        """bare_read.c's diag mode, None without a compiler (there is no Python stand-in)."""
+        if self.exe is None:
             return None
-        r = subprocess.run([self.diag_exe, "/proc", str(threads)], capture_output=True,
+        r = subprocess.run([self.exe, "/proc", str(threads), "diag"], capture_output=True,
                            text=True, check=True)
         return json.loads(r.stdout)
 
