@@ -320,10 +320,10 @@ def connect_retry(fam: int, typ: int, addr, total: float | None = None,
                   confirmed: bool = False) -> socket.socket:
     """blocking connect; retried because ARP/ND or accept queues can lag under a fork storm.
     confirmed: also wait until the server has accepted it (it writes ACCEPTED). Under a
-    load of 100+ a connect can succeed on our side and never reach the server's accept
-    queue (its final ACK dropped: with no request of it left on the server, nothing
-    retransmits), and the build would wait for that connection forever; such a one is
-    dropped and made again."""
+    load of 100+ a connect succeeded on our side and never reached the server's accept
+    queue (most likely its final ACK dropped, with no request of it left on the server to
+    retransmit: a SYN cookie's), and the build waited for that connection until its
+    deadline; such a one is now dropped and made again."""
     deadline = time.monotonic() + (CONNECT_TOTAL if total is None else total)
     delay = 0.02
     while True:
@@ -436,8 +436,8 @@ def svc_root(ppid: int, parent_nsfd: int, workers: dict[str, int]) -> None:
               "link set br0 up"], "services netns")
     write_sysctl("/proc/sys/net/core/somaxconn", 65535)
     # a request queue for every SYN, so that no connection is made from a SYN cookie: one of
-    # those whose final ACK is dropped (a load of 100+ on a 1,000-namespace build) is lost for
-    # good, where a queued request's SYN-ACK is sent again
+    # those whose final ACK is dropped (likely under a 1,000-namespace build's load of 100+)
+    # is lost for good, where a queued request's SYN-ACK is sent again
     write_sysctl("/proc/sys/net/ipv4/tcp_max_syn_backlog", 65535)
     write_sysctl("/proc/sys/net/ipv4/tcp_syncookies", 0)
     # the bridge ports need no IPv6 of their own (avoids N sets of DAD/RS timers)
