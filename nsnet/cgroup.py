@@ -40,9 +40,9 @@ records before trusting them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .model import ContainerIdentity
+from .records import record
 
 __all__ = ["ContainerIdentity", "identity_from_cgroup", "identity_from_path"]
 
@@ -75,13 +75,13 @@ _GUARANTEED_PARENTS = re.compile(r"(?:[^/]*-)?kubepods(?:\.slice)?")
 _HIERARCHY_ID = re.compile(r"[0-9]+")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class _Container:
     runtime: str | None
     container_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class _Pod:
     uid: str
     qos: str | None

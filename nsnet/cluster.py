@@ -30,13 +30,14 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from http.client import HTTPException, HTTPMessage
 from typing import IO
 
 from . import SCHEMA
 from .errors import NsnetError
 from .model import STRENGTH, ServiceMap, is_guess
+from .records import record
 
 # ------------------------------------------------------------------------------ PromQL
 
@@ -118,7 +119,7 @@ MAX_ERROR_TEXT = 300            # of an error Prometheus gives, shown on the one
 MAX_TOKEN_FILE = 64 << 10
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Series:
     """One element of an instant vector: its labels and its value."""
     labels: Mapping[str, str]
@@ -293,7 +294,7 @@ REPLICASET_GUESS = "Deployment from the ReplicaSet name: a guess"
 NO_OWNER = "<none>"      # kube-state-metrics' owner of a pod nothing owns
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """A node of the map: a workload, a node's host, a user's sockets on a node, a named
     service, or an address nobody in the cluster owns."""
@@ -319,7 +320,7 @@ def workload_from_name(namespace: str, pod: str) -> Endpoint:
     return _workload("Pod", namespace, pod)
 
 
-@dataclass
+@record
 class Owners:
     """kube-state-metrics' owners: (namespace, pod) and (namespace, replicaset) -> (kind,
     name)."""
@@ -390,7 +391,7 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class Place:
     """Where a socket is on one node: a pod, the host, or another namespace."""
     node: str
@@ -424,7 +425,7 @@ def address_book(rows: Iterable[Series]) -> dict[str, list[Place]]:
 
 # ---------------------------------------------------------------------------- the join
 
-@dataclass
+@record
 class EdgeSeries:
     """One edge of one node, its three queries joined."""
     labels: dict[str, str]
@@ -457,7 +458,7 @@ class EdgeSeries:
         return Place(self.node, "netns", netns=_netns_name(lab["netns"]))
 
 
-@dataclass
+@record
 class MapEdge:
     """Source -> destination on one protocol and port, summed over its series."""
     source: str
@@ -478,7 +479,7 @@ class MapEdge:
     series: int = 0
 
 
-@dataclass
+@record
 class Join:
     """What build_map keeps while it joins."""
     owners: Owners

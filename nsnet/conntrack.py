@@ -36,7 +36,6 @@ import itertools
 import os
 import socket
 import struct
-from dataclasses import dataclass
 
 from .ctparse import (
     NETLINK_NETFILTER,
@@ -48,6 +47,7 @@ from .ctparse import (
     parse_proc_conntrack,
 )
 from .errors import fd_shortage, is_denied, is_gone
+from .records import record
 from .sources.netlink import RECV_BUFFER, RECV_TIMEOUT
 
 CTNETLINK = "ctnetlink"
@@ -56,7 +56,7 @@ _READ_SIZE = 1 << 20                     # seq_file fills what a read asks, reco
 _seq = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ConntrackRead:
     """What read_translations found: the translations and where they were read (CTNETLINK
     or the proc file's path), or None and one line saying what is missing."""

@@ -17,23 +17,23 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from dataclasses import dataclass
 
 from .errors import NsnetError
 from .mountinfo import mount_fields, unescape
 from .procfs import MAX_MOUNTINFO, MAX_TASK_TEXT, read_text
+from .records import record
 
 OWN_PROC = "/proc/self"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupMount:
     version: int        # 1 or 2
     root: str           # the cgroup path mounted there (mountinfo's 4th field)
     mount_point: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CpuBudget:
     cpus: int                    # whole CPUs usable at once (at least 1)
     affinity: int                # CPUs in the affinity mask

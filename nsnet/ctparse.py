@@ -23,9 +23,10 @@ import re
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .lazyre import LazyPattern
+from .records import record
 from .sockdiag import (
     NLA_TYPE_MASK,
     NLM_F_DUMP,
@@ -248,7 +249,7 @@ _DNAT_FILTER = b"".join(struct.pack("=HH", 8, kind) + _BE32.pack(IPS_DST_NAT)
                         for kind in (CTA_STATUS, CTA_STATUS_MASK))
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class CtDump:
     """The state of one dump read recv by recv (parse_ctnetlink_into)."""
     translations: Translations = field(default_factory=Translations)

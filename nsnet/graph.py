@@ -22,9 +22,10 @@ import shutil
 import socket as _socket
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .errors import NsnetError
+from .records import record
 
 FONT = "Helvetica"
 LEGEND = ("arrow from user @ where to a service: connects to it (tcp x23: the most "
@@ -34,14 +35,14 @@ LEGEND = ("arrow from user @ where to a service: connects to it (tcp x23: the mo
 _LOOPBACK = re.compile(r"^(127\.|::1$|::ffff:127\.)")
 
 
-@dataclass
+@record
 class Link:
     proto: str = "tcp"
     max_concurrent: int = 0
     guess: bool = True
 
 
-@dataclass
+@record
 class Map:
     """The graph: clients and servers are `user @ where` nodes, services endpoint nodes."""
     uses: dict[tuple[str, str], Link] = field(default_factory=dict)     # (who, service)

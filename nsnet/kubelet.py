@@ -20,9 +20,10 @@ rejecting it keeps hostile text out of every later table and error line.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .lazyre import LazyPattern
+from .records import record
 
 _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"  # RFC 1123 label
 _SUBDOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
@@ -34,14 +35,14 @@ _CONTAINER_ID_RE = LazyPattern(r"[0-9a-f]{64}")
 _MAX_SUBDOMAIN = 253
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PodRef:
     uid: str
     namespace: str
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ContainerLog:
     pod_name: str
     namespace: str
@@ -49,7 +50,7 @@ class ContainerLog:
     container_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ContainerName:
     name: str
     pod_uid: str | None  # None when the link does not lead to a pod directory of this pod
@@ -57,7 +58,7 @@ class ContainerName:
     pod_name: str
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class KubeletLogs:
     pods: dict[str, PodRef] = field(default_factory=dict)
     containers: dict[str, ContainerName] = field(default_factory=dict)

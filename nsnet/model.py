@@ -12,8 +12,10 @@ import ipaddress
 import operator
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import cast
+
+from .records import record
 
 # ----------------------------------------------------------------------- namespace keys
 
@@ -53,7 +55,7 @@ def is_stand_in(key: str) -> bool:
 
 # ------------------------------------------------------------------ container identity
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ContainerIdentity:
     """What /proc/<pid>/cgroup says about a process (nsnet.cgroup parses it)."""
     runtime: str | None       # docker, containerd, cri-o, podman; None: the layout does not say
@@ -68,7 +70,7 @@ class ContainerIdentity:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Rule:
     """One `match` entry of the operator's services file (nsnet.services parses it)."""
     name: str
@@ -239,7 +241,7 @@ def netlink_protocol_name(protocol: int) -> str:
     return NETLINK_PROTOCOLS.get(protocol) or str(protocol)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PacketInfo:
     """What a packet socket (AF_PACKET: tcpdump, a DHCP client, a sniffer) listens to. The
     Socket shows its interface as local_addr ("*": every interface) and no ports."""
@@ -253,7 +255,7 @@ class PacketInfo:
     interface: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class NetlinkInfo:
     """A netlink socket (AF_NETLINK: route/uevent listeners, `ip monitor`, the kernel's
     own end). The Socket shows its protocol's name as local_addr and its port id as
@@ -294,7 +296,7 @@ TRAFFIC = "traffic"
 TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "probe"}
 
 
-@dataclass(slots=True)      # not frozen: one per TCP socket when asked, and frozen init costs
+@record(slots=True)      # not frozen: one per TCP socket when asked, and frozen init costs
 class TcpDetail:
     """What TCP_INFO (and INET_DIAG_CONG) say of a TCP connection; None: the kernel's
     tcp_info is too short to have the field (older kernels)."""
@@ -311,7 +313,7 @@ class TcpDetail:
     last_recv_ms: int             # since data was last received
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SocketMemory:
     """A socket's memory, the kernel's sk_meminfo (SK_MEMINFO_*: SO_MEMINFO,
     INET_DIAG_SKMEMINFO, UNIX_DIAG_MEMINFO), bytes; ss -m prints it as skmem:(r,rb,t,tb,f,
@@ -327,7 +329,7 @@ class SocketMemory:
     drops: int           # d: packets dropped
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class SocketDetail:
     """A socket's queues, timer and TCP internals (SnapshotOptions.details). A field is None
     where the source cannot tell (README: which source says what)."""
@@ -346,7 +348,7 @@ class SocketDetail:
     memory: SocketMemory | None = None
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Socket:
     proto: str                      # PROTOS: tcp, udp, udplite, icmp, raw, mptcp, unix, ...
     family: str                     # inet | inet6 | unix
@@ -428,7 +430,7 @@ def endpoint(addr: str, port: int | None, scope: str | None = None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Process:
     pid: int
     ppid: int
@@ -464,7 +466,7 @@ class Process:
 _pickled_by_fields(Process)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Namespace:
     key: str                        # "net:[<inode>]" or "procnet:<pde inode>" when unreadable
     inode: int | None
@@ -503,7 +505,7 @@ class Namespace:
         return how
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Container:
     """A container seen through its processes' cgroups (no runtime API is asked)."""
     id: str
@@ -517,7 +519,7 @@ class Container:
     claimed_pod: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Misfit:
     """A process whose cgroup names a pod but which lives outside the pod's namespace."""
     pid: int
@@ -526,7 +528,7 @@ class Misfit:
     pod: str        # the pod as shown (namespace/name, or its uid)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Pod:
     uid: str
     namespace: str | None = None  # Kubernetes namespace, from /var/log/pods (None: unknown)
@@ -545,7 +547,7 @@ class Pod:
         return f"pod {self.uid}"
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Stats:
     processes: int = 0
     processes_vanished: int = 0      # exited between listing and reading
@@ -678,7 +680,7 @@ class PackedSockets(Sequence[Socket]):
         return sum(len(c) for c in self.chunks)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Snapshot:
     proc: str
     namespaces: dict[str, Namespace]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from .records import record
 
 _NET_ROOT = re.compile(rb"net:\[([0-9]+)\]\Z")
 # The kernel escapes only space, tab, newline and backslash (as \040 \011 \012 \134),
@@ -35,7 +36,7 @@ _DEVICE = re.compile(rb"[0-9]+:[0-9]+\Z")
 _FIRST_SEPARATOR_INDEX = 6
 
 
-@dataclass(slots=True, frozen=True)
+@record(slots=True, frozen=True)
 class NsfsMount:
     mount_point: str
     netns_inode: int

@@ -15,7 +15,7 @@ import re
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .lazyre import LazyPattern
 from .model import (
@@ -26,6 +26,7 @@ from .model import (
     netlink_socket,
     packet_socket,
 )
+from .records import record
 
 TCP_STATES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -55,7 +56,7 @@ NET_FILES = ("tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "icmp", "icmp6
 PACKET_TYPES = {3: "raw", 2: "dgram", 10: "packet"}
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class ParseResult:
     sockets: list[Socket] = field(default_factory=list)
     malformed: int = 0
@@ -375,7 +376,7 @@ _IF_INET6_INDEX = re.compile(rb"[0-9a-f]{32} ([0-9a-f]{2,}) [0-9a-f]{2} [0-9a-f]
 _IF_INET6 = re.compile(rb"([0-9a-f]{32}) [0-9a-f]{2,} ([0-9a-f]{2}) [0-9a-f]{2} [0-9a-f]{2} +(\S+)\Z")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Address:
     addr: str                  # as sockets show it (IPv4 dotted, IPv6 compressed)
     prefix: int                # 32 / 128 for one address; shorter for a local range

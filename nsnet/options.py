@@ -7,16 +7,17 @@ the CLI's own defaults are read from these classes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .model import NO_SERVICES, ServiceMap
+from .records import record
 
 SOURCES = ("proc", "netlink", "pidfd", "auto")
 GRAPH_FORMATS = ("dot", "mermaid", "svg", "png")   # nsnet graph --format
 DAY = 86400.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SnapshotOptions:
     """How one snapshot of the node is taken."""
     proc: str = "/proc"                         # the procfs to read (/host/proc in a container)
@@ -38,7 +39,7 @@ class SnapshotOptions:
     translations: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OutputOptions:
     """How a result is printed."""
     json: bool = False
@@ -52,7 +53,7 @@ class OutputOptions:
     verbose: bool = False                       # -v: one line on stderr, what read the snapshot
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SamplingOptions:
     """How the agent and the live view sample the node."""
     snapshot: SnapshotOptions = field(default_factory=SnapshotOptions)
@@ -64,7 +65,7 @@ class SamplingOptions:
     traffic: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AgentOptions:
     """nsnet serve."""
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
@@ -89,7 +90,7 @@ class AgentOptions:
 WATCH_SAMPLING = SamplingOptions(interval=2.0, max_cpu=0.5)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WatchOptions:
     """nsnet watch."""
     sampling: SamplingOptions = WATCH_SAMPLING
@@ -100,7 +101,7 @@ class WatchOptions:
 CLUSTER_FORMATS = ("table", "json", "dot", "mermaid")   # nsnet cluster --format
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ClusterOptions:
     """nsnet cluster: the cluster-wide map, from the Prometheus that scrapes every agent."""
     prometheus: str | None = None            # its base URL (http or https)

@@ -29,7 +29,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .model import (
     PORTLESS,
@@ -43,6 +43,7 @@ from .model import (
     packet_socket,
 )
 from .netparse import DGRAM_STATES, PACKET_TYPES, TCP_STATES, UNIX_TYPES
+from .records import record
 
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18            # legacy request: one walk for TCP over IPv4 and IPv6
@@ -133,7 +134,7 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"   # shown as IPv4, as netparse.decode_addr
 
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class ParsedDump:
     """What one or more reply datagrams of one dump held."""
     sockets: list[Socket] = field(default_factory=list)

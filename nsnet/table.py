@@ -38,9 +38,10 @@ import gc
 import operator
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
 
+from .records import record
 from .sanitize import SafeText, printable
 from .terminal import _fileno, _isatty, forced_columns, terminal_width, use_color  # noqa: F401
 
@@ -62,7 +63,7 @@ STYLES: dict[str, int] = {
 StyleFn = Callable[[Any], str | None]
 
 
-@dataclass
+@record
 class Column:
     """One column of a table.
 
@@ -217,7 +218,7 @@ def _shrink(natural: list[int], mins: list[int], shrinkable: list[int], budget: 
     return widths
 
 
-@dataclass
+@record
 class _Fit:
     visible: list[int]          # column indices shown
     widths: list[int]           # per column (all of them; only the visible matter)
@@ -413,7 +414,7 @@ def _measure_short(cols: list[Column], rows: list[Any], titles: Sequence[str],
     return cells, widths
 
 
-@dataclass
+@record
 class _Layout:
     """Which columns show, how wide, and how a row of cells becomes one line."""
     visible: list[int]

@@ -32,7 +32,6 @@ from collections import defaultdict
 
 from .model import Socket, Stats
 from .procfs import socket_protocol
-from .sources.pidfd import describe_process_sockets
 
 
 class UnixLineCheck:
@@ -60,6 +59,10 @@ class UnixLineCheck:
     def _holds_up(self, line: Socket) -> bool:
         """False when the socket the line names says otherwise; True when it agrees (the
         line then takes its state and name) or cannot be asked (the line stays unconfirmed)."""
+        # only the /proc tables make unconfirmed lines: the netlink source's commands do not
+        # pay the pidfd source's import at start
+        from .sources.pidfd import describe_process_sockets
+
         pid = line.pids[0]
         fd = line.fds[pid][0]
         asked = describe_process_sockets(pid, {fd: line.inode}, seen=set()) \

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from . import SCHEMA
 from .model import (
@@ -47,6 +47,7 @@ from .ownership import (
     socket_users,
     user_name,
 )
+from .records import record
 from .sanitize import Stream
 
 __all__ = ["STATE_ALIASES", "SocketFilter", "by_namespace_view", "by_pod_view", "by_user_view",
@@ -177,7 +178,7 @@ def stats_doc(snap: Snapshot) -> dict:
     return doc
 
 
-@dataclass
+@record
 class SocketFilter:
     protos: frozenset[str] = frozenset()
     listening: bool = False

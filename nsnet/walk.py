@@ -12,7 +12,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import lru_cache
 
 from . import cgroup, mountinfo
@@ -40,20 +40,21 @@ from .procfs import (
     socket_fds,
 )
 from .procparse import parse_cmdline, parse_stat, parse_status_euid
+from .records import record
 from .setns import OWN_PROC, run_in_namespace
 
 # The walk calls this every PACE_EVERY processes (the agent's CPU budget may sleep there).
 PACE_EVERY = 32
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Pin:
     """A bind mount that pins a network namespace (ip netns add, docker, CNI)."""
     shown: str      # the mount point, as the mount namespace that has it sees it
     opener: str     # the path to open it by from here (through /proc/<pid>/root when remote)
 
 
-@dataclass
+@record
 class Discovery:
     """What the walk found: the input of every socket source and of the join."""
     proc: str
@@ -79,7 +80,7 @@ class Discovery:
         return [str(p) for p in ns.pids] + [f"{p}/task/{t}" for p, t in ns.threads]
 
 
-@dataclass
+@record
 class _Walk:
     """What the process walk learns, before the namespaces are assembled."""
     found: Discovery

@@ -19,10 +19,10 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
 from ..errors import AuthConfigError
+from ..records import record
 from ..sanitize import printable
 
 MAX_TOKEN_FILE = 4096        # a token is tens to hundreds of bytes (a JWT: ~1 KiB)
@@ -34,7 +34,7 @@ MISSING, INVALID = "missing", "invalid"
 REASONS = (MISSING, INVALID)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FileIdentity:
     """What changes when the file is replaced (a Secret's atomic swap: another inode) or
     rewritten in place (size, modification and change times)."""

@@ -24,7 +24,7 @@ edge's connections open in the latest sample.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from ..model import (
@@ -43,6 +43,7 @@ from ..model import (
     netns_key,
 )
 from ..ownership import namespace_where, socket_where
+from ..records import record
 from .events import Closed
 
 if TYPE_CHECKING:   # the store imports this module for EdgeKey
@@ -54,7 +55,7 @@ EDGE_STATES = OPEN_STATES | CLOSED_STATES
 UNKNOWN_UID = -1
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@record(frozen=True, slots=True, order=True)
 class EdgeKey:
     uid: int                 # the user on our side (-1: unknown)
     where: str               # "pod:<ns>/<name>", "pod:<uid>", "netns:<name>" or "host"
@@ -89,7 +90,7 @@ def stronger(a: str | None, b: str | None) -> str | None:
     return a if STRENGTH[a] <= STRENGTH[b] else b
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Seen:
     """What one sample saw of an edge."""
     open: int = 0            # connections open now
@@ -253,7 +254,7 @@ def servers(snap: Snapshot) -> Servers:
     return found
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class EdgeState:
     first_seen: float
     last_seen: float
@@ -345,7 +346,7 @@ class EdgeBook:
 Tuple = tuple[int, str, int, str, int]   # netns inode, local addr, port, remote addr, port
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Held:
     """Who held a connection when a sample saw it, and where."""
     users: tuple[int, ...]
@@ -354,7 +355,7 @@ class Held:
     backend: tuple[str, int] | None = None   # Socket.backend: where a Service VIP led
 
 
-@dataclass
+@record
 class _SampleTuples:
     held: dict[Tuple, Held] = field(default_factory=dict)    # held TCP connections
     # TCP 4-tuples in an open state, and in a closing state, each with its TCP_INFO

@@ -20,12 +20,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import cast
 
 from .. import sockdiag
 from ..errors import EnterError, SubscribeError
 from ..model import Socket
+from ..records import record
 from ..setns import run_in_namespace
 from ..sources.netlink import kept_socket_limit
 
@@ -37,7 +37,7 @@ RECV_BUFFER = 4 << 20        # bursts of closes (a load balancer draining) must 
 MAX_PENDING = 100_000        # events kept between two samples; beyond, counted as dropped
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Closed:
     netns: int
     sock: Socket             # proto, state and addresses as the kernel sent them

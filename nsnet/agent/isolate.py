@@ -33,10 +33,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NsnetError
+from ..records import record
 
 _HEADER = struct.Struct("!QI")      # payload bytes, file descriptors to follow
 _FDS_PER_MESSAGE = 250              # SCM_MAX_FD is 253 (include/net/scm.h)
@@ -47,7 +47,7 @@ class ChildFailed(NsnetError):
     """The child did not send back a result: it failed, was killed, or ran past its time."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Finished:
     """What a child sent back, and what it cost (wait4's rusage, so everything the child
     did: its pickling and compression included)."""

@@ -15,7 +15,7 @@ import os
 import platform
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -26,6 +26,7 @@ from prometheus_client.samples import Sample
 from .. import __version__
 from ..model import ServiceMap, Stats
 from ..ownership import user_name
+from ..records import record
 from .auth import REASONS
 from .edges import EdgeKey, EdgeState, service_name
 from .history import split_where
@@ -44,7 +45,7 @@ EDGE_LABELS = ("node", "uid", "user", "pod", "namespace", "netns", "direction", 
 # backend the node's conntrack says it reached ("" -- no label -- otherwise)
 
 
-@dataclass
+@record
 class _Families:
     """The edge metric families of one scrape, filled edge by edge."""
     open: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(

@@ -9,13 +9,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Protocol, cast
 
 from .. import views
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, lacking, own_capabilities
 from ..model import TRAFFIC, PackedSockets, Snapshot, Socket, Stats, pack, unpack
 from ..options import SamplingOptions, SnapshotOptions
+from ..records import record
 from ..snapshot import Pace, Snapshotter
 from ..sources import DiagSockets
 from . import edges
@@ -42,7 +43,7 @@ class Scanner(Protocol):
 AddressRow = tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Published:
     """The latest sample as the agent's API and metrics read it: its counts, each
     namespace's own addresses and whose they are (nsnet_address_info), and the snapshot --
@@ -81,7 +82,7 @@ class Published:
                          sockets=sockets)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Sample:
     published: Published
     observed: edges.Observed     # edges: open and closed connections, evidence
@@ -230,7 +231,7 @@ class Sampler:
             self.watcher.close()
 
 
-@dataclass
+@record
 class _Outcome:
     """What a sampling child sends back (its fds follow, one per `handed` inode)."""
     published: Published

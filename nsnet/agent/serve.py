@@ -22,7 +22,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO, cast
@@ -35,6 +35,7 @@ from ..errors import CorruptStore, NsnetError, StoreError
 from ..model import Snapshot, condition_of
 from ..options import AgentOptions
 from ..ownership import resolve_user
+from ..records import record
 from ..sanitize import Stream, json_chunks, json_text, printable
 from . import allocator
 from .auth import OPEN_PATHS, TokenAuth, challenge
@@ -54,7 +55,7 @@ VIEWS: dict[str, Callable[[Snapshot], dict]] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Encoded:
     """A JSON answer as the pieces it was encoded in (joined, they would be a second copy),
     gzipped or not; `plain_length`: its length once decompressed."""

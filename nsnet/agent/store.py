@@ -19,11 +19,11 @@ import os
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass
 
 from ..errors import CorruptStore, StoreError
 from ..model import EVIDENCE
 from ..options import AgentOptions
+from ..records import record
 from .edges import Observed
 
 SCHEMA_VERSION = "5"
@@ -167,7 +167,7 @@ def move_aside(path: str, now: float | None = None) -> str:
     return aside
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SampleRecord:
     ts: float
     duration: float
@@ -177,7 +177,7 @@ class SampleRecord:
     over_budget: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class EdgeRow:
     node: str
     uid: int

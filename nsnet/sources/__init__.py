@@ -18,11 +18,10 @@ Every source implements base.Source; the snapshot (nsnet.snapshot) never asks wh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..caps import CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE, has_capability, own_capabilities
 from ..errors import SourceUnavailable
 from ..options import SOURCES
+from ..records import record
 from .base import ReadContext, Source, TableRead
 from .netlink import DiagSockets, NetlinkSource
 from .proc import ProcSource
@@ -31,7 +30,7 @@ __all__ = ["SOURCES", "Choice", "ReadContext", "Source", "SourceUnavailable", "T
            "choose", "create"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Choice:
     source: str          # proc | netlink | pidfd
     reason: str

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..model import Namespace, Socket, Stats
 from ..netparse import Address
+from ..records import record
 from ..walk import Discovery, Pin
 
 if TYPE_CHECKING:   # netlink.py builds on this module
@@ -27,7 +28,7 @@ Batch = Callable[[list[Socket]], None]
 MAX_SOURCE_ERRORS = 3   # stats.source_errors keeps the first few
 
 
-@dataclass
+@record
 class TableRead:
     """One namespace's sockets as one read gave them (None: it could not be read)."""
     sockets: list[Socket] | None
@@ -49,7 +50,7 @@ class TableRead:
 Pending = Union["Future[TableRead]", TableRead]
 
 
-@dataclass
+@record
 class ReadContext:
     """What one snapshot gives its source: where to read, its stats, its reader threads."""
     proc: str

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import partial
 
 from ..errors import EnterError, ProcError, fd_shortage
@@ -37,6 +37,7 @@ from ..model import (
     key_inode,
 )
 from ..netparse import ADDRESS_FILES, PROTOCOL_NAMES, kinds_in_use, name_interfaces
+from ..records import record
 from ..setns import run_in_namespace
 from ..sockdiag import (
     ALL,
@@ -238,7 +239,7 @@ def _merged(read: TableRead, tables: TableRead) -> TableRead:
     return read
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class DiagResult:
     sockets: list[Socket] = field(default_factory=list)
     malformed: int = 0

@@ -77,7 +77,7 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from ..model import (
     MEMORY,
@@ -95,6 +95,7 @@ from ..model import (
     vsock_cid,
 )
 from ..netparse import PACKET_TYPES, TCP_STATES, UNIX_TYPES
+from ..records import record
 from ..sockdiag import (
     ALL,
     IPPROTO_UDPLITE,
@@ -182,7 +183,7 @@ _WILDCARD: dict[int, str] = {_AF_INET: "0.0.0.0", _AF_INET6: "::"}
 _FAMILY_NAME: dict[int, str] = {_AF_INET: "inet", _AF_INET6: "inet6"}
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class BorrowResult:
     """What one process's sockets told us. Counts are of sockets (fds), not processes."""
     sockets: list[Socket] = field(default_factory=list)

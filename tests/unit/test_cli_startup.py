@@ -43,7 +43,15 @@ def test_importing_the_cli_loads_no_command_machinery():
         "('nsnet', 'psutil', 'nsenter', 'prometheus_client', 'socket', 'json', "
         "'concurrent'))); print(' '.join(loaded))").stdout.split())
     assert loaded == {"nsnet", "nsnet._stdlib_guard", "nsnet.cli", "nsnet.errors",
-                      "nsnet.model", "nsnet.options"}, loaded
+                      "nsnet.model", "nsnet.options", "nsnet.records"}, loaded
+
+
+def test_the_snapshot_pipeline_loads_the_pidfd_source_only_when_it_is_used():
+    # ~10 ms of a netlink run's start: it borrows sockets only for kinds no table lists,
+    # and only the /proc tables make lines to check (both import it where they need it)
+    loaded = python("import sys, nsnet.snapshot, nsnet.views\n"
+                    "print('nsnet.sources.pidfd' in sys.modules, 'nsnet.unixcheck' in sys.modules)")
+    assert loaded.stdout.split() == ["False", "True"]
 
 
 def test_verbose_is_an_option_of_every_command():

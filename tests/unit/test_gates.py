@@ -23,7 +23,7 @@ PACKAGE = REPO / "nsnet"
 # The pipeline, bottom up. A module may import its own layer and the layers below it only.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model/errors", ("nsnet", "nsnet._stdlib_guard", "nsnet.errors", "nsnet.lazyre", "nsnet.model",
-                      "nsnet.options")),
+                      "nsnet.records", "nsnet.options")),
     ("parsers", ("nsnet.netparse", "nsnet.mountinfo", "nsnet.cgroup", "nsnet.procparse",
                  "nsnet.sockdiag", "nsnet.services", "nsnet.ctparse")),
     ("OS boundary", ("nsnet.procfs", "nsnet.setns", "nsnet.caps", "nsnet.kubelet", "nsnet.cpus")),
