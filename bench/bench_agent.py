@@ -143,13 +143,15 @@ def api_answer(pid: int, port: int) -> dict:
 def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = (),
               idle_answer: bool = False) -> dict:
     """The agent sampling back to back (--interval 0.1, no CPU budget); idle_answer: one
-    sample, then (no sample running) only the API answer and the memory around it."""
+    sample, then (no sample running) only the API answer and the memory around it. If the
+    agent ends before, SystemExit says its exit status and the last of its stderr."""
     interval = "3600" if idle_answer else "0.1"
     agent = subprocess.Popen([sys.executable, "-m", "nsnet", "serve", "--listen", "127.0.0.1:0",
                               "--interval", interval, "--max-cpu", "64", "--source", "auto",
                               "--db", db, *extra], cwd=repo, stderr=subprocess.PIPE, text=True)
     try:
         port, said = None, []
+        assert agent.stderr is not None
         for line in agent.stderr:
             said.append(line)
             found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
@@ -158,10 +160,23 @@ def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = 
                 break
         if port is None:
             raise SystemExit("bench_agent: the agent did not start: " + "".join(said)[-500:])
+        # read its stderr to the end (a full pipe would stop the agent), keeping the last lines
+        drain = threading.Thread(target=_keep_tail, args=(agent.stderr, said), daemon=True)
+        drain.start()
         started = time.monotonic()
         tree = TreePeak(agent.pid)
         while True:
-            m = metrics(port)
+            try:
+                m = metrics(port)
+            except OSError:
+                if agent.poll() is None:
+                    raise
+                m = {}
+            if agent.poll() is not None:
+                drain.join(timeout=5)
+                raise SystemExit(f"bench_agent: the agent ended (exit {agent.returncode}) "
+                                 f"after {m.get('nsnet_samples_total', '?')} samples: "
+                                 + "".join(said[-20:])[-2000:])
             if m.get("nsnet_samples_total", 0) >= samples:
                 break
             if time.monotonic() - started > 1800:
@@ -195,6 +210,12 @@ def run_agent(samples: int, db: str, repo: str = REPO, extra: tuple[str, ...] = 
         except subprocess.TimeoutExpired:
             agent.kill()
             agent.wait()
+
+
+def _keep_tail(stream, said: list[str], keep: int = 200) -> None:
+    for line in stream:
+        said.append(line)
+        del said[:-keep]
 
 
 def reference_snapshot(repeat: int) -> dict:
