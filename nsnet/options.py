@@ -75,7 +75,9 @@ class AgentOptions:
     db: str | None = None                    # the SQLite history; None: memory only
     retention: float = 30 * DAY
     max_series: int = 5000                      # edge series in /metrics before folding
-    http_timeout: float = 10.0                  # seconds a client may stay silent
+    # seconds a client may stay silent: send no byte of its request, or take no byte of its
+    # answer
+    http_timeout: float = 10.0
     # seconds a connection may take to send its request line and headers in all (a client
     # sending a byte every few seconds never trips http_timeout)
     http_header_deadline: float = 30.0

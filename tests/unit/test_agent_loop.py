@@ -676,6 +676,61 @@ def test_a_burst_of_scrapes_renders_two_at_a_time():
         agent.close()
 
 
+def test_a_slow_reader_that_keeps_reading_gets_its_whole_answer(monkeypatch):
+    """http_timeout is the time a client takes no byte, not the time one write takes: a
+    reader taking 2 KiB every 20 ms (at most 100 KiB/s) gets the whole sockets view through
+    small kernel buffers, though one 64 KiB piece of it takes it ~0.5 s against a 0.3 s
+    timeout; one that stops reading is dropped."""
+    import socket as socketlib
+
+    setup = serve_module._Handler.setup
+
+    def small_send_buffer(handler) -> None:   # as a send buffer already full would be
+        handler.request.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_SNDBUF, 4096)
+        setup(handler)
+
+    monkeypatch.setattr(serve_module._Handler, "setup", small_send_buffer)
+    agent = Agent(options(http_timeout=0.3), io.StringIO(),
+                  scanner=FixedScanner([tenants(8080, 200)], cycle=True))
+    server = http_server(agent)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    port = server.server_address[1]
+
+    def reader() -> socketlib.socket:
+        s = socketlib.socket()
+        s.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /api/v1/snapshot?view=sockets HTTP/1.0\r\n\r\n")
+        s.settimeout(10)
+        return s
+
+    try:
+        agent.step()
+        slow, got = reader(), b""
+        while chunk := slow.recv(2048):
+            got += chunk
+            time.sleep(0.02)
+        slow.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert length > 200_000 and len(body) == length
+        assert len(json.loads(body)["sockets"]) == 401
+        stalled = reader()
+        first = stalled.recv(2048)
+        time.sleep(1.5)        # reads nothing more: dropped after 0.3 s
+        rest = b""
+        while chunk := stalled.recv(65536):
+            rest += chunk
+        stalled.close()
+        assert first.startswith(b"HTTP/1.0 200") and len(first + rest) < length
+    finally:
+        server.shutdown()
+        server.server_close()
+        agent.close()
+
+
 def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_header_deadline():
     """Each byte comes well within http_timeout; the whole request never does: the
     connection is closed once header_deadline has passed, and the agent answers others."""
