@@ -13,11 +13,14 @@ built in a child process too, once per sample and view, and kept gzipped.
 """
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import resource
 import signal
 import socket
+import sys
+import termios
 import threading
 import time
 import zlib
@@ -450,6 +453,16 @@ _PATHS = ["/healthz", "/readyz", "/metrics",
           "/api/v1/snapshot?view=" + "|".join(VIEWS)]
 
 
+def _queued(sock: Any) -> int | None:
+    """Bytes of a TCP socket's send queue (SIOCOUTQ, Linux: not yet acknowledged by the
+    peer); None if the kernel does not say."""
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)),
+                              sys.byteorder, signed=True)
+    except OSError:
+        return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One request; `agent` and `auth` are set on the subclass http_server() makes for its
     Agent (auth None: no token asked)."""
@@ -498,14 +511,37 @@ class _Handler(BaseHTTPRequestHandler):
         """Send all of `data`, dropping the client (TimeoutError) only when it took no byte
         for http_timeout: a slow reader that keeps reading gets its whole answer.
 
-        wfile.write is sendall(), whose timeout bounds the whole call (Python >= 3.5): a
-        64 KiB piece to a client reading 5 KiB/s timed out at 10 s once the kernel's send
-        buffer was full, cutting a steady reader of a 10.8 MB answer after 2.1 MB. send()
-        returns as soon as the buffer took some bytes, so its timeout is the time without
-        progress, as servers time out a send (nginx's send_timeout)."""
+        Neither sendall() nor send() can tell that with the socket's own timeout. sendall()'s
+        bounds the whole call (Python >= 3.5). A blocked send() is woken only once the
+        kernel's send buffer is at least a third free (sk_stream_write_space: free space >=
+        half of what is queued), and the buffer grows to megabytes (tcp_wmem): a client
+        reading 5 KiB/s frees that in minutes, and was cut at 10 s after 2.1 MB of a 10.8 MB
+        answer. So send() waits in slices of a quarter of the timeout, and between them the
+        bytes still queued (SIOCOUTQ: sent and not acknowledged, or not sent yet) say
+        whether the client took any."""
+        sock = self.connection
+        limit = sock.gettimeout()
         view = memoryview(data)
-        while view:
-            view = view[self.connection.send(view):]
+        if limit is None:
+            sock.sendall(view)
+            return
+        sock.settimeout(limit / 4)
+        try:
+            took = time.monotonic()     # when the client last took a byte
+            queued: int | None = None
+            while view:
+                try:
+                    view = view[sock.send(view):]
+                    took, queued = time.monotonic(), None
+                except TimeoutError:
+                    now = _queued(sock)
+                    if queued is not None and now is not None and now < queued:
+                        took = time.monotonic()
+                    queued = now
+                    if time.monotonic() - took >= limit:
+                        raise
+        finally:
+            sock.settimeout(limit)
 
     def _send_encoded(self, status: HTTPStatus, data: Encoded, content_type: str) -> None:
         # a gzipped answer goes as it is to a client that accepts gzip (and one that does not

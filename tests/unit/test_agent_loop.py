@@ -677,19 +677,20 @@ def test_a_burst_of_scrapes_renders_two_at_a_time():
 
 
 def test_a_slow_reader_that_keeps_reading_gets_its_whole_answer(monkeypatch):
-    """http_timeout is the time a client takes no byte, not the time one write takes: a
-    reader taking 2 KiB every 20 ms (at most 100 KiB/s) gets the whole sockets view through
-    small kernel buffers, though one 64 KiB piece of it takes it ~0.5 s against a 0.3 s
-    timeout; one that stops reading is dropped."""
+    """http_timeout is the time a client takes no byte, not the time one write takes, nor
+    the time until the kernel wakes a blocked sender (when a third of the send buffer is
+    free: 64 KiB here, 0.64 s for this reader): a reader taking 2 KiB every 20 ms (at most
+    100 KiB/s) gets the whole sockets view against a 0.3 s timeout; one that stops reading
+    is dropped."""
     import socket as socketlib
 
     setup = serve_module._Handler.setup
 
-    def small_send_buffer(handler) -> None:   # as a send buffer already full would be
-        handler.request.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_SNDBUF, 4096)
+    def fixed_send_buffer(handler) -> None:   # the kernel grows it to MBs: fixed, smaller
+        handler.request.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_SNDBUF, 65536)
         setup(handler)
 
-    monkeypatch.setattr(serve_module._Handler, "setup", small_send_buffer)
+    monkeypatch.setattr(serve_module._Handler, "setup", fixed_send_buffer)
     agent = Agent(options(http_timeout=0.3), io.StringIO(),
                   scanner=FixedScanner([tenants(8080, 200)], cycle=True))
     server = http_server(agent)
