@@ -563,7 +563,7 @@ def print_table(doc: dict) -> None:
     ph = doc["node"]["bare_phases_s"]
     print(f"bare phases: fd links + ns stats {ph['fd_walk']:.3f} s, net tables {ph['net_read']:.3f} s")
     rows = [
-        (f"nsnet: take_snapshot(SnapshotOptions()), in-process, {doc['nsnet_threads']} reader threads",
+        (f"nsnet: --source proc, in-process, {doc['nsnet_threads']} reader threads",
          m["nsnet"]),
         ("nsnet CLI: python -m nsnet sockets --json >/dev/null", m["nsnet_cli"]),
         (f"ss loop: nsenter -t PID -n ss -tuanp, {s['ns_pids_for_ss_loop']} namespaces", m["ss_loop"]),
