@@ -97,27 +97,16 @@ def measure(source: str, threads: int, repeat: int) -> tuple[dict[str, list[floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("-n", "--namespaces", type=int, default=100)
-    ap.add_argument("-p", "--procs-per-ns", type=int, default=5)
-    ap.add_argument("-c", "--conns-per-proc", type=int, default=10)
+    synthnode.add_node_arguments(ap, DEFAULT_DIR)
     ap.add_argument("-r", "--repeat", type=int, default=7)
     ap.add_argument("--source", default="auto")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dir", default=DEFAULT_DIR)
-    ap.add_argument("--keep-node", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_stages.py: run as root")
-    built = False
-    try:
-        if synthnode.is_up(a.dir) is None:
-            synthnode.up(a.namespaces, a.procs_per_ns, a.conns_per_proc, 5, 0, a.dir, quiet=True)
-            built = True
+    with synthnode.node(a):
         runs, size = measure(a.source, a.threads, a.repeat)
-    finally:
-        if built and not a.keep_node:
-            synthnode.down(a.dir, quiet=True)
     medians = {label: statistics.median(v) for label, v in runs.items()}
     doc = {"node": size, "threads": a.threads, "repeat": a.repeat,
            "loadavg": synthnode.loadavg(), "median_s": medians}

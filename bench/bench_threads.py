@@ -77,14 +77,10 @@ def main() -> int:
     from nsnet.snapshot import MAX_READERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("-n", "--namespaces", type=int, default=100)
-    ap.add_argument("-p", "--procs-per-ns", type=int, default=5)
-    ap.add_argument("-c", "--conns-per-proc", type=int, default=10)
+    synthnode.add_node_arguments(ap, DEFAULT_DIR)
     ap.add_argument("-r", "--repeat", type=int, default=5)
     ap.add_argument("--sources", default="auto")
     ap.add_argument("--readers", default=None, help="comma-separated (default 1,2,N)")
-    ap.add_argument("--dir", default=DEFAULT_DIR)
-    ap.add_argument("--keep-node", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -93,15 +89,8 @@ def main() -> int:
     readers = sorted({int(k) for k in a.readers.split(",")} if a.readers
                      else {1, 2, budget.cpus})
     sources = [s for s in a.sources.split(",") if s]
-    built = False
-    try:
-        if synthnode.is_up(a.dir) is None:
-            synthnode.up(a.namespaces, a.procs_per_ns, a.conns_per_proc, 5, 0, a.dir, quiet=True)
-            built = True
+    with synthnode.node(a):
         wall, cpu, size = measure(sources, readers, a.repeat)
-    finally:
-        if built and not a.keep_node:
-            synthnode.down(a.dir, quiet=True)
     doc: dict = {"cpus": budget.describe(), "max_readers": MAX_READERS, "node": size,
                  "repeat": a.repeat, "loadavg": synthnode.loadavg(),
                  "sources": {}}

@@ -35,6 +35,7 @@ after a crash) and several nodes with different --dir never collide.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -900,6 +901,33 @@ def up(namespaces: int = 100, procs_per_ns: int = 5, conns_per_proc: int = 10, p
               f"{tot['processes']} processes, ~{tot['sockets']} sockets, {len(st['pins'])} pins  "
               f"(supervisor {st['supervisor']}, state {base}/state.json)")
     return st
+
+
+def add_node_arguments(ap: argparse.ArgumentParser, default_dir: str, namespaces: int = 100,
+                       procs_per_ns: int = 5, conns_per_proc: int = 10) -> None:
+    """-n/-p/-c, --dir and --keep-node: how a bench script names the node it measures."""
+    ap.add_argument("-n", "--namespaces", type=int, default=namespaces)
+    ap.add_argument("-p", "--procs-per-ns", type=int, default=procs_per_ns)
+    ap.add_argument("-c", "--conns-per-proc", type=int, default=conns_per_proc)
+    ap.add_argument("--dir", default=default_dir, help="the node's state directory")
+    ap.add_argument("--keep-node", action="store_true",
+                    help="leave the node this run built up at the end")
+
+
+@contextlib.contextmanager
+def node(a: argparse.Namespace, pin_every: int = 5, child_ehash: int = 0):
+    """The state of the node in a.dir for the body of a `with`: the one already up there (left
+    up), else one built from a's -n/-p/-c and torn down after the body unless a.keep_node."""
+    state = is_up(a.dir)
+    built = state is None
+    if built:
+        state = up(a.namespaces, a.procs_per_ns, a.conns_per_proc, pin_every, child_ehash, a.dir,
+                   quiet=True)
+    try:
+        yield state
+    finally:
+        if built and not a.keep_node:
+            down(a.dir, quiet=True)
 
 
 def down(base: str = DEFAULT_DIR, quiet: bool = False) -> bool:
