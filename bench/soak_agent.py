@@ -87,7 +87,6 @@ DEFAULT_DIR = "/tmp/nsnt-soak-agent"
 HOST = "127.0.0.1"
 PER_CLIENT = 16                  # the agent's max_per_client (nsnet/options.py AgentOptions)
 HTTP_TIMEOUT = 10.0              # its http_timeout
-HEADER_DEADLINE = 30.0           # its http_header_deadline: the whole request must be in by then
 TRICKLE_CONNS, SLOWREAD_CONNS = 6, 2
 ENDLESS_GIVE_UP = 120.0
 # (bytes per read, seconds between reads): 5 KiB/s, whose whole sockets view takes ~36 min at
@@ -167,7 +166,7 @@ def trickle_one(port: int, src: str, rng: random.Random, tally: Tally) -> None:
     try:
         if kind == "complete":
             # 28-48 bytes, one every 0.1-0.5 s: slow, yet whole within the header deadline
-            # (at most 24 s of HEADER_DEADLINE's 30), so the agent must answer it
+            # (at most 24 s of the agent's 30 s http_header_deadline), so it must answer it
             for b in b"GET /healthz HTTP/1.0\r\nX-Pad: " + b"x" * rng.randint(5, 25):
                 s.send(bytes([b]))
                 time.sleep(rng.uniform(0.1, 0.5))
@@ -565,7 +564,7 @@ def analyse(s: Soak, final: dict, times: list[float], exit_code: int | None) -> 
 
 # What the clients may see (each a count in their tallies): any other outcome fails the soak,
 # including one a role learns to report later without a rule here. Their tallies showed
-# what the other bounds did not: slow readers cut short (stop 25), trickled requests closed.
+# what the other bounds did not: slow readers cut short, trickled requests closed (2026-12-03).
 CLIENT_OK = re.compile(
     r"burst (sockets|metrics): 200|complete: 200|stall: dropped|endless: closed by the agent"
     r"|idle: dropped by the agent|idle: one more than the cap: 503"
